@@ -1,0 +1,174 @@
+#include "actors/device_actor.hpp"
+
+#include "actors/request_book.hpp"
+
+#include <caf/all.hpp>
+
+#include <chrono>
+
+namespace mcache {
+
+namespace {
+
+/// A pin request between its arrival and the RAM lease it borrows: other messages run in between (the
+/// `share` round trip), so its holder may go away before the lease arrives.
+struct borrowing {
+  holder_id holder;
+  bool holder_gone = false;
+};
+
+struct device_state {
+  static const char* name;
+  std::unique_ptr<device_tier> tier;
+  device_actor_config config;
+  request_book<device_pin> requests;
+  std::set<holder_id> watched;
+  std::unordered_map<request_id, borrowing> borrowing_;
+};
+
+const char* device_state::name = "mcache.device";
+
+using self_ptr = device_actor::stateful_pointer<device_state>;
+
+void give_back_lease(self_ptr self, lease_id lease) {
+  self->request(self->state.config.ram, caf::infinite, release_atom::value, lease)
+    .then([] {},
+          [](caf::error&) {
+            // The RAM-cache actor is gone (shutdown): nothing is left to hand back to.
+          });
+}
+
+void start_copy(self_ptr self, const copy_order& order) {
+  auto reply_to = caf::actor_cast<device_actor>(self);
+  auto backend = self->state.config.backend;
+  self->state.config.copiers->post([order, backend, reply_to] {
+    copied_model done{order.model, nullptr, {}, 0};
+    auto start = std::chrono::steady_clock::now();
+    try {
+      done.copy = backend->copy_in(*order.host);
+    } catch (const std::exception& e) {
+      done.error = e.what();
+    }
+    if (!done.copy && done.error.empty())
+      done.error = "the backend returned no copy";
+    done.copy_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - start)
+                                           .count());
+    caf::anon_send(reply_to, copied_atom::value, std::move(done));
+  });
+}
+
+void apply(self_ptr self, device_effects& fx) {
+  for (const auto& order : fx.copies)
+    start_copy(self, order);
+  fx.copies.clear();
+  for (auto lease : fx.ram_leases_to_release)
+    give_back_lease(self, lease);
+  fx.ram_leases_to_release.clear();
+  self->state.requests.deliver(fx.replies);
+  check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+}
+
+void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, caf::timespan wait) {
+  auto b = self->state.borrowing_.find(id);
+  bool gone = b == self->state.borrowing_.end() || b->second.holder_gone;
+  auto holder = b == self->state.borrowing_.end() ? 0 : b->second.holder;
+  if (b != self->state.borrowing_.end())
+    self->state.borrowing_.erase(b);
+  device_effects fx;
+  if (gone) {
+    fx.ram_leases_to_release.push_back(host.lease);
+    fx.replies.push_back({id, failure{errc::shutting_down, "the holder went away"}});
+    apply(self, fx);
+    return;
+  }
+  pin_request r;
+  r.request = id;
+  r.holder = holder;
+  r.device_bytes = host.payload ? self->state.config.backend->footprint(*host.payload) : 0;
+  r.host = std::move(host);
+  r.working_bytes = working;
+  self->state.tier->pin(std::move(r), wait > caf::timespan::zero(), fx);
+  apply(self, fx);
+  if (self->state.requests.is_open(id) && wait != caf::timespan::max())
+    self->delayed_send(caf::actor_cast<device_actor>(self), wait, expire_atom::value, id);
+}
+
+device_actor::behavior_type device_impl(self_ptr self, device_actor_config config) {
+  self->state.tier = std::make_unique<device_tier>(config.tier, config.policy());
+  self->state.config = std::move(config);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto id = dm.source.id();
+    self->state.watched.erase(id);
+    for (auto& kv : self->state.borrowing_)
+      if (kv.second.holder == id)
+        kv.second.holder_gone = true;
+    device_effects fx;
+    self->state.tier->holder_down(id, fx);
+    apply(self, fx);
+  });
+  return {
+    [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
+      auto holder = watch_sender(self, self->state.watched);
+      if (holder == 0)
+        return make_error(errc::invalid_argument, "pin needs a sender to hold the pin");
+      auto promise = self->make_response_promise<device_pin>();
+      auto id = self->state.requests.open(promise);
+      self->state.borrowing_.emplace(id, borrowing{holder});
+      auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
+      // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
+      // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
+      self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
+        .then([self, id, working, wait](ram_lease& host) { on_borrowed(self, id, std::move(host), working, wait); },
+              [self, id](caf::error& err) {
+                self->state.borrowing_.erase(id);
+                device_effects fx;
+                fx.replies.push_back({id, to_failure(err)});
+                apply(self, fx);
+              });
+      return promise;
+    },
+    [self](release_atom, pin_id pin) -> caf::result<void> {
+      device_effects fx;
+      auto holder = self->current_sender() ? self->current_sender()->id() : 0;
+      auto err = self->state.tier->release(pin, holder, fx);
+      apply(self, fx);
+      if (err)
+        return make_error(*err);
+      return caf::unit;
+    },
+    [self](offload_atom, const model_id& model, bytes_t bytes) -> caf::result<bytes_t> {
+      device_effects fx;
+      auto freed = self->state.tier->offload(model, bytes, fx);
+      apply(self, fx);
+      if (!succeeded(freed))
+        return make_error(std::get<failure>(freed));
+      return std::get<bytes_t>(freed);
+    },
+    [self](stats_atom) -> device_stats { return self->state.tier->stats(); },
+    [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
+    [self](copied_atom, copied_model& done) {
+      device_effects fx;
+      outcome<std::shared_ptr<const device_model>> result = std::move(done.copy);
+      if (!done.error.empty())
+        result = failure{errc::copy_failed, "copying '" + done.model + "' to device "
+                                              + std::to_string(self->state.config.tier.device)
+                                              + " failed: " + done.error};
+      self->state.tier->copy_finished(done.model, std::move(result), done.copy_ns, fx);
+      apply(self, fx);
+    },
+    [self](expire_atom, request_id id) {
+      device_effects fx;
+      self->state.tier->expire(id, fx);
+      apply(self, fx);
+    },
+  };
+}
+
+} // namespace
+
+device_actor spawn_device(caf::actor_system& sys, device_actor_config config) {
+  return sys.spawn(device_impl, std::move(config));
+}
+
+} // namespace mcache

@@ -1,0 +1,27 @@
+#pragma once
+// A device actor: a thin shell over `device_tier` and a `device_backend`. It borrows a RAM lease for every
+// pin from the RAM-cache actor, runs copies on the copy pool, and hands leases back when pins end.
+
+#include "messages/interfaces.hpp"
+#include "runtime/core/device_backend.hpp"
+#include "runtime/core/device_tier.hpp"
+#include "runtime/core/executor.hpp"
+
+#include <caf/actor_system.hpp>
+
+#include <memory>
+
+namespace mcache {
+
+struct device_actor_config {
+  device_tier_options tier;                  // budget and reserve
+  std::shared_ptr<device_backend> backend;   // how bytes get onto the device
+  std::shared_ptr<executor> copiers;         // where copies run
+  ram_cache_actor ram;                       // where pins borrow their RAM leases
+  policy_factory policy = make_lru_policy;
+  bool check_invariants_each_step = false;
+};
+
+device_actor spawn_device(caf::actor_system& sys, device_actor_config config);
+
+} // namespace mcache

@@ -1,0 +1,134 @@
+#include "actors/ram_cache_actor.hpp"
+
+#include "actors/request_book.hpp"
+
+#include <caf/all.hpp>
+
+#include <chrono>
+
+namespace mcache {
+
+namespace {
+
+struct ram_cache_state {
+  static const char* name;
+  std::unique_ptr<ram_tier> tier;
+  ram_cache_config config;
+  request_book<ram_lease> requests;
+  std::set<holder_id> watched;
+};
+
+const char* ram_cache_state::name = "mcache.ram_cache";
+
+using self_ptr = ram_cache_actor::stateful_pointer<ram_cache_state>;
+
+void start_load(self_ptr self, const model_descriptor& model) {
+  auto reply_to = caf::actor_cast<ram_cache_actor>(self);
+  self->state.config.loaders->post([model, reply_to] {
+    loaded_model done{model.id, nullptr, {}, 0};
+    auto start = std::chrono::steady_clock::now();
+    try {
+      done.payload = model.loader(model);
+    } catch (const std::exception& e) {
+      done.error = e.what();
+    } catch (...) {
+      done.error = "the loader threw a non-standard exception";
+    }
+    if (!done.payload && done.error.empty())
+      done.error = "the loader returned nothing";
+    done.load_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - start)
+                                           .count());
+    caf::anon_send(reply_to, loaded_atom::value, std::move(done));
+  });
+}
+
+void apply(self_ptr self, ram_effects& fx) {
+  for (const auto& model : fx.loads)
+    start_load(self, model);
+  fx.loads.clear();
+  self->state.requests.deliver(fx.replies);
+  check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+}
+
+void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
+  if (self->state.requests.is_open(id) && wait != caf::timespan::max())
+    self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
+}
+
+ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config config) {
+  self->state.tier = std::make_unique<ram_tier>(config.tier, config.policy());
+  self->state.config = std::move(config);
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto id = dm.source.id();
+    self->state.watched.erase(id);
+    ram_effects fx;
+    self->state.tier->holder_down(id, fx);
+    apply(self, fx);
+  });
+  return {
+    [self](acquire_atom, const model_id& model, caf::timespan wait) -> caf::result<ram_lease> {
+      auto descriptor = self->state.config.models->find(model);
+      if (!descriptor)
+        return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
+      auto holder = watch_sender(self, self->state.watched);
+      if (holder == 0)
+        return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
+      auto promise = self->make_response_promise<ram_lease>();
+      auto id = self->state.requests.open(promise);
+      ram_effects fx;
+      self->state.tier->acquire(id, *descriptor, holder, wait > caf::timespan::zero(), fx);
+      apply(self, fx);
+      arm_deadline(self, id, wait);
+      return promise;
+    },
+    [self](release_atom, lease_id lease) -> caf::result<void> {
+      ram_effects fx;
+      auto holder = self->current_sender() ? self->current_sender()->id() : 0;
+      auto err = self->state.tier->release(lease, holder, fx);
+      apply(self, fx);
+      if (err)
+        return make_error(*err);
+      return caf::unit;
+    },
+    [self](share_atom, lease_id lease, const caf::actor_addr& owner) -> caf::result<ram_lease> {
+      auto borrower = watch_sender(self, self->state.watched);
+      auto granted = self->state.tier->share(lease, owner.id(), borrower);
+      check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+      if (!succeeded(granted))
+        return make_error(std::get<failure>(granted));
+      return std::get<ram_lease>(std::move(granted));
+    },
+    [self](offload_atom, const model_id& model, bytes_t bytes) -> caf::result<bytes_t> {
+      ram_effects fx;
+      auto freed = self->state.tier->trim(model, bytes, fx);
+      apply(self, fx);
+      if (!succeeded(freed))
+        return make_error(std::get<failure>(freed));
+      return std::get<bytes_t>(freed);
+    },
+    [self](stats_atom) -> ram_stats { return self->state.tier->stats(); },
+    [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
+    [self](loaded_atom, loaded_model& done) {
+      ram_effects fx;
+      outcome<std::shared_ptr<const host_model>> result = std::move(done.payload);
+      if (!done.error.empty())
+        result = failure{errc::load_failed, "loading '" + done.model + "' failed: " + done.error};
+      self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx);
+      apply(self, fx);
+    },
+    [self](expire_atom, request_id id) {
+      ram_effects fx;
+      self->state.tier->expire(id, fx);
+      apply(self, fx);
+    },
+  };
+}
+
+} // namespace
+
+ram_cache_actor spawn_ram_cache(caf::actor_system& sys, ram_cache_config config) {
+  return sys.spawn(ram_cache_impl, std::move(config));
+}
+
+} // namespace mcache

@@ -1,0 +1,27 @@
+#pragma once
+// The RAM-cache actor: a thin shell over `ram_tier`. Its handlers decode a message, call the tier, and
+// turn the tier's effects into replies, loads on the loader pool, and deadline timers.
+
+#include "messages/interfaces.hpp"
+#include "runtime/core/catalog.hpp"
+#include "runtime/core/executor.hpp"
+#include "runtime/core/ram_tier.hpp"
+
+#include <caf/actor_system.hpp>
+
+#include <memory>
+
+namespace mcache {
+
+struct ram_cache_config {
+  ram_tier_options tier;                    // the budget
+  std::shared_ptr<const catalog> models;    // where acquire looks models up (never loads on lookup)
+  std::shared_ptr<executor> loaders;        // where loads run
+  policy_factory policy = make_lru_policy;  // the eviction policy of the tier
+  bool check_invariants_each_step = false;  // abort on the first broken invariant (tests, debug builds)
+};
+
+/// Spawns the RAM-cache actor. The config must be valid (see ram_tier::validate).
+ram_cache_actor spawn_ram_cache(caf::actor_system& sys, ram_cache_config config);
+
+} // namespace mcache

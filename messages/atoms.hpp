@@ -1,0 +1,19 @@
+#pragma once
+// Atoms: verbs of the protocol (at most 10 characters each in CAF 0.17).
+
+#include <caf/atom.hpp>
+
+namespace mcache {
+
+using acquire_atom = caf::atom_constant<caf::atom("acquire")>;  // ask for a lease on a model
+using release_atom = caf::atom_constant<caf::atom("release")>;  // end a lease or a pin
+using share_atom = caf::atom_constant<caf::atom("share")>;      // a device borrows a lease for a pin
+using pin_atom = caf::atom_constant<caf::atom("pin")>;          // lock a leased model on a device
+using offload_atom = caf::atom_constant<caf::atom("offload")>;  // free device memory of unpinned models
+using stats_atom = caf::atom_constant<caf::atom("stats")>;      // copy out a stats snapshot
+using check_atom = caf::atom_constant<caf::atom("check")>;      // verify a tier's invariants
+using loaded_atom = caf::atom_constant<caf::atom("loaded")>;    // internal: a load finished
+using copied_atom = caf::atom_constant<caf::atom("copied")>;    // internal: a device copy finished
+using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
+
+} // namespace mcache

@@ -1,0 +1,57 @@
+#pragma once
+// The runtime's error codes. CAF-free so that the core tiers can return them; `errors.hpp` turns them into
+// caf::error values for the actor boundary. Every value says when it happens.
+
+#include <cstdint>
+#include <string>
+
+namespace mcache {
+
+enum class errc : uint8_t {
+  /// The model id is not registered in the catalog. Register it first; lookups never load.
+  unknown_model = 1,
+  /// The lease id was never issued, or was already released (double release, use after release).
+  invalid_lease,
+  /// The lease exists but is held by another holder (another session). Leases are not transferable.
+  foreign_lease,
+  /// The pin id was never issued, or was already released.
+  invalid_pin,
+  /// The pin exists but is held by another holder.
+  foreign_pin,
+  /// The device index is outside the devices this runtime was started with.
+  invalid_device,
+  /// The model (plus the working memory asked for) is larger than everything the tier could ever free.
+  /// Raise the budget, lower the reserve or the working memory, or use another device.
+  model_too_large,
+  /// Not enough memory could be freed before the caller's deadline: everything else is leased or pinned.
+  /// The error text gives bytes wanted, free, and held (by whom). Release leases/pins or raise the budget.
+  budget_exhausted,
+  /// The model's loader failed or returned something other than what the catalog declared; the text keeps
+  /// the loader's own message.
+  load_failed,
+  /// The copy to the device failed (backend error text kept).
+  copy_failed,
+  /// A request's deadline passed while it was waiting for a load or a copy in flight.
+  timed_out,
+  /// The runtime is shutting down and accepts no new work.
+  shutting_down,
+  /// An option or argument is outside its valid range (zero or absurd budgets, negative sizes, ...).
+  invalid_argument,
+  /// The model is pinned on this device and cannot be offloaded until every pin is released.
+  model_pinned,
+  /// The model is leased in RAM and cannot be trimmed until every lease is released.
+  model_leased,
+  /// The model is not resident in this tier (nothing to offload or trim), or is still arriving.
+  not_resident,
+};
+
+/// The enum value's name, e.g. "budget_exhausted".
+const char* to_string(errc code) noexcept;
+
+/// A failure inside a tier: a code and an actionable text (what was asked, what was free, what to change).
+struct failure {
+  errc code;
+  std::string detail;
+};
+
+} // namespace mcache

@@ -1,0 +1,27 @@
+#pragma once
+// CAF inspectors for the serializable message types (stats snapshots).
+
+#include "messages/stats.hpp"
+
+#include <caf/meta/type_name.hpp>
+
+namespace mcache {
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ram_stats& x) {
+  return f(caf::meta::type_name("mcache_ram_stats"), x.budget_bytes, x.used_bytes, x.peak_used_bytes,
+           x.leased_bytes, x.loading_bytes, x.models_resident, x.leases_active, x.hits, x.loads,
+           x.shared_loads, x.load_failures, x.bytes_loaded, x.load_ns, x.evictions, x.evicted_bytes,
+           x.trims, x.trimmed_bytes, x.waits, x.waiting_now, x.timeouts);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, device_stats& x) {
+  return f(caf::meta::type_name("mcache_device_stats"), x.device, x.budget_bytes, x.reserve_bytes,
+           x.used_bytes, x.peak_used_bytes, x.resident_bytes, x.pinned_bytes, x.working_bytes,
+           x.models_resident, x.pins_active, x.hits, x.loads, x.shared_loads, x.copy_failures,
+           x.bytes_copied_in, x.copy_ns, x.evictions, x.evicted_bytes, x.offloads, x.offloaded_bytes,
+           x.waits, x.waiting_now, x.timeouts);
+}
+
+} // namespace mcache

@@ -1,0 +1,48 @@
+#pragma once
+// The typed interfaces: the list of signatures is the protocol.
+
+#include "messages/atoms.hpp"
+#include "messages/inspect.hpp"
+#include "messages/messages.hpp"
+
+#include <caf/actor_addr.hpp>
+#include <caf/replies_to.hpp>
+#include <caf/timespan.hpp>
+#include <caf/typed_actor.hpp>
+
+namespace mcache {
+
+/// The one RAM-cache actor: owns the host tier.
+using ram_cache_actor = caf::typed_actor<
+  // Lease `model`, loading it if needed; waits up to the timespan for room or for a load in flight
+  // (0: do not wait). The model stays in RAM until the lease is released.
+  caf::replies_to<acquire_atom, model_id, caf::timespan>::with<ram_lease>,
+  // End a lease held by the sender.
+  caf::replies_to<release_atom, lease_id>::with<void>,
+  // A device actor borrows a lease of its own on the model of the owner's lease, for the length of a pin.
+  caf::replies_to<share_atom, lease_id, caf::actor_addr>::with<ram_lease>,
+  // Drop unleased models from RAM: the named one (empty: any, by policy) until at least the bytes are
+  // freed (0: everything unleased). Replies with the bytes freed.
+  caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,
+  caf::replies_to<stats_atom>::with<ram_stats>,
+  // Verify the tier's invariants; the error names the first broken one.
+  caf::replies_to<check_atom>::with<void>,
+  caf::reacts_to<loaded_atom, loaded_model>,
+  caf::reacts_to<expire_atom, request_id>>;
+
+/// One device actor per device (and one for CPU pins): owns that device's tier.
+using device_actor = caf::typed_actor<
+  // Pin the model of a lease held by the sender on this device with this much working memory (bytes),
+  // waiting up to the timespan for room or for a copy in flight (0: do not wait).
+  caf::replies_to<pin_atom, lease_id, bytes_t, caf::timespan>::with<device_pin>,
+  // End a pin held by the sender.
+  caf::replies_to<release_atom, pin_id>::with<void>,
+  // Drop unpinned models: the named one (empty: any, by policy) until at least the bytes are freed
+  // (0: everything unpinned). Replies with the bytes freed.
+  caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,
+  caf::replies_to<stats_atom>::with<device_stats>,
+  caf::replies_to<check_atom>::with<void>,
+  caf::reacts_to<copied_atom, copied_model>,
+  caf::reacts_to<expire_atom, request_id>>;
+
+} // namespace mcache

@@ -1,0 +1,41 @@
+#pragma once
+// Message payloads. Grants carry tensors by shared pointer, so they are local-only messages: across
+// processes the protocol would carry ids and sizes, never weights.
+
+#include "messages/ids.hpp"
+#include "messages/stats.hpp"
+#include "runtime/core/device_tier.hpp"
+#include "runtime/core/ram_tier.hpp"
+
+#include <caf/allowed_unsafe_message_type.hpp>
+
+#include <memory>
+#include <string>
+
+namespace mcache {
+
+// `ram_lease` (the reply to acquire and share) and `device_pin` (the reply to pin) are defined by the core
+// tiers that issue them: runtime/core/ram_tier.hpp and runtime/core/device_tier.hpp.
+
+/// Internal: a loader thread reports a finished load to the RAM-cache actor.
+struct loaded_model {
+  model_id model;
+  std::shared_ptr<const host_model> payload;  // null on failure
+  std::string error;                          // the loader's text on failure
+  uint64_t load_ns = 0;
+};
+
+/// Internal: a copy thread reports a finished copy to a device actor.
+struct copied_model {
+  model_id model;
+  std::shared_ptr<const device_model> copy;  // null on failure
+  std::string error;
+  uint64_t copy_ns = 0;
+};
+
+} // namespace mcache
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::ram_lease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::device_pin)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::loaded_model)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::copied_model)

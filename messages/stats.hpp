@@ -1,0 +1,62 @@
+#pragma once
+// Snapshots of a tier's counters, copied out by a `stats` message. Plain structs, units in the names.
+// Their CAF inspectors live in `messages/inspect.hpp`.
+
+#include "messages/ids.hpp"
+
+#include <cstdint>
+
+namespace mcache {
+
+/// The host (RAM) tier.
+struct ram_stats {
+  bytes_t budget_bytes = 0;       // the byte-exact RAM budget
+  bytes_t used_bytes = 0;         // resident + loading entries
+  bytes_t peak_used_bytes = 0;    // highest used_bytes seen
+  bytes_t leased_bytes = 0;       // bytes of entries with at least one lease
+  bytes_t loading_bytes = 0;      // bytes reserved for loads in flight
+  std::uint64_t models_resident = 0;
+  std::uint64_t leases_active = 0;
+  std::uint64_t hits = 0;            // acquires served from RAM without a load
+  std::uint64_t loads = 0;           // loads started
+  std::uint64_t shared_loads = 0;    // acquires that joined a load already in flight
+  std::uint64_t load_failures = 0;
+  bytes_t bytes_loaded = 0;          // bytes brought into RAM by successful loads
+  std::uint64_t load_ns = 0;         // wall time of successful loads, summed
+  std::uint64_t evictions = 0;
+  bytes_t evicted_bytes = 0;
+  std::uint64_t trims = 0;           // models dropped by an explicit trim
+  bytes_t trimmed_bytes = 0;
+  std::uint64_t waits = 0;           // requests that had to queue for room
+  std::uint64_t waiting_now = 0;     // requests queued for room right now
+  std::uint64_t timeouts = 0;        // requests that failed at their deadline
+};
+
+/// One device tier (a GPU, a simulated GPU, or the CPU pin tier).
+struct device_stats {
+  device_index device = 0;
+  bytes_t budget_bytes = 0;       // total device budget
+  bytes_t reserve_bytes = 0;      // kept free for the framework's own working memory
+  bytes_t used_bytes = 0;         // resident + copying models + per-pin working memory
+  bytes_t peak_used_bytes = 0;
+  bytes_t resident_bytes = 0;     // bytes of models resident or being copied in
+  bytes_t pinned_bytes = 0;       // bytes of models with at least one pin
+  bytes_t working_bytes = 0;      // working memory reserved by pins and admitted pin requests
+  std::uint64_t models_resident = 0;
+  std::uint64_t pins_active = 0;
+  std::uint64_t hits = 0;            // pins served without a copy
+  std::uint64_t loads = 0;           // copies to the device started
+  std::uint64_t shared_loads = 0;    // pins that joined a copy in flight
+  std::uint64_t copy_failures = 0;
+  bytes_t bytes_copied_in = 0;       // host-to-device bytes of finished copies
+  std::uint64_t copy_ns = 0;         // wall time of finished copies, summed
+  std::uint64_t evictions = 0;       // models dropped to make room
+  bytes_t evicted_bytes = 0;
+  std::uint64_t offloads = 0;        // models dropped by an explicit offload
+  bytes_t offloaded_bytes = 0;
+  std::uint64_t waits = 0;
+  std::uint64_t waiting_now = 0;
+  std::uint64_t timeouts = 0;
+};
+
+} // namespace mcache

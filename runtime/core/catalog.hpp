@@ -1,0 +1,53 @@
+#pragma once
+// The catalog: which models exist, how big they are, and how to load them. Looking a model up never loads
+// it; loading happens when the RAM tier admits an acquire.
+
+#include "messages/errc.hpp"
+#include "messages/ids.hpp"
+#include "runtime/core/host_model.hpp"
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <vector>
+
+namespace mcache {
+
+struct model_descriptor;
+
+/// Produces a model's host copy. Runs on a loader thread, never on an actor thread; may throw (the text is
+/// kept in a `load_failed` error).
+using model_loader = std::function<std::shared_ptr<const host_model>(const model_descriptor&)>;
+
+struct model_descriptor {
+  model_id id;
+  bytes_t bytes = 0;            // exact RAM size of the loaded model (tensors + opaque payload); the loader
+                                // must produce exactly this many bytes or the load fails
+  std::string source;           // where it comes from, for messages ("synthetic", a file path, ...)
+  model_loader loader;
+};
+
+/// A thread-safe registry of model descriptors.
+class catalog {
+public:
+  /// Registers a model. Fails with `invalid_argument` on an empty id, zero bytes, no loader, or an id that
+  /// is already registered (the catalog stays as it was).
+  std::optional<failure> add(model_descriptor descriptor);
+  /// The descriptor of `id`, or nothing. Never loads.
+  std::optional<model_descriptor> find(const model_id& id) const;
+  std::vector<model_id> ids() const;
+  size_t size() const;
+
+private:
+  mutable std::shared_mutex mutex_;
+  std::map<model_id, model_descriptor> models_;
+};
+
+/// A synthetic model for samples, tests and benches: float32 tensors of the given element counts, filled
+/// deterministically from `seed`, plus `opaque_bytes` of non-tensor payload. Its `bytes` are exact.
+model_descriptor synthetic_model(model_id id, std::vector<int64_t> tensor_numels, uint64_t seed = 0,
+                                 bytes_t opaque_bytes = 0);
+
+} // namespace mcache

@@ -1,0 +1,29 @@
+#include "runtime/core/eviction_policy.hpp"
+
+namespace mcache {
+
+void lru_policy::insert(const model_id& model) {
+  erase(model);
+  order_.push_back(model);
+  where_[model] = std::prev(order_.end());
+}
+
+void lru_policy::erase(const model_id& model) {
+  auto i = where_.find(model);
+  if (i == where_.end())
+    return;
+  order_.erase(i->second);
+  where_.erase(i);
+}
+
+void lru_policy::touch(const model_id& model) {
+  auto i = where_.find(model);
+  if (i != where_.end())
+    order_.splice(order_.end(), order_, i->second);
+}
+
+std::vector<model_id> lru_policy::victims() const { return {order_.begin(), order_.end()}; }
+
+std::unique_ptr<eviction_policy> make_lru_policy() { return std::make_unique<lru_policy>(); }
+
+} // namespace mcache

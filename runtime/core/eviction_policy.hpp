@@ -1,0 +1,50 @@
+#pragma once
+// Eviction policy, apart from the mechanism that evicts (the tiers). A policy only ever sees candidates:
+// entries that are resident and unheld (no lease in the RAM tier, no pin in a device tier). A tier removes
+// an entry on its first lease/pin and inserts it back on its last release, so a held entry can never be
+// chosen as a victim.
+
+#include "messages/ids.hpp"
+
+#include <list>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace mcache {
+
+class eviction_policy {
+public:
+  virtual ~eviction_policy() = default;
+  /// `model` became a candidate (it is now resident and unheld); counts as a use.
+  virtual void insert(const model_id& model) = 0;
+  /// `model` is no longer a candidate (it was held, evicted or offloaded). No-op when absent.
+  virtual void erase(const model_id& model) = 0;
+  /// A use of a candidate that keeps it a candidate. No-op when absent.
+  virtual void touch(const model_id& model) = 0;
+  /// Candidates in the order they should be evicted, first victim first. A peek: changes nothing.
+  virtual std::vector<model_id> victims() const = 0;
+  virtual bool contains(const model_id& model) const = 0;
+  virtual size_t size() const = 0;
+};
+
+/// Least recently used first.
+class lru_policy final : public eviction_policy {
+public:
+  void insert(const model_id& model) override;
+  void erase(const model_id& model) override;
+  void touch(const model_id& model) override;
+  std::vector<model_id> victims() const override;
+  bool contains(const model_id& model) const override { return where_.count(model) > 0; }
+  size_t size() const override { return where_.size(); }
+
+private:
+  std::list<model_id> order_;  // front: least recently used
+  std::unordered_map<model_id, std::list<model_id>::iterator> where_;
+};
+
+/// Makes a fresh policy for a tier. The runtime's options carry one of these (LRU by default).
+using policy_factory = std::unique_ptr<eviction_policy> (*)();
+std::unique_ptr<eviction_policy> make_lru_policy();
+
+} // namespace mcache

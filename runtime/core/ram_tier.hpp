@@ -1,0 +1,131 @@
+#pragma once
+// The host (RAM) tier: a byte-exact budget over loaded models, leases, shared loads and a FIFO of requests
+// waiting for room. CAF-free and single-threaded: the RAM-cache actor owns one and is its only caller.
+//
+// Residency of a model in RAM (one home for the state machine; `transition()` rejects any other move):
+//
+//     absent ──admit──▶ loading ──load ok──▶ resident ──evict──▶ absent
+//                          │
+//                          └──load failed──▶ absent
+//
+//   absent:   no entry; the model costs nothing.
+//   loading:  its bytes are reserved and a load runs on a loader thread; acquires join it (one load each).
+//   resident: its host copy is in RAM. With leases it is held; without, it is an eviction candidate.
+//
+// A lease is held by one holder (a session). A device pin borrows its own lease (see `share`), so a
+// model stays in RAM while a device uses it even if the session's lease is released first.
+
+#include "messages/stats.hpp"
+#include "runtime/core/catalog.hpp"
+#include "runtime/core/eviction_policy.hpp"
+#include "runtime/core/outcome.hpp"
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+namespace mcache {
+
+struct ram_tier_options {
+  bytes_t budget_bytes = 0;  // RAM budget for model host copies, in bytes; must be > 0
+};
+
+/// What an acquire (or a share) grants.
+struct ram_lease {
+  lease_id lease = 0;
+  model_id model;
+  bytes_t bytes = 0;
+  std::shared_ptr<const host_model> payload;  // alive at least as long as the lease
+};
+
+/// What a step of the tier asks its actor to do.
+struct ram_effects {
+  std::vector<reply<ram_lease>> replies;  // answer these requests
+  std::vector<model_descriptor> loads;    // start these loads off the actor thread
+};
+
+enum class ram_residency { absent, loading, resident };
+const char* to_string(ram_residency state);
+
+class ram_tier {
+public:
+  ram_tier(ram_tier_options options, std::unique_ptr<eviction_policy> policy);
+
+  /// Options are usable: a budget of at least one byte.
+  static std::optional<failure> validate(const ram_tier_options& options);
+
+  /// Asks for a lease on `model` for `holder`. Answers at once (hit, too large, or no room and `may_wait`
+  /// is false), or joins/starts a load, or queues FIFO for room. A held request is answered by a later
+  /// step, or by `expire`.
+  void acquire(request_id request, const model_descriptor& model, holder_id holder, bool may_wait,
+               ram_effects& out);
+  /// A load started by this tier finished (`payload` is the model or the loader's failure).
+  void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
+                     uint64_t load_ns, ram_effects& out);
+  /// Ends a lease. Fails (state unchanged) on an unknown lease or another holder's lease.
+  std::optional<failure> release(lease_id lease, holder_id holder, ram_effects& out);
+  /// Issues a second lease on the model of `lease` (held by `owner`) to `borrower`: a device pin uses it to
+  /// keep the host copy alive for as long as the pin lasts.
+  outcome<ram_lease> share(lease_id lease, holder_id owner, holder_id borrower);
+  /// Drops unleased resident models: `model` alone (empty: any, in policy order) until at least `bytes` are
+  /// freed (0: all it can). Returns the bytes freed; requests waiting for room are served after.
+  outcome<bytes_t> trim(const model_id& model, bytes_t bytes, ram_effects& out);
+  /// A holder went away: its leases are released and its held requests answered with `shutting_down`.
+  void holder_down(holder_id holder, ram_effects& out);
+  /// A held request reached its deadline: fails with `budget_exhausted` (queued for room) or `timed_out`
+  /// (waiting for a load). No-op if it was answered already.
+  void expire(request_id request, ram_effects& out);
+
+  ram_residency residency(const model_id& model) const;
+  size_t leases_of(holder_id holder) const;
+  ram_stats stats() const;
+  /// Throws std::logic_error naming the first broken invariant.
+  void check_invariants() const;
+
+private:
+  struct waiter {
+    request_id request;
+    holder_id holder;
+  };
+  struct entry {
+    model_descriptor descriptor;
+    ram_residency state = ram_residency::absent;
+    std::shared_ptr<const host_model> payload;
+    size_t leases = 0;
+    std::vector<waiter> waiters;  // requests sharing the load in flight
+  };
+  struct lease_record {
+    model_id model;
+    holder_id holder;
+  };
+  struct queued {
+    request_id request;
+    holder_id holder;
+    model_descriptor descriptor;
+  };
+
+  void transition(const model_id& model, ram_residency to);
+  void update_candidacy(const model_id& model);
+  bool admit(const model_descriptor& model, const waiter& w, ram_effects& out);
+  ram_lease grant(entry& e, holder_id holder);
+  void serve_queue(ram_effects& out);
+  void evict(const model_id& model);
+  bool make_room_for(bytes_t bytes);
+  failure no_room(const model_descriptor& model) const;
+  bytes_t free_bytes() const { return options_.budget_bytes - used_; }
+
+  ram_tier_options options_;
+  std::unique_ptr<eviction_policy> policy_;
+  std::map<model_id, entry> entries_;
+  std::unordered_map<lease_id, lease_record> leases_;
+  std::unordered_map<holder_id, std::set<lease_id>> by_holder_;
+  std::deque<queued> queue_;
+  lease_id next_lease_ = 1;
+  bytes_t used_ = 0;
+  ram_stats counters_;  // the cumulative counters; levels are computed in stats()
+};
+
+} // namespace mcache

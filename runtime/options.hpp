@@ -1,0 +1,51 @@
+#pragma once
+// The one options struct a runtime is built from. Every field gives its unit and default.
+
+#include "messages/ids.hpp"
+#include "runtime/core/eviction_policy.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <vector>
+
+namespace mcache {
+
+enum class device_kind {
+  simulated,  // a VRAM budget over host tensors: copies really move bytes, on any machine
+};
+
+struct device_options {
+  device_kind kind = device_kind::simulated;
+  bytes_t budget_bytes = 0;   // device memory the runtime may use, bytes; must be > 0 for simulated devices
+  bytes_t reserve_bytes = 0;  // of the budget, kept free for work outside pins (kernels, framework), bytes
+  double simulated_bandwidth_bytes_per_s = 0;  // emulated copy speed, bytes/s; 0 = memcpy speed
+};
+
+enum class scheduler_policy {
+  sharing,   // one shared queue: lowest round-trip latency on few cores (default)
+  stealing,  // CAF's work stealing: more throughput with many cores and many busy actors
+};
+
+struct runtime_options {
+  bytes_t ram_budget_bytes = 0;  // RAM for model host copies, bytes; 0 = ram_fraction of available RAM
+  double ram_fraction = 0.5;     // share of MemAvailable taken when ram_budget_bytes is 0, in (0, 1]
+  std::vector<device_options> devices;  // devices 0..N-1
+  bytes_t cpu_working_budget_bytes = 0;  // working memory CPU pins may reserve, bytes; 0 = RAM budget
+  size_t loader_threads = 2;     // threads running model loads (disk, decode), >= 1
+  size_t copy_threads = 2;       // threads running device copies, >= 1
+  size_t scheduler_threads = 0;  // CAF scheduler threads; 0 = hardware threads (at least 2)
+  scheduler_policy scheduler = scheduler_policy::sharing;
+  std::chrono::nanoseconds default_wait = std::chrono::seconds(30);  // how long a session's acquire or pin
+                                                                     // waits for room by default
+  policy_factory eviction = make_lru_policy;  // eviction policy of every tier
+#ifdef NDEBUG
+  bool check_invariants = false;  // check every tier's invariants after every step (abort if broken)
+#else
+  bool check_invariants = true;
+#endif
+};
+
+/// Bytes of MemAvailable in /proc/meminfo, or 0 when unknown.
+bytes_t available_ram_bytes();
+
+} // namespace mcache

@@ -1,0 +1,149 @@
+#include "runtime/runtime.hpp"
+
+#include "actors/device_actor.hpp"
+#include "actors/ram_cache_actor.hpp"
+#include "messages/errors.hpp"
+#include "runtime/core/format.hpp"
+
+#include <caf/all.hpp>
+
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace mcache {
+
+bytes_t available_ram_bytes() {
+  std::ifstream meminfo{"/proc/meminfo"};
+  std::string key;
+  bytes_t kib = 0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit)
+    if (key == "MemAvailable:")
+      return kib * 1024;
+  return 0;
+}
+
+namespace {
+
+[[noreturn]] void bad_option(const std::string& what) {
+  throw request_error(failure{errc::invalid_argument, what});
+}
+
+// Resolves derived values (RAM budget, thread counts) and rejects unusable options with the numbers.
+runtime_options resolve(runtime_options o) {
+  if (o.ram_budget_bytes == 0) {
+    if (!(o.ram_fraction > 0 && o.ram_fraction <= 1))
+      bad_option("ram_fraction must be in (0, 1], got " + std::to_string(o.ram_fraction));
+    auto available = available_ram_bytes();
+    if (available == 0)
+      bad_option("ram_budget_bytes is 0 and available RAM is unknown; set ram_budget_bytes");
+    o.ram_budget_bytes = static_cast<bytes_t>(static_cast<double>(available) * o.ram_fraction);
+  }
+  auto available = available_ram_bytes();
+  if (available != 0 && o.ram_budget_bytes > 4 * available)
+    bad_option("ram_budget_bytes " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
+               + format_bytes(available) + "; that budget could never be honoured");
+  if (o.loader_threads == 0 || o.copy_threads == 0)
+    bad_option("loader_threads and copy_threads must be at least 1");
+  if (o.default_wait < std::chrono::nanoseconds::zero())
+    bad_option("default_wait must not be negative");
+  for (size_t i = 0; i < o.devices.size(); ++i) {
+    device_tier_options t{static_cast<device_index>(i), o.devices[i].budget_bytes, o.devices[i].reserve_bytes};
+    if (auto err = device_tier::validate(t))
+      bad_option(err->detail);
+    if (o.devices[i].simulated_bandwidth_bytes_per_s < 0)
+      bad_option("device " + std::to_string(i) + ": simulated bandwidth must not be negative");
+  }
+  if (o.cpu_working_budget_bytes == 0)
+    o.cpu_working_budget_bytes = o.ram_budget_bytes;
+  if (o.scheduler_threads == 0)
+    o.scheduler_threads = std::max(2u, std::thread::hardware_concurrency());
+  return o;
+}
+
+} // namespace
+
+void configure(caf::actor_system_config& cfg, const runtime_options& options) {
+  register_types(cfg);
+  cfg.set("scheduler.policy",
+          options.scheduler == scheduler_policy::sharing ? caf::atom("sharing") : caf::atom("stealing"));
+  cfg.set("scheduler.max-threads", options.scheduler_threads);
+  cfg.set("logger.verbosity", caf::atom("quiet"));
+}
+
+runtime::runtime(runtime_options options) : options_(resolve(std::move(options))) {
+  catalog_ = std::make_shared<catalog>();
+  loaders_ = make_thread_pool_executor(options_.loader_threads);
+  copiers_ = make_thread_pool_executor(options_.copy_threads);
+  config_ = std::make_unique<caf::actor_system_config>();
+  configure(*config_, options_);
+  system_ = std::make_unique<caf::actor_system>(*config_);
+  ram_cache_config rc;
+  rc.tier.budget_bytes = options_.ram_budget_bytes;
+  rc.models = catalog_;
+  rc.loaders = loaders_;
+  rc.policy = options_.eviction;
+  rc.check_invariants_each_step = options_.check_invariants;
+  ram_ = spawn_ram_cache(*system_, std::move(rc));
+  auto make_device = [&](device_index index, bytes_t budget, bytes_t reserve,
+                         std::shared_ptr<device_backend> backend) {
+    device_actor_config dc;
+    dc.tier = {index, budget, reserve};
+    dc.backend = std::move(backend);
+    dc.copiers = copiers_;
+    dc.ram = ram_;
+    dc.policy = options_.eviction;
+    dc.check_invariants_each_step = options_.check_invariants;
+    return spawn_device(*system_, std::move(dc));
+  };
+  for (size_t i = 0; i < options_.devices.size(); ++i) {
+    const auto& d = options_.devices[i];
+    auto index = static_cast<device_index>(i);
+    devices_.push_back(make_device(index, d.budget_bytes, d.reserve_bytes,
+                                   make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s})));
+  }
+  cpu_ = make_device(cpu_device, options_.cpu_working_budget_bytes, 0, make_host_backend());
+}
+
+runtime::~runtime() {
+  // Finish the work in flight first (its completions go to live actors), then stop the actors: the
+  // actor system's destructor waits for every actor it owns.
+  loaders_->join();
+  copiers_->join();
+  for (auto& d : devices_)
+    caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(cpu_, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(ram_, caf::exit_reason::user_shutdown);
+  devices_.clear();
+  cpu_ = nullptr;
+  ram_ = nullptr;
+  system_.reset();
+}
+
+device_actor runtime::device(device_index index) const {
+  if (index == cpu_device)
+    return cpu_;
+  if (index < 0 || static_cast<size_t>(index) >= devices_.size())
+    throw request_error(failure{errc::invalid_device, "device " + std::to_string(index)
+                                                        + " does not exist; this runtime has "
+                                                        + std::to_string(devices_.size())
+                                                        + " device(s) and cpu_device (-1)"});
+  return devices_[static_cast<size_t>(index)];
+}
+
+session runtime::open_session() { return session{*this}; }
+
+runtime_stats runtime::stats() {
+  runtime_stats out;
+  caf::scoped_actor self{*system_};
+  auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
+  self->request(ram_, caf::infinite, stats_atom::value).receive([&](ram_stats& s) { out.ram = s; }, fail);
+  for (auto& d : devices_)
+    self->request(d, caf::infinite, stats_atom::value)
+      .receive([&](device_stats& s) { out.devices.push_back(s); }, fail);
+  self->request(cpu_, caf::infinite, stats_atom::value).receive([&](device_stats& s) { out.cpu = s; }, fail);
+  return out;
+}
+
+} // namespace mcache

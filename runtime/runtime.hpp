@@ -1,0 +1,74 @@
+#pragma once
+// The embedding API: a `runtime` boots the actor system, spawns the RAM-cache actor and one device actor
+// per device (plus one for CPU pins), and opens sessions.
+//
+//   mcache::runtime rt{options};
+//   rt.models().add(mcache::synthetic_model("vae", {1 << 20}));
+//   auto s = rt.open_session();
+//   auto lease = s.acquire("vae");             // stays in RAM until released
+//   auto pin = s.pin(lease, 0, 64 << 20);      // resident on device 0 with 64 MiB working memory
+//   use(pin.tensor("t0"));                     // both end when they go out of scope
+//
+// Actor sessions talk to `ram_cache()` and `device(i)` with request/then; see README.md.
+
+#include "messages/interfaces.hpp"
+#include "runtime/core/catalog.hpp"
+#include "runtime/core/executor.hpp"
+#include "runtime/options.hpp"
+#include "runtime/session.hpp"
+
+#include <memory>
+#include <vector>
+
+namespace caf {
+class actor_system;
+class actor_system_config;
+} // namespace caf
+
+namespace mcache {
+
+struct runtime_stats {
+  ram_stats ram;
+  std::vector<device_stats> devices;  // index i is device i
+  device_stats cpu;                   // the CPU pin tier
+};
+
+class runtime {
+public:
+  /// Boots the runtime. Throws `request_error` (invalid_argument) on unusable options.
+  explicit runtime(runtime_options options);
+  ~runtime();
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  catalog& models() { return *catalog_; }
+  const runtime_options& options() const { return options_; }
+  size_t device_count() const { return devices_.size(); }
+
+  ram_cache_actor ram_cache() const { return ram_; }
+  /// The device actor of `index` (`cpu_device` for CPU pins). Throws `request_error` (invalid_device).
+  device_actor device(device_index index) const;
+
+  /// A blocking client. One per thread; it must not outlive the runtime.
+  session open_session();
+  /// A snapshot of every tier (blocking).
+  runtime_stats stats();
+  caf::actor_system& system() { return *system_; }
+
+private:
+  runtime_options options_;
+  std::shared_ptr<catalog> catalog_;
+  std::shared_ptr<executor> loaders_;
+  std::shared_ptr<executor> copiers_;
+  std::unique_ptr<caf::actor_system_config> config_;
+  std::unique_ptr<caf::actor_system> system_;
+  ram_cache_actor ram_;
+  std::vector<device_actor> devices_;
+  device_actor cpu_;
+};
+
+/// Makes the actor system config the runtime uses (types, error category, scheduler); for callers that
+/// spawn the actors themselves (tests).
+void configure(caf::actor_system_config& cfg, const runtime_options& options);
+
+} // namespace mcache

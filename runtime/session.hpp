@@ -1,0 +1,111 @@
+#pragma once
+// A blocking client of the runtime with RAII handles: a `lease` releases itself, a `pin_handle` unpins
+// itself. A session is one CAF scoped actor: the holder of everything it acquires. Use it from one thread
+// at a time; handles must not outlive their session.
+
+#include "messages/interfaces.hpp"
+
+#include <caf/scoped_actor.hpp>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+
+namespace mcache {
+
+class runtime;
+
+/// A request failed: `code()` says which way, `what()` says what was asked, what was free, what to change.
+class request_error : public std::runtime_error {
+public:
+  explicit request_error(failure f);
+  errc code() const noexcept { return code_; }
+
+private:
+  errc code_;
+};
+
+class session;
+
+/// A lease on a model's RAM copy. Move-only; releases on destruction.
+class lease {
+public:
+  lease() = default;
+  lease(lease&& other) noexcept;
+  lease& operator=(lease&& other) noexcept;
+  ~lease();
+
+  explicit operator bool() const { return owner_ != nullptr; }
+  lease_id id() const { return grant_.lease; }
+  const model_id& model() const { return grant_.model; }
+  bytes_t bytes() const { return grant_.bytes; }
+  const host_model& host() const { return *grant_.payload; }
+  /// Ends the lease now. Throws `request_error` on failure (the handle is emptied either way).
+  void release();
+
+private:
+  friend class session;
+  lease(session* owner, ram_lease grant) : owner_(owner), grant_(std::move(grant)) {}
+  session* owner_ = nullptr;
+  ram_lease grant_;
+};
+
+/// A pin: the model is resident on the device and locked there until the handle is released.
+class pin_handle {
+public:
+  pin_handle() = default;
+  pin_handle(pin_handle&& other) noexcept;
+  pin_handle& operator=(pin_handle&& other) noexcept;
+  ~pin_handle();
+
+  explicit operator bool() const { return owner_ != nullptr; }
+  pin_id id() const { return grant_.pin; }
+  const model_id& model() const { return grant_.model; }
+  device_index device() const { return grant_.device; }
+  bytes_t resident_bytes() const { return grant_.resident_bytes; }
+  bytes_t working_bytes() const { return grant_.working_bytes; }
+  /// The device copy of the tensor named `name` (undefined if there is none).
+  at::Tensor tensor(const std::string& name) const { return grant_.view->find(name); }
+  const device_model& tensors() const { return *grant_.view; }
+  void release();
+
+private:
+  friend class session;
+  pin_handle(session* owner, device_actor dev, device_pin grant)
+    : owner_(owner), device_(std::move(dev)), grant_(std::move(grant)) {}
+  session* owner_ = nullptr;
+  device_actor device_;
+  device_pin grant_;
+};
+
+class session {
+public:
+  explicit session(runtime& rt);
+  session(session&&) = delete;
+
+  /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room.
+  lease acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait = std::nullopt);
+  /// Pins the model of `l` on `device` with `working_bytes` of working memory.
+  pin_handle pin(const lease& l, device_index device, bytes_t working_bytes = 0,
+                 std::optional<std::chrono::nanoseconds> wait = std::nullopt);
+  /// Frees device memory held by unpinned models (see device_actor's offload). Returns bytes freed.
+  bytes_t offload(device_index device, const model_id& model = {}, bytes_t bytes = 0);
+  /// Frees RAM held by unleased models: `model` alone (empty: any, by policy) until at least `bytes` are
+  /// freed (0: all). Returns bytes freed.
+  bytes_t trim_ram(const model_id& model = {}, bytes_t bytes = 0);
+
+  caf::scoped_actor& self() { return self_; }
+
+private:
+  friend class lease;
+  friend class pin_handle;
+  void release_lease(lease_id id);
+  void release_pin(const device_actor& dev, pin_id id);
+  caf::timespan wait_or_default(std::optional<std::chrono::nanoseconds> wait) const;
+
+  runtime* rt_;
+  caf::scoped_actor self_;
+};
+
+} // namespace mcache

@@ -1,0 +1,291 @@
+// The device tier without CAF: copies, pins, working memory, lazy and explicit offload, waiting.
+
+#include "runtime/core/device_tier.hpp"
+
+#include "support/catch.hpp"
+#include "support/fake_models.hpp"
+#include "support/stats_fields.hpp"
+
+#include <map>
+
+using namespace mcache;
+using mcache::test::fake_model;
+using mcache::test::fields_of;
+
+namespace {
+
+constexpr holder_id alice = 11;
+constexpr holder_id bob = 22;
+
+/// Drives a device_tier like its actor does; RAM leases are faked with increasing ids.
+struct device_harness {
+  explicit device_harness(bytes_t budget, bytes_t reserve = 0)
+    : tier({0, budget, reserve}, make_lru_policy()) {}
+
+  request_id pin(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0, bool may_wait = true) {
+    auto id = next_request++;
+    pin_request r;
+    r.request = id;
+    r.holder = h;
+    auto d = fake_model(m, bytes);
+    r.host = ram_lease{next_lease++, m, bytes, d.loader(d)};
+    leases_out.insert(r.host.lease);
+    r.device_bytes = bytes;
+    r.working_bytes = working;
+    device_effects fx;
+    tier.pin(std::move(r), may_wait, fx);
+    absorb(fx);
+    return id;
+  }
+  void finish_copy(const model_id& m) {
+    device_effects fx;
+    auto copy = std::make_shared<device_model>();
+    tier.copy_finished(m, std::shared_ptr<const device_model>(copy), 1000, fx);
+    absorb(fx);
+  }
+  void fail_copy(const model_id& m) {
+    device_effects fx;
+    tier.copy_finished(m, failure{errc::copy_failed, "injected"}, 0, fx);
+    absorb(fx);
+  }
+  /// Pin and, when it starts a copy, finish it: the pin id.
+  pin_id pinned(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0) {
+    auto r = pin(m, bytes, h, working);
+    if (!answers.count(r))
+      finish_copy(m);
+    REQUIRE(granted(r));
+    return std::get<device_pin>(answers.at(r)).pin;
+  }
+  std::optional<failure> release(pin_id p, holder_id h) {
+    device_effects fx;
+    auto err = tier.release(p, h, fx);
+    absorb(fx);
+    return err;
+  }
+  outcome<bytes_t> offload(const model_id& m, bytes_t bytes) {
+    device_effects fx;
+    auto r = tier.offload(m, bytes, fx);
+    absorb(fx);
+    return r;
+  }
+  void expire(request_id r) {
+    device_effects fx;
+    tier.expire(r, fx);
+    absorb(fx);
+  }
+  bool answered(request_id r) const { return answers.count(r) > 0; }
+  bool granted(request_id r) const { return answered(r) && succeeded(answers.at(r)); }
+  errc error_of(request_id r) const { return std::get<failure>(answers.at(r)).code; }
+  std::string text_of(request_id r) const { return std::get<failure>(answers.at(r)).detail; }
+
+  void absorb(device_effects& fx) {
+    for (auto& r : fx.replies)
+      answers.emplace(r.request, r.result);
+    for (auto& c : fx.copies)
+      copies_started.push_back(c.model);
+    for (auto l : fx.ram_leases_to_release) {
+      REQUIRE(leases_out.count(l) == 1);  // every RAM lease comes back exactly once
+      leases_out.erase(l);
+    }
+    tier.check_invariants();
+  }
+
+  device_tier tier;
+  request_id next_request = 1;
+  lease_id next_lease = 1000;
+  std::set<lease_id> leases_out;  // RAM leases the tier still holds
+  std::map<request_id, outcome<device_pin>> answers;
+  std::vector<model_id> copies_started;
+};
+
+} // namespace
+
+TEST_CASE("a pin copies a model once and later pins of it are hits") {
+  device_harness h{100};
+  auto r1 = h.pin("a", 40, alice);
+  auto r2 = h.pin("a", 40, bob);
+  CHECK(h.copies_started == std::vector<model_id>{"a"});
+  h.finish_copy("a");
+  CHECK(h.granted(r1));
+  CHECK(h.granted(r2));
+  auto r3 = h.pin("a", 40, bob);
+  CHECK(h.granted(r3));
+  auto s = h.tier.stats();
+  CHECK(s.loads == 1);
+  CHECK(s.shared_loads == 1);
+  CHECK(s.hits == 1);
+  CHECK(s.pins_active == 3);
+  CHECK(s.pinned_bytes == 40);
+}
+
+TEST_CASE("a released pin leaves the model resident until room is needed") {
+  device_harness h{100};
+  auto p = h.pinned("a", 60, alice);
+  h.release(p, alice);
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  CHECK(h.tier.stats().used_bytes == 60);
+  h.pinned("b", 60, alice);
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  CHECK(h.tier.stats().evictions == 1);
+}
+
+TEST_CASE("a pinned model is never evicted to make room, and is a candidate again after release") {
+  device_harness h{100};
+  auto pa = h.pinned("a", 60, alice);
+  auto rb = h.pin("b", 60, bob);
+  CHECK_FALSE(h.answered(rb));
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  h.release(pa, alice);
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  h.finish_copy("b");
+  CHECK(h.granted(rb));
+}
+
+TEST_CASE("eviction on a device follows the policy's order among unpinned models") {
+  device_harness h{90};
+  auto pa = h.pinned("a", 30, alice);
+  auto pb = h.pinned("b", 30, alice);
+  auto pc = h.pinned("c", 30, alice);
+  h.release(pc, alice);
+  h.release(pa, alice);
+  h.release(pb, alice);
+  h.pinned("d", 30, alice);
+  CHECK(h.tier.residency("c") == device_residency::absent);
+  CHECK(h.tier.residency("a") == device_residency::resident);
+}
+
+TEST_CASE("working memory counts against the budget while the pin lives") {
+  device_harness h{100, 10};
+  auto p = h.pinned("a", 40, alice, 30);
+  auto s = h.tier.stats();
+  CHECK(s.used_bytes == 70);
+  CHECK(s.working_bytes == 30);
+  // 90 usable, 70 used: a 30-byte model does not fit beside it, and 'a' is pinned.
+  auto rb = h.pin("b", 30, bob, 0, false);
+  CHECK(h.error_of(rb) == errc::budget_exhausted);
+  CHECK(h.text_of(rb).find("working memory reserved 30 B") != std::string::npos);
+  h.release(p, alice);
+  CHECK(h.tier.stats().working_bytes == 0);
+  CHECK(h.tier.stats().used_bytes == 40);
+}
+
+TEST_CASE("a pin asking for more than the usable budget fails at once with the numbers") {
+  device_harness h{100, 20};
+  auto before = fields_of(h.tier.stats());
+  auto r = h.pin("a", 50, alice, 31);
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::model_too_large);
+  auto text = h.text_of(r);
+  CHECK(text.find("50 B for the model + 31 B working memory") != std::string::npos);
+  CHECK(text.find("only 80 B") != std::string::npos);
+  CHECK(fields_of(h.tier.stats()) == before);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("making room for working memory never evicts the model being pinned") {
+  device_harness h{100};
+  auto pa = h.pinned("a", 60, alice);
+  h.release(pa, alice);
+  h.pinned("b", 30, alice);
+  // 10 bytes free; the only candidate is 'a' itself, which must stay.
+  auto r = h.pin("a", 60, bob, 20, false);
+  CHECK(h.error_of(r) == errc::budget_exhausted);
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  auto ok = h.pin("a", 60, bob, 10);
+  CHECK(h.granted(ok));
+}
+
+TEST_CASE("offloading a named model frees exactly its bytes and refuses a pinned one") {
+  device_harness h{100};
+  auto pa = h.pinned("a", 30, alice);
+  auto pb = h.pinned("b", 20, alice);
+  h.release(pb, alice);
+  auto pinned = h.offload("a", 0);
+  REQUIRE_FALSE(succeeded(pinned));
+  CHECK(std::get<failure>(pinned).code == errc::model_pinned);
+  auto absent = h.offload("zzz", 0);
+  CHECK(std::get<failure>(absent).code == errc::not_resident);
+  auto freed = h.offload("b", 0);
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 20);
+  CHECK(h.tier.stats().used_bytes == 30);
+  CHECK(h.tier.stats().offloaded_bytes == 20);
+  (void) pa;
+}
+
+TEST_CASE("offloading a number of bytes drops whole unpinned models in policy order until enough is freed") {
+  device_harness h{100};
+  for (auto m : {"a", "b", "c"}) {
+    auto p = h.pinned(m, 30, alice);
+    h.release(p, alice);
+  }
+  auto freed = h.offload("", 40);  // full-model granularity: a (30) then b (30)
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 60);
+  CHECK(h.tier.residency("c") == device_residency::resident);
+  auto rest = h.offload("", 0);
+  CHECK(std::get<bytes_t>(rest) == 30);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("a failed copy answers its waiters, returns their leases and frees the reservation") {
+  device_harness h{100};
+  auto r1 = h.pin("a", 40, alice, 5);
+  auto r2 = h.pin("a", 40, bob, 5);
+  h.fail_copy("a");
+  CHECK(h.error_of(r1) == errc::copy_failed);
+  CHECK(h.error_of(r2) == errc::copy_failed);
+  CHECK(h.tier.stats().used_bytes == 0);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("a deadline passing in the queue returns budget_exhausted and the lease") {
+  device_harness h{100};
+  h.pinned("a", 70, alice);
+  auto rb = h.pin("b", 70, bob);
+  h.expire(rb);
+  CHECK(h.error_of(rb) == errc::budget_exhausted);
+  CHECK(h.leases_out.size() == 1);  // only alice's pin still holds one
+}
+
+TEST_CASE("a deadline passing during a copy keeps that lease until the copy ends") {
+  device_harness h{100};
+  auto r1 = h.pin("a", 40, alice);
+  h.expire(r1);
+  CHECK(h.error_of(r1) == errc::timed_out);
+  CHECK(h.leases_out.size() == 1);  // the copy still reads the host copy
+  h.finish_copy("a");
+  CHECK(h.leases_out.empty());
+  CHECK(h.tier.residency("a") == device_residency::resident);
+}
+
+TEST_CASE("double release and another holder's pin fail and change nothing") {
+  device_harness h{100};
+  auto p = h.pinned("a", 40, alice);
+  auto before = fields_of(h.tier.stats());
+  CHECK(h.release(p, bob)->code == errc::foreign_pin);
+  CHECK(h.release(777, alice)->code == errc::invalid_pin);
+  CHECK(fields_of(h.tier.stats()) == before);
+  REQUIRE_FALSE(h.release(p, alice));
+  CHECK(h.release(p, alice)->code == errc::invalid_pin);
+}
+
+TEST_CASE("a holder that goes away has its pins released and its requests withdrawn") {
+  device_harness h{100};
+  h.pinned("a", 60, alice, 10);
+  auto rb = h.pin("b", 60, alice);
+  device_effects fx;
+  h.tier.holder_down(alice, fx);
+  h.absorb(fx);
+  CHECK(h.error_of(rb) == errc::shutting_down);
+  auto s = h.tier.stats();
+  CHECK(s.pins_active == 0);
+  CHECK(s.working_bytes == 0);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("zero budgets and reserves that leave nothing are rejected") {
+  CHECK(device_tier::validate({0, 0, 0})->code == errc::invalid_argument);
+  CHECK(device_tier::validate({0, 100, 100})->code == errc::invalid_argument);
+  CHECK_FALSE(device_tier::validate({0, 100, 99}));
+}

@@ -1,0 +1,39 @@
+#include "runtime/core/eviction_policy.hpp"
+
+#include "support/catch.hpp"
+
+using namespace mcache;
+
+TEST_CASE("the LRU policy offers the least recently inserted or touched candidate first") {
+  lru_policy lru;
+  lru.insert("a");
+  lru.insert("b");
+  lru.insert("c");
+  CHECK(lru.victims() == std::vector<model_id>{"a", "b", "c"});
+  lru.touch("a");
+  CHECK(lru.victims() == std::vector<model_id>{"b", "c", "a"});
+  lru.insert("b");  // inserting again counts as a use
+  CHECK(lru.victims() == std::vector<model_id>{"c", "a", "b"});
+}
+
+TEST_CASE("peeking at the LRU victims does not count as a use") {
+  lru_policy lru;
+  lru.insert("a");
+  lru.insert("b");
+  auto first = lru.victims();
+  auto second = lru.victims();
+  CHECK(first == second);
+  CHECK(first.front() == "a");
+}
+
+TEST_CASE("an erased model is no longer a candidate and touching an absent one changes nothing") {
+  lru_policy lru;
+  lru.insert("a");
+  lru.insert("b");
+  lru.erase("a");
+  lru.erase("zzz");
+  lru.touch("zzz");
+  CHECK_FALSE(lru.contains("a"));
+  CHECK(lru.size() == 1);
+  CHECK(lru.victims() == std::vector<model_id>{"b"});
+}

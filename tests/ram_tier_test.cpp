@@ -1,0 +1,324 @@
+// The RAM tier without CAF: admission, leases, eviction, waiting and bad input.
+
+#include "runtime/core/ram_tier.hpp"
+
+#include "support/catch.hpp"
+#include "support/fake_models.hpp"
+#include "support/stats_fields.hpp"
+
+#include <map>
+
+using namespace mcache;
+using mcache::test::fake_model;
+using mcache::test::fields_of;
+
+namespace {
+
+constexpr holder_id alice = 11;
+constexpr holder_id bob = 22;
+
+/// Drives a ram_tier like its actor does, and checks the invariants after every step.
+struct ram_harness {
+  explicit ram_harness(bytes_t budget) : tier({budget}, make_lru_policy()) {}
+
+  request_id acquire(const model_descriptor& d, holder_id h, bool may_wait = true) {
+    auto id = next++;
+    descriptors[d.id] = d;
+    ram_effects fx;
+    tier.acquire(id, d, h, may_wait, fx);
+    absorb(fx);
+    return id;
+  }
+  void finish_load(const model_id& m) {
+    ram_effects fx;
+    tier.load_finished(m, descriptors.at(m).loader(descriptors.at(m)), 1000, fx);
+    absorb(fx);
+  }
+  void fail_load(const model_id& m, std::string why) {
+    ram_effects fx;
+    tier.load_finished(m, failure{errc::load_failed, std::move(why)}, 0, fx);
+    absorb(fx);
+  }
+  /// Acquire and, when it starts a load, finish it: the lease id.
+  lease_id lease(const model_descriptor& d, holder_id h) {
+    auto r = acquire(d, h);
+    if (!answers.count(r))
+      finish_load(d.id);
+    REQUIRE(answers.count(r));
+    REQUIRE(succeeded(answers.at(r)));
+    return std::get<ram_lease>(answers.at(r)).lease;
+  }
+  std::optional<failure> release(lease_id l, holder_id h) {
+    ram_effects fx;
+    auto err = tier.release(l, h, fx);
+    absorb(fx);
+    return err;
+  }
+  void expire(request_id r) {
+    ram_effects fx;
+    tier.expire(r, fx);
+    absorb(fx);
+  }
+  bool answered(request_id r) const { return answers.count(r) > 0; }
+  bool granted(request_id r) const { return answered(r) && succeeded(answers.at(r)); }
+  errc error_of(request_id r) const { return std::get<failure>(answers.at(r)).code; }
+  std::string text_of(request_id r) const { return std::get<failure>(answers.at(r)).detail; }
+
+  void absorb(ram_effects& fx) {
+    for (auto& r : fx.replies)
+      answers.emplace(r.request, r.result);
+    for (auto& d : fx.loads)
+      loads_started.push_back(d.id);
+    tier.check_invariants();
+  }
+
+  ram_tier tier;
+  request_id next = 1;
+  std::map<request_id, outcome<ram_lease>> answers;
+  std::map<model_id, model_descriptor> descriptors;
+  std::vector<model_id> loads_started;
+};
+
+} // namespace
+
+TEST_CASE("an acquire of an absent model starts one load and grants the lease when it finishes") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r = h.acquire(a, alice);
+  CHECK_FALSE(h.answered(r));
+  CHECK(h.loads_started == std::vector<model_id>{"a"});
+  CHECK(h.tier.stats().loading_bytes == 40);
+  h.finish_load("a");
+  REQUIRE(h.granted(r));
+  CHECK(std::get<ram_lease>(h.answers.at(r)).payload->total_bytes() == 40);
+  CHECK(h.tier.stats().used_bytes == 40);
+  CHECK(h.tier.stats().leased_bytes == 40);
+}
+
+TEST_CASE("concurrent acquires of a loading model share one load") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r1 = h.acquire(a, alice);
+  auto r2 = h.acquire(a, bob);
+  auto r3 = h.acquire(a, alice);
+  CHECK(h.loads_started.size() == 1);
+  h.finish_load("a");
+  CHECK(h.granted(r1));
+  CHECK(h.granted(r2));
+  CHECK(h.granted(r3));
+  auto s = h.tier.stats();
+  CHECK(s.loads == 1);
+  CHECK(s.shared_loads == 2);
+  CHECK(s.leases_active == 3);
+}
+
+TEST_CASE("a leased model is never evicted to make room") {
+  ram_harness h{100};
+  auto a = fake_model("a", 60);
+  auto b = fake_model("b", 60);
+  auto la = h.lease(a, alice);
+  auto rb = h.acquire(b, bob);
+  CHECK_FALSE(h.answered(rb));  // queued: the only candidate would be 'a', which is leased
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.stats().waiting_now == 1);
+  REQUIRE_FALSE(h.release(la, alice));
+  // Now 'a' is a candidate: 'b' is admitted by evicting it.
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.residency("b") == ram_residency::loading);
+  h.finish_load("b");
+  CHECK(h.granted(rb));
+  CHECK(h.tier.stats().evictions == 1);
+}
+
+TEST_CASE("eviction follows the policy's order among unleased models") {
+  ram_harness h{90};
+  auto a = fake_model("a", 30), b = fake_model("b", 30), c = fake_model("c", 30), d = fake_model("d", 30);
+  auto la = h.lease(a, alice);
+  auto lb = h.lease(b, alice);
+  auto lc = h.lease(c, alice);
+  // Released in the order b, c, a: b is least recently used.
+  h.release(lb, alice);
+  h.release(lc, alice);
+  h.release(la, alice);
+  h.lease(d, alice);
+  CHECK(h.tier.residency("b") == ram_residency::absent);
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.residency("c") == ram_residency::resident);
+}
+
+TEST_CASE("a request that cannot be served evicts nothing") {
+  ram_harness h{100};
+  auto a = fake_model("a", 50), b = fake_model("b", 30), c = fake_model("c", 90);
+  h.lease(a, alice);
+  auto lb = h.lease(b, alice);
+  h.release(lb, alice);  // b is a candidate, but freeing it leaves 50 < 90
+  auto r = h.acquire(c, bob, /*may_wait=*/false);
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::budget_exhausted);
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+  CHECK(h.tier.stats().evictions == 0);
+}
+
+TEST_CASE("waiting requests are served in FIFO order when room frees") {
+  ram_harness h{100};
+  auto a = fake_model("a", 100), b = fake_model("b", 60), c = fake_model("c", 40), d = fake_model("d", 10);
+  auto la = h.lease(a, alice);
+  auto rb = h.acquire(b, bob);
+  auto rc = h.acquire(c, bob);
+  auto rd = h.acquire(d, bob);
+  CHECK(h.tier.stats().waiting_now == 3);
+  h.release(la, alice);
+  // Room for b (60) then c (40): both admitted in order; d waits behind them (no overtaking).
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "c"});
+  CHECK_FALSE(h.answered(rd));
+  h.finish_load("b");
+  h.finish_load("c");
+  CHECK(h.granted(rb));
+  CHECK(h.granted(rc));
+  CHECK_FALSE(h.answered(rd));
+  CHECK(h.tier.stats().waiting_now == 1);
+}
+
+TEST_CASE("a waiting request fails at its deadline with the numbers and what is held") {
+  ram_harness h{100};
+  auto a = fake_model("a", 70), b = fake_model("b", 50);
+  h.lease(a, alice);
+  auto before = fields_of(h.tier.stats());
+  auto rb = h.acquire(b, bob);
+  h.expire(rb);
+  REQUIRE(h.answered(rb));
+  CHECK(h.error_of(rb) == errc::budget_exhausted);
+  auto text = h.text_of(rb);
+  CHECK(text.find("'b'") != std::string::npos);
+  CHECK(text.find("wanted 50 B") != std::string::npos);
+  CHECK(text.find("free 30 B") != std::string::npos);
+  CHECK(text.find("'a' 70 B (1 lease)") != std::string::npos);
+  auto after = h.tier.stats();
+  CHECK(after.waiting_now == 0);
+  CHECK(after.timeouts == 1);
+  CHECK(after.used_bytes == 70);
+  (void) before;
+}
+
+TEST_CASE("a deadline that passes during a load fails only that waiter") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r1 = h.acquire(a, alice);
+  auto r2 = h.acquire(a, bob);
+  h.expire(r2);
+  CHECK(h.error_of(r2) == errc::timed_out);
+  h.finish_load("a");
+  CHECK(h.granted(r1));
+  CHECK(h.tier.stats().leases_active == 1);
+}
+
+TEST_CASE("a model larger than the whole RAM budget fails at once and changes nothing") {
+  ram_harness h{100};
+  auto before = fields_of(h.tier.stats());
+  auto r = h.acquire(fake_model("huge", 101), alice);
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::model_too_large);
+  CHECK(h.text_of(r).find("ram_budget_bytes") != std::string::npos);
+  CHECK(fields_of(h.tier.stats()) == before);
+}
+
+TEST_CASE("double release, unknown leases and another holder's lease fail and change nothing") {
+  ram_harness h{100};
+  auto la = h.lease(fake_model("a", 10), alice);
+  auto before = fields_of(h.tier.stats());
+  auto foreign = h.release(la, bob);
+  REQUIRE(foreign);
+  CHECK(foreign->code == errc::foreign_lease);
+  auto unknown = h.release(9999, alice);
+  REQUIRE(unknown);
+  CHECK(unknown->code == errc::invalid_lease);
+  CHECK(fields_of(h.tier.stats()) == before);
+  REQUIRE_FALSE(h.release(la, alice));
+  auto after_release = fields_of(h.tier.stats());
+  auto twice = h.release(la, alice);
+  REQUIRE(twice);
+  CHECK(twice->code == errc::invalid_lease);
+  CHECK(fields_of(h.tier.stats()) == after_release);
+}
+
+TEST_CASE("a failed load answers every waiter with its text and frees the reservation") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r1 = h.acquire(a, alice);
+  auto r2 = h.acquire(a, bob);
+  h.fail_load("a", "disk on fire");
+  CHECK(h.error_of(r1) == errc::load_failed);
+  CHECK(h.error_of(r2) == errc::load_failed);
+  CHECK(h.text_of(r1) == "disk on fire");
+  auto s = h.tier.stats();
+  CHECK(s.used_bytes == 0);
+  CHECK(s.load_failures == 1);
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+}
+
+TEST_CASE("a loader that produces another size than the catalog declares fails the load") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r = h.acquire(a, alice);
+  ram_effects fx;
+  auto wrong = fake_model("a", 41);
+  h.tier.load_finished("a", wrong.loader(wrong), 0, fx);
+  h.absorb(fx);
+  CHECK(h.error_of(r) == errc::load_failed);
+  CHECK(h.text_of(r).find("declares 40 B") != std::string::npos);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("a holder that goes away releases its leases and withdraws its waiting requests") {
+  ram_harness h{100};
+  auto la = h.lease(fake_model("a", 80), alice);
+  auto rb = h.acquire(fake_model("b", 50), alice);
+  auto rc = h.acquire(fake_model("c", 50), bob);
+  ram_effects fx;
+  h.tier.holder_down(alice, fx);
+  h.absorb(fx);
+  CHECK(h.error_of(rb) == errc::shutting_down);
+  CHECK(h.tier.leases_of(alice) == 0);
+  // 'a' became a candidate, so bob's request was admitted.
+  CHECK(h.tier.residency("c") == ram_residency::loading);
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  (void) la;
+  (void) rc;
+}
+
+TEST_CASE("a shared lease keeps the model in RAM after the owner's lease ends") {
+  ram_harness h{100};
+  auto la = h.lease(fake_model("a", 60), alice);
+  auto shared = h.tier.share(la, alice, /*borrower=*/99);
+  REQUIRE(succeeded(shared));
+  CHECK(std::get<ram_lease>(shared).model == "a");
+  auto foreign = h.tier.share(la, bob, 99);
+  REQUIRE_FALSE(succeeded(foreign));
+  CHECK(std::get<failure>(foreign).code == errc::foreign_lease);
+  h.release(la, alice);
+  auto rb = h.acquire(fake_model("b", 60), bob, false);
+  CHECK(h.error_of(rb) == errc::budget_exhausted);
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+}
+
+TEST_CASE("a trim drops exactly the unleased models it names and refuses leased ones") {
+  ram_harness h{100};
+  auto la = h.lease(fake_model("a", 30), alice);
+  auto lb = h.lease(fake_model("b", 20), alice);
+  h.release(lb, alice);
+  ram_effects fx;
+  auto leased = h.tier.trim("a", 0, fx);
+  REQUIRE_FALSE(succeeded(leased));
+  CHECK(std::get<failure>(leased).code == errc::model_leased);
+  auto freed = h.tier.trim("b", 0, fx);
+  h.absorb(fx);
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 20);
+  CHECK(h.tier.stats().used_bytes == 30);
+  (void) la;
+}
+
+TEST_CASE("a RAM tier with a zero budget is rejected") {
+  CHECK(ram_tier::validate({0}));
+  CHECK_THROWS_AS(ram_tier({0}, make_lru_policy()), std::invalid_argument);
+}
