@@ -112,10 +112,11 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       auto holder = watch_sender(self, self->state.watched);
       if (holder == 0)
         return make_error(errc::invalid_argument, "pin needs a sender to hold the pin");
+      // Before the promise: making it takes the sender out of the current message.
+      auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
       auto promise = self->make_response_promise<device_pin>();
       auto id = self->state.requests.open(promise);
       self->state.borrowing_.emplace(id, borrowing{holder});
-      auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
       // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
       // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
       self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)

@@ -74,6 +74,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       auto holder = watch_sender(self, self->state.watched);
       if (holder == 0)
         return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
+      // The holder is read before the promise: making it takes the sender out of the current message.
       auto promise = self->make_response_promise<ram_lease>();
       auto id = self->state.requests.open(promise);
       ram_effects fx;
@@ -92,6 +93,8 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       return caf::unit;
     },
     [self](share_atom, lease_id lease, const caf::actor_addr& owner) -> caf::result<ram_lease> {
+      if (!owner)
+        return make_error(errc::invalid_lease, "share needs the address of the lease's owner");
       auto borrower = watch_sender(self, self->state.watched);
       auto granted = self->state.tier->share(lease, owner.id(), borrower);
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);
