@@ -1,1 +1,156 @@
+// The embedding API with real threads: options, RAII handles, blocking sessions.
+
+#include "runtime/runtime.hpp"
+
 #include "support/catch.hpp"
+
+using namespace mcache;
+using namespace std::chrono_literals;
+
+namespace {
+constexpr bytes_t mib = 1 << 20;
+constexpr int64_t mib_floats = mib / 4;
+
+runtime_options small_options() {
+  runtime_options o;
+  o.ram_budget_bytes = 8 * mib;
+  o.devices = {{device_kind::simulated, 4 * mib, 0, 0}, {device_kind::simulated, 2 * mib, 0, 0}};
+  o.check_invariants = true;
+  o.default_wait = 2s;
+  return o;
+}
+
+errc code_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const request_error& e) {
+    return e.code();
+  }
+  FAIL("no request_error was thrown");
+  return errc::invalid_argument;
+}
+} // namespace
+
+TEST_CASE("handles release their lease and pin when they go out of scope") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  auto s = rt.open_session();
+  {
+    auto lease = s.acquire("m");
+    auto pin = s.pin(lease, 0, 4096);
+    CHECK(pin.tensor("t0").equal(lease.host().find("t0")));
+    auto st = rt.stats();
+    CHECK(st.ram.leases_active == 2);
+    CHECK(st.devices[0].pins_active == 1);
+    CHECK(st.devices[0].working_bytes == 4096);
+  }
+  auto st = rt.stats();
+  CHECK(st.ram.leases_active == 0);
+  CHECK(st.devices[0].pins_active == 0);
+  CHECK(st.devices[0].used_bytes == mib);  // lazily kept
+}
+
+TEST_CASE("a moved handle releases once") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  auto s = rt.open_session();
+  auto a = s.acquire("m");
+  lease b = std::move(a);
+  CHECK_FALSE(a);
+  b.release();
+  CHECK_FALSE(b);
+  CHECK(rt.stats().ram.leases_active == 0);
+}
+
+TEST_CASE("a pin survives the release of the session's lease and keeps the RAM copy") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("a", {4 * mib_floats}));
+  rt.models().add(synthetic_model("b", {6 * mib_floats}));
+  auto s = rt.open_session();
+  auto lease = s.acquire("a");
+  auto pin = s.pin(lease, 0);
+  lease.release();
+  CHECK(code_of([&] { s.acquire("b", 0ns); }) == errc::budget_exhausted);
+  pin.release();
+  CHECK(s.acquire("b").bytes() == 6 * mib);
+}
+
+TEST_CASE("a device index out of range is a typed error") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {16}));
+  auto s = rt.open_session();
+  auto lease = s.acquire("m");
+  CHECK(code_of([&] { s.pin(lease, 2); }) == errc::invalid_device);
+  CHECK(code_of([&] { s.pin(lease, -7); }) == errc::invalid_device);
+  CHECK(code_of([&] { s.offload(5); }) == errc::invalid_device);
+  CHECK(rt.stats().ram.leases_active == 1);
+}
+
+TEST_CASE("unusable options are refused with the reason") {
+  auto o = small_options();
+  SECTION("a zero device budget") {
+    o.devices[1].budget_bytes = 0;
+    CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+  }
+  SECTION("a reserve that takes the whole device") {
+    o.devices[0].reserve_bytes = o.devices[0].budget_bytes;
+    CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+  }
+  SECTION("an absurd RAM budget") {
+    o.ram_budget_bytes = bytes_t{1} << 62;
+    CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+  }
+  SECTION("a RAM fraction outside (0, 1]") {
+    o.ram_budget_bytes = 0;
+    o.ram_fraction = 1.5;
+    CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+  }
+  SECTION("no loader threads") {
+    o.loader_threads = 0;
+    CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+  }
+}
+
+TEST_CASE("a RAM budget left at zero is derived from available memory") {
+  auto o = small_options();
+  o.ram_budget_bytes = 0;
+  o.ram_fraction = 0.25;
+  runtime rt{o};
+  auto expected = static_cast<double>(available_ram_bytes()) * 0.25;
+  CHECK(static_cast<double>(rt.stats().ram.budget_bytes) == Approx(expected).epsilon(0.05));
+}
+
+TEST_CASE("errors from a blocking session carry the actionable text") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {3 * mib_floats}));
+  auto s = rt.open_session();
+  auto lease = s.acquire("m");
+  try {
+    s.pin(lease, 1);
+    FAIL("the pin should not fit");
+  } catch (const request_error& e) {
+    CHECK(e.code() == errc::model_too_large);
+    std::string what = e.what();
+    CHECK(what.find("mcache: model_too_large: pinning 'm' on device 1 needs 3.00 MiB") != std::string::npos);
+  }
+  CHECK(code_of([&] { s.acquire("nope"); }) == errc::unknown_model);
+}
+
+TEST_CASE("trimming RAM and offloading every device brings all budgets back to zero") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("a", {mib_floats}));
+  rt.models().add(synthetic_model("b", {mib_floats}));
+  auto s = rt.open_session();
+  for (auto m : {"a", "b"}) {
+    auto l = s.acquire(m);
+    auto p0 = s.pin(l, 0);
+    auto p1 = s.pin(l, 1);
+  }
+  CHECK(s.offload(0) == 2 * mib);
+  CHECK(s.offload(1) == 2 * mib);
+  CHECK(s.trim_ram() == 2 * mib);
+  auto st = rt.stats();
+  CHECK(st.ram.used_bytes == 0);
+  CHECK(st.devices[0].used_bytes == 0);
+  CHECK(st.devices[1].used_bytes == 0);
+}
