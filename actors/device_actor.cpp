@@ -31,11 +31,7 @@ const char* device_state::name = "mcache.device";
 using self_ptr = device_actor::stateful_pointer<device_state>;
 
 void give_back_lease(self_ptr self, lease_id lease) {
-  self->request(self->state.config.ram, caf::infinite, release_atom::value, lease)
-    .then([] {},
-          [](caf::error&) {
-            // The RAM-cache actor is gone (shutdown): nothing is left to hand back to.
-          });
+  self->send(self->state.config.ram, give_back_atom::value, lease);
 }
 
 void start_copy(self_ptr self, const copy_order& order) {
@@ -58,14 +54,15 @@ void start_copy(self_ptr self, const copy_order& order) {
   });
 }
 
+// Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, device_effects& fx) {
+  self->state.requests.deliver(fx.replies);
   for (const auto& order : fx.copies)
     start_copy(self, order);
   fx.copies.clear();
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
-  self->state.requests.deliver(fx.replies);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -132,10 +129,9 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](release_atom, pin_id pin) -> caf::result<void> {
       device_effects fx;
       auto holder = self->current_sender() ? self->current_sender()->id() : 0;
-      auto err = self->state.tier->release(pin, holder, fx);
-      apply(self, fx);
-      if (err)
+      if (auto err = self->state.tier->release(pin, holder, fx))
         return make_error(*err);
+      apply(self, fx);
       return caf::unit;
     },
     [self](offload_atom, const model_id& model, bytes_t bytes) -> caf::result<bytes_t> {

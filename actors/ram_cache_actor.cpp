@@ -5,6 +5,7 @@
 #include <caf/all.hpp>
 
 #include <chrono>
+#include <cstdio>
 
 namespace mcache {
 
@@ -43,11 +44,12 @@ void start_load(self_ptr self, const model_descriptor& model) {
   });
 }
 
+// Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, ram_effects& fx) {
+  self->state.requests.deliver(fx.replies);
   for (const auto& model : fx.loads)
     start_load(self, model);
   fx.loads.clear();
-  self->state.requests.deliver(fx.replies);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -91,6 +93,13 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       if (err)
         return make_error(*err);
       return caf::unit;
+    },
+    [self](give_back_atom, lease_id lease) {
+      ram_effects fx;
+      auto holder = self->current_sender() ? self->current_sender()->id() : 0;
+      if (auto err = self->state.tier->release(lease, holder, fx))
+        std::fprintf(stderr, "mcache: a device gave back a lease it does not hold: %s\n", err->detail.c_str());
+      apply(self, fx);
     },
     [self](share_atom, lease_id lease, const caf::actor_addr& owner) -> caf::result<ram_lease> {
       if (!owner)

@@ -8,6 +8,7 @@ namespace mcache {
 using acquire_atom = caf::atom_constant<caf::atom("acquire")>;  // ask for a lease on a model
 using release_atom = caf::atom_constant<caf::atom("release")>;  // end a lease or a pin
 using share_atom = caf::atom_constant<caf::atom("share")>;      // a device borrows a lease for a pin
+using give_back_atom = caf::atom_constant<caf::atom("give_back")>;  // a device returns a borrowed lease
 using pin_atom = caf::atom_constant<caf::atom("pin")>;          // lock a leased model on a device
 using offload_atom = caf::atom_constant<caf::atom("offload")>;  // free device memory of unpinned models
 using stats_atom = caf::atom_constant<caf::atom("stats")>;      // copy out a stats snapshot

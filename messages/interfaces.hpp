@@ -21,6 +21,9 @@ using ram_cache_actor = caf::typed_actor<
   caf::replies_to<release_atom, lease_id>::with<void>,
   // A device actor borrows a lease of its own on the model of the owner's lease, for the length of a pin.
   caf::replies_to<share_atom, lease_id, caf::actor_addr>::with<ram_lease>,
+  // A device actor returns a lease it borrowed (its pin, or the pin request, ended). One-way: it cannot
+  // fail for a lease the device holds, and an answer would only cost the device a message per release.
+  caf::reacts_to<give_back_atom, lease_id>,
   // Drop unleased models from RAM: the named one (empty: any, by policy) until at least the bytes are
   // freed (0: everything unleased). Replies with the bytes freed.
   caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,

@@ -9,15 +9,10 @@ namespace mcache {
 
 namespace {
 
-// The client's own timeout is the tier's deadline plus this grace, so the tier always answers first and a
-// late grant can never be dropped on the floor with its lease still held.
-constexpr auto reply_grace = std::chrono::seconds(10);
-
-caf::duration client_timeout(caf::timespan wait) {
-  if (wait == caf::timespan::max())
-    return caf::infinite;
-  return caf::duration{wait + reply_grace};
-}
+// The tiers answer every request by its deadline (a grant or an error), so a client needs no timeout of
+// its own: a client-side timeout would cost a timer per request, and a grant arriving after it would be
+// dropped with its lease still held. A runtime that goes away answers with `shutting_down`.
+caf::duration client_timeout(caf::timespan) { return caf::infinite; }
 
 [[noreturn]] void raise(const caf::error& e) { throw request_error(to_failure(e)); }
 
