@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Configures and builds into ./build (Ninja, RelWithDebInfo). Extra arguments are build targets.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bash "$root/scripts/deps.sh"
+cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE="${MCACHE_BUILD_TYPE:-RelWithDebInfo}" >/dev/null
+# Two jobs per core at most: LibTorch headers take ~1 GB per compiler.
+cmake --build "$root/build" --parallel "$(nproc)" ${1:+--target "$@"}
