@@ -14,8 +14,8 @@ namespace mcache {
 
 /// The one RAM-cache actor: owns the host tier.
 using ram_cache_actor = caf::typed_actor<
-  // Lease `model`, loading it if needed; waits up to the timespan for room or for a load in flight
-  // (0: do not wait). The model stays in RAM until the lease is released.
+  // Lease `model`, loading it if needed; waits up to the timespan for room (0: do not wait), then fails
+  // with budget_exhausted. A load, once started, is waited for. The model stays in RAM until released.
   caf::replies_to<acquire_atom, model_id, caf::timespan>::with<ram_lease>,
   // End a lease held by the sender.
   caf::replies_to<release_atom, lease_id>::with<void>,
@@ -36,7 +36,7 @@ using ram_cache_actor = caf::typed_actor<
 /// One device actor per device (and one for CPU pins): owns that device's tier.
 using device_actor = caf::typed_actor<
   // Pin the model of a lease held by the sender on this device with this much working memory (bytes),
-  // waiting up to the timespan for room or for a copy in flight (0: do not wait).
+  // waiting up to the timespan for room (0: do not wait); a copy, once started, is waited for.
   caf::replies_to<pin_atom, lease_id, bytes_t, caf::timespan>::with<device_pin>,
   // End a pin held by the sender.
   caf::replies_to<release_atom, pin_id>::with<void>,

@@ -248,12 +248,25 @@ TEST_CASE("a deadline passing in the queue returns budget_exhausted and the leas
   CHECK(h.leases_out.size() == 1);  // only alice's pin still holds one
 }
 
-TEST_CASE("a deadline passing during a copy keeps that lease until the copy ends") {
+TEST_CASE("a deadline bounds the wait for room, not a copy in flight") {
   device_harness h{100};
   auto r1 = h.pin("a", 40, alice);
   h.expire(r1);
-  CHECK(h.error_of(r1) == errc::timed_out);
+  CHECK_FALSE(h.answered(r1));
+  h.finish_copy("a");
+  CHECK(h.granted(r1));
+  CHECK(h.tier.stats().timeouts == 0);
+}
+
+TEST_CASE("a holder that dies during a copy keeps its lease out until the copy ends") {
+  device_harness h{100};
+  auto r1 = h.pin("a", 40, alice, 8);
+  device_effects fx;
+  h.tier.holder_down(alice, fx);
+  h.absorb(fx);
+  CHECK(h.error_of(r1) == errc::shutting_down);
   CHECK(h.leases_out.size() == 1);  // the copy still reads the host copy
+  CHECK(h.tier.stats().working_bytes == 0);
   h.finish_copy("a");
   CHECK(h.leases_out.empty());
   CHECK(h.tier.residency("a") == device_residency::resident);

@@ -275,6 +275,7 @@ void device_tier::holder_down(holder_id holder, device_effects& out) {
 }
 
 void device_tier::expire(request_id request, device_effects& out) {
+  // Only a request still waiting for room can expire: once admitted, it is served when its copy ends.
   for (auto q = queue_.begin(); q != queue_.end(); ++q) {
     if (q->request != request)
       continue;
@@ -282,22 +283,6 @@ void device_tier::expire(request_id request, device_effects& out) {
     out.ram_leases_to_release.push_back(q->host.lease);
     out.replies.push_back({request, no_room(*q)});
     queue_.erase(q);
-    serve_queue(out);
-    return;
-  }
-  for (auto& kv : entries_) {
-    auto& ws = kv.second.waiters;
-    auto w = std::find_if(ws.begin(), ws.end(), [&](const admitted& a) { return a.request == request; });
-    if (w == ws.end())
-      continue;
-    ++counters_.timeouts;
-    working_reserved_ -= w->working_bytes;
-    used_ -= w->working_bytes;
-    kv.second.orphaned_leases.push_back(w->host.lease);
-    out.replies.push_back({request, failure{errc::timed_out, "the deadline passed while '" + kv.first
-                                                               + "' was being copied to device "
-                                                               + std::to_string(options_.device)}});
-    ws.erase(w);
     serve_queue(out);
     return;
   }

@@ -94,6 +94,8 @@ public:
   /// are freed (0: all it can). Returns the bytes freed.
   outcome<bytes_t> offload(const model_id& model, bytes_t bytes, device_effects& out);
   void holder_down(holder_id holder, device_effects& out);
+  /// A request's deadline for room passed: if it is still queued it fails with `budget_exhausted` and its
+  /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
 
   device_residency residency(const model_id& model) const;
@@ -114,8 +116,8 @@ private:
     size_t pins = 0;
     std::shared_ptr<const device_model> view;
     std::vector<admitted> waiters;           // pins waiting for the copy in flight
-    std::vector<lease_id> orphaned_leases;   // leases of waiters that expired mid-copy: the copy still
-                                             // reads the host copy, so they are returned when it ends
+    std::vector<lease_id> orphaned_leases;   // leases of waiters whose holder died mid-copy: the copy
+                                             // still reads the host copy, so they are returned when it ends
   };
   struct pin_record {
     model_id model;

@@ -264,23 +264,13 @@ void ram_tier::holder_down(holder_id holder, ram_effects& out) {
 }
 
 void ram_tier::expire(request_id request, ram_effects& out) {
+  // Only a request still waiting for room can expire: once admitted, it is served when its load ends.
   for (auto q = queue_.begin(); q != queue_.end(); ++q) {
     if (q->request == request) {
       ++counters_.timeouts;
       out.replies.push_back({request, no_room(q->descriptor)});
       queue_.erase(q);
       serve_queue(out);  // the head may have been the one blocking the others
-      return;
-    }
-  }
-  for (auto& kv : entries_) {
-    auto& ws = kv.second.waiters;
-    auto w = std::find_if(ws.begin(), ws.end(), [&](const waiter& x) { return x.request == request; });
-    if (w != ws.end()) {
-      ++counters_.timeouts;
-      out.replies.push_back(
-        {request, failure{errc::timed_out, "the deadline passed while '" + kv.first + "' was loading"}});
-      ws.erase(w);
       return;
     }
   }

@@ -75,8 +75,9 @@ public:
   outcome<bytes_t> trim(const model_id& model, bytes_t bytes, ram_effects& out);
   /// A holder went away: its leases are released and its held requests answered with `shutting_down`.
   void holder_down(holder_id holder, ram_effects& out);
-  /// A held request reached its deadline: fails with `budget_exhausted` (queued for room) or `timed_out`
-  /// (waiting for a load). No-op if it was answered already.
+  /// A request's deadline for room passed: if it is still queued for room it fails with
+  /// `budget_exhausted`. A request already admitted (its load in flight) is served when the load ends, so
+  /// a deadline bounds the wait for room, never a load. No-op if it was answered already.
   void expire(request_id request, ram_effects& out);
 
   ram_residency residency(const model_id& model) const;
