@@ -11,12 +11,24 @@ namespace mcache {
 
 namespace {
 
+/// An acquire of an absent model whose precheck runs on a loader thread: other messages run meanwhile,
+/// so its holder may go away before the check returns.
+struct prechecking {
+  caf::typed_response_promise<ram_lease> promise;
+  model_descriptor model;
+  holder_id holder;
+  caf::timespan wait;
+  bool holder_gone = false;
+};
+
 struct ram_cache_state {
   static const char* name;
   std::unique_ptr<ram_tier> tier;
   ram_cache_config config;
   request_book<ram_lease> requests;
   std::set<holder_id> watched;
+  std::unordered_map<uint64_t, prechecking> prechecks;
+  uint64_t next_precheck = 1;
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -26,10 +38,14 @@ using self_ptr = ram_cache_actor::stateful_pointer<ram_cache_state>;
 void start_load(self_ptr self, const model_descriptor& model) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
   self->state.config.loaders->post([model, reply_to] {
-    loaded_model done{model.id, nullptr, {}, 0};
+    loaded_model done;
+    done.model = model.id;
     auto start = std::chrono::steady_clock::now();
     try {
       done.payload = model.loader(model);
+    } catch (const load_error& e) {
+      done.error = e.what();
+      done.code = e.code();
     } catch (const std::exception& e) {
       done.error = e.what();
     } catch (...) {
@@ -58,12 +74,47 @@ void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
 }
 
+// Hands an acquire to the tier: a grant, a load (new or shared), a wait for room, or a refusal.
+void admit_acquire(self_ptr self, const model_descriptor& model, holder_id holder, caf::timespan wait,
+                   caf::typed_response_promise<ram_lease> promise) {
+  auto id = self->state.requests.open(std::move(promise));
+  ram_effects fx;
+  self->state.tier->acquire(id, model, holder, wait > caf::timespan::zero(), fx);
+  apply(self, fx);
+  arm_deadline(self, id, wait);
+}
+
+void start_precheck(self_ptr self, const model_descriptor& model, holder_id holder, caf::timespan wait,
+                    caf::typed_response_promise<ram_lease> promise) {
+  auto check = self->state.next_precheck++;
+  self->state.prechecks.emplace(check, prechecking{std::move(promise), model, holder, wait});
+  auto reply_to = caf::actor_cast<ram_cache_actor>(self);
+  self->state.config.loaders->post([model, check, reply_to] {
+    checked_model done;
+    done.check = check;
+    try {
+      if (auto err = model.precheck(model)) {
+        done.ok = false;
+        done.code = err->code;
+        done.error = err->detail;
+      }
+    } catch (const std::exception& e) {
+      done.ok = false;
+      done.error = e.what();
+    }
+    caf::anon_send(reply_to, checked_atom::value, std::move(done));
+  });
+}
+
 ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config config) {
   self->state.tier = std::make_unique<ram_tier>(config.tier, config.policy());
   self->state.config = std::move(config);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto id = dm.source.id();
     self->state.watched.erase(id);
+    for (auto& kv : self->state.prechecks)
+      if (kv.second.holder == id)
+        kv.second.holder_gone = true;
     ram_effects fx;
     self->state.tier->holder_down(id, fx);
     apply(self, fx);
@@ -78,11 +129,12 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
       // The holder is read before the promise: making it takes the sender out of the current message.
       auto promise = self->make_response_promise<ram_lease>();
-      auto id = self->state.requests.open(promise);
-      ram_effects fx;
-      self->state.tier->acquire(id, *descriptor, holder, wait > caf::timespan::zero(), fx);
-      apply(self, fx);
-      arm_deadline(self, id, wait);
+      // A model that must be loaded is checked first (off this thread), so a load that would fail
+      // evicts nothing.
+      if (descriptor->precheck && self->state.tier->residency(model) == ram_residency::absent)
+        start_precheck(self, *descriptor, holder, wait, promise);
+      else
+        admit_acquire(self, *descriptor, holder, wait, promise);
       return promise;
     },
     [self](release_atom, lease_id lease) -> caf::result<void> {
@@ -121,11 +173,24 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](stats_atom) -> ram_stats { return self->state.tier->stats(); },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
+    [self](checked_atom, checked_model& done) {
+      auto i = self->state.prechecks.find(done.check);
+      if (i == self->state.prechecks.end())
+        return;
+      auto p = std::move(i->second);
+      self->state.prechecks.erase(i);
+      if (p.holder_gone)
+        p.promise.deliver(make_error(errc::shutting_down, "the holder went away"));
+      else if (!done.ok)
+        p.promise.deliver(make_error(done.code, "loading '" + p.model.id + "' failed: " + done.error));
+      else
+        admit_acquire(self, p.model, p.holder, p.wait, std::move(p.promise));
+    },
     [self](loaded_atom, loaded_model& done) {
       ram_effects fx;
       outcome<std::shared_ptr<const host_model>> result = std::move(done.payload);
       if (!done.error.empty())
-        result = failure{errc::load_failed, "loading '" + done.model + "' failed: " + done.error};
+        result = failure{done.code, "loading '" + done.model + "' failed: " + done.error};
       self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx);
       apply(self, fx);
     },

@@ -13,6 +13,7 @@ using pin_atom = caf::atom_constant<caf::atom("pin")>;          // lock a leased
 using offload_atom = caf::atom_constant<caf::atom("offload")>;  // free device memory of unpinned models
 using stats_atom = caf::atom_constant<caf::atom("stats")>;      // copy out a stats snapshot
 using check_atom = caf::atom_constant<caf::atom("check")>;      // verify a tier's invariants
+using checked_atom = caf::atom_constant<caf::atom("checked")>;  // internal: a load's precheck finished
 using loaded_atom = caf::atom_constant<caf::atom("loaded")>;    // internal: a load finished
 using copied_atom = caf::atom_constant<caf::atom("copied")>;    // internal: a device copy finished
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed

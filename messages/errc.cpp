@@ -18,6 +18,9 @@ const char* to_string(errc code) noexcept {
     case errc::shutting_down: return "shutting_down";
     case errc::invalid_argument: return "invalid_argument";
     case errc::model_pinned: return "model_pinned";
+    case errc::bad_file: return "bad_file";
+    case errc::file_changed: return "file_changed";
+    case errc::file_missing: return "file_missing";
     case errc::model_leased: return "model_leased";
     case errc::not_resident: return "not_resident";
   }

@@ -39,6 +39,15 @@ enum class errc : uint8_t {
   invalid_argument,
   /// The model is pinned on this device and cannot be offloaded until every pin is released.
   model_pinned,
+  /// A model file is malformed: truncated, a header longer than the file, bad JSON, offsets outside the
+  /// data or overlapping, a shape that disagrees with its byte range, an unknown dtype. The text names the
+  /// file and the problem.
+  bad_file,
+  /// A model file changed on disk after it was registered (its size or modification time differ); register
+  /// it again to pick up the new contents.
+  file_changed,
+  /// A model file (or a shard of it) does not exist or cannot be opened.
+  file_missing,
   /// The model is leased in RAM and cannot be trimmed until every lease is released.
   model_leased,
   /// The model is not resident in this tier (nothing to offload or trim), or is still arriving.

@@ -30,6 +30,7 @@ using ram_cache_actor = caf::typed_actor<
   caf::replies_to<stats_atom>::with<ram_stats>,
   // Verify the tier's invariants; the error names the first broken one.
   caf::replies_to<check_atom>::with<void>,
+  caf::reacts_to<checked_atom, checked_model>,
   caf::reacts_to<loaded_atom, loaded_model>,
   caf::reacts_to<expire_atom, request_id>>;
 

@@ -22,7 +22,16 @@ struct loaded_model {
   model_id model;
   std::shared_ptr<const host_model> payload;  // null on failure
   std::string error;                          // the loader's text on failure
+  errc code = errc::load_failed;              // the failure's code
   uint64_t load_ns = 0;
+};
+
+/// Internal: a loader thread reports the precheck of a model about to be loaded.
+struct checked_model {
+  uint64_t check = 0;   // which pending acquire
+  bool ok = true;
+  errc code = errc::load_failed;
+  std::string error;
 };
 
 /// Internal: a copy thread reports a finished copy to a device actor.
@@ -39,3 +48,4 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::ram_lease)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::device_pin)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::loaded_model)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::copied_model)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::checked_model)

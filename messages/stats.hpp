@@ -19,6 +19,7 @@ struct ram_stats {
   std::uint64_t leases_active = 0;
   std::uint64_t hits = 0;            // acquires served from RAM without a load
   std::uint64_t loads = 0;           // loads started
+  std::uint64_t reloads = 0;         // of those, loads of a model that had been loaded and evicted before
   std::uint64_t shared_loads = 0;    // acquires that joined a load already in flight
   std::uint64_t load_failures = 0;
   bytes_t bytes_loaded = 0;          // bytes brought into RAM by successful loads

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <shared_mutex>
+#include <stdexcept>
 #include <vector>
 
 namespace mcache {
@@ -21,12 +22,28 @@ struct model_descriptor;
 /// kept in a `load_failed` error).
 using model_loader = std::function<std::shared_ptr<const host_model>(const model_descriptor&)>;
 
+/// Thrown by a loader to fail with a specific code (a loader's other exceptions become `load_failed`).
+class load_error : public std::runtime_error {
+public:
+  load_error(errc code, const std::string& what) : std::runtime_error(what), code_(code) {}
+  errc code() const noexcept { return code_; }
+
+private:
+  errc code_;
+};
+
 struct model_descriptor {
   model_id id;
   bytes_t bytes = 0;            // exact RAM size of the loaded model (tensors + opaque payload); the loader
                                 // must produce exactly this many bytes or the load fails
   std::string source;           // where it comes from, for messages ("synthetic", a file path, ...)
   model_loader loader;
+  std::vector<std::string> tensor_names;     // in execution order when known (else declaration order)
+  std::vector<std::string> required_tensors; // always resident when pinned (norms, embeddings)
+  std::optional<device_index> preferred_device;  // a placement hint from the manifest
+  /// Optional, cheap validation run on a loader thread before room is made for a load (for files: their
+  /// size and mtime are unchanged), so that a load bound to fail evicts nothing.
+  std::function<std::optional<failure>(const model_descriptor&)> precheck;
 };
 
 /// A thread-safe registry of model descriptors.

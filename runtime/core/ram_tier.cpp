@@ -94,6 +94,8 @@ bool ram_tier::admit(const model_descriptor& model, const waiter& w, ram_effects
   transition(model.id, ram_residency::loading);
   e.waiters.push_back(w);
   ++counters_.loads;
+  if (loaded_before_.count(model.id))
+    ++counters_.reloads;
   out.loads.push_back(model);
   return true;
 }
@@ -170,6 +172,7 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
       out.replies.push_back({w.request, std::get<failure>(payload)});
   } else {
     e.payload = std::move(std::get<0>(payload));
+    loaded_before_.insert(model);
     counters_.bytes_loaded += e.descriptor.bytes;
     counters_.load_ns += load_ns;
     transition(model, ram_residency::resident);

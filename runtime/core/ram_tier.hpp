@@ -124,6 +124,7 @@ private:
   std::unordered_map<lease_id, lease_record> leases_;
   std::unordered_map<holder_id, std::set<lease_id>> by_holder_;
   std::deque<queued> queue_;
+  std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
   lease_id next_lease_ = 1;
   bytes_t used_ = 0;
   ram_stats counters_;  // the cumulative counters; levels are computed in stats()
