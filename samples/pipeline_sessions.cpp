@@ -3,13 +3,22 @@
 // Budgets are set so that neither RAM nor any device holds every model: the runtime has to evict, wait and
 // reuse. The sample prints what each session did and what each tier saw.
 //
+// By default the models are safetensors files the sample writes on its first run (next to the binary, in
+// demo-models/, one of them sharded); --models DIR uses your own folder (a manifest.json there, or a scan:
+// a pipeline is a folder holding a text_encoder, a vae and a denoiser); --synthetic loads from memory.
+//
 //   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]
+//                     [--models DIR | --synthetic]
 
+#include "runtime/core/model_files.hpp"
 #include "runtime/runtime.hpp"
 
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -21,6 +30,58 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
+struct demo_spec {
+  const char* id;
+  double mib;  // size at scale 1
+  int shards;  // files it is split into (more than one: a sharded checkpoint with an index)
+};
+
+bytes_t scaled(double mib, double scale) { return static_cast<bytes_t>(mib * scale * (1 << 20)); }
+
+std::string default_demo_dir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string{"demo-models"} : (exe.parent_path() / "demo-models").string();
+}
+
+// Writes the demo models as safetensors files once (a marker records the scale they were made at).
+void write_demo_models(const std::string& dir, const std::vector<demo_spec>& specs, double scale) {
+  namespace fs = std::filesystem;
+  auto marker = fs::path(dir) / (".complete-" + std::to_string(scale));
+  if (fs::exists(marker))
+    return;
+  fs::remove_all(dir);
+  std::printf("writing demo models to %s (first run only) ...\n", dir.c_str());
+  for (const auto& spec : specs) {
+    auto path = fs::path(dir) / spec.id;
+    fs::create_directories(path.parent_path());
+    auto elements = static_cast<int64_t>(scaled(spec.mib, scale) / 4);
+    const int layers = 8;
+    std::vector<safetensors::tensor_to_write> tensors;
+    for (int l = 0; l < layers; ++l) {
+      auto n = l + 1 < layers ? elements / layers : elements - (layers - 1) * (elements / layers);
+      tensors.push_back({"layers." + std::to_string(l) + ".weight", at::full({n}, 0.01 * (l + 1)), {}});
+    }
+    if (spec.shards == 1) {
+      safetensors::write_file(path.string() + ".safetensors", tensors);
+      continue;
+    }
+    std::string index = "{\"weight_map\": {";
+    for (int s = 0; s < spec.shards; ++s) {
+      auto shard = path.filename().string() + "-0000" + std::to_string(s + 1) + "-of-0000" + std::to_string(spec.shards)
+                   + ".safetensors";
+      std::vector<safetensors::tensor_to_write> part;
+      for (size_t t = static_cast<size_t>(s); t < tensors.size(); t += static_cast<size_t>(spec.shards)) {
+        part.push_back(tensors[t]);
+        index += std::string(index.back() == '{' ? "" : ", ") + "\"" + tensors[t].name + "\": \"" + shard + "\"";
+      }
+      safetensors::write_file((path.parent_path() / shard).string(), part);
+    }
+    std::ofstream{path.string() + ".safetensors.index.json"} << index << "}}\n";
+  }
+  std::ofstream{marker.string()} << "ok\n";
+}
+
 struct settings {
   int sessions = 4;
   int jobs = 3;
@@ -28,11 +89,35 @@ struct settings {
   int devices = 2;
   double scale = 1.0 / 16;   // model sizes below are multiplied by this
   double bandwidth_gbps = 16; // simulated host-to-device copy speed
+  std::string models_dir;     // safetensors files to use; empty: demo files written on first run
+  bool synthetic = false;     // use in-memory synthetic models instead of files
 };
 
 struct pipeline {
   std::string name, text_encoder, denoiser, decoder;
 };
+
+// A pipeline per folder that holds a text encoder, a VAE and one other model (the denoiser).
+std::vector<pipeline> pipelines_of(const std::vector<model_descriptor>& models) {
+  std::map<std::string, pipeline> by_folder;
+  for (const auto& d : models) {
+    auto slash = d.id.rfind('/');
+    auto folder = slash == std::string::npos ? std::string{} : d.id.substr(0, slash);
+    auto& p = by_folder[folder];
+    p.name = folder;
+    if (d.id.find("text_encoder") != std::string::npos)
+      p.text_encoder = d.id;
+    else if (d.id.find("vae") != std::string::npos)
+      p.decoder = d.id;
+    else
+      p.denoiser = d.id;
+  }
+  std::vector<pipeline> out;
+  for (auto& kv : by_folder)
+    if (!kv.second.text_encoder.empty() && !kv.second.denoiser.empty() && !kv.second.decoder.empty())
+      out.push_back(kv.second);
+  return out;
+}
 
 struct session_report {
   int jobs_done = 0, jobs_failed = 0, retries = 0;
@@ -118,8 +203,6 @@ void run_session(runtime& rt, const settings& cfg, const std::vector<pipeline>& 
   }
 }
 
-bytes_t scaled(double mib, double scale) { return static_cast<bytes_t>(mib * scale * (1 << 20)); }
-
 std::string mib(bytes_t b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f", b / 1048576.0);
@@ -145,9 +228,14 @@ int main(int argc, char** argv) {
       cfg.scale = value();
     else if (a == "--bandwidth")
       cfg.bandwidth_gbps = value();
+    else if (a == "--models" && i + 1 < argc)
+      cfg.models_dir = argv[++i];
+    else if (a == "--synthetic")
+      cfg.synthetic = true;
     else {
       std::fprintf(stderr,
-                   "usage: %s [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]\n",
+                   "usage: %s [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]\n"
+                   "          [--models DIR | --synthetic]\n",
                    argv[0]);
       return 2;
     }
@@ -158,43 +246,72 @@ int main(int argc, char** argv) {
   }
 
   // Sizes in MiB at scale 1, in the proportions of real pipelines.
-  struct spec {
-    const char* id;
-    double mib;
-  };
-  std::vector<spec> specs = {{"sdxl/text_encoder", 1600}, {"sdxl/unet", 5000}, {"sdxl/vae", 320},
-                             {"flux/text_encoder", 9000}, {"flux/transformer", 12000}, {"flux/vae", 320},
-                             {"sd15/text_encoder", 240},  {"sd15/unet", 1700},        {"sd15/vae", 320}};
-  std::vector<pipeline> pipelines = {{"sdxl", "sdxl/text_encoder", "sdxl/unet", "sdxl/vae"},
-                                     {"flux", "flux/text_encoder", "flux/transformer", "flux/vae"},
-                                     {"sd15", "sd15/text_encoder", "sd15/unet", "sd15/vae"}};
-  bytes_t all = 0, flux = 0, largest = 0;
-  for (auto& s : specs) {
-    all += scaled(s.mib, cfg.scale);
-    largest = std::max(largest, scaled(s.mib, cfg.scale));
+  std::vector<demo_spec> specs = {{"sdxl/text_encoder", 1600, 1}, {"sdxl/unet", 5000, 1},
+                                  {"sdxl/vae", 320, 1},          {"flux/text_encoder", 9000, 1},
+                                  {"flux/transformer", 12000, 2}, {"flux/vae", 320, 1},
+                                  {"sd15/text_encoder", 240, 1},  {"sd15/unet", 1700, 1},
+                                  {"sd15/vae", 320, 1}};
+  std::vector<model_descriptor> models;
+  std::string origin;
+  if (cfg.synthetic) {
+    for (auto& spec : specs) {
+      auto bytes = scaled(spec.mib, cfg.scale);
+      auto per = static_cast<int64_t>(bytes / 4 / 4);
+      models.push_back(synthetic_model(spec.id, {per, per, per, static_cast<int64_t>(bytes / 4) - 3 * per}));
+    }
+    origin = "synthetic loaders";
+  } else {
+    if (cfg.models_dir.empty()) {
+      cfg.models_dir = default_demo_dir();
+      write_demo_models(cfg.models_dir, specs, cfg.scale);
+    }
+    auto manifest = cfg.models_dir + "/manifest.json";
+    auto found = std::filesystem::exists(manifest) ? read_manifest(manifest) : scan_folder(cfg.models_dir);
+    if (!succeeded(found)) {
+      std::fprintf(stderr, "cannot register models from %s: %s\n", cfg.models_dir.c_str(),
+                   std::get<failure>(found).detail.c_str());
+      return 1;
+    }
+    models = std::move(std::get<std::vector<model_descriptor>>(found));
+    origin = "safetensors files in " + cfg.models_dir;
   }
-  flux = scaled(9000 + 12000 + 320, cfg.scale);
+  auto pipelines = pipelines_of(models);
+  if (pipelines.empty()) {
+    std::fprintf(stderr, "no pipeline found: a pipeline is a folder holding a text_encoder, a vae and a denoiser\n");
+    return 1;
+  }
+  bytes_t all = 0, largest = 0, biggest_pipeline = 0;
+  for (auto& d : models) {
+    all += d.bytes;
+    largest = std::max(largest, d.bytes);
+  }
+  for (auto& p : pipelines) {
+    bytes_t sum = 0;
+    for (auto& d : models)
+      if (d.id == p.text_encoder || d.id == p.denoiser || d.id == p.decoder)
+        sum += d.bytes;
+    biggest_pipeline = std::max(biggest_pipeline, sum);
+  }
 
   runtime_options o;
   // RAM: room for the biggest pipeline and a bit more, far from everything, so models are evicted.
-  o.ram_budget_bytes = flux + scaled(2000, cfg.scale);
+  o.ram_budget_bytes = biggest_pipeline + all / 10;
   // Devices: the largest model plus working memory for two pins and a reserve, so models take turns.
   for (int d = 0; d < cfg.devices; ++d)
-    o.devices.push_back({device_kind::simulated, largest + scaled(1000, cfg.scale) + (16 << 20) + (4 << 20),
-                         4 << 20, cfg.bandwidth_gbps * 1e9});
+    o.devices.push_back({device_kind::simulated, largest + all / 20 + (16 << 20) + (4 << 20), 4 << 20,
+                         cfg.bandwidth_gbps * 1e9});
   o.default_wait = 60s;
   runtime rt{o};
-  for (auto& s : specs) {
-    // A model is a few large tensors, as layers are.
-    auto bytes = scaled(s.mib, cfg.scale);
-    auto per = static_cast<int64_t>(bytes / 4 / 4);
-    rt.models().add(synthetic_model(s.id, {per, per, per, static_cast<int64_t>(bytes / 4) - 3 * per}));
+  if (auto err = register_all(rt.models(), models)) {
+    std::fprintf(stderr, "%s\n", err->detail.c_str());
+    return 1;
   }
   std::printf("mcache sample: %d sessions x %d jobs (text encoder on CPU -> denoiser x%d -> decoder), %d "
               "simulated device(s) at %.0f GB/s\n",
               cfg.sessions, cfg.jobs, cfg.steps, cfg.devices, cfg.bandwidth_gbps);
-  std::printf("models: %zu, %s MiB in all; RAM budget %s MiB; each device %s MiB (reserve 4 MiB)\n\n",
-              specs.size(), mib(all).c_str(), mib(o.ram_budget_bytes).c_str(), mib(o.devices[0].budget_bytes).c_str());
+  std::printf("models: %zu from %s, %s MiB in all; RAM budget %s MiB; each device %s MiB (reserve 4 MiB)\n\n",
+              models.size(), origin.c_str(), mib(all).c_str(), mib(o.ram_budget_bytes).c_str(),
+              mib(o.devices[0].budget_bytes).c_str());
 
   std::vector<session_report> reports(static_cast<size_t>(cfg.sessions));
   std::vector<std::thread> threads;
