@@ -352,6 +352,7 @@ int main(int argc, char** argv) {
   row("cpu", st.cpu);
   std::printf("\n(RAM: loads are from the loader, 'moved' is bytes loaded; devices: loads are copies in, 'moved' is "
               "bytes copied; the CPU tier pins in place and copies nothing)\n");
+  std::printf("RAM reloads after eviction: %llu\n", (unsigned long long) st.ram.reloads);
   std::printf("wall time %.0f ms; leases still held: %llu; pins still held: %llu\n", wall,
               (unsigned long long) st.ram.leases_active,
               (unsigned long long) (st.cpu.pins_active + [&] {
