@@ -4,6 +4,7 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <chrono>
 
 namespace mcache {
@@ -24,6 +25,7 @@ struct device_state {
   request_book<device_pin> requests;
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
+  std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
 };
 
 const char* device_state::name = "mcache.device";
@@ -38,10 +40,14 @@ void start_copy(self_ptr self, const copy_order& order) {
   auto reply_to = caf::actor_cast<device_actor>(self);
   auto backend = self->state.config.backend;
   self->state.config.copiers->post([order, backend, reply_to] {
-    copied_model done{order.model, nullptr, {}, 0};
+    copied_model done;
+    done.model = order.model;
     auto start = std::chrono::steady_clock::now();
     try {
-      done.copy = backend->copy_in(*order.host);
+      done.copy = backend->copy_in(*order.host, order.tensors);
+    } catch (const device_oom_error& e) {
+      done.error = e.what();
+      done.code = errc::device_oom;
     } catch (const std::exception& e) {
       done.error = e.what();
     }
@@ -56,6 +62,12 @@ void start_copy(self_ptr self, const copy_order& order) {
 
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, device_effects& fx) {
+  for (auto& r : fx.replies)
+    if (succeeded(r.result)) {
+      auto& grant = std::get<device_pin>(r.result);
+      grant.backend = self->state.config.backend;
+      grant.streamed_bytes = self->state.streamed_bytes;
+    }
   self->state.requests.deliver(fx.replies);
   for (const auto& order : fx.copies)
     start_copy(self, order);
@@ -82,7 +94,18 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   pin_request r;
   r.request = id;
   r.holder = holder;
-  r.device_bytes = host.payload ? self->state.config.backend->footprint(*host.payload) : 0;
+  if (host.payload) {
+    std::optional<model_descriptor> descriptor;
+    if (self->state.config.models)
+      descriptor = self->state.config.models->find(host.model);
+    for (const auto& t : host.payload->tensors) {
+      r.tensor_bytes.push_back(self->state.config.backend->footprint(t.tensor));
+      r.required.push_back(descriptor
+                           && std::find(descriptor->required_tensors.begin(), descriptor->required_tensors.end(),
+                                        t.name)
+                                != descriptor->required_tensors.end());
+    }
+  }
   r.host = std::move(host);
   r.working_bytes = working;
   self->state.tier->pin(std::move(r), wait > caf::timespan::zero(), fx);
@@ -142,13 +165,17 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
         return make_error(std::get<failure>(freed));
       return std::get<bytes_t>(freed);
     },
-    [self](stats_atom) -> device_stats { return self->state.tier->stats(); },
+    [self](stats_atom) -> device_stats {
+      auto s = self->state.tier->stats();
+      s.streamed_bytes = self->state.streamed_bytes->load();
+      return s;
+    },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](copied_atom, copied_model& done) {
       device_effects fx;
       outcome<std::shared_ptr<const device_model>> result = std::move(done.copy);
       if (!done.error.empty())
-        result = failure{errc::copy_failed, "copying '" + done.model + "' to device "
+        result = failure{done.code, "copying '" + done.model + "' to device "
                                               + std::to_string(self->state.config.tier.device)
                                               + " failed: " + done.error};
       self->state.tier->copy_finished(done.model, std::move(result), done.copy_ns, fx);

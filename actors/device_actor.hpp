@@ -3,6 +3,7 @@
 // pin from the RAM-cache actor, runs copies on the copy pool, and hands leases back when pins end.
 
 #include "messages/interfaces.hpp"
+#include "runtime/core/catalog.hpp"
 #include "runtime/core/device_backend.hpp"
 #include "runtime/core/device_tier.hpp"
 #include "runtime/core/executor.hpp"
@@ -18,6 +19,7 @@ struct device_actor_config {
   std::shared_ptr<device_backend> backend;   // how bytes get onto the device
   std::shared_ptr<executor> copiers;         // where copies run
   ram_cache_actor ram;                       // where pins borrow their RAM leases
+  std::shared_ptr<const catalog> models;     // for each model's required tensors (may be null)
   policy_factory policy = make_lru_policy;
   bool check_invariants_each_step = false;
 };

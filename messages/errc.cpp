@@ -14,6 +14,7 @@ const char* to_string(errc code) noexcept {
     case errc::budget_exhausted: return "budget_exhausted";
     case errc::load_failed: return "load_failed";
     case errc::copy_failed: return "copy_failed";
+    case errc::device_oom: return "device_oom";
     case errc::timed_out: return "timed_out";
     case errc::shutting_down: return "shutting_down";
     case errc::invalid_argument: return "invalid_argument";

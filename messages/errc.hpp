@@ -31,6 +31,10 @@ enum class errc : uint8_t {
   load_failed,
   /// The copy to the device failed (backend error text kept).
   copy_failed,
+  /// The device's allocator failed during a copy although the budget had room (fragmentation, another
+  /// process). The tier freed every unpinned model and retried, then tried partial residency; this is
+  /// what was left. Lower the budget to what the device really has.
+  device_oom,
   /// A request's deadline passed while it was waiting for a load or a copy in flight.
   timed_out,
   /// The runtime is shutting down and accepts no new work.

@@ -39,6 +39,7 @@ struct copied_model {
   model_id model;
   std::shared_ptr<const device_model> copy;  // null on failure
   std::string error;
+  errc code = errc::copy_failed;
   uint64_t copy_ns = 0;
 };
 

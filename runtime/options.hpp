@@ -19,6 +19,8 @@ struct device_options {
   bytes_t budget_bytes = 0;   // device memory the runtime may use, bytes; must be > 0 for simulated devices
   bytes_t reserve_bytes = 0;  // of the budget, kept free for work outside pins (kernels, framework), bytes
   double simulated_bandwidth_bytes_per_s = 0;  // emulated copy speed, bytes/s; 0 = memcpy speed
+  bool partial_loading = true;  // a model that does not fit whole loads what fits and streams the rest
+  size_t staging_slots = 2;     // staging buffers per streaming pin, >= 2
 };
 
 enum class scheduler_policy {

@@ -49,7 +49,8 @@ runtime_options resolve(runtime_options o) {
   if (o.default_wait < std::chrono::nanoseconds::zero())
     bad_option("default_wait must not be negative");
   for (size_t i = 0; i < o.devices.size(); ++i) {
-    device_tier_options t{static_cast<device_index>(i), o.devices[i].budget_bytes, o.devices[i].reserve_bytes};
+    device_tier_options t{static_cast<device_index>(i), o.devices[i].budget_bytes, o.devices[i].reserve_bytes,
+                          o.devices[i].partial_loading, o.devices[i].staging_slots};
     if (auto err = device_tier::validate(t))
       bad_option(err->detail);
     if (o.devices[i].simulated_bandwidth_bytes_per_s < 0)
@@ -86,10 +87,10 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
   ram_ = spawn_ram_cache(*system_, std::move(rc));
-  auto make_device = [&](device_index index, bytes_t budget, bytes_t reserve,
-                         std::shared_ptr<device_backend> backend) {
+  auto make_device = [&](device_tier_options tier, std::shared_ptr<device_backend> backend) {
     device_actor_config dc;
-    dc.tier = {index, budget, reserve};
+    dc.tier = tier;
+    dc.models = catalog_;
     dc.backend = std::move(backend);
     dc.copiers = copiers_;
     dc.ram = ram_;
@@ -100,10 +101,10 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   for (size_t i = 0; i < options_.devices.size(); ++i) {
     const auto& d = options_.devices[i];
     auto index = static_cast<device_index>(i);
-    devices_.push_back(make_device(index, d.budget_bytes, d.reserve_bytes,
-                                   make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s})));
+    devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots},
+                                   make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, {}})));
   }
-  cpu_ = make_device(cpu_device, options_.cpu_working_budget_bytes, 0, make_host_backend());
+  cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
 }
 
 runtime::~runtime() {

@@ -4,6 +4,7 @@
 // at a time; handles must not outlive their session.
 
 #include "messages/interfaces.hpp"
+#include "runtime/core/tensor_stream.hpp"
 
 #include <caf/scoped_actor.hpp>
 
@@ -68,6 +69,12 @@ public:
   /// The device copy of the tensor named `name` (undefined if there is none).
   at::Tensor tensor(const std::string& name) const { return grant_.view->find(name); }
   const device_model& tensors() const { return *grant_.view; }
+  /// Whether some tensors are not resident and must be streamed (see `stream()`).
+  bool partial() const { return grant_.partial(); }
+  /// Streams the tensors in order, resident ones from the device copy, the rest through staging buffers
+  /// with copies overlapping use. Use it while the pin is held.
+  tensor_stream stream() const { return tensor_stream{grant_}; }
+  const device_pin& grant() const { return grant_; }
   void release();
 
 private:

@@ -2,6 +2,8 @@
 
 #include "runtime/core/device_tier.hpp"
 
+#include <ATen/ATen.h>
+
 #include "support/catch.hpp"
 #include "support/fake_models.hpp"
 #include "support/stats_fields.hpp"
@@ -19,10 +21,12 @@ constexpr holder_id bob = 22;
 
 /// Drives a device_tier like its actor does; RAM leases are faked with increasing ids.
 struct device_harness {
-  explicit device_harness(bytes_t budget, bytes_t reserve = 0)
-    : tier({0, budget, reserve}, make_lru_policy()) {}
+  explicit device_harness(bytes_t budget, bytes_t reserve = 0, bool partial = true)
+    : tier({0, budget, reserve, partial, 2}, make_lru_policy()) {}
 
-  request_id pin(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0, bool may_wait = true) {
+  /// A pin of model `m` made of `tensors` (bytes each; default: one tensor of `bytes`).
+  request_id pin(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0, bool may_wait = true,
+                 std::vector<bytes_t> tensors = {}, std::vector<bool> required = {}) {
     auto id = next_request++;
     pin_request r;
     r.request = id;
@@ -30,7 +34,8 @@ struct device_harness {
     auto d = fake_model(m, bytes);
     r.host = ram_lease{next_lease++, m, bytes, d.loader(d)};
     leases_out.insert(r.host.lease);
-    r.device_bytes = bytes;
+    r.tensor_bytes = tensors.empty() ? std::vector<bytes_t>{bytes} : tensors;
+    r.required = required;
     r.working_bytes = working;
     device_effects fx;
     tier.pin(std::move(r), may_wait, fx);
@@ -40,12 +45,14 @@ struct device_harness {
   void finish_copy(const model_id& m) {
     device_effects fx;
     auto copy = std::make_shared<device_model>();
+    for (size_t k = 0; k < last_order.at(m).size(); ++k)
+      copy->tensors.push_back({"t", at::zeros({1})});
     tier.copy_finished(m, std::shared_ptr<const device_model>(copy), 1000, fx);
     absorb(fx);
   }
-  void fail_copy(const model_id& m) {
+  void fail_copy(const model_id& m, errc code = errc::copy_failed) {
     device_effects fx;
-    tier.copy_finished(m, failure{errc::copy_failed, "injected"}, 0, fx);
+    tier.copy_finished(m, failure{code, "injected"}, 0, fx);
     absorb(fx);
   }
   /// Pin and, when it starts a copy, finish it: the pin id.
@@ -81,8 +88,10 @@ struct device_harness {
   void absorb(device_effects& fx) {
     for (auto& r : fx.replies)
       answers.emplace(r.request, r.result);
-    for (auto& c : fx.copies)
+    for (auto& c : fx.copies) {
       copies_started.push_back(c.model);
+      last_order[c.model] = c.tensors;
+    }
     for (auto l : fx.ram_leases_to_release) {
       REQUIRE(leases_out.count(l) == 1);  // every RAM lease comes back exactly once
       leases_out.erase(l);
@@ -96,6 +105,7 @@ struct device_harness {
   std::set<lease_id> leases_out;  // RAM leases the tier still holds
   std::map<request_id, outcome<device_pin>> answers;
   std::vector<model_id> copies_started;
+  std::map<model_id, std::vector<size_t>> last_order;  // the tensors of each model's latest copy
 };
 
 } // namespace
@@ -297,8 +307,9 @@ TEST_CASE("a holder that goes away has its pins released and its requests withdr
   CHECK(h.leases_out.empty());
 }
 
-TEST_CASE("zero budgets and reserves that leave nothing are rejected") {
+TEST_CASE("zero budgets, reserves that leave nothing and a single staging slot are rejected") {
   CHECK(device_tier::validate({0, 0, 0})->code == errc::invalid_argument);
   CHECK(device_tier::validate({0, 100, 100})->code == errc::invalid_argument);
+  CHECK(device_tier::validate({0, 100, 0, true, 1})->code == errc::invalid_argument);
   CHECK_FALSE(device_tier::validate({0, 100, 99}));
 }

@@ -5,26 +5,46 @@
 #include "messages/ids.hpp"
 #include "runtime/core/host_model.hpp"
 
+#include <functional>
+#include <future>
 #include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace mcache {
+
+/// Thrown by a backend when the device's allocator fails (the tier then runs its OOM ladder).
+class device_oom_error : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
 
 class device_backend {
 public:
   virtual ~device_backend() = default;
   /// "simulated device 0", "host (CPU pins)", ...
   virtual std::string describe() const = 0;
-  /// What a device copy of `model` costs this device's budget, in bytes.
-  virtual bytes_t footprint(const host_model& model) const = 0;
-  /// Makes a device copy of `model`. Blocking: runs on a copy thread, never on an actor's thread. Throws
-  /// on failure (the text is kept in a `copy_failed` error).
-  virtual std::shared_ptr<const device_model> copy_in(const host_model& model) = 0;
+  /// What a device copy of `tensor` costs this device's budget, in bytes.
+  virtual bytes_t footprint(const at::Tensor& tensor) const = 0;
+  /// Copies the tensors `indices` of `model` to the device; the result lists them in that order. Blocking:
+  /// runs on a copy thread, never on an actor's thread. Throws device_oom_error when the device's
+  /// allocator fails, anything else on other failures (the text is kept).
+  virtual std::shared_ptr<const device_model> copy_in(const host_model& model,
+                                                      const std::vector<size_t>& indices) = 0;
+  /// A device buffer of `bytes` bytes for streaming.
+  virtual at::Tensor allocate_staging(bytes_t bytes) = 0;
+  /// Starts copying `host` into `staging` (a buffer from allocate_staging, at least as large) and returns
+  /// the device tensor (dtype and shape of `host`, living in `staging`) once the copy is complete.
+  virtual std::shared_future<at::Tensor> copy_async(const at::Tensor& host, const at::Tensor& staging) = 0;
 };
 
 struct simulated_device_options {
   /// Emulated host-to-device bandwidth in bytes per second; 0 copies as fast as memcpy allows.
   double bandwidth_bytes_per_s = 0;
+  /// Test hook: called with the bytes of each copy; returning true makes that copy fail as a device
+  /// out-of-memory. Null: never.
+  std::function<bool(bytes_t)> inject_oom;
 };
 
 /// A simulated accelerator: a deep copy into fresh host tensors, so the bytes really move and the budget

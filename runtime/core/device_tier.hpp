@@ -1,24 +1,35 @@
 #pragma once
-// One device's tier: a byte budget minus a working-memory reserve, the models resident on the device,
-// pins with their per-pin working memory, shared copies and a FIFO of pin requests waiting for room.
-// CAF-free and single-threaded: the device actor owns one and is its only caller.
+// One device's tier: a byte budget minus a working-memory reserve, the models resident on the device
+// (tensor by tensor), pins with their per-pin working memory, shared copies and a FIFO of pin requests
+// waiting for room. CAF-free and single-threaded: the device actor owns one and is its only caller.
 //
 // Residency of a model on a device (one home for the state machine; `transition()` rejects other moves):
 //
-//     absent ──admit──▶ copying ──copy ok──▶ resident ──evict / offload──▶ absent
-//                          │
-//                          └──copy failed──▶ absent
+//     absent ──admit──▶ copying ──copy ok──▶ resident ──evict / offload (last tensor)──▶ absent
+//                        │   ▲                  │
+//          copy failed ──┘   └──── top up ──────┘   (an unpinned, partly resident model copies more)
+//     (to absent, or back to resident when a top-up fails)
 //
 //   absent:   nothing on the device.
-//   copying:  its device bytes are reserved and a copy runs on a copy thread; pins join it (one copy).
-//   resident: its device copy is complete. With pins it is locked; without, it is an eviction candidate
-//             (lazy offload: a released model stays as cache until room is needed).
+//   copying:  device bytes are reserved for the tensors being copied on a copy thread; pins join it.
+//   resident: some or all of its tensors are on the device. With pins it is locked; without, it is an
+//             eviction candidate (lazy offload), trimmed tensor by tensor from the end of its execution
+//             order when room is needed.
 //
-// The RAM copy is kept while a model is on a device, so dropping the device copy costs no copy back.
-// Every pin carries its own RAM lease (taken by the device actor from the RAM tier), which this tier hands
-// back through `device_effects::ram_leases_to_release` when the pin, or the request, ends.
-// Granularity is the whole model for now: partial residency and per-tensor offload come with the
-// transfer work; `offload(model, bytes)` frees the whole model, which is at least `bytes`.
+// Partial residency: when a model does not fit in what the device can free, the tier copies its required
+// tensors and then as many others as fit, in execution order (the host model's tensor order), and each pin
+// reserves staging buffers (`staging_slots` × the largest streamed tensor) as working memory, so the rest
+// can be streamed from the RAM copy through them (see `tensor_stream`). `partial_loading = false` turns
+// this off: a model that does not fit whole waits or fails.
+//
+// Device out-of-memory during a copy (the allocator failed although the budget had room: fragmentation,
+// another process): the tier frees every unpinned model and retries once, then falls back to the required
+// tensors alone (streaming the rest), then fails with the numbers. A failed copy never leaves tensors or
+// bytes behind.
+//
+// The RAM copy is kept while a model is on a device, so dropping device tensors costs no copy back. Every
+// pin carries its own RAM lease (taken by the device actor from the RAM tier), which this tier hands back
+// through `device_effects::ram_leases_to_release` when the pin, or the request, ends.
 
 #include "messages/stats.hpp"
 #include "runtime/core/eviction_policy.hpp"
@@ -26,6 +37,7 @@
 #include "runtime/core/outcome.hpp"
 #include "runtime/core/ram_tier.hpp"
 
+#include <atomic>
 #include <deque>
 #include <map>
 #include <memory>
@@ -35,35 +47,48 @@
 
 namespace mcache {
 
+class device_backend;
+
 struct device_tier_options {
   device_index device = 0;
-  bytes_t budget_bytes = 0;   // device memory this tier may use, in bytes; must be > 0
-  bytes_t reserve_bytes = 0;  // of the budget, kept free for work outside pins, in bytes; < budget
+  bytes_t budget_bytes = 0;     // device memory this tier may use, in bytes; must be > 0
+  bytes_t reserve_bytes = 0;    // of the budget, kept free for work outside pins, in bytes; < budget
+  bool partial_loading = true;  // load what fits and stream the rest when a model does not fit whole
+  size_t staging_slots = 2;     // staging buffers per streaming pin (>= 2, so copies overlap use)
 };
 
 /// A pin request as the device actor hands it to the tier, after borrowing a RAM lease for it.
 struct pin_request {
   request_id request = 0;
   holder_id holder = 0;
-  ram_lease host;              // the pin's own lease on the host copy
-  bytes_t device_bytes = 0;    // what a device copy of the model costs this device
-  bytes_t working_bytes = 0;   // working memory the caller needs on the device while pinned
+  ram_lease host;                     // the pin's own lease on the host copy
+  std::vector<bytes_t> tensor_bytes;  // device bytes of each host tensor, in execution order
+  std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
+  bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
+  bytes_t model_bytes() const;
 };
 
-/// A granted pin: the model is resident and locked until the pin is released.
+/// A granted pin: the model is on the device (wholly or partly) and locked until the pin is released.
 struct device_pin {
   pin_id pin = 0;
   model_id model;
   device_index device = 0;
-  bytes_t resident_bytes = 0;  // device bytes of the model copy
-  bytes_t working_bytes = 0;   // working memory reserved for this pin
-  std::shared_ptr<const device_model> view;  // the tensors to compute with
-  std::shared_ptr<const host_model> host;    // the host copy (opaque payload, and streaming later)
+  bytes_t resident_bytes = 0;  // device bytes of the model's resident tensors
+  bytes_t model_bytes = 0;     // device bytes of the whole model
+  bytes_t working_bytes = 0;   // working memory reserved for this pin, staging included
+  bytes_t staging_bytes = 0;   // of which: staging buffers for streamed tensors
+  std::shared_ptr<const device_model> view;  // tensor i: its device copy, or undefined when it streams
+  std::shared_ptr<const host_model> host;    // the host copy (streaming source, opaque payload)
+  std::shared_ptr<device_backend> backend;   // set by the device actor, for streaming
+  std::shared_ptr<std::atomic<uint64_t>> streamed_bytes;  // set by the device actor: counts streamed bytes
+  size_t staging_slots = 2;
+  bool partial() const { return resident_bytes < model_bytes; }
 };
 
 struct copy_order {
   model_id model;
   std::shared_ptr<const host_model> host;
+  std::vector<size_t> tensors;  // indices into host->tensors to copy
 };
 
 /// What a step of the tier asks its actor to do.
@@ -85,13 +110,14 @@ public:
   /// Asks for a pin. Answers at once (hit, too large, no room and `may_wait` false), or joins/starts a
   /// copy, or queues FIFO for room.
   void pin(pin_request request, bool may_wait, device_effects& out);
-  /// A copy started by this tier finished.
+  /// A copy started by this tier finished: `copy` holds the copied tensors in the order's order, or the
+  /// failure (`device_oom` triggers the retry ladder).
   void copy_finished(const model_id& model, outcome<std::shared_ptr<const device_model>> copy,
                      uint64_t copy_ns, device_effects& out);
   /// Ends a pin. Fails (state unchanged) on an unknown pin or another holder's pin.
   std::optional<failure> release(pin_id pin, holder_id holder, device_effects& out);
-  /// Drops unpinned resident models: `model` alone (empty: any, in policy order) until at least `bytes`
-  /// are freed (0: all it can). Returns the bytes freed.
+  /// Frees device memory of unpinned models: from `model` alone (empty: any, in policy order), at least
+  /// `bytes`, tensor by tensor from the end of execution order (0: everything). Returns the bytes freed.
   outcome<bytes_t> offload(const model_id& model, bytes_t bytes, device_effects& out);
   void holder_down(holder_id holder, device_effects& out);
   /// A request's deadline for room passed: if it is still queued it fails with `budget_exhausted` and its
@@ -99,6 +125,8 @@ public:
   void expire(request_id request, device_effects& out);
 
   device_residency residency(const model_id& model) const;
+  /// Device bytes of `model`'s resident tensors (0 when absent).
+  bytes_t resident_bytes(const model_id& model) const;
   size_t pins_of(holder_id holder) const;
   device_stats stats() const;
   void check_invariants() const;
@@ -108,16 +136,27 @@ private:
     request_id request;
     holder_id holder;
     ram_lease host;
-    bytes_t working_bytes;
+    bytes_t working_bytes;  // the caller's working memory + staging
+    bytes_t staging_bytes;
+  };
+  struct tensor_state {
+    bytes_t bytes = 0;
+    bool required = false;
+    bool resident = false;
+    bool copying = false;
   };
   struct entry {
     device_residency state = device_residency::absent;
-    bytes_t bytes = 0;  // device bytes
+    std::vector<tensor_state> tensors;
+    bytes_t bytes = 0;  // device bytes of resident + copying tensors
     size_t pins = 0;
     std::shared_ptr<const device_model> view;
-    std::vector<admitted> waiters;           // pins waiting for the copy in flight
-    std::vector<lease_id> orphaned_leases;   // leases of waiters whose holder died mid-copy: the copy
-                                             // still reads the host copy, so they are returned when it ends
+    std::shared_ptr<const host_model> host;  // while copying: the source, for an OOM retry
+    int oom_attempts = 0;
+    std::vector<admitted> waiters;          // pins waiting for the copy in flight
+    std::vector<lease_id> orphaned_leases;  // leases of waiters whose holder died mid-copy: the copy
+                                            // still reads the host copy, so they are returned when it ends
+    bytes_t model_bytes() const;
   };
   struct pin_record {
     model_id model;
@@ -125,17 +164,31 @@ private:
     bytes_t working_bytes;
     lease_id ram_lease;
   };
+  /// What admitting a request would copy and reserve.
+  struct plan {
+    std::vector<size_t> copy;  // tensors to copy
+    bytes_t copy_bytes = 0;
+    bytes_t staging_bytes = 0;
+    bytes_t need() const { return copy_bytes + staging_bytes; }
+  };
 
   void transition(const model_id& model, device_residency to);
   void update_candidacy(const model_id& model);
+  std::optional<plan> plan_for(const entry& e, bytes_t working, bytes_t room) const;
+  bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);
+  void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
+                  std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
-  void drop(const model_id& model);
+  bytes_t trim(const model_id& model, bytes_t wanted);
+  bool make_room_for(bytes_t need);
+  void drop_copying(const model_id& model, entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);
   failure no_room(const pin_request& r) const;
   bytes_t usable_bytes() const { return options_.budget_bytes - options_.reserve_bytes; }
   bytes_t free_bytes() const { return usable_bytes() - used_; }
+  bytes_t evictable_bytes() const;
 
   device_tier_options options_;
   std::unique_ptr<eviction_policy> policy_;

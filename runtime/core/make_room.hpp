@@ -2,18 +2,24 @@
 // Note [Making room]: both tiers free space the same way, as a ladder that stops at the first rung that
 // works:
 //   enough is free already
-//   || evict unheld entries in policy order until enough is free
-//   || fail, evicting nothing (the caller then queues the request until its deadline, or fails it).
+//   || free unheld entries in policy order until enough is free (the RAM tier evicts whole models; a
+//      device tier trims tensor by tensor from the end of a model's execution order, so it frees exactly
+//      what is needed and keeps the rest of the victim resident)
+//   || fail, freeing nothing (the caller then queues the request until its deadline, or fails it; a
+//      device tier first tries partial residency, see device_tier.hpp).
 // The middle rung first checks that the candidates together are enough, so a request that cannot be served
 // never evicts anything "for nothing". Held entries (leased or pinned) are not candidates, so they are
-// never touched. Partial (per-tensor) trimming will slot in as a rung after eviction.
+// never touched.
 
 #include "messages/ids.hpp"
 #include "runtime/core/eviction_policy.hpp"
 
+#include <limits>
+
 namespace mcache {
 
-/// `bytes_of(model)` weighs a candidate; `evict(model)` removes it (and must take it out of the policy).
+/// `bytes_of(model)` is what freeing a candidate entirely would give. `evict(model, wanted)` frees at least
+/// min(wanted, bytes_of(model)) of it and returns the bytes freed; a candidate it empties leaves the policy.
 template <class BytesOf, class Evict>
 bool make_room(bytes_t need, bytes_t free_bytes, const eviction_policy& policy, BytesOf bytes_of,
                Evict evict) {
@@ -28,22 +34,20 @@ bool make_room(bytes_t need, bytes_t free_bytes, const eviction_policy& policy, 
   for (const auto& v : victims) {
     if (free_bytes >= need)
       break;
-    free_bytes += bytes_of(v);
-    evict(v);
+    free_bytes += evict(v, need - free_bytes);
   }
   return true;
 }
 
-/// Drops candidates in policy order until at least `bytes` are freed (0: all of them). Returns the bytes
+/// Frees candidates in policy order until at least `bytes` are freed (0: all of them). Returns the bytes
 /// freed. Used by explicit offloads (device) and trims (RAM).
-template <class BytesOf, class Evict>
-bytes_t drop_candidates(bytes_t bytes, const eviction_policy& policy, BytesOf bytes_of, Evict evict) {
+template <class Evict>
+bytes_t drop_candidates(bytes_t bytes, const eviction_policy& policy, Evict evict) {
   bytes_t freed = 0;
   for (const auto& v : policy.victims()) {
     if (bytes != 0 && freed >= bytes)
       break;
-    freed += bytes_of(v);
-    evict(v);
+    freed += evict(v, bytes == 0 ? std::numeric_limits<bytes_t>::max() : bytes - freed);
   }
   return freed;
 }

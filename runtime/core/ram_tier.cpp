@@ -74,7 +74,11 @@ ram_lease ram_tier::grant(entry& e, holder_id holder) {
 bool ram_tier::make_room_for(bytes_t bytes) {
   return make_room(
     bytes, free_bytes(), *policy_, [this](const model_id& m) { return entries_.at(m).descriptor.bytes; },
-    [this](const model_id& m) { evict(m); });
+    [this](const model_id& m, bytes_t) {
+      auto freed = entries_.at(m).descriptor.bytes;
+      evict(m);
+      return freed;
+    });
 }
 
 void ram_tier::evict(const model_id& model) {
@@ -213,9 +217,11 @@ outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id bo
 }
 
 outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effects& out) {
-  auto drop = [this](const model_id& m) {
+  auto drop = [this](const model_id& m, bytes_t = 0) {
+    auto bytes = entries_.at(m).descriptor.bytes;
     ++counters_.trims;
     transition(m, ram_residency::absent);
+    return bytes;
   };
   bytes_t freed = 0;
   if (!model.empty()) {
@@ -226,11 +232,9 @@ outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effect
     if (i->second.leases > 0)
       return failure{errc::model_leased, "'" + model + "' is held by " + std::to_string(i->second.leases)
                                            + " lease(s); release them before trimming"};
-    freed = i->second.descriptor.bytes;
-    drop(model);
+    freed = drop(model);
   } else {
-    freed = drop_candidates(
-      bytes, *policy_, [this](const model_id& m) { return entries_.at(m).descriptor.bytes; }, drop);
+    freed = drop_candidates(bytes, *policy_, drop);
   }
   counters_.trimmed_bytes += freed;
   serve_queue(out);

@@ -1,0 +1,52 @@
+#pragma once
+// Streaming a pinned model's tensors for a compute loop, overlapping copies with use:
+//
+//   tensor_stream s{pin};
+//   for (size_t i = 0; i < s.size(); ++i)
+//     x = layer(x, s.get(i));
+//
+// Resident tensors come straight from the device copy. The others are copied from the RAM copy into a ring
+// of staging buffers (the pin's staging memory, `staging_slots` of them) on the backend's copy path, and
+// the copy of the next streamed tensor starts as soon as the current one is handed out, so it overlaps the
+// caller's use of the current one. A streamed tensor stays valid until the next get() of a streamed
+// tensor; a resident one as long as the pin.
+
+#include "runtime/core/device_tier.hpp"
+
+#include <future>
+#include <map>
+#include <vector>
+
+namespace mcache {
+
+class tensor_stream {
+public:
+  explicit tensor_stream(const device_pin& pin);
+  ~tensor_stream();
+  tensor_stream(const tensor_stream&) = delete;
+  tensor_stream& operator=(const tensor_stream&) = delete;
+
+  size_t size() const { return view_->tensors.size(); }
+  const std::string& name(size_t i) const { return host_->tensors.at(i).name; }
+  bool resident(size_t i) const { return view_->tensors.at(i).tensor.defined(); }
+  /// Tensor `i` on the device: resident, or streamed through a staging buffer.
+  at::Tensor get(size_t i);
+  /// Bytes this stream copied through its staging buffers so far.
+  bytes_t streamed_bytes() const { return streamed_bytes_; }
+
+private:
+  void issue(size_t rank);  // starts the copy of the rank-th streamed tensor into its slot
+  void wait_all();
+
+  std::shared_ptr<const device_model> view_;
+  std::shared_ptr<const host_model> host_;
+  std::shared_ptr<device_backend> backend_;
+  std::shared_ptr<std::atomic<uint64_t>> counter_;
+  std::vector<size_t> streamed_;        // indices of the tensors that stream, in order
+  std::map<size_t, size_t> rank_of_;    // index -> position in streamed_
+  std::vector<at::Tensor> slots_;       // staging buffers
+  std::map<size_t, std::shared_future<at::Tensor>> in_flight_;  // rank -> copy
+  bytes_t streamed_bytes_ = 0;
+};
+
+} // namespace mcache
