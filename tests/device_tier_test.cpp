@@ -313,3 +313,152 @@ TEST_CASE("zero budgets, reserves that leave nothing and a single staging slot a
   CHECK(device_tier::validate({0, 100, 0, true, 1})->code == errc::invalid_argument);
   CHECK_FALSE(device_tier::validate({0, 100, 99}));
 }
+
+// -- partial residency ------------------------------------------------------------------------------------
+
+TEST_CASE("a model that does not fit loads its required tensors, then as many as fit in execution order") {
+  device_harness h{40};
+  auto r = h.pin("m", 50, alice, 0, true, {10, 10, 10, 10, 10}, {false, false, false, false, true});
+  // Whole: 50 > 40. Partial: t4 (required) + 2 staging slots of 10 + t0 fills the 40.
+  CHECK(h.last_order.at("m") == std::vector<size_t>{0, 4});
+  h.finish_copy("m");
+  REQUIRE(h.granted(r));
+  const auto& pin = std::get<device_pin>(h.answers.at(r));
+  CHECK(pin.partial());
+  CHECK(pin.resident_bytes == 20);
+  CHECK(pin.model_bytes == 50);
+  CHECK(pin.staging_bytes == 20);
+  CHECK(pin.view->tensors[0].tensor.defined());
+  CHECK_FALSE(pin.view->tensors[1].tensor.defined());
+  CHECK(pin.view->tensors[4].tensor.defined());
+  auto s = h.tier.stats();
+  CHECK(s.used_bytes == 40);
+  CHECK(s.partial_loads == 1);
+}
+
+TEST_CASE("with partial loading off, a model that does not fit whole is too large") {
+  device_harness h{40, 0, /*partial=*/false};
+  auto r = h.pin("m", 50, alice, 0, true, {10, 10, 10, 10, 10});
+  CHECK(h.error_of(r) == errc::model_too_large);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("a partial offload frees exactly the tensors needed, from the end of execution order") {
+  device_harness h{100};
+  auto p = h.pinned("m", 40, alice);
+  h.release(p, alice);
+  // Re-pin as four tensors: a fresh model id, so the layout is the one given.
+  auto r = h.pin("n", 40, alice, 0, true, {10, 10, 10, 10});
+  h.finish_copy("n");
+  h.release(std::get<device_pin>(h.answers.at(r)).pin, alice);
+  auto freed = h.offload("n", 15);
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 20);
+  CHECK(h.tier.resident_bytes("n") == 20);
+  CHECK(h.tier.stats().used_bytes == 60);
+}
+
+TEST_CASE("making room trims a victim tensor by tensor and keeps the rest of it resident") {
+  device_harness h{50};
+  auto r = h.pin("a", 40, alice, 0, true, {10, 10, 10, 10});
+  h.finish_copy("a");
+  h.release(std::get<device_pin>(h.answers.at(r)).pin, alice);
+  h.pinned("b", 20, bob);  // 10 free: one tensor of 'a' goes
+  CHECK(h.tier.resident_bytes("a") == 30);
+  auto s = h.tier.stats();
+  CHECK(s.trims == 1);
+  CHECK(s.evictions == 0);
+  CHECK(s.evicted_bytes == 10);
+}
+
+TEST_CASE("an unpinned, partly resident model is topped up when it is pinned again and room allows") {
+  device_harness h{60};
+  auto rb = h.pin("b", 30, bob);
+  h.finish_copy("b");
+  auto r = h.pin("a", 40, alice, 0, true, {10, 10, 10, 10});
+  h.finish_copy("a");
+  auto first = std::get<device_pin>(h.answers.at(r));
+  CHECK(first.partial());
+  h.release(first.pin, alice);
+  h.release(std::get<device_pin>(h.answers.at(rb)).pin, bob);
+  h.offload("b", 0);
+  auto again = h.pin("a", 40, alice, 0, true, {10, 10, 10, 10});
+  h.finish_copy("a");
+  REQUIRE(h.granted(again));
+  CHECK_FALSE(std::get<device_pin>(h.answers.at(again)).partial());
+  CHECK(h.tier.stats().top_ups == 1);
+}
+
+TEST_CASE("a device out-of-memory frees every unpinned model and retries the copy once") {
+  device_harness h{100};
+  auto pa = h.pinned("a", 30, alice);
+  h.release(pa, alice);
+  auto r = h.pin("b", 40, bob);
+  h.fail_copy("b", errc::device_oom);
+  CHECK_FALSE(h.answered(r));
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  h.finish_copy("b");
+  REQUIRE(h.granted(r));
+  CHECK(h.tier.stats().oom_retries == 1);
+}
+
+TEST_CASE("a second device out-of-memory falls back to the required tensors and streams the rest") {
+  device_harness h{100};
+  auto r = h.pin("m", 30, alice, 0, true, {10, 10, 10}, {true, false, false});
+  h.fail_copy("m", errc::device_oom);
+  h.fail_copy("m", errc::device_oom);
+  CHECK(h.last_order.at("m") == std::vector<size_t>{0});
+  h.finish_copy("m");
+  REQUIRE(h.granted(r));
+  const auto& pin = std::get<device_pin>(h.answers.at(r));
+  CHECK(pin.resident_bytes == 10);
+  CHECK(pin.staging_bytes == 20);
+  CHECK(h.tier.stats().used_bytes == 30);
+}
+
+TEST_CASE("a third device out-of-memory fails with the numbers and leaves no bytes behind") {
+  device_harness h{100};
+  auto r = h.pin("m", 30, alice, 5, true, {10, 10, 10}, {true, false, false});
+  for (int k = 0; k < 3; ++k)
+    h.fail_copy("m", errc::device_oom);
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::device_oom);
+  CHECK(h.text_of(r).find("ran out of memory copying 'm'") != std::string::npos);
+  CHECK(h.text_of(r).find("lower budget_bytes") != std::string::npos);
+  auto s = h.tier.stats();
+  CHECK(s.used_bytes == 0);
+  CHECK(s.working_bytes == 0);
+  CHECK(h.tier.residency("m") == device_residency::absent);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("a failed top-up keeps what was resident and frees what it reserved") {
+  device_harness h{60};
+  auto rb = h.pin("b", 30, bob);
+  h.finish_copy("b");
+  auto r = h.pin("a", 40, alice, 0, true, {10, 10, 10, 10});
+  h.finish_copy("a");
+  h.release(std::get<device_pin>(h.answers.at(r)).pin, alice);
+  auto kept = h.tier.resident_bytes("a");
+  h.release(std::get<device_pin>(h.answers.at(rb)).pin, bob);
+  h.offload("b", 0);
+  auto again = h.pin("a", 40, alice, 0, true, {10, 10, 10, 10});
+  h.fail_copy("a");
+  CHECK(h.error_of(again) == errc::copy_failed);
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  CHECK(h.tier.resident_bytes("a") == kept);
+  CHECK(h.tier.stats().used_bytes == kept);
+}
+
+TEST_CASE("a model of which nothing fits beside the staging ring is granted at once and streams entirely") {
+  device_harness h{25};
+  auto r = h.pin("m", 30, alice, 0, true, {10, 10, 10});
+  REQUIRE(h.granted(r));
+  CHECK(h.copies_started.empty());
+  const auto& pin = std::get<device_pin>(h.answers.at(r));
+  CHECK(pin.resident_bytes == 0);
+  CHECK(pin.staging_bytes == 20);
+  h.release(pin.pin, alice);
+  CHECK(h.tier.residency("m") == device_residency::absent);
+  CHECK(h.tier.stats().used_bytes == 0);
+}

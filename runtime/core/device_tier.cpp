@@ -272,12 +272,19 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   if (!present) {
     auto& created = entries_[model];
     created.tensors = std::move(fresh.tensors);
-    start_copy(model, created, p->copy, r.host.payload, out);
-    transition(model, device_residency::copying);
-    created.waiters.push_back(a);
     ++counters_.loads;
     if (p->copy_bytes < created.model_bytes())
       ++counters_.partial_loads;
+    if (p->copy.empty()) {
+      // Nothing fits beside the staging ring: every tensor streams, so there is nothing to wait for.
+      transition(model, device_residency::copying);
+      transition(model, device_residency::resident);
+      out.replies.push_back({r.request, grant(model, a)});
+    } else {
+      start_copy(model, created, p->copy, r.host.payload, out);
+      transition(model, device_residency::copying);
+      created.waiters.push_back(a);
+    }
   } else if (i->second.state == device_residency::copying) {
     ++counters_.shared_loads;
     i->second.waiters.push_back(a);

@@ -39,7 +39,8 @@ struct deterministic_runtime {
   }
 
   /// Devices 0..N-1 simulated with the given budgets; `cpu` is the CPU pin tier.
-  deterministic_runtime(bytes_t ram_budget, std::vector<bytes_t> device_budgets, bytes_t reserve = 0)
+  deterministic_runtime(bytes_t ram_budget, std::vector<bytes_t> device_budgets, bytes_t reserve = 0,
+                        simulated_device_options simulated = {})
     : sys(init(cfg)), sched(dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())) {
     ram_cache_config rc;
     rc.tier.budget_bytes = ram_budget;
@@ -50,7 +51,7 @@ struct deterministic_runtime {
     for (size_t i = 0; i < device_budgets.size(); ++i)
       devices.push_back(spawn_device(sys, device_config(static_cast<device_index>(i), device_budgets[i],
                                                         reserve, make_simulated_backend(
-                                                                   static_cast<device_index>(i), {}))));
+                                                                   static_cast<device_index>(i), simulated))));
     cpu = spawn_device(sys, device_config(cpu_device, ram_budget, 0, make_host_backend()));
     settle();
   }
@@ -70,6 +71,7 @@ struct deterministic_runtime {
     dc.backend = std::move(backend);
     dc.copiers = copies;
     dc.ram = ram;
+    dc.models = models;
     dc.check_invariants_each_step = true;
     return dc;
   }
