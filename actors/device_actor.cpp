@@ -75,6 +75,9 @@ void apply(self_ptr self, device_effects& fx) {
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
+  auto released = self->state.tier->take_released();
+  if (!released.empty())
+    self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 

@@ -86,6 +86,8 @@ void device_tier::transition(const model_id& model, device_residency to) {
   if (to == device_residency::absent) {
     used_ -= i->second.bytes;
     policy_->erase(model);
+    if (i->second.view)
+      released_.push_back(std::move(i->second.view));
     entries_.erase(i);
     return;
   }
@@ -180,6 +182,7 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   for (auto k : dropped)
     v->tensors[k].tensor = at::Tensor();
   v->device_bytes = e.bytes;
+  released_.push_back(std::move(e.view));
   e.view = v;
   update_candidacy(model);
   return freed;

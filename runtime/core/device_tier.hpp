@@ -124,6 +124,10 @@ public:
   /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
 
+  /// Device copies this tier let go of since the last call. Freeing a large copy can take milliseconds
+  /// (unmapping memory), so the actor frees them on a worker thread instead of its own.
+  std::vector<std::shared_ptr<const device_model>> take_released() { return std::move(released_); }
+
   device_residency residency(const model_id& model) const;
   /// Device bytes of `model`'s resident tensors (0 when absent).
   bytes_t resident_bytes(const model_id& model) const;
@@ -200,6 +204,7 @@ private:
   bytes_t used_ = 0;              // entry bytes + working_reserved_
   bytes_t working_reserved_ = 0;  // working memory of pins and of admitted requests
   device_stats counters_;
+  std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()
 };
 
 } // namespace mcache
