@@ -21,24 +21,22 @@ caf::duration client_timeout(caf::timespan) { return caf::infinite; }
 request_error::request_error(failure f)
   : std::runtime_error(std::string{"mcache: "} + to_string(f.code) + ": " + f.detail), code_(f.code) {}
 
-// -- lease ------------------------------------------------------------------------------------------------
+// -- handles ----------------------------------------------------------------------------------------------
 
-lease::lease(lease&& other) noexcept
-  : owner_(std::exchange(other.owner_, nullptr)), grant_(std::move(other.grant_)) {}
-
-lease& lease::operator=(lease&& other) noexcept {
+release_token& release_token::operator=(release_token&& other) noexcept {
   if (this != &other) {
-    try {
-      release();
-    } catch (...) {
-    }
-    owner_ = std::exchange(other.owner_, nullptr);
-    grant_ = std::move(other.grant_);
+    release_quietly();
+    release_ = std::exchange(other.release_, nullptr);
   }
   return *this;
 }
 
-lease::~lease() {
+void release_token::release() {
+  if (auto f = std::exchange(release_, nullptr))
+    f();
+}
+
+void release_token::release_quietly() noexcept {
   try {
     release();
   } catch (...) {
@@ -46,49 +44,34 @@ lease::~lease() {
   }
 }
 
-void lease::release() {
-  if (!owner_)
-    return;
-  auto owner = std::exchange(owner_, nullptr);
-  grant_.payload.reset();
-  owner->release_lease(grant_.lease);
-}
-
-// -- pin_handle -------------------------------------------------------------------------------------------
-
-pin_handle::pin_handle(pin_handle&& other) noexcept
-  : owner_(std::exchange(other.owner_, nullptr)),
-    device_(std::move(other.device_)),
-    grant_(std::move(other.grant_)) {}
-
-pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
+lease& lease::operator=(lease&& other) noexcept {
   if (this != &other) {
-    try {
-      release();
-    } catch (...) {
-    }
-    owner_ = std::exchange(other.owner_, nullptr);
-    device_ = std::move(other.device_);
+    grant_.payload.reset();
+    token_ = std::move(other.token_);
     grant_ = std::move(other.grant_);
   }
   return *this;
 }
 
-pin_handle::~pin_handle() {
-  try {
-    release();
-  } catch (...) {
+void lease::release() {
+  grant_.payload.reset();
+  token_.release();
+}
+
+pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
+  if (this != &other) {
+    grant_.view.reset();
+    grant_.host.reset();
+    token_ = std::move(other.token_);
+    grant_ = std::move(other.grant_);
   }
+  return *this;
 }
 
 void pin_handle::release() {
-  if (!owner_)
-    return;
-  auto owner = std::exchange(owner_, nullptr);
-  // Drop our aliases of the device copy first, so a later eviction frees the memory it accounts for.
   grant_.view.reset();
   grant_.host.reset();
-  owner->release_pin(device_, grant_.pin);
+  token_.release();
 }
 
 // -- session ----------------------------------------------------------------------------------------------
@@ -103,7 +86,11 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
   auto w = wait_or_default(wait);
   lease result;
   self_->request(rt_->ram_cache(), client_timeout(w), acquire_atom::value, model, w)
-    .receive([&](ram_lease& grant) { result = lease{this, std::move(grant)}; },
+    .receive(
+      [&](ram_lease& grant) {
+        auto id = grant.lease;
+        result = lease{release_token{[this, id] { release_lease(id); }}, std::move(grant)};
+      },
              [&](caf::error& e) { raise(e); });
   return result;
 }
@@ -116,7 +103,11 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
   auto w = wait_or_default(wait);
   pin_handle result;
   self_->request(dev, client_timeout(w), pin_atom::value, l.id(), working_bytes, w)
-    .receive([&](device_pin& grant) { result = pin_handle{this, dev, std::move(grant)}; },
+    .receive(
+      [&](device_pin& grant) {
+        auto id = grant.pin;
+        result = pin_handle{release_token{[this, dev, id] { release_pin(dev, id); }}, std::move(grant)};
+      },
              [&](caf::error& e) { raise(e); });
   return result;
 }

@@ -9,9 +9,11 @@
 #include <caf/scoped_actor.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
+#include <utility>
 
 namespace mcache {
 
@@ -29,15 +31,33 @@ private:
 
 class session;
 
+/// Ends a lease or a pin exactly once: on release(), or when the token is destroyed (then quietly: a
+/// destructor cannot report). Move-only; the handles below are built on it.
+class release_token {
+public:
+  release_token() = default;
+  explicit release_token(std::function<void()> release) : release_(std::move(release)) {}
+  release_token(release_token&& other) noexcept : release_(std::exchange(other.release_, nullptr)) {}
+  release_token& operator=(release_token&& other) noexcept;
+  ~release_token() { release_quietly(); }
+
+  explicit operator bool() const { return static_cast<bool>(release_); }
+  /// Runs the release now; throws what it throws (the token is empty either way).
+  void release();
+
+private:
+  void release_quietly() noexcept;
+  std::function<void()> release_;
+};
+
 /// A lease on a model's RAM copy. Move-only; releases on destruction.
 class lease {
 public:
   lease() = default;
-  lease(lease&& other) noexcept;
+  lease(lease&&) noexcept = default;
   lease& operator=(lease&& other) noexcept;
-  ~lease();
 
-  explicit operator bool() const { return owner_ != nullptr; }
+  explicit operator bool() const { return static_cast<bool>(token_); }
   lease_id id() const { return grant_.lease; }
   const model_id& model() const { return grant_.model; }
   bytes_t bytes() const { return grant_.bytes; }
@@ -47,8 +67,9 @@ public:
 
 private:
   friend class session;
-  lease(session* owner, ram_lease grant) : owner_(owner), grant_(std::move(grant)) {}
-  session* owner_ = nullptr;
+  lease(release_token token, ram_lease grant) : token_(std::move(token)), grant_(std::move(grant)) {}
+  // Declared first, destroyed last: our alias of the host copy is gone before the release is sent.
+  release_token token_;
   ram_lease grant_;
 };
 
@@ -56,17 +77,16 @@ private:
 class pin_handle {
 public:
   pin_handle() = default;
-  pin_handle(pin_handle&& other) noexcept;
+  pin_handle(pin_handle&&) noexcept = default;
   pin_handle& operator=(pin_handle&& other) noexcept;
-  ~pin_handle();
 
-  explicit operator bool() const { return owner_ != nullptr; }
+  explicit operator bool() const { return static_cast<bool>(token_); }
   pin_id id() const { return grant_.pin; }
   const model_id& model() const { return grant_.model; }
   device_index device() const { return grant_.device; }
   bytes_t resident_bytes() const { return grant_.resident_bytes; }
   bytes_t working_bytes() const { return grant_.working_bytes; }
-  /// The device copy of the tensor named `name` (undefined if there is none).
+  /// The device copy of the tensor named `name` (undefined if there is none, or if it streams).
   at::Tensor tensor(const std::string& name) const { return grant_.view->find(name); }
   const device_model& tensors() const { return *grant_.view; }
   /// Whether some tensors are not resident and must be streamed (see `stream()`).
@@ -79,10 +99,10 @@ public:
 
 private:
   friend class session;
-  pin_handle(session* owner, device_actor dev, device_pin grant)
-    : owner_(owner), device_(std::move(dev)), grant_(std::move(grant)) {}
-  session* owner_ = nullptr;
-  device_actor device_;
+  pin_handle(release_token token, device_pin grant) : token_(std::move(token)), grant_(std::move(grant)) {}
+  // Declared first, destroyed last: our aliases of the device copy are gone before the release is sent, so
+  // a later eviction frees the memory it accounts for.
+  release_token token_;
   device_pin grant_;
 };
 
@@ -105,8 +125,6 @@ public:
   caf::scoped_actor& self() { return self_; }
 
 private:
-  friend class lease;
-  friend class pin_handle;
   void release_lease(lease_id id);
   void release_pin(const device_actor& dev, pin_id id);
   caf::timespan wait_or_default(std::optional<std::chrono::nanoseconds> wait) const;

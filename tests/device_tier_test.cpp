@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "support/answer_book.hpp"
 #include "support/catch.hpp"
 #include "support/fake_models.hpp"
 #include "support/stats_fields.hpp"
@@ -20,7 +21,7 @@ constexpr holder_id alice = 11;
 constexpr holder_id bob = 22;
 
 /// Drives a device_tier like its actor does; RAM leases are faked with increasing ids.
-struct device_harness {
+struct device_harness : test::answer_book<device_pin> {
   explicit device_harness(bytes_t budget, bytes_t reserve = 0, bool partial = true)
     : tier({0, budget, reserve, partial, 2}, make_lru_policy()) {}
 
@@ -80,14 +81,9 @@ struct device_harness {
     tier.expire(r, fx);
     absorb(fx);
   }
-  bool answered(request_id r) const { return answers.count(r) > 0; }
-  bool granted(request_id r) const { return answered(r) && succeeded(answers.at(r)); }
-  errc error_of(request_id r) const { return std::get<failure>(answers.at(r)).code; }
-  std::string text_of(request_id r) const { return std::get<failure>(answers.at(r)).detail; }
 
   void absorb(device_effects& fx) {
-    for (auto& r : fx.replies)
-      answers.emplace(r.request, r.result);
+    record(fx.replies);
     for (auto& c : fx.copies) {
       copies_started.push_back(c.model);
       last_order[c.model] = c.tensors;
@@ -103,7 +99,6 @@ struct device_harness {
   request_id next_request = 1;
   lease_id next_lease = 1000;
   std::set<lease_id> leases_out;  // RAM leases the tier still holds
-  std::map<request_id, outcome<device_pin>> answers;
   std::vector<model_id> copies_started;
   std::map<model_id, std::vector<size_t>> last_order;  // the tensors of each model's latest copy
 };

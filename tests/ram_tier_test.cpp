@@ -2,6 +2,7 @@
 
 #include "runtime/core/ram_tier.hpp"
 
+#include "support/answer_book.hpp"
 #include "support/catch.hpp"
 #include "support/fake_models.hpp"
 #include "support/stats_fields.hpp"
@@ -18,7 +19,7 @@ constexpr holder_id alice = 11;
 constexpr holder_id bob = 22;
 
 /// Drives a ram_tier like its actor does, and checks the invariants after every step.
-struct ram_harness {
+struct ram_harness : test::answer_book<ram_lease> {
   explicit ram_harness(bytes_t budget) : tier({budget}, make_lru_policy()) {}
 
   request_id acquire(const model_descriptor& d, holder_id h, bool may_wait = true) {
@@ -59,14 +60,9 @@ struct ram_harness {
     tier.expire(r, fx);
     absorb(fx);
   }
-  bool answered(request_id r) const { return answers.count(r) > 0; }
-  bool granted(request_id r) const { return answered(r) && succeeded(answers.at(r)); }
-  errc error_of(request_id r) const { return std::get<failure>(answers.at(r)).code; }
-  std::string text_of(request_id r) const { return std::get<failure>(answers.at(r)).detail; }
 
   void absorb(ram_effects& fx) {
-    for (auto& r : fx.replies)
-      answers.emplace(r.request, r.result);
+    record(fx.replies);
     for (auto& d : fx.loads)
       loads_started.push_back(d.id);
     tier.check_invariants();
@@ -74,7 +70,6 @@ struct ram_harness {
 
   ram_tier tier;
   request_id next = 1;
-  std::map<request_id, outcome<ram_lease>> answers;
   std::map<model_id, model_descriptor> descriptors;
   std::vector<model_id> loads_started;
 };
