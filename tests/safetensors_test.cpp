@@ -78,7 +78,8 @@ TEST_CASE("tensors of every dtype survive a write and a load bit for bit") {
       CHECK(model->tensors[i].tensor.scalar_type() == in[i].tensor.scalar_type());
       CHECK(model->tensors[i].tensor.sizes() == in[i].tensor.sizes());
       auto n = static_cast<size_t>(in[i].tensor.numel() * in[i].tensor.element_size());
-      CHECK(std::memcmp(model->tensors[i].tensor.data_ptr(), in[i].tensor.contiguous().data_ptr(), n) == 0);
+      if (n > 0)  // an empty tensor has no data pointer to compare
+        CHECK(std::memcmp(model->tensors[i].tensor.data_ptr(), in[i].tensor.contiguous().data_ptr(), n) == 0);
     }
     CHECK(model->total_bytes() == l.layout.data_bytes);
   }
