@@ -23,6 +23,7 @@ struct device_state {
   std::unique_ptr<device_tier> tier;
   device_actor_config config;
   request_book<device_pin> requests;
+  request_id next_request = 1;
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
@@ -138,7 +139,8 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       // Before the promise: making it takes the sender out of the current message.
       auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
       auto promise = self->make_response_promise<device_pin>();
-      auto id = self->state.requests.open(promise);
+      auto id = self->state.next_request++;
+      self->state.requests.open(id, promise);
       self->state.borrowing_.emplace(id, borrowing{holder});
       // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
       // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.

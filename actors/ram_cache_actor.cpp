@@ -11,13 +11,13 @@ namespace mcache {
 
 namespace {
 
-/// An acquire of an absent model whose precheck runs on a loader thread: other messages run meanwhile,
-/// so its holder may go away before the check returns.
+/// An acquire whose absent models are prechecked on a loader thread: other messages run meanwhile, so its
+/// holder may go away before the check returns.
 struct prechecking {
-  caf::typed_response_promise<ram_lease> promise;
-  model_descriptor model;
+  std::vector<model_descriptor> models;
   holder_id holder;
   caf::timespan wait;
+  bool single;
   bool holder_gone = false;
 };
 
@@ -25,10 +25,11 @@ struct ram_cache_state {
   static const char* name;
   std::unique_ptr<ram_tier> tier;
   ram_cache_config config;
-  request_book<ram_lease> requests;
+  request_book<ram_lease> requests;               // single acquires
+  request_book<std::vector<ram_lease>> groups;    // acquire_all
+  request_id next_request = 1;
   std::set<holder_id> watched;
-  std::unordered_map<uint64_t, prechecking> prechecks;
-  uint64_t next_precheck = 1;
+  std::unordered_map<request_id, prechecking> prechecks;
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -63,41 +64,66 @@ void start_load(self_ptr self, const model_descriptor& model) {
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, ram_effects& fx) {
   self->state.requests.deliver(fx.replies);
+  self->state.groups.deliver(fx.group_replies);
   for (const auto& model : fx.loads)
     start_load(self, model);
   fx.loads.clear();
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
+void fail_request(self_ptr self, request_id id, bool single, failure why) {
+  ram_effects fx;
+  if (single)
+    fx.replies.push_back({id, std::move(why)});
+  else
+    fx.group_replies.push_back({id, std::move(why)});
+  apply(self, fx);
+}
+
 void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
-  if (self->state.requests.is_open(id) && wait != caf::timespan::max())
+  bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
+  if (open && wait != caf::timespan::max())
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
 }
 
-// Hands an acquire to the tier: a grant, a load (new or shared), a wait for room, or a refusal.
-void admit_acquire(self_ptr self, const model_descriptor& model, holder_id holder, caf::timespan wait,
-                   caf::typed_response_promise<ram_lease> promise) {
-  auto id = self->state.requests.open(std::move(promise));
+// Hands an acquire to the tier: grants, loads (new or shared), a wait for room, or a refusal.
+void admit_acquire(self_ptr self, request_id id, const std::vector<model_descriptor>& models, holder_id holder,
+                   caf::timespan wait, bool single) {
   ram_effects fx;
-  self->state.tier->acquire(id, model, holder, wait > caf::timespan::zero(), fx);
+  auto may_wait = wait > caf::timespan::zero();
+  if (single)
+    self->state.tier->acquire(id, models.front(), holder, may_wait, fx);
+  else
+    self->state.tier->acquire_all(id, models, holder, may_wait, fx);
   apply(self, fx);
   arm_deadline(self, id, wait);
 }
 
-void start_precheck(self_ptr self, const model_descriptor& model, holder_id holder, caf::timespan wait,
-                    caf::typed_response_promise<ram_lease> promise) {
-  auto check = self->state.next_precheck++;
-  self->state.prechecks.emplace(check, prechecking{std::move(promise), model, holder, wait});
+// Models that must be loaded are checked first (off this thread), so a load that would fail evicts
+// nothing; the others go to the tier at once.
+void begin_acquire(self_ptr self, request_id id, std::vector<model_descriptor> models, holder_id holder,
+                   caf::timespan wait, bool single) {
+  std::vector<model_descriptor> to_check;
+  for (const auto& m : models)
+    if (m.precheck && self->state.tier->residency(m.id) == ram_residency::absent)
+      to_check.push_back(m);
+  if (to_check.empty()) {
+    admit_acquire(self, id, models, holder, wait, single);
+    return;
+  }
+  self->state.prechecks.emplace(id, prechecking{std::move(models), holder, wait, single});
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
-  self->state.config.loaders->post([model, check, reply_to] {
+  self->state.config.loaders->post([to_check, id, reply_to] {
     checked_model done;
-    done.check = check;
+    done.check = id;
     try {
-      if (auto err = model.precheck(model)) {
-        done.ok = false;
-        done.code = err->code;
-        done.error = err->detail;
-      }
+      for (const auto& m : to_check)
+        if (auto err = m.precheck(m)) {
+          done.ok = false;
+          done.code = err->code;
+          done.error = "loading '" + m.id + "' failed: " + err->detail;
+          break;
+        }
     } catch (const std::exception& e) {
       done.ok = false;
       done.error = e.what();
@@ -129,12 +155,27 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
       // The holder is read before the promise: making it takes the sender out of the current message.
       auto promise = self->make_response_promise<ram_lease>();
-      // A model that must be loaded is checked first (off this thread), so a load that would fail
-      // evicts nothing.
-      if (descriptor->precheck && self->state.tier->residency(model) == ram_residency::absent)
-        start_precheck(self, *descriptor, holder, wait, promise);
-      else
-        admit_acquire(self, *descriptor, holder, wait, promise);
+      auto id = self->state.next_request++;
+      self->state.requests.open(id, promise);
+      begin_acquire(self, id, {*descriptor}, holder, wait, true);
+      return promise;
+    },
+    [self](acquire_atom, const std::vector<model_id>& models,
+           caf::timespan wait) -> caf::result<std::vector<ram_lease>> {
+      std::vector<model_descriptor> descriptors;
+      for (const auto& model : models) {
+        auto descriptor = self->state.config.models->find(model);
+        if (!descriptor)
+          return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
+        descriptors.push_back(std::move(*descriptor));
+      }
+      auto holder = watch_sender(self, self->state.watched);
+      if (holder == 0)
+        return make_error(errc::invalid_argument, "acquire needs a sender to hold the leases");
+      auto promise = self->make_response_promise<std::vector<ram_lease>>();
+      auto id = self->state.next_request++;
+      self->state.groups.open(id, promise);
+      begin_acquire(self, id, std::move(descriptors), holder, wait, false);
       return promise;
     },
     [self](release_atom, lease_id lease) -> caf::result<void> {
@@ -180,11 +221,11 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       auto p = std::move(i->second);
       self->state.prechecks.erase(i);
       if (p.holder_gone)
-        p.promise.deliver(make_error(errc::shutting_down, "the holder went away"));
+        fail_request(self, done.check, p.single, failure{errc::shutting_down, "the holder went away"});
       else if (!done.ok)
-        p.promise.deliver(make_error(done.code, "loading '" + p.model.id + "' failed: " + done.error));
+        fail_request(self, done.check, p.single, failure{done.code, done.error});
       else
-        admit_acquire(self, p.model, p.holder, p.wait, std::move(p.promise));
+        admit_acquire(self, done.check, p.models, p.holder, p.wait, p.single);
     },
     [self](loaded_atom, loaded_model& done) {
       ram_effects fx;

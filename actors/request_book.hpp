@@ -18,11 +18,8 @@ namespace mcache {
 template <class T>
 class request_book {
 public:
-  request_id open(caf::typed_response_promise<T> promise) {
-    auto id = next_++;
-    open_.emplace(id, std::move(promise));
-    return id;
-  }
+  /// Keeps `promise` under `id` (ids come from the actor, unique across its books).
+  void open(request_id id, caf::typed_response_promise<T> promise) { open_.emplace(id, std::move(promise)); }
 
   bool is_open(request_id id) const { return open_.count(id) > 0; }
 
@@ -42,7 +39,6 @@ public:
   }
 
 private:
-  request_id next_ = 1;
   std::unordered_map<request_id, caf::typed_response_promise<T>> open_;
 };
 

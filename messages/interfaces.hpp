@@ -17,6 +17,9 @@ using ram_cache_actor = caf::typed_actor<
   // Lease `model`, loading it if needed; waits up to the timespan for room (0: do not wait), then fails
   // with budget_exhausted. A load, once started, is waited for. The model stays in RAM until released.
   caf::replies_to<acquire_atom, model_id, caf::timespan>::with<ram_lease>,
+  // Lease several models together, or none (see ram_tier::acquire_all): never holds some while waiting
+  // for room for the others. Leases come in the order asked.
+  caf::replies_to<acquire_atom, std::vector<model_id>, caf::timespan>::with<std::vector<ram_lease>>,
   // End a lease held by the sender.
   caf::replies_to<release_atom, lease_id>::with<void>,
   // A device actor borrows a lease of its own on the model of the owner's lease, for the length of a pin.

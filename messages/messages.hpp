@@ -46,6 +46,7 @@ struct copied_model {
 } // namespace mcache
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::ram_lease)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mcache::ram_lease>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::device_pin)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::loaded_model)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::copied_model)

@@ -95,6 +95,22 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
   return result;
 }
 
+std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
+                                       std::optional<std::chrono::nanoseconds> wait) {
+  auto w = wait_or_default(wait);
+  std::vector<lease> result;
+  self_->request(rt_->ram_cache(), client_timeout(w), acquire_atom::value, models, w)
+    .receive(
+      [&](std::vector<ram_lease>& grants) {
+        for (auto& grant : grants) {
+          auto id = grant.lease;
+          result.push_back(lease{release_token{[this, id] { release_lease(id); }}, std::move(grant)});
+        }
+      },
+      [&](caf::error& e) { raise(e); });
+  return result;
+}
+
 pin_handle session::pin(const lease& l, device_index device, bytes_t working_bytes,
                         std::optional<std::chrono::nanoseconds> wait) {
   if (!l)

@@ -113,6 +113,11 @@ public:
 
   /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room.
   lease acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait = std::nullopt);
+  /// Leases all of `models` together, or none, waiting up to `wait` for room for all of them at once: a
+  /// job that needs several models never holds some while waiting for the others (no deadlock between
+  /// jobs). Leases come in the order asked.
+  std::vector<lease> acquire_all(const std::vector<model_id>& models,
+                                 std::optional<std::chrono::nanoseconds> wait = std::nullopt);
   /// Pins the model of `l` on `device` with `working_bytes` of working memory.
   pin_handle pin(const lease& l, device_index device, bytes_t working_bytes = 0,
                  std::optional<std::chrono::nanoseconds> wait = std::nullopt);

@@ -120,7 +120,7 @@ std::vector<pipeline> pipelines_of(const std::vector<model_descriptor>& models) 
 }
 
 struct session_report {
-  int jobs_done = 0, jobs_failed = 0, retries = 0;
+  int jobs_done = 0, jobs_failed = 0;
   double acquire_ms = 0, pin_ms = 0, compute_ms = 0;
   std::string last_error;
 };
@@ -147,26 +147,13 @@ void run_session(runtime& rt, const settings& cfg, const std::vector<pipeline>& 
   for (int job = 0; job < cfg.jobs; ++job) {
     const auto& p = pipelines[static_cast<size_t>(index + job) % pipelines.size()];
     try {
-      // Lease everything the job needs first: nothing leased can be evicted until the job ends. Holding
-      // some leases while waiting for others can deadlock with a session doing the same, so a job that
-      // cannot get all three soon gives back what it holds and tries again after a backoff.
+      // Lease everything the job needs, together: nothing leased can be evicted until the job ends, and a
+      // job never holds some models while waiting for room for the others, so jobs cannot deadlock.
       auto t0 = clock_type::now();
-      lease te, dn, dc;
-      for (int attempt = 0;; ++attempt) {
-        try {
-          te = s.acquire(p.text_encoder);
-          dn = s.acquire(p.denoiser, 500ms);
-          dc = s.acquire(p.decoder, 500ms);
-          break;
-        } catch (const request_error& e) {
-          if (e.code() != errc::budget_exhausted || attempt == 20)
-            throw;
-          te.release();
-          dn.release();
-          ++report.retries;
-          std::this_thread::sleep_for(std::chrono::milliseconds(10 * (1 + (index + attempt) % 7)));
-        }
-      }
+      auto leases = s.acquire_all({p.text_encoder, p.denoiser, p.decoder});
+      auto& te = leases[0];
+      auto& dn = leases[1];
+      auto& dc = leases[2];
       report.acquire_ms += ms_since(t0);
 
       auto prompt = at::ones({64});
@@ -325,12 +312,12 @@ int main(int argc, char** argv) {
     t.join();
   auto wall = ms_since(t0);
 
-  std::printf("%-8s %6s %6s %8s %8s %13s %10s %12s\n", "session", "device", "jobs", "failed", "retries",
-              "acquire ms", "pin ms", "compute ms");
+  std::printf("%-8s %6s %6s %8s %13s %10s %12s\n", "session", "device", "jobs", "failed", "acquire ms",
+              "pin ms", "compute ms");
   for (int i = 0; i < cfg.sessions; ++i) {
     auto& r = reports[static_cast<size_t>(i)];
-    std::printf("%-8d %6d %6d %8d %8d %13.1f %10.1f %12.1f\n", i, i % cfg.devices, r.jobs_done, r.jobs_failed,
-                r.retries, r.acquire_ms, r.pin_ms, r.compute_ms);
+    std::printf("%-8d %6d %6d %8d %13.1f %10.1f %12.1f\n", i, i % cfg.devices, r.jobs_done, r.jobs_failed,
+                r.acquire_ms, r.pin_ms, r.compute_ms);
     if (!r.last_error.empty())
       std::printf("         last error: %s\n", r.last_error.c_str());
   }

@@ -348,3 +348,31 @@ TEST_CASE("device out-of-memory injected in copies leaves every tier consistent"
   CHECK(d.used_bytes == mib / 4 + pin.staging_bytes);
   rt.check_all();
 }
+
+TEST_CASE("the image server's sequence through acquire_all: both models leased together, then pinned in turn") {
+  deterministic_runtime rt{3 * mib, {2 * mib}};
+  rt.add(synthetic_model("text_encoder", {mib_floats}));
+  rt.add(synthetic_model("transformer", {2 * mib_floats}));
+  client s{rt.sys};
+  s.self->send(rt.ram, acquire_atom::value, std::vector<model_id>{"text_encoder", "transformer"},
+               caf::timespan{std::chrono::seconds(5)});
+  rt.settle();
+  auto r = s.poll<std::vector<ram_lease>>();
+  REQUIRE(r);
+  REQUIRE(succeeded(*r));
+  auto& leases = std::get<std::vector<ram_lease>>(*r);
+  REQUIRE(leases.size() == 2);
+  for (auto& l : leases) {
+    auto p = rt.pinned(s, rt.devices[0], l.lease);
+    rt.release(s, rt.devices[0], p.pin);
+  }
+  CHECK(rt.ram_snapshot().leases_active == 2);
+  client other{rt.sys};
+  s.self->send(rt.ram, acquire_atom::value, std::vector<model_id>{"text_encoder", "no-such"},
+               caf::timespan{std::chrono::seconds(5)});
+  rt.settle();
+  auto bad = s.poll<std::vector<ram_lease>>();
+  REQUIRE(bad);
+  CHECK(std::get<failure>(*bad).code == errc::unknown_model);
+  rt.check_all();
+}

@@ -318,3 +318,135 @@ TEST_CASE("a RAM tier with a zero budget is rejected") {
   CHECK(ram_tier::validate({0}));
   CHECK_THROWS_AS(ram_tier({0}, make_lru_policy()), std::invalid_argument);
 }
+
+// -- acquiring several models together ---------------------------------------------------------------------
+
+namespace {
+struct group_harness : ram_harness, test::answer_book<std::vector<ram_lease>> {
+  using ram_harness::ram_harness;
+  using test_answers = test::answer_book<std::vector<ram_lease>>;
+  request_id acquire_all(const std::vector<model_descriptor>& ds, holder_id h, bool may_wait = true) {
+    auto id = next++;
+    for (const auto& d : ds)
+      descriptors[d.id] = d;
+    ram_effects fx;
+    tier.acquire_all(id, ds, h, may_wait, fx);
+    test_answers::record(fx.group_replies);
+    absorb(fx);
+    return id;
+  }
+  void finish(const model_id& m) {
+    ram_effects fx;
+    tier.load_finished(m, descriptors.at(m).loader(descriptors.at(m)), 1000, fx);
+    test_answers::record(fx.group_replies);
+    absorb(fx);
+  }
+  std::optional<failure> release(lease_id l, holder_id h) {
+    ram_effects fx;
+    auto err = tier.release(l, h, fx);
+    test_answers::record(fx.group_replies);
+    absorb(fx);
+    return err;
+  }
+  bool group_granted(request_id r) const { return test_answers::granted(r); }
+  bool group_answered(request_id r) const { return test_answers::answered(r); }
+};
+} // namespace
+
+TEST_CASE("acquire_all grants every lease together, in the order asked, once every load is done") {
+  group_harness h{100};
+  auto a = fake_model("a", 30), b = fake_model("b", 30), c = fake_model("c", 30);
+  h.lease(a, alice);  // 'a' is resident and leased already
+  auto r = h.acquire_all({c, a, b}, bob);
+  CHECK(h.loads_started == std::vector<model_id>{"a", "c", "b"});
+  h.finish("c");
+  CHECK_FALSE(h.group_answered(r));
+  h.finish("b");
+  REQUIRE(h.group_granted(r));
+  const auto& leases = std::get<std::vector<ram_lease>>(h.test_answers::answers.at(r));
+  REQUIRE(leases.size() == 3);
+  CHECK(leases[0].model == "c");
+  CHECK(leases[1].model == "a");
+  CHECK(leases[2].model == "b");
+  CHECK(h.tier.leases_of(bob) == 3);
+}
+
+TEST_CASE("acquire_all never holds some models while waiting for room for the others") {
+  group_harness h{100};
+  auto a = fake_model("a", 40), b = fake_model("b", 40), c = fake_model("c", 40);
+  auto la = h.lease(a, alice);
+  // bob wants b and c (80): there are only 60 free and 'a' is leased, so bob waits holding nothing.
+  auto r = h.acquire_all({b, c}, bob);
+  CHECK_FALSE(h.group_answered(r));
+  CHECK(h.tier.leases_of(bob) == 0);
+  CHECK(h.tier.residency("b") == ram_residency::absent);
+  CHECK(h.tier.stats().waiting_now == 1);
+  h.release(la, alice);
+  h.finish("b");
+  h.finish("c");
+  CHECK(h.group_granted(r));
+}
+
+TEST_CASE("two jobs asking for the same two models in opposite orders do not deadlock") {
+  group_harness h{80};
+  auto a = fake_model("a", 40), b = fake_model("b", 40);
+  auto r1 = h.acquire_all({a, b}, alice);
+  auto r2 = h.acquire_all({b, a}, bob);  // joins both loads: no room needed
+  h.finish("b");
+  h.finish("a");
+  CHECK(h.group_granted(r1));
+  CHECK(h.group_granted(r2));
+}
+
+TEST_CASE("acquire_all never evicts one of its own models to make room for another") {
+  group_harness h{100};
+  auto a = fake_model("a", 50), b = fake_model("b", 40), c = fake_model("c", 30);
+  auto la = h.lease(a, alice);
+  h.release(la, alice);  // 'a' is an unleased candidate, the only one
+  h.lease(c, alice);     // 20 bytes free
+  auto r = h.acquire_all({a, b}, bob, false);
+  CHECK(h.test_answers::error_of(r) == errc::budget_exhausted);
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.stats().evictions == 0);
+}
+
+TEST_CASE("acquire_all fails at once when the models together exceed the budget, or repeat a model") {
+  group_harness h{100};
+  auto before = fields_of(h.tier.stats());
+  auto big = h.acquire_all({fake_model("a", 60), fake_model("b", 60)}, alice);
+  CHECK(h.test_answers::error_of(big) == errc::model_too_large);
+  CHECK(h.test_answers::text_of(big).find("'a', 'b'") != std::string::npos);
+  auto twice = h.acquire_all({fake_model("a", 10), fake_model("a", 10)}, alice);
+  CHECK(h.test_answers::error_of(twice) == errc::invalid_argument);
+  CHECK(fields_of(h.tier.stats()) == before);
+}
+
+TEST_CASE("a failed load fails the whole group and gives back the leases it had been granted") {
+  group_harness h{100};
+  auto a = fake_model("a", 30), b = fake_model("b", 30);
+  h.lease(a, alice);
+  auto r = h.acquire_all({a, b}, bob);
+  CHECK(h.tier.leases_of(bob) == 1);  // 'a' was granted at admission
+  ram_effects fx;
+  h.tier.load_finished("b", failure{errc::load_failed, "bad disk"}, 0, fx);
+  h.test_answers::record(fx.group_replies);
+  h.absorb(fx);
+  CHECK(h.test_answers::error_of(r) == errc::load_failed);
+  CHECK(h.tier.leases_of(bob) == 0);
+}
+
+TEST_CASE("a holder that goes away while its group waits for loads gives back what it was granted") {
+  group_harness h{100};
+  auto a = fake_model("a", 30), b = fake_model("b", 30);
+  h.lease(a, alice);
+  auto r = h.acquire_all({a, b}, bob);
+  ram_effects fx;
+  h.tier.holder_down(bob, fx);
+  h.test_answers::record(fx.group_replies);
+  h.absorb(fx);
+  CHECK(h.test_answers::error_of(r) == errc::shutting_down);
+  CHECK(h.tier.leases_of(bob) == 0);
+  h.finish("b");  // the load still completes, as cache
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+  CHECK(h.tier.stats().leases_active == 1);
+}

@@ -154,3 +154,19 @@ TEST_CASE("trimming RAM and offloading every device brings all budgets back to z
   CHECK(st.devices[0].used_bytes == 0);
   CHECK(st.devices[1].used_bytes == 0);
 }
+
+TEST_CASE("a session leases several models together and releases each on its own") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("a", {mib_floats}));
+  rt.models().add(synthetic_model("b", {mib_floats}));
+  auto s = rt.open_session();
+  auto leases = s.acquire_all({"b", "a"});
+  REQUIRE(leases.size() == 2);
+  CHECK(leases[0].model() == "b");
+  CHECK(rt.stats().ram.leases_active == 2);
+  leases[0].release();
+  CHECK(rt.stats().ram.leases_active == 1);
+  leases.clear();
+  CHECK(rt.stats().ram.leases_active == 0);
+  CHECK(code_of([&] { s.acquire_all({"a", "missing"}); }) == errc::unknown_model);
+}

@@ -58,7 +58,14 @@ void run_session(runtime& rt, uint64_t seed, int index, tally& t) {
     try {
       switch (pick(6)) {
         case 0:
-          if (leases.size() < 2) {
+          if (leases.empty() && pick(3) == 0) {
+            auto first = pick(models);
+            auto second = (first + 1 + pick(models - 1)) % models;
+            for (auto& l : s.acquire_all({"m" + std::to_string(first), "m" + std::to_string(second)},
+                                         std::chrono::milliseconds(pick(5))))
+              leases.push_back(std::move(l));
+            ++t.grants;
+          } else if (leases.size() < 2) {
             leases.push_back(s.acquire("m" + std::to_string(pick(models)), std::chrono::milliseconds(pick(5))));
             ++t.grants;
           }

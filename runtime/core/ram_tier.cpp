@@ -87,70 +87,150 @@ void ram_tier::evict(const model_id& model) {
   transition(model, ram_residency::absent);
 }
 
-// Reserves room and starts a load for `model`, with `w` as its first waiter. False if no room.
-bool ram_tier::admit(const model_descriptor& model, const waiter& w, ram_effects& out) {
-  if (!make_room_for(model.bytes))
-    return false;
-  auto& e = entries_[model.id];
-  e.descriptor = model;
-  used_ += model.bytes;
-  counters_.peak_used_bytes = std::max(counters_.peak_used_bytes, used_);
-  transition(model.id, ram_residency::loading);
-  e.waiters.push_back(w);
-  ++counters_.loads;
-  if (loaded_before_.count(model.id))
-    ++counters_.reloads;
-  out.loads.push_back(model);
-  return true;
-}
-
 void ram_tier::acquire(request_id request, const model_descriptor& model, holder_id holder, bool may_wait,
                        ram_effects& out) {
-  if (model.bytes > options_.budget_bytes) {
-    out.replies.push_back({request, failure{errc::model_too_large,
-                                            "model '" + model.id + "' needs " + format_bytes(model.bytes)
-                                              + " but the whole RAM budget is "
-                                              + format_bytes(options_.budget_bytes)
-                                              + "; raise ram_budget_bytes"}});
+  group g;
+  g.holder = holder;
+  g.models = {model};
+  g.single = true;
+  start(request, std::move(g), may_wait, out);
+}
+
+void ram_tier::acquire_all(request_id request, const std::vector<model_descriptor>& models, holder_id holder,
+                           bool may_wait, ram_effects& out) {
+  group g;
+  g.holder = holder;
+  g.models = models;
+  g.single = false;
+  start(request, std::move(g), may_wait, out);
+}
+
+void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& out) {
+  bytes_t total = 0;
+  std::set<model_id> ids;
+  std::string names;
+  for (const auto& m : g.models) {
+    if (!ids.insert(m.id).second) {
+      groups_.emplace(request, std::move(g));
+      fail_group(request, failure{errc::invalid_argument, "model '" + m.id + "' is asked for twice"}, out);
+      return;
+    }
+    total += m.bytes;
+    names += (names.empty() ? "'" : ", '") + m.id + "'";
+  }
+  g.granted.resize(g.models.size());
+  auto single = g.single;
+  groups_.emplace(request, std::move(g));
+  if (ids.empty()) {
+    fail_group(request, failure{errc::invalid_argument, "acquire_all needs at least one model"}, out);
     return;
   }
-  auto i = entries_.find(model.id);
-  if (i != entries_.end() && i->second.state == ram_residency::resident) {
-    ++counters_.hits;
-    out.replies.push_back({request, grant(i->second, holder)});
+  if (total > options_.budget_bytes) {
+    fail_group(request, failure{errc::model_too_large, std::string{single ? "model " : "models "} + names + " need"
+                                                         + (single ? "s " : " ") + format_bytes(total)
+                                                         + " but the whole RAM budget is "
+                                                         + format_bytes(options_.budget_bytes)
+                                                         + "; raise ram_budget_bytes"},
+               out);
     return;
   }
-  if (i != entries_.end() && i->second.state == ram_residency::loading) {
-    ++counters_.shared_loads;
-    i->second.waiters.push_back({request, holder});
-    return;
-  }
-  // Strict FIFO: a new load does not overtake requests already waiting for room.
-  if (queue_.empty() && admit(model, {request, holder}, out))
+  // Strict FIFO: a request that needs room does not overtake requests already waiting for room; one that
+  // needs none (hits, shared loads) is served at once.
+  bool needs_room = false;
+  for (const auto& m : groups_.at(request).models)
+    needs_room |= residency(m.id) == ram_residency::absent;
+  if ((!needs_room || queue_.empty()) && try_admit(request, out))
     return;
   if (!may_wait) {
-    out.replies.push_back({request, no_room(model)});
+    auto why = no_room(groups_.at(request));
+    fail_group(request, why, out);
     return;
   }
   ++counters_.waits;
-  queue_.push_back({request, holder, model});
+  queue_.push_back(request);
+}
+
+// Admits a group if room for all of its absent models can be made at once: grants what is resident, joins
+// loads in flight, starts the others. False (nothing changed) if there is no room.
+bool ram_tier::try_admit(request_id request, ram_effects& out) {
+  auto& g = groups_.at(request);
+  bytes_t need = 0;
+  for (const auto& m : g.models) {
+    if (residency(m.id) == ram_residency::absent)
+      need += m.bytes;
+    else
+      policy_->erase(m.id);  // a member is never evicted to make room for another
+  }
+  bool room = make_room_for(need);
+  for (const auto& m : g.models)
+    if (entries_.count(m.id))
+      update_candidacy(m.id);
+  if (!room)
+    return false;
+  for (size_t k = 0; k < g.models.size(); ++k) {
+    const auto& m = g.models[k];
+    auto i = entries_.find(m.id);
+    if (i != entries_.end() && i->second.state == ram_residency::resident) {
+      ++counters_.hits;
+      g.granted[k] = grant(i->second, g.holder);
+      continue;
+    }
+    if (i != entries_.end()) {
+      ++counters_.shared_loads;
+    } else {
+      auto& e = entries_[m.id];
+      e.descriptor = m;
+      used_ += m.bytes;
+      transition(m.id, ram_residency::loading);
+      ++counters_.loads;
+      if (loaded_before_.count(m.id))
+        ++counters_.reloads;
+      out.loads.push_back(m);
+      i = entries_.find(m.id);
+    }
+    i->second.waiters.push_back(request);
+    ++g.pending;
+  }
+  counters_.peak_used_bytes = std::max(counters_.peak_used_bytes, used_);
+  g.admitted = true;
+  if (g.pending == 0)
+    answer(request, out);
+  return true;
+}
+
+void ram_tier::answer(request_id request, ram_effects& out) {
+  auto g = std::move(groups_.at(request));
+  groups_.erase(request);
+  if (g.single)
+    out.replies.push_back({request, std::move(g.granted.front())});
+  else
+    out.group_replies.push_back({request, std::move(g.granted)});
+}
+
+// Fails a request: gives back the leases it was granted and leaves the loads it waits for.
+void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
+  auto g = std::move(groups_.at(request));
+  groups_.erase(request);
+  for (const auto& l : g.granted)
+    if (l.lease != 0)
+      drop_lease(l.lease);
+  for (const auto& m : g.models) {
+    auto i = entries_.find(m.id);
+    if (i == entries_.end())
+      continue;
+    auto& ws = i->second.waiters;
+    ws.erase(std::remove(ws.begin(), ws.end(), request), ws.end());
+  }
+  queue_.erase(std::remove(queue_.begin(), queue_.end(), request), queue_.end());
+  if (g.single)
+    out.replies.push_back({request, std::move(why)});
+  else
+    out.group_replies.push_back({request, std::move(why)});
 }
 
 void ram_tier::serve_queue(ram_effects& out) {
-  while (!queue_.empty()) {
-    auto& q = queue_.front();
-    auto i = entries_.find(q.descriptor.id);
-    if (i != entries_.end() && i->second.state == ram_residency::resident) {
-      ++counters_.hits;
-      out.replies.push_back({q.request, grant(i->second, q.holder)});
-    } else if (i != entries_.end() && i->second.state == ram_residency::loading) {
-      ++counters_.shared_loads;
-      i->second.waiters.push_back({q.request, q.holder});
-    } else if (!admit(q.descriptor, {q.request, q.holder}, out)) {
-      return;
-    }
+  while (!queue_.empty() && try_admit(queue_.front(), out))
     queue_.pop_front();
-  }
 }
 
 void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
@@ -172,16 +252,22 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
   if (!succeeded(payload)) {
     ++counters_.load_failures;
     transition(model, ram_residency::absent);
-    for (const auto& w : waiters)
-      out.replies.push_back({w.request, std::get<failure>(payload)});
+    for (auto request : waiters)
+      fail_group(request, std::get<failure>(payload), out);
   } else {
     e.payload = std::move(std::get<0>(payload));
     loaded_before_.insert(model);
     counters_.bytes_loaded += e.descriptor.bytes;
     counters_.load_ns += load_ns;
     transition(model, ram_residency::resident);
-    for (const auto& w : waiters)
-      out.replies.push_back({w.request, grant(e, w.holder)});
+    for (auto request : waiters) {
+      auto& g = groups_.at(request);
+      for (size_t k = 0; k < g.models.size(); ++k)
+        if (g.models[k].id == model)
+          g.granted[k] = grant(e, g.holder);
+      if (--g.pending == 0)
+        answer(request, out);
+    }
   }
   serve_queue(out);
 }
@@ -194,15 +280,22 @@ std::optional<failure> ram_tier::release(lease_id lease, holder_id holder, ram_e
   if (i->second.holder != holder)
     return failure{errc::foreign_lease, "lease " + std::to_string(lease) + " on '" + i->second.model
                                           + "' belongs to another holder"};
+  drop_lease(lease);
+  serve_queue(out);
+  return std::nullopt;
+}
+
+// Forgets a lease that exists; the caller serves the queue afterwards.
+void ram_tier::drop_lease(lease_id lease) {
+  auto i = leases_.find(lease);
   auto model = i->second.model;
+  auto holder = i->second.holder;
   by_holder_[holder].erase(lease);
   if (by_holder_[holder].empty())
     by_holder_.erase(holder);
   leases_.erase(i);
   --entries_.at(model).leases;
   update_candidacy(model);
-  serve_queue(out);
-  return std::nullopt;
 }
 
 outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id borrower) {
@@ -242,48 +335,31 @@ outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effect
 }
 
 void ram_tier::holder_down(holder_id holder, ram_effects& out) {
-  // Withdraw its requests first, so that releasing its leases does not admit (and load for) a dead holder.
-  failure gone{errc::shutting_down, "the holder went away"};
-  for (auto q = queue_.begin(); q != queue_.end();) {
-    if (q->holder == holder) {
-      out.replies.push_back({q->request, gone});
-      q = queue_.erase(q);
-    } else {
-      ++q;
-    }
-  }
-  for (auto& kv : entries_) {
-    auto& ws = kv.second.waiters;
-    for (auto w = ws.begin(); w != ws.end();) {
-      if (w->holder == holder) {
-        out.replies.push_back({w->request, gone});
-        w = ws.erase(w);
-      } else {
-        ++w;
-      }
-    }
-  }
+  // Withdraw its requests first (giving back what they were granted), so that releasing its leases does
+  // not admit, and load for, a dead holder.
+  std::vector<request_id> mine;
+  for (const auto& kv : groups_)
+    if (kv.second.holder == holder)
+      mine.push_back(kv.first);
+  for (auto request : mine)
+    fail_group(request, failure{errc::shutting_down, "the holder went away"}, out);
   auto h = by_holder_.find(holder);
   if (h != by_holder_.end())
     for (auto lease : std::set<lease_id>(h->second))
-      release(lease, holder, out);
+      drop_lease(lease);
   serve_queue(out);
 }
 
 void ram_tier::expire(request_id request, ram_effects& out) {
-  // Only a request still waiting for room can expire: once admitted, it is served when its load ends.
-  for (auto q = queue_.begin(); q != queue_.end(); ++q) {
-    if (q->request == request) {
-      ++counters_.timeouts;
-      out.replies.push_back({request, no_room(q->descriptor)});
-      queue_.erase(q);
-      serve_queue(out);  // the head may have been the one blocking the others
-      return;
-    }
-  }
+  // Only a request still waiting for room can expire: once admitted, it is served when its loads end.
+  if (std::find(queue_.begin(), queue_.end(), request) == queue_.end())
+    return;
+  ++counters_.timeouts;
+  fail_group(request, no_room(groups_.at(request)), out);
+  serve_queue(out);  // the head may have been the one blocking the others
 }
 
-failure ram_tier::no_room(const model_descriptor& model) const {
+failure ram_tier::no_room(const group& g) const {
   std::string held;
   for (const auto& kv : entries_) {
     if (kv.second.leases == 0 && kv.second.state != ram_residency::loading)
@@ -295,8 +371,15 @@ failure ram_tier::no_room(const model_descriptor& model) const {
               ? " (loading)"
               : " (" + std::to_string(kv.second.leases) + " lease" + (kv.second.leases == 1 ? ")" : "s)");
   }
+  std::string names;
+  bytes_t wanted = 0;
+  for (const auto& m : g.models) {
+    names += (names.empty() ? "'" : ", '") + m.id + "'";
+    if (residency(m.id) == ram_residency::absent)
+      wanted += m.bytes;
+  }
   return failure{errc::budget_exhausted,
-                 "no room in RAM for '" + model.id + "': wanted " + format_bytes(model.bytes) + ", free "
+                 "no room in RAM for " + names + ": wanted " + format_bytes(wanted) + ", free "
                    + format_bytes(free_bytes()) + " of " + format_bytes(options_.budget_bytes)
                    + "; held: " + (held.empty() ? "nothing" : held)
                    + ". Release leases, wait longer, or raise ram_budget_bytes"};
@@ -349,6 +432,9 @@ void ram_tier::check_invariants() const {
       fail("resident '" + kv.first + "' has no payload");
     if (!e.waiters.empty() && e.state != ram_residency::loading)
       fail("'" + kv.first + "' has waiters but is not loading");
+    for (auto request : e.waiters)
+      if (!groups_.count(request) || !groups_.at(request).admitted)
+        fail("'" + kv.first + "' has a waiter that is not an admitted request");
     bool candidate = e.state == ram_residency::resident && e.leases == 0;
     if (candidate != policy_->contains(kv.first))
       fail("'" + kv.first + "' candidacy disagrees with the policy");
@@ -359,6 +445,20 @@ void ram_tier::check_invariants() const {
       fail("a lease names '" + kv.first + "', which has no entry");
   if (sum != used_)
     fail("used " + std::to_string(used_) + " != sum of entries " + std::to_string(sum));
+  for (const auto& kv : groups_) {
+    size_t waiting = 0;
+    for (const auto& m : kv.second.models) {
+      auto i = entries_.find(m.id);
+      if (i != entries_.end())
+        waiting += std::count(i->second.waiters.begin(), i->second.waiters.end(), kv.first);
+    }
+    bool queued = std::find(queue_.begin(), queue_.end(), kv.first) != queue_.end();
+    if (kv.second.admitted == queued)
+      fail("request " + std::to_string(kv.first) + " is " + (queued ? "queued and admitted" : "neither queued nor admitted"));
+    if (kv.second.admitted && (waiting != kv.second.pending || waiting == 0))
+      fail("request " + std::to_string(kv.first) + " waits for " + std::to_string(waiting) + " loads, counts "
+           + std::to_string(kv.second.pending));
+  }
   if (used_ > options_.budget_bytes)
     fail("used " + std::to_string(used_) + " > budget " + std::to_string(options_.budget_bytes));
   if (candidates != policy_->size())

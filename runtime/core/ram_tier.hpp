@@ -43,8 +43,9 @@ struct ram_lease {
 
 /// What a step of the tier asks its actor to do.
 struct ram_effects {
-  std::vector<reply<ram_lease>> replies;  // answer these requests
-  std::vector<model_descriptor> loads;    // start these loads off the actor thread
+  std::vector<reply<ram_lease>> replies;                     // answer these single acquires
+  std::vector<reply<std::vector<ram_lease>>> group_replies;  // answer these acquire_all requests
+  std::vector<model_descriptor> loads;                       // start these loads off the actor thread
 };
 
 enum class ram_residency { absent, loading, resident };
@@ -62,6 +63,12 @@ public:
   /// step, or by `expire`.
   void acquire(request_id request, const model_descriptor& model, holder_id holder, bool may_wait,
                ram_effects& out);
+  /// Leases every model of `models` together, or none: the request is admitted only when room for all
+  /// of its absent models can be made at once (its members are never evicted for each other), so a
+  /// pipeline that needs several models never holds some while waiting for room for the others, and two
+  /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
+  void acquire_all(request_id request, const std::vector<model_descriptor>& models, holder_id holder,
+                   bool may_wait, ram_effects& out);
   /// A load started by this tier finished (`payload` is the model or the loader's failure).
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
                      uint64_t load_ns, ram_effects& out);
@@ -87,35 +94,39 @@ public:
   void check_invariants() const;
 
 private:
-  struct waiter {
-    request_id request;
-    holder_id holder;
+  /// An acquire not answered yet: queued for room (not admitted), or admitted and waiting for loads.
+  struct group {
+    holder_id holder = 0;
+    std::vector<model_descriptor> models;
+    bool single = true;               // answered in `replies` with one lease, else in `group_replies`
+    bool admitted = false;
+    std::vector<ram_lease> granted;   // per model, once admitted (lease 0: still loading)
+    size_t pending = 0;               // loads still to finish before it is answered
   };
   struct entry {
     model_descriptor descriptor;
     ram_residency state = ram_residency::absent;
     std::shared_ptr<const host_model> payload;
     size_t leases = 0;
-    std::vector<waiter> waiters;  // requests sharing the load in flight
+    std::vector<request_id> waiters;  // admitted groups sharing the load in flight
   };
   struct lease_record {
     model_id model;
     holder_id holder;
   };
-  struct queued {
-    request_id request;
-    holder_id holder;
-    model_descriptor descriptor;
-  };
 
   void transition(const model_id& model, ram_residency to);
   void update_candidacy(const model_id& model);
-  bool admit(const model_descriptor& model, const waiter& w, ram_effects& out);
+  void start(request_id request, group g, bool may_wait, ram_effects& out);
+  bool try_admit(request_id request, ram_effects& out);
+  void answer(request_id request, ram_effects& out);
+  void fail_group(request_id request, failure why, ram_effects& out);
   ram_lease grant(entry& e, holder_id holder);
+  void drop_lease(lease_id lease);
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
   bool make_room_for(bytes_t bytes);
-  failure no_room(const model_descriptor& model) const;
+  failure no_room(const group& g) const;
   bytes_t free_bytes() const { return options_.budget_bytes - used_; }
 
   ram_tier_options options_;
@@ -123,7 +134,8 @@ private:
   std::map<model_id, entry> entries_;
   std::unordered_map<lease_id, lease_record> leases_;
   std::unordered_map<holder_id, std::set<lease_id>> by_holder_;
-  std::deque<queued> queue_;
+  std::map<request_id, group> groups_;  // every acquire not answered yet
+  std::deque<request_id> queue_;        // of those, the ones waiting for room, first come first served
   std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
   lease_id next_lease_ = 1;
   bytes_t used_ = 0;
