@@ -3,6 +3,7 @@
 #include "actors/request_book.hpp"
 
 #include <caf/all.hpp>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -179,10 +180,12 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](copied_atom, copied_model& done) {
       device_effects fx;
       outcome<std::shared_ptr<const device_model>> result = std::move(done.copy);
-      if (!done.error.empty())
+      if (!done.error.empty()) {
         result = failure{done.code, "copying '" + done.model + "' to device "
-                                              + std::to_string(self->state.config.tier.device)
-                                              + " failed: " + done.error};
+                                      + std::to_string(self->state.config.tier.device) + " failed: " + done.error};
+        spdlog::warn("mcache: {}{}", std::get<failure>(result).detail,
+                     done.code == errc::device_oom ? " (freeing memory and retrying)" : "");
+      }
       self->state.tier->copy_finished(done.model, std::move(result), done.copy_ns, fx);
       apply(self, fx);
     },

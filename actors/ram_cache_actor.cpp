@@ -3,6 +3,7 @@
 #include "actors/request_book.hpp"
 
 #include <caf/all.hpp>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <cstdio>
@@ -230,8 +231,10 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     [self](loaded_atom, loaded_model& done) {
       ram_effects fx;
       outcome<std::shared_ptr<const host_model>> result = std::move(done.payload);
-      if (!done.error.empty())
+      if (!done.error.empty()) {
         result = failure{done.code, "loading '" + done.model + "' failed: " + done.error};
+        spdlog::warn("mcache: {} ({})", std::get<failure>(result).detail, to_string(done.code));
+      }
       self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx);
       apply(self, fx);
     },

@@ -6,6 +6,7 @@
 #include "runtime/core/format.hpp"
 
 #include <caf/all.hpp>
+#include <spdlog/spdlog.h>
 
 #include <fstream>
 #include <sstream>
@@ -104,6 +105,13 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots},
                                    make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, {}})));
   }
+  std::string devices;
+  for (size_t i = 0; i < options_.devices.size(); ++i)
+    devices += "; device " + std::to_string(i) + " (simulated): " + format_bytes(options_.devices[i].budget_bytes)
+               + ", reserve " + format_bytes(options_.devices[i].reserve_bytes);
+  spdlog::info("mcache: RAM budget {}{}; {} loader and {} copy threads, {} scheduler threads",
+               format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, options_.copy_threads,
+               options_.scheduler_threads);
   cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
 }
 

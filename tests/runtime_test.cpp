@@ -1,6 +1,7 @@
 // The embedding API with real threads: options, RAII handles, blocking sessions.
 
 #include "runtime/runtime.hpp"
+#include "runtime/metrics.hpp"
 
 #include "support/catch.hpp"
 
@@ -169,4 +170,18 @@ TEST_CASE("a session leases several models together and releases each on its own
   leases.clear();
   CHECK(rt.stats().ram.leases_active == 0);
   CHECK(code_of([&] { s.acquire_all({"a", "missing"}); }) == errc::unknown_model);
+}
+
+TEST_CASE("stats render as Prometheus metrics with a series per device and one for the CPU tier") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  auto s = rt.open_session();
+  auto l = s.acquire("m");
+  auto p = s.pin(l, 1);
+  auto text = prometheus_text(rt.stats());
+  CHECK(text.find("# TYPE mcache_ram_used_bytes gauge\nmcache_ram_used_bytes 1048576\n") != std::string::npos);
+  CHECK(text.find("# TYPE mcache_ram_loads_total counter") != std::string::npos);
+  CHECK(text.find("mcache_device_pins_active{device=\"1\"} 1\n") != std::string::npos);
+  CHECK(text.find("mcache_device_pins_active{device=\"0\"} 0\n") != std::string::npos);
+  CHECK(text.find("mcache_device_pins_active{device=\"cpu\"} 0\n") != std::string::npos);
 }

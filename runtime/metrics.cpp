@@ -1,0 +1,93 @@
+#include "runtime/metrics.hpp"
+
+#include <sstream>
+
+namespace mcache {
+
+namespace {
+
+template <class Stats>
+struct metric {
+  const char* name;
+  const char* type;  // "gauge" or "counter"
+  const char* help;
+  uint64_t (*value)(const Stats&);
+};
+
+#define MCACHE_FIELD(S, field) [](const S& s) { return static_cast<uint64_t>(s.field); }
+
+const metric<ram_stats> ram_metrics[] = {
+  {"budget_bytes", "gauge", "RAM budget for model host copies.", MCACHE_FIELD(ram_stats, budget_bytes)},
+  {"used_bytes", "gauge", "Bytes of resident and loading models.", MCACHE_FIELD(ram_stats, used_bytes)},
+  {"peak_used_bytes", "gauge", "Highest used_bytes seen.", MCACHE_FIELD(ram_stats, peak_used_bytes)},
+  {"leased_bytes", "gauge", "Bytes of models with at least one lease.", MCACHE_FIELD(ram_stats, leased_bytes)},
+  {"loading_bytes", "gauge", "Bytes reserved for loads in flight.", MCACHE_FIELD(ram_stats, loading_bytes)},
+  {"models_resident", "gauge", "Models in RAM.", MCACHE_FIELD(ram_stats, models_resident)},
+  {"leases_active", "gauge", "Leases held.", MCACHE_FIELD(ram_stats, leases_active)},
+  {"waiting_requests", "gauge", "Requests waiting for room.", MCACHE_FIELD(ram_stats, waiting_now)},
+  {"hits_total", "counter", "Acquires served without a load.", MCACHE_FIELD(ram_stats, hits)},
+  {"loads_total", "counter", "Loads started.", MCACHE_FIELD(ram_stats, loads)},
+  {"reloads_total", "counter", "Loads of models evicted before.", MCACHE_FIELD(ram_stats, reloads)},
+  {"shared_loads_total", "counter", "Acquires that joined a load in flight.", MCACHE_FIELD(ram_stats, shared_loads)},
+  {"load_failures_total", "counter", "Loads that failed.", MCACHE_FIELD(ram_stats, load_failures)},
+  {"loaded_bytes_total", "counter", "Bytes brought into RAM by loads.", MCACHE_FIELD(ram_stats, bytes_loaded)},
+  {"load_nanoseconds_total", "counter", "Wall time of loads.", MCACHE_FIELD(ram_stats, load_ns)},
+  {"evictions_total", "counter", "Models evicted to make room.", MCACHE_FIELD(ram_stats, evictions)},
+  {"evicted_bytes_total", "counter", "Bytes evicted to make room.", MCACHE_FIELD(ram_stats, evicted_bytes)},
+  {"trims_total", "counter", "Models dropped by explicit trims.", MCACHE_FIELD(ram_stats, trims)},
+  {"waits_total", "counter", "Requests that waited for room.", MCACHE_FIELD(ram_stats, waits)},
+  {"timeouts_total", "counter", "Requests that failed at their deadline.", MCACHE_FIELD(ram_stats, timeouts)},
+};
+
+const metric<device_stats> device_metrics[] = {
+  {"budget_bytes", "gauge", "Device budget.", MCACHE_FIELD(device_stats, budget_bytes)},
+  {"reserve_bytes", "gauge", "Of the budget, kept free for work outside pins.", MCACHE_FIELD(device_stats, reserve_bytes)},
+  {"used_bytes", "gauge", "Resident and copying tensors plus working memory.", MCACHE_FIELD(device_stats, used_bytes)},
+  {"peak_used_bytes", "gauge", "Highest used_bytes seen.", MCACHE_FIELD(device_stats, peak_used_bytes)},
+  {"resident_bytes", "gauge", "Bytes of resident and copying tensors.", MCACHE_FIELD(device_stats, resident_bytes)},
+  {"pinned_bytes", "gauge", "Resident bytes of pinned models.", MCACHE_FIELD(device_stats, pinned_bytes)},
+  {"working_bytes", "gauge", "Working memory and staging reserved by pins.", MCACHE_FIELD(device_stats, working_bytes)},
+  {"models_resident", "gauge", "Models with tensors on the device.", MCACHE_FIELD(device_stats, models_resident)},
+  {"pins_active", "gauge", "Pins held.", MCACHE_FIELD(device_stats, pins_active)},
+  {"waiting_requests", "gauge", "Pin requests waiting for room.", MCACHE_FIELD(device_stats, waiting_now)},
+  {"hits_total", "counter", "Pins served without a copy.", MCACHE_FIELD(device_stats, hits)},
+  {"loads_total", "counter", "Copies to the device started.", MCACHE_FIELD(device_stats, loads)},
+  {"shared_loads_total", "counter", "Pins that joined a copy in flight.", MCACHE_FIELD(device_stats, shared_loads)},
+  {"partial_loads_total", "counter", "Copies that left a model partly resident.", MCACHE_FIELD(device_stats, partial_loads)},
+  {"top_ups_total", "counter", "Copies that added tensors to a partly resident model.", MCACHE_FIELD(device_stats, top_ups)},
+  {"copy_failures_total", "counter", "Copies that failed.", MCACHE_FIELD(device_stats, copy_failures)},
+  {"oom_retries_total", "counter", "Copies retried after a device out-of-memory.", MCACHE_FIELD(device_stats, oom_retries)},
+  {"copied_in_bytes_total", "counter", "Host-to-device bytes copied.", MCACHE_FIELD(device_stats, bytes_copied_in)},
+  {"copy_nanoseconds_total", "counter", "Wall time of copies.", MCACHE_FIELD(device_stats, copy_ns)},
+  {"streamed_bytes_total", "counter", "Bytes streamed through staging buffers.", MCACHE_FIELD(device_stats, streamed_bytes)},
+  {"evictions_total", "counter", "Models dropped whole to make room.", MCACHE_FIELD(device_stats, evictions)},
+  {"trims_total", "counter", "Models trimmed tensor by tensor to make room.", MCACHE_FIELD(device_stats, trims)},
+  {"evicted_bytes_total", "counter", "Bytes freed to make room.", MCACHE_FIELD(device_stats, evicted_bytes)},
+  {"offloads_total", "counter", "Models offloaded explicitly.", MCACHE_FIELD(device_stats, offloads)},
+  {"offloaded_bytes_total", "counter", "Bytes offloaded explicitly.", MCACHE_FIELD(device_stats, offloaded_bytes)},
+  {"waits_total", "counter", "Pin requests that waited for room.", MCACHE_FIELD(device_stats, waits)},
+  {"timeouts_total", "counter", "Pin requests that failed at their deadline.", MCACHE_FIELD(device_stats, timeouts)},
+};
+
+#undef MCACHE_FIELD
+
+} // namespace
+
+std::string prometheus_text(const runtime_stats& stats) {
+  std::ostringstream out;
+  for (const auto& m : ram_metrics) {
+    out << "# HELP mcache_ram_" << m.name << ' ' << m.help << '\n';
+    out << "# TYPE mcache_ram_" << m.name << ' ' << m.type << '\n';
+    out << "mcache_ram_" << m.name << ' ' << m.value(stats.ram) << '\n';
+  }
+  for (const auto& m : device_metrics) {
+    out << "# HELP mcache_device_" << m.name << ' ' << m.help << '\n';
+    out << "# TYPE mcache_device_" << m.name << ' ' << m.type << '\n';
+    for (const auto& d : stats.devices)
+      out << "mcache_device_" << m.name << "{device=\"" << d.device << "\"} " << m.value(d) << '\n';
+    out << "mcache_device_" << m.name << "{device=\"cpu\"} " << m.value(stats.cpu) << '\n';
+  }
+  return out.str();
+}
+
+} // namespace mcache
