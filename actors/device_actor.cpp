@@ -25,6 +25,7 @@ struct device_state {
   device_actor_config config;
   request_book<device_pin> requests;
   request_id next_request = 1;
+  std::unordered_map<model_id, std::vector<bool>> required_of;  // per model: which tensors are required
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
@@ -100,16 +101,21 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.request = id;
   r.holder = holder;
   if (host.payload) {
-    std::optional<model_descriptor> descriptor;
-    if (self->state.config.models)
-      descriptor = self->state.config.models->find(host.model);
-    for (const auto& t : host.payload->tensors) {
-      r.tensor_bytes.push_back(self->state.config.backend->footprint(t.tensor));
-      r.required.push_back(descriptor
+    // Which tensors must stay resident is looked up once per model (ids are never registered twice).
+    auto& required = self->state.required_of[host.model];
+    if (required.empty()) {
+      std::optional<model_descriptor> descriptor;
+      if (self->state.config.models)
+        descriptor = self->state.config.models->find(host.model);
+      for (const auto& t : host.payload->tensors)
+        required.push_back(descriptor
                            && std::find(descriptor->required_tensors.begin(), descriptor->required_tensors.end(),
                                         t.name)
                                 != descriptor->required_tensors.end());
     }
+    r.required = required;
+    for (const auto& t : host.payload->tensors)
+      r.tensor_bytes.push_back(self->state.config.backend->footprint(t.tensor));
   }
   r.host = std::move(host);
   r.working_bytes = working;

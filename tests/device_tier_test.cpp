@@ -12,7 +12,6 @@
 #include <map>
 
 using namespace mcache;
-using mcache::test::fake_model;
 using mcache::test::fields_of;
 
 namespace {
@@ -32,10 +31,14 @@ struct device_harness : test::answer_book<device_pin> {
     pin_request r;
     r.request = id;
     r.holder = h;
-    auto d = fake_model(m, bytes);
-    r.host = ram_lease{next_lease++, m, bytes, d.loader(d)};
-    leases_out.insert(r.host.lease);
     r.tensor_bytes = tensors.empty() ? std::vector<bytes_t>{bytes} : tensors;
+    // The tier weighs tensors by tensor_bytes; the host copy only has to list as many.
+    auto host = std::make_shared<host_model>();
+    host->id = m;
+    for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
+      host->tensors.push_back({"t" + std::to_string(k), at::zeros({1})});
+    r.host = ram_lease{next_lease++, m, bytes, host};
+    leases_out.insert(r.host.lease);
     r.required = required;
     r.working_bytes = working;
     device_effects fx;
@@ -456,4 +459,21 @@ TEST_CASE("a model of which nothing fits beside the staging ring is granted at o
   h.release(pin.pin, alice);
   CHECK(h.tier.residency("m") == device_residency::absent);
   CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("a pin request that does not describe every tensor of the model is refused") {
+  device_harness h{100};
+  pin_request r;
+  r.request = 99;
+  r.holder = alice;
+  auto host = std::make_shared<host_model>();
+  host->tensors = {{"a", at::zeros({1})}, {"b", at::zeros({1})}};
+  r.host = ram_lease{5000, "m", 8, host};
+  h.leases_out.insert(5000);
+  r.tensor_bytes = {4};  // one of two
+  device_effects fx;
+  h.tier.pin(std::move(r), true, fx);
+  h.absorb(fx);
+  CHECK(h.error_of(99) == errc::invalid_argument);
+  CHECK(h.leases_out.empty());
 }

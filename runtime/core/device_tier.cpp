@@ -305,6 +305,16 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
 }
 
 void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
+  if (r.host.payload && r.tensor_bytes.size() != r.host.payload->tensors.size()) {
+    // The caller must describe every tensor of the host copy, whether or not the model is here already:
+    // a queued request may find it evicted by the time it is admitted.
+    out.ram_leases_to_release.push_back(r.host.lease);
+    out.replies.push_back({r.request, failure{errc::invalid_argument,
+                                              "pin request for '" + r.host.model + "' describes "
+                                                + std::to_string(r.tensor_bytes.size()) + " tensors, the model has "
+                                                + std::to_string(r.host.payload->tensors.size())}});
+    return;
+  }
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
   entry shape;
   bytes_t required = 0;

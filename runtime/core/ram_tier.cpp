@@ -108,7 +108,6 @@ void ram_tier::acquire_all(request_id request, const std::vector<model_descripto
 void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& out) {
   bytes_t total = 0;
   std::set<model_id> ids;
-  std::string names;
   for (const auto& m : g.models) {
     if (!ids.insert(m.id).second) {
       groups_.emplace(request, std::move(g));
@@ -116,7 +115,6 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
       return;
     }
     total += m.bytes;
-    names += (names.empty() ? "'" : ", '") + m.id + "'";
   }
   g.granted.resize(g.models.size());
   auto single = g.single;
@@ -126,6 +124,9 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
     return;
   }
   if (total > options_.budget_bytes) {
+    std::string names;
+    for (const auto& m : groups_.at(request).models)
+      names += (names.empty() ? "'" : ", '") + m.id + "'";
     fail_group(request, failure{errc::model_too_large, std::string{single ? "model " : "models "} + names + " need"
                                                          + (single ? "s " : " ") + format_bytes(total)
                                                          + " but the whole RAM budget is "
