@@ -376,3 +376,31 @@ TEST_CASE("the image server's sequence through acquire_all: both models leased t
   CHECK(std::get<failure>(*bad).code == errc::unknown_model);
   rt.check_all();
 }
+
+TEST_CASE("an event-based actor session leases and pins with request/then, and its exit releases both") {
+  deterministic_runtime rt{4 * mib, {4 * mib}};
+  rt.add(synthetic_model("m", {mib_floats}));
+  auto pinned = std::make_shared<std::optional<device_pin>>();
+  auto session = rt.sys.spawn([ram = rt.ram, dev = rt.devices[0], pinned](caf::event_based_actor* self) {
+    // Each step waits on another actor: other messages may run in between, the state lives in the lambdas.
+    self->request(ram, caf::infinite, acquire_atom::value, model_id{"m"}, caf::timespan{std::chrono::seconds(1)})
+      .then([=](ram_lease& lease) {
+        self->request(dev, caf::infinite, pin_atom::value, lease.lease, bytes_t{4096},
+                      caf::timespan{std::chrono::seconds(1)})
+          .then([=](device_pin& pin) { *pinned = std::move(pin); });
+      });
+    return caf::behavior{[](int) {}};  // stays alive, holding its lease and pin, until told to exit
+  });
+  rt.settle();
+  REQUIRE(*pinned);
+  CHECK((*pinned)->working_bytes == 4096);
+  CHECK(rt.ram_snapshot().leases_active == 2);
+  CHECK(rt.device_snapshot(rt.devices[0]).pins_active == 1);
+  pinned->reset();
+  caf::anon_send_exit(session, caf::exit_reason::user_shutdown);
+  rt.settle();
+  CHECK(rt.ram_snapshot().leases_active == 0);
+  CHECK(rt.device_snapshot(rt.devices[0]).pins_active == 0);
+  CHECK(rt.device_snapshot(rt.devices[0]).working_bytes == 0);
+  rt.check_all();
+}
