@@ -9,9 +9,7 @@
 
 namespace mcache {
 
-namespace {
-
-std::shared_ptr<const device_model> with_tensors(const std::shared_ptr<const device_model>& old, size_t n,
+std::shared_ptr<const device_model> device_tier::with_tensors(const std::shared_ptr<const device_model>& old, size_t n,
                                                  const host_model* host) {
   auto v = std::make_shared<device_model>();
   if (old)
@@ -22,8 +20,6 @@ std::shared_ptr<const device_model> with_tensors(const std::shared_ptr<const dev
       v->tensors[i].name = host->tensors[i].name;
   return v;
 }
-
-} // namespace
 
 const char* to_string(device_residency state) {
   switch (state) {
@@ -358,130 +354,6 @@ void device_tier::serve_queue(device_effects& out) {
     queue_.pop_front();
 }
 
-// Gives back the reservation of every tensor still marked as being copied.
-void device_tier::drop_copying(const model_id&, entry& e) {
-  for (auto& t : e.tensors)
-    if (t.copying) {
-      t.copying = false;
-      e.bytes -= t.bytes;
-      used_ -= t.bytes;
-    }
-}
-
-void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<const device_model>> copy,
-                                uint64_t copy_ns, device_effects& out) {
-  auto i = entries_.find(model);
-  if (i == entries_.end() || i->second.state != device_residency::copying)
-    throw std::logic_error("device tier: copy finished for '" + model + "', which is not copying");
-  auto& e = i->second;
-  std::vector<size_t> copied;
-  bytes_t copied_bytes = 0;
-  for (size_t k = 0; k < e.tensors.size(); ++k)
-    if (e.tensors[k].copying) {
-      copied.push_back(k);
-      copied_bytes += e.tensors[k].bytes;
-    }
-  if (succeeded(copy) && std::get<0>(copy)->tensors.size() != copied.size())
-    copy = failure{errc::copy_failed, "the backend returned " + std::to_string(std::get<0>(copy)->tensors.size())
-                                        + " tensors for a copy of " + std::to_string(copied.size())};
-  if (!succeeded(copy) && std::get<failure>(copy).code == errc::device_oom && e.oom_attempts < 2) {
-    ++e.oom_attempts;
-    ++counters_.oom_retries;
-    if (e.oom_attempts == 1) {
-      // Rung 1: free every unpinned model (the allocator's view of free memory is not ours), retry.
-      drop_candidates(0, *policy_, [this](const model_id& m, bytes_t wanted) {
-        auto freed = trim(m, wanted);
-        ++counters_.evictions;
-        counters_.evicted_bytes += freed;
-        return freed;
-      });
-      out.copies.push_back({model, e.host, copied});
-      return;
-    }
-    if (options_.partial_loading) {
-      // Rung 2: copy the required tensors only and stream the rest, if the waiters' staging fits.
-      std::vector<size_t> keep;
-      for (auto k : copied)
-        if (e.tensors[k].required)
-          keep.push_back(k);
-      for (auto k : copied)
-        if (!e.tensors[k].required) {
-          e.tensors[k].copying = false;
-          e.bytes -= e.tensors[k].bytes;
-          used_ -= e.tensors[k].bytes;
-        }
-      auto staging = staging_for(e, {});
-      bytes_t extra = 0;
-      for (const auto& w : e.waiters)
-        extra += staging > w.staging_bytes ? staging - w.staging_bytes : 0;
-      if (extra <= free_bytes()) {
-        for (auto& w : e.waiters)
-          if (staging > w.staging_bytes) {
-            auto delta = staging - w.staging_bytes;
-            w.staging_bytes = staging;
-            w.working_bytes += delta;
-            working_reserved_ += delta;
-            used_ += delta;
-          }
-        ++counters_.partial_loads;
-        if (!keep.empty()) {
-          out.copies.push_back({model, e.host, keep});
-          return;
-        }
-        copy = std::make_shared<const device_model>();  // nothing left to copy: all of it streams
-        copied.clear();
-        copied_bytes = 0;
-      } else {
-        copy = failure{errc::device_oom, std::get<failure>(copy).detail};
-      }
-    }
-  }
-  for (auto lease : e.orphaned_leases)
-    out.ram_leases_to_release.push_back(lease);
-  e.orphaned_leases.clear();
-  auto waiters = std::move(e.waiters);
-  e.waiters.clear();
-  auto source = std::move(e.host);
-  e.host.reset();
-  e.oom_attempts = 0;
-  if (!succeeded(copy)) {
-    ++counters_.copy_failures;
-    auto why = std::get<failure>(copy);
-    if (why.code == errc::device_oom)
-      why.detail = "device " + std::to_string(options_.device) + " ran out of memory copying '" + model + "' ("
-                   + format_bytes(copied_bytes) + ") after freeing every unpinned model"
-                   + (options_.partial_loading ? " and falling back to its required tensors" : "") + "; used "
-                   + format_bytes(used_) + " of " + format_bytes(usable_bytes())
-                   + " usable. The device has less memory than the budget says: lower budget_bytes. ("
-                   + why.detail + ")";
-    drop_copying(model, e);
-    bool keeps_some = e.bytes > 0;
-    transition(model, keeps_some ? device_residency::resident : device_residency::absent);
-    for (const auto& w : waiters)
-      fail_request(w, why, out);
-  } else {
-    const auto& got = *std::get<0>(copy);
-    auto v = std::const_pointer_cast<device_model>(with_tensors(e.view, e.tensors.size(), source.get()));
-    for (size_t k = 0; k < copied.size(); ++k) {
-      v->tensors[copied[k]] = got.tensors[k];
-      e.tensors[copied[k]].copying = false;
-      e.tensors[copied[k]].resident = true;
-    }
-    v->device_bytes = e.bytes;
-    e.view = v;
-    counters_.bytes_copied_in += copied_bytes;
-    counters_.copy_ns += copy_ns;
-    counters_.last_copy_bytes = copied_bytes;
-    counters_.last_copy_ns = copy_ns;
-    transition(model, device_residency::resident);
-    for (const auto& w : waiters)
-      out.replies.push_back({w.request, grant(model, w)});
-    if (e.pins == 0 && e.bytes == 0)
-      transition(model, device_residency::absent);  // every waiter went away and nothing is resident
-  }
-  serve_queue(out);
-}
-
 std::optional<failure> device_tier::release(pin_id pin, holder_id holder, device_effects& out) {
   auto i = pins_.find(pin);
   if (i == pins_.end())
@@ -581,128 +453,6 @@ void device_tier::expire(request_id request, device_effects& out) {
     serve_queue(out);
     return;
   }
-}
-
-failure device_tier::no_room(const pin_request& r) const {
-  std::string held;
-  for (const auto& kv : entries_) {
-    if (kv.second.pins == 0 && kv.second.state == device_residency::resident)
-      continue;
-    if (!held.empty())
-      held += ", ";
-    held += "'" + kv.first + "' " + format_bytes(kv.second.bytes)
-            + (kv.second.state == device_residency::copying
-                 ? " (copying)"
-                 : " (" + std::to_string(kv.second.pins) + " pin" + (kv.second.pins == 1 ? ")" : "s)"));
-  }
-  bool present = entries_.count(r.host.model) > 0;
-  return failure{errc::budget_exhausted,
-                 "no room on device " + std::to_string(options_.device) + " for '" + r.host.model
-                   + "': wanted " + format_bytes((present ? 0 : r.model_bytes()) + r.working_bytes)
-                   + " (model " + format_bytes(r.model_bytes()) + ", working "
-                   + format_bytes(r.working_bytes) + "), free " + format_bytes(free_bytes()) + " of "
-                   + format_bytes(usable_bytes()) + " usable; working memory reserved "
-                   + format_bytes(working_reserved_) + "; held: " + (held.empty() ? "nothing" : held)
-                   + ". Release pins, wait longer, or raise the device budget"};
-}
-
-device_residency device_tier::residency(const model_id& model) const {
-  auto i = entries_.find(model);
-  return i == entries_.end() ? device_residency::absent : i->second.state;
-}
-
-bytes_t device_tier::resident_bytes(const model_id& model) const {
-  auto i = entries_.find(model);
-  return i == entries_.end() ? 0 : i->second.bytes;
-}
-
-size_t device_tier::pins_of(holder_id holder) const {
-  auto h = by_holder_.find(holder);
-  return h == by_holder_.end() ? 0 : h->second.size();
-}
-
-device_stats device_tier::stats() const {
-  auto s = counters_;
-  s.used_bytes = used_;
-  s.working_bytes = working_reserved_;
-  s.pins_active = pins_.size();
-  s.waiting_now = queue_.size();
-  for (const auto& kv : entries_) {
-    s.resident_bytes += kv.second.bytes;
-    if (kv.second.state == device_residency::resident)
-      ++s.models_resident;
-    if (kv.second.pins > 0)
-      s.pinned_bytes += kv.second.bytes;
-  }
-  return s;
-}
-
-void device_tier::check_invariants() const {
-  auto fail = [this](const std::string& what) {
-    throw std::logic_error("device " + std::to_string(options_.device) + " tier invariant: " + what);
-  };
-  bytes_t sum = 0;
-  bytes_t working = 0;
-  size_t candidates = 0;
-  std::map<model_id, size_t> pin_count;
-  for (const auto& kv : pins_) {
-    ++pin_count[kv.second.model];
-    working += kv.second.working_bytes;
-  }
-  for (const auto& kv : entries_) {
-    const auto& e = kv.second;
-    auto name = "'" + kv.first + "'";
-    bytes_t held = 0;
-    bool any_copying = false;
-    for (size_t k = 0; k < e.tensors.size(); ++k) {
-      const auto& t = e.tensors[k];
-      if (t.resident && t.copying)
-        fail(name + " tensor " + std::to_string(k) + " is both resident and being copied");
-      if (t.resident || t.copying)
-        held += t.bytes;
-      any_copying |= t.copying;
-      bool on_device = e.view && k < e.view->tensors.size() && e.view->tensors[k].tensor.defined();
-      if (t.resident != on_device)
-        fail(name + " tensor " + std::to_string(k) + (t.resident ? " is resident without" : " has")
-             + " a device copy" + (t.resident ? "" : " but is not resident"));
-      if (e.pins > 0 && t.required && !t.resident)
-        fail(name + " is pinned but its required tensor " + std::to_string(k) + " is not resident");
-    }
-    if (held != e.bytes)
-      fail(name + " counts " + std::to_string(e.bytes) + " bytes, its tensors " + std::to_string(held));
-    sum += e.bytes;
-    for (const auto& w : e.waiters)
-      working += w.working_bytes;
-    if (e.state == device_residency::absent)
-      fail(name + " has an entry but is absent");
-    if ((e.state == device_residency::copying) != any_copying)
-      fail(name + " is " + to_string(e.state) + (any_copying ? " with" : " without") + " tensors being copied");
-    if (pin_count[kv.first] != e.pins)
-      fail(name + " counts " + std::to_string(e.pins) + " pins, the table has " + std::to_string(pin_count[kv.first]));
-    if (e.pins > 0 && e.state != device_residency::resident)
-      fail("pinned " + name + " is not resident");
-    if (e.state == device_residency::resident && e.pins == 0 && e.bytes == 0)
-      fail(name + " is resident with nothing on the device and no pin");
-    if (!e.waiters.empty() && e.state != device_residency::copying)
-      fail(name + " has waiters but is not copying");
-    bool candidate = e.state == device_residency::resident && e.pins == 0 && e.bytes > 0;
-    if (candidate != policy_->contains(kv.first))
-      fail(name + " candidacy disagrees with the policy");
-    candidates += candidate;
-  }
-  for (const auto& kv : pin_count)
-    if (!entries_.count(kv.first))
-      fail("a pin names '" + kv.first + "', which has no entry");
-  if (working != working_reserved_)
-    fail("working memory reserved " + std::to_string(working_reserved_) + " != sum over pins and waiters "
-         + std::to_string(working));
-  if (sum + working_reserved_ != used_)
-    fail("used " + std::to_string(used_) + " != entries " + std::to_string(sum) + " + working "
-         + std::to_string(working_reserved_));
-  if (used_ > usable_bytes())
-    fail("used " + std::to_string(used_) + " > usable " + std::to_string(usable_bytes()));
-  if (candidates != policy_->size())
-    fail("the policy holds entries that are not candidates");
 }
 
 } // namespace mcache

@@ -176,6 +176,9 @@ private:
     bytes_t need() const { return copy_bytes + staging_bytes; }
   };
 
+  /// A copy of `old` listing `n` tensors (names from `host` when given); tensors past old's end undefined.
+  static std::shared_ptr<const device_model> with_tensors(const std::shared_ptr<const device_model>& old, size_t n,
+                                                          const host_model* host);
   void transition(const model_id& model, device_residency to);
   void update_candidacy(const model_id& model);
   std::optional<plan> plan_for(const entry& e, bytes_t working, bytes_t room) const;
