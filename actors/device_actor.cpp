@@ -183,6 +183,7 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       return s;
     },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
+    [self](place_atom, const model_id& model) -> placement_view { return self->state.tier->placement(model); },
     [self](copied_atom, copied_model& done) {
       device_effects fx;
       outcome<std::shared_ptr<const device_model>> result = std::move(done.copy);

@@ -36,6 +36,7 @@ failure to_failure(const caf::error& e) {
 void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<ram_stats>("mcache_ram_stats");
   cfg.add_message_type<device_stats>("mcache_device_stats");
+  cfg.add_message_type<placement_view>("mcache_placement_view");
   cfg.add_error_category(error_category(), [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string text = std::string{"mcache: "} + to_string(static_cast<errc>(code));
     if (ctx.match_elements<std::string>())

@@ -25,4 +25,9 @@ typename Inspector::result_type inspect(Inspector& f, device_stats& x) {
            x.waits, x.waiting_now, x.timeouts);
 }
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, placement_view& x) {
+  return f(caf::meta::type_name("mcache_placement_view"), x.device, x.free_bytes, x.model_resident_bytes);
+}
+
 } // namespace mcache

@@ -48,6 +48,8 @@ using device_actor = caf::typed_actor<
   // (0: everything unpinned). Replies with the bytes freed.
   caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,
   caf::replies_to<stats_atom>::with<device_stats>,
+  // What placement sees of this device for a model: free bytes and how much of the model is here.
+  caf::replies_to<place_atom, model_id>::with<placement_view>,
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<copied_atom, copied_model>,
   caf::reacts_to<expire_atom, request_id>>;

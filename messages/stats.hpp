@@ -67,4 +67,11 @@ struct device_stats {
   std::uint64_t timeouts = 0;
 };
 
+/// What placement sees of one device for one model (the answer to a `place` query).
+struct placement_view {
+  device_index device = 0;
+  bytes_t free_bytes = 0;            // usable bytes not in use now (room could also be made by evicting)
+  bytes_t model_resident_bytes = 0;  // bytes of the model already on this device
+};
+
 } // namespace mcache

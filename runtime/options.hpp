@@ -3,6 +3,7 @@
 
 #include "messages/ids.hpp"
 #include "runtime/core/eviction_policy.hpp"
+#include "runtime/core/placement_policy.hpp"
 
 #include <chrono>
 #include <cstddef>
@@ -40,6 +41,7 @@ struct runtime_options {
   std::chrono::nanoseconds default_wait = std::chrono::seconds(30);  // how long a session's acquire or pin
                                                                      // waits for room by default
   policy_factory eviction = make_lru_policy;  // eviction policy of every tier
+  placement_factory placement = make_resident_then_free_placement;  // where session::pin_anywhere pins
 #ifdef NDEBUG
   bool check_invariants = false;  // check every tier's invariants after every step (abort if broken)
 #else

@@ -76,6 +76,7 @@ void configure(caf::actor_system_config& cfg, const runtime_options& options) {
 
 runtime::runtime(runtime_options options) : options_(resolve(std::move(options))) {
   catalog_ = std::make_shared<catalog>();
+  placement_ = options_.placement ? options_.placement() : make_resident_then_free_placement();
   loaders_ = make_thread_pool_executor(options_.loader_threads);
   copiers_ = make_thread_pool_executor(options_.copy_threads);
   config_ = std::make_unique<caf::actor_system_config>();

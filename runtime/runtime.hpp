@@ -49,6 +49,9 @@ public:
   /// The device actor of `index` (`cpu_device` for CPU pins). Throws `request_error` (invalid_device).
   device_actor device(device_index index) const;
 
+  /// The placement policy of `session::pin_anywhere`.
+  const placement_policy& placement() const { return *placement_; }
+
   /// A blocking client. One per thread; it must not outlive the runtime.
   session open_session();
   /// A snapshot of every tier (blocking).
@@ -58,6 +61,7 @@ public:
 private:
   runtime_options options_;
   std::shared_ptr<catalog> catalog_;
+  std::unique_ptr<placement_policy> placement_;
   std::shared_ptr<executor> loaders_;
   std::shared_ptr<executor> copiers_;
   std::unique_ptr<caf::actor_system_config> config_;

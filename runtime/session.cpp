@@ -128,6 +128,20 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
   return result;
 }
 
+pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,
+                                 std::optional<std::chrono::nanoseconds> wait) {
+  if (!l)
+    throw request_error(failure{errc::invalid_lease, "pin needs a live lease (this one was released)"});
+  if (rt_->device_count() == 0)
+    throw request_error(failure{errc::invalid_device, "this runtime has no device to place a pin on"});
+  std::vector<placement_view> views;
+  for (size_t i = 0; i < rt_->device_count(); ++i)
+    self_->request(rt_->device(static_cast<device_index>(i)), caf::infinite, place_atom::value, l.model())
+      .receive([&](placement_view& v) { views.push_back(v); }, [&](caf::error& e) { raise(e); });
+  auto descriptor = rt_->models().find(l.model());
+  return pin(l, rt_->placement().choose(descriptor ? *descriptor : model_descriptor{}, views), working_bytes, wait);
+}
+
 bytes_t session::offload(device_index device, const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
   self_->request(rt_->device(device), caf::infinite, offload_atom::value, model, bytes)

@@ -121,6 +121,10 @@ public:
   /// Pins the model of `l` on `device` with `working_bytes` of working memory.
   pin_handle pin(const lease& l, device_index device, bytes_t working_bytes = 0,
                  std::optional<std::chrono::nanoseconds> wait = std::nullopt);
+  /// Pins the model of `l` on the device the runtime's placement policy picks among devices 0..N-1 (by
+  /// default: where it is most resident already, then its preferred device, then the most free memory).
+  pin_handle pin_anywhere(const lease& l, bytes_t working_bytes = 0,
+                          std::optional<std::chrono::nanoseconds> wait = std::nullopt);
   /// Frees device memory held by unpinned models (see device_actor's offload). Returns bytes freed.
   bytes_t offload(device_index device, const model_id& model = {}, bytes_t bytes = 0);
   /// Frees RAM held by unleased models: `model` alone (empty: any, by policy) until at least `bytes` are

@@ -185,3 +185,17 @@ TEST_CASE("stats render as Prometheus metrics with a series per device and one f
   CHECK(text.find("mcache_device_pins_active{device=\"0\"} 0\n") != std::string::npos);
   CHECK(text.find("mcache_device_pins_active{device=\"cpu\"} 0\n") != std::string::npos);
 }
+
+TEST_CASE("pin_anywhere pins where the model already is, else on the device with the most free memory") {
+  runtime rt{small_options()};  // device 0: 4 MiB, device 1: 2 MiB
+  rt.models().add(synthetic_model("a", {mib_floats}));
+  rt.models().add(synthetic_model("b", {mib_floats}));
+  auto s = rt.open_session();
+  auto a = s.acquire("a");
+  {
+    auto on_1 = s.pin(a, 1);  // 'a' is on device 1 now, and stays there as cache
+  }
+  CHECK(s.pin_anywhere(a).device() == 1);
+  auto b = s.acquire("b");
+  CHECK(s.pin_anywhere(b, 4096).device() == 0);
+}

@@ -132,6 +132,7 @@ public:
   /// Device bytes of `model`'s resident tensors (0 when absent).
   bytes_t resident_bytes(const model_id& model) const;
   size_t pins_of(holder_id holder) const;
+  placement_view placement(const model_id& model) const;
   device_stats stats() const;
   void check_invariants() const;
 

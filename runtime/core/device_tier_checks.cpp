@@ -46,6 +46,10 @@ bytes_t device_tier::resident_bytes(const model_id& model) const {
   return i == entries_.end() ? 0 : i->second.bytes;
 }
 
+placement_view device_tier::placement(const model_id& model) const {
+  return placement_view{options_.device, free_bytes(), resident_bytes(model)};
+}
+
 size_t device_tier::pins_of(holder_id holder) const {
   auto h = by_holder_.find(holder);
   return h == by_holder_.end() ? 0 : h->second.size();
