@@ -104,7 +104,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
     // Which tensors must stay resident is looked up once per model (ids are never registered twice).
     auto& required = self->state.required_of[host.model];
     if (required.empty()) {
-      std::optional<model_descriptor> descriptor;
+      descriptor_ptr descriptor;
       if (self->state.config.models)
         descriptor = self->state.config.models->find(host.model);
       for (const auto& t : host.payload->tensors)

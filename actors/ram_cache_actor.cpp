@@ -15,7 +15,7 @@ namespace {
 /// An acquire whose absent models are prechecked on a loader thread: other messages run meanwhile, so its
 /// holder may go away before the check returns.
 struct prechecking {
-  std::vector<model_descriptor> models;
+  std::vector<descriptor_ptr> models;
   holder_id holder;
   caf::timespan wait;
   bool single;
@@ -37,14 +37,14 @@ const char* ram_cache_state::name = "mcache.ram_cache";
 
 using self_ptr = ram_cache_actor::stateful_pointer<ram_cache_state>;
 
-void start_load(self_ptr self, const model_descriptor& model) {
+void start_load(self_ptr self, const descriptor_ptr& model) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
   self->state.config.loaders->post([model, reply_to] {
     loaded_model done;
-    done.model = model.id;
+    done.model = model->id;
     auto start = std::chrono::steady_clock::now();
     try {
-      done.payload = model.loader(model);
+      done.payload = model->loader(*model);
     } catch (const load_error& e) {
       done.error = e.what();
       done.code = e.code();
@@ -88,7 +88,7 @@ void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
 }
 
 // Hands an acquire to the tier: grants, loads (new or shared), a wait for room, or a refusal.
-void admit_acquire(self_ptr self, request_id id, const std::vector<model_descriptor>& models, holder_id holder,
+void admit_acquire(self_ptr self, request_id id, const std::vector<descriptor_ptr>& models, holder_id holder,
                    caf::timespan wait, bool single) {
   ram_effects fx;
   auto may_wait = wait > caf::timespan::zero();
@@ -102,11 +102,11 @@ void admit_acquire(self_ptr self, request_id id, const std::vector<model_descrip
 
 // Models that must be loaded are checked first (off this thread), so a load that would fail evicts
 // nothing; the others go to the tier at once.
-void begin_acquire(self_ptr self, request_id id, std::vector<model_descriptor> models, holder_id holder,
+void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> models, holder_id holder,
                    caf::timespan wait, bool single) {
-  std::vector<model_descriptor> to_check;
+  std::vector<descriptor_ptr> to_check;
   for (const auto& m : models)
-    if (m.precheck && self->state.tier->residency(m.id) == ram_residency::absent)
+    if (m->precheck && self->state.tier->residency(m->id) == ram_residency::absent)
       to_check.push_back(m);
   if (to_check.empty()) {
     admit_acquire(self, id, models, holder, wait, single);
@@ -119,10 +119,10 @@ void begin_acquire(self_ptr self, request_id id, std::vector<model_descriptor> m
     done.check = id;
     try {
       for (const auto& m : to_check)
-        if (auto err = m.precheck(m)) {
+        if (auto err = m->precheck(*m)) {
           done.ok = false;
           done.code = err->code;
-          done.error = "loading '" + m.id + "' failed: " + err->detail;
+          done.error = "loading '" + m->id + "' failed: " + err->detail;
           break;
         }
     } catch (const std::exception& e) {
@@ -158,17 +158,17 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       auto promise = self->make_response_promise<ram_lease>();
       auto id = self->state.next_request++;
       self->state.requests.open(id, promise);
-      begin_acquire(self, id, {*descriptor}, holder, wait, true);
+      begin_acquire(self, id, {std::move(descriptor)}, holder, wait, true);
       return promise;
     },
     [self](acquire_atom, const std::vector<model_id>& models,
            caf::timespan wait) -> caf::result<std::vector<ram_lease>> {
-      std::vector<model_descriptor> descriptors;
+      std::vector<descriptor_ptr> descriptors;
       for (const auto& model : models) {
         auto descriptor = self->state.config.models->find(model);
         if (!descriptor)
           return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
-        descriptors.push_back(std::move(*descriptor));
+        descriptors.push_back(std::move(descriptor));
       }
       auto holder = watch_sender(self, self->state.watched);
       if (holder == 0)

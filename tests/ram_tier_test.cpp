@@ -26,7 +26,7 @@ struct ram_harness : test::answer_book<ram_lease> {
     auto id = next++;
     descriptors[d.id] = d;
     ram_effects fx;
-    tier.acquire(id, d, h, may_wait, fx);
+    tier.acquire(id, std::make_shared<const model_descriptor>(d), h, may_wait, fx);
     absorb(fx);
     return id;
   }
@@ -64,7 +64,7 @@ struct ram_harness : test::answer_book<ram_lease> {
   void absorb(ram_effects& fx) {
     record(fx.replies);
     for (auto& d : fx.loads)
-      loads_started.push_back(d.id);
+      loads_started.push_back(d->id);
     tier.check_invariants();
   }
 
@@ -330,7 +330,10 @@ struct group_harness : ram_harness, test::answer_book<std::vector<ram_lease>> {
     for (const auto& d : ds)
       descriptors[d.id] = d;
     ram_effects fx;
-    tier.acquire_all(id, ds, h, may_wait, fx);
+    std::vector<descriptor_ptr> shared;
+    for (const auto& d : ds)
+      shared.push_back(std::make_shared<const model_descriptor>(d));
+    tier.acquire_all(id, shared, h, may_wait, fx);
     test_answers::record(fx.group_replies);
     absorb(fx);
     return id;

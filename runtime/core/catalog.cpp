@@ -15,17 +15,15 @@ std::optional<failure> catalog::add(model_descriptor descriptor) {
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' has no loader"};
   std::unique_lock<std::shared_mutex> guard{mutex_};
   auto id = descriptor.id;
-  if (!models_.emplace(id, std::move(descriptor)).second)
+  if (!models_.emplace(id, std::make_shared<const model_descriptor>(std::move(descriptor))).second)
     return failure{errc::invalid_argument, "model '" + id + "' is already registered"};
   return std::nullopt;
 }
 
-std::optional<model_descriptor> catalog::find(const model_id& id) const {
+descriptor_ptr catalog::find(const model_id& id) const {
   std::shared_lock<std::shared_mutex> guard{mutex_};
   auto i = models_.find(id);
-  if (i == models_.end())
-    return std::nullopt;
-  return i->second;
+  return i == models_.end() ? nullptr : i->second;
 }
 
 std::vector<model_id> catalog::ids() const {

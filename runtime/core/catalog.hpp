@@ -46,20 +46,23 @@ struct model_descriptor {
   std::function<std::optional<failure>(const model_descriptor&)> precheck;
 };
 
+/// Descriptors are shared, never copied on the hot path: a file model's loader holds every tensor's layout.
+using descriptor_ptr = std::shared_ptr<const model_descriptor>;
+
 /// A thread-safe registry of model descriptors.
 class catalog {
 public:
   /// Registers a model. Fails with `invalid_argument` on an empty id, zero bytes, no loader, or an id that
   /// is already registered (the catalog stays as it was).
   std::optional<failure> add(model_descriptor descriptor);
-  /// The descriptor of `id`, or nothing. Never loads.
-  std::optional<model_descriptor> find(const model_id& id) const;
+  /// The descriptor of `id`, or null. Never loads.
+  descriptor_ptr find(const model_id& id) const;
   std::vector<model_id> ids() const;
   size_t size() const;
 
 private:
   mutable std::shared_mutex mutex_;
-  std::map<model_id, model_descriptor> models_;
+  std::map<model_id, descriptor_ptr> models_;
 };
 
 /// A synthetic model for samples, tests and benches: float32 tensors of the given element counts, filled

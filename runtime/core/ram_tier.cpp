@@ -42,7 +42,7 @@ void ram_tier::transition(const model_id& model, ram_residency to) {
     throw std::logic_error("ram tier: illegal move of '" + model + "' from " + to_string(from) + " to "
                            + to_string(to));
   if (to == ram_residency::absent) {
-    used_ -= i->second.descriptor.bytes;
+    used_ -= i->second.descriptor->bytes;
     policy_->erase(model);
     entries_.erase(i);
     return;
@@ -64,18 +64,18 @@ void ram_tier::update_candidacy(const model_id& model) {
 
 ram_lease ram_tier::grant(entry& e, holder_id holder) {
   auto id = next_lease_++;
-  leases_.emplace(id, lease_record{e.descriptor.id, holder});
+  leases_.emplace(id, lease_record{e.descriptor->id, holder});
   by_holder_[holder].insert(id);
   ++e.leases;
-  update_candidacy(e.descriptor.id);
-  return ram_lease{id, e.descriptor.id, e.descriptor.bytes, e.payload};
+  update_candidacy(e.descriptor->id);
+  return ram_lease{id, e.descriptor->id, e.descriptor->bytes, e.payload};
 }
 
 bool ram_tier::make_room_for(bytes_t bytes) {
   return make_room(
-    bytes, free_bytes(), *policy_, [this](const model_id& m) { return entries_.at(m).descriptor.bytes; },
+    bytes, free_bytes(), *policy_, [this](const model_id& m) { return entries_.at(m).descriptor->bytes; },
     [this](const model_id& m, bytes_t) {
-      auto freed = entries_.at(m).descriptor.bytes;
+      auto freed = entries_.at(m).descriptor->bytes;
       evict(m);
       return freed;
     });
@@ -83,24 +83,24 @@ bool ram_tier::make_room_for(bytes_t bytes) {
 
 void ram_tier::evict(const model_id& model) {
   ++counters_.evictions;
-  counters_.evicted_bytes += entries_.at(model).descriptor.bytes;
+  counters_.evicted_bytes += entries_.at(model).descriptor->bytes;
   transition(model, ram_residency::absent);
 }
 
-void ram_tier::acquire(request_id request, const model_descriptor& model, holder_id holder, bool may_wait,
+void ram_tier::acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
                        ram_effects& out) {
   group g;
   g.holder = holder;
-  g.models = {model};
+  g.models = {std::move(model)};
   g.single = true;
   start(request, std::move(g), may_wait, out);
 }
 
-void ram_tier::acquire_all(request_id request, const std::vector<model_descriptor>& models, holder_id holder,
+void ram_tier::acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                            bool may_wait, ram_effects& out) {
   group g;
   g.holder = holder;
-  g.models = models;
+  g.models = std::move(models);
   g.single = false;
   start(request, std::move(g), may_wait, out);
 }
@@ -109,12 +109,12 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
   bytes_t total = 0;
   std::set<model_id> ids;
   for (const auto& m : g.models) {
-    if (!ids.insert(m.id).second) {
+    if (!ids.insert(m->id).second) {
       groups_.emplace(request, std::move(g));
-      fail_group(request, failure{errc::invalid_argument, "model '" + m.id + "' is asked for twice"}, out);
+      fail_group(request, failure{errc::invalid_argument, "model '" + m->id + "' is asked for twice"}, out);
       return;
     }
-    total += m.bytes;
+    total += m->bytes;
   }
   g.granted.resize(g.models.size());
   auto single = g.single;
@@ -126,7 +126,7 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
   if (total > options_.budget_bytes) {
     std::string names;
     for (const auto& m : groups_.at(request).models)
-      names += (names.empty() ? "'" : ", '") + m.id + "'";
+      names += (names.empty() ? "'" : ", '") + m->id + "'";
     fail_group(request, failure{errc::model_too_large, std::string{single ? "model " : "models "} + names + " need"
                                                          + (single ? "s " : " ") + format_bytes(total)
                                                          + " but the whole RAM budget is "
@@ -139,7 +139,7 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
   // needs none (hits, shared loads) is served at once.
   bool needs_room = false;
   for (const auto& m : groups_.at(request).models)
-    needs_room |= residency(m.id) == ram_residency::absent;
+    needs_room |= residency(m->id) == ram_residency::absent;
   if ((!needs_room || queue_.empty()) && try_admit(request, out))
     return;
   if (!may_wait) {
@@ -157,20 +157,20 @@ bool ram_tier::try_admit(request_id request, ram_effects& out) {
   auto& g = groups_.at(request);
   bytes_t need = 0;
   for (const auto& m : g.models) {
-    if (residency(m.id) == ram_residency::absent)
-      need += m.bytes;
+    if (residency(m->id) == ram_residency::absent)
+      need += m->bytes;
     else
-      policy_->erase(m.id);  // a member is never evicted to make room for another
+      policy_->erase(m->id);  // a member is never evicted to make room for another
   }
   bool room = make_room_for(need);
   for (const auto& m : g.models)
-    if (entries_.count(m.id))
-      update_candidacy(m.id);
+    if (entries_.count(m->id))
+      update_candidacy(m->id);
   if (!room)
     return false;
   for (size_t k = 0; k < g.models.size(); ++k) {
     const auto& m = g.models[k];
-    auto i = entries_.find(m.id);
+    auto i = entries_.find(m->id);
     if (i != entries_.end() && i->second.state == ram_residency::resident) {
       ++counters_.hits;
       g.granted[k] = grant(i->second, g.holder);
@@ -179,15 +179,15 @@ bool ram_tier::try_admit(request_id request, ram_effects& out) {
     if (i != entries_.end()) {
       ++counters_.shared_loads;
     } else {
-      auto& e = entries_[m.id];
+      auto& e = entries_[m->id];
       e.descriptor = m;
-      used_ += m.bytes;
-      transition(m.id, ram_residency::loading);
+      used_ += m->bytes;
+      transition(m->id, ram_residency::loading);
       ++counters_.loads;
-      if (loaded_before_.count(m.id))
+      if (loaded_before_.count(m->id))
         ++counters_.reloads;
       out.loads.push_back(m);
-      i = entries_.find(m.id);
+      i = entries_.find(m->id);
     }
     i->second.waiters.push_back(request);
     ++g.pending;
@@ -216,7 +216,7 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
     if (l.lease != 0)
       drop_lease(l.lease);
   for (const auto& m : g.models) {
-    auto i = entries_.find(m.id);
+    auto i = entries_.find(m->id);
     if (i == entries_.end())
       continue;
     auto& ws = i->second.waiters;
@@ -242,11 +242,11 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
   auto& e = i->second;
   if (succeeded(payload)) {
     auto& p = std::get<0>(payload);
-    if (!p || p->total_bytes() != e.descriptor.bytes)
+    if (!p || p->total_bytes() != e.descriptor->bytes)
       payload = failure{errc::load_failed, "the loader of '" + model + "' produced "
                                              + format_bytes(p ? p->total_bytes() : 0)
                                              + " but the catalog declares "
-                                             + format_bytes(e.descriptor.bytes)};
+                                             + format_bytes(e.descriptor->bytes)};
   }
   auto waiters = std::move(e.waiters);
   e.waiters.clear();
@@ -258,13 +258,13 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
   } else {
     e.payload = std::move(std::get<0>(payload));
     loaded_before_.insert(model);
-    counters_.bytes_loaded += e.descriptor.bytes;
+    counters_.bytes_loaded += e.descriptor->bytes;
     counters_.load_ns += load_ns;
     transition(model, ram_residency::resident);
     for (auto request : waiters) {
       auto& g = groups_.at(request);
       for (size_t k = 0; k < g.models.size(); ++k)
-        if (g.models[k].id == model)
+        if (g.models[k]->id == model)
           g.granted[k] = grant(e, g.holder);
       if (--g.pending == 0)
         answer(request, out);
@@ -312,7 +312,7 @@ outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id bo
 
 outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effects& out) {
   auto drop = [this](const model_id& m, bytes_t = 0) {
-    auto bytes = entries_.at(m).descriptor.bytes;
+    auto bytes = entries_.at(m).descriptor->bytes;
     ++counters_.trims;
     transition(m, ram_residency::absent);
     return bytes;
@@ -367,7 +367,7 @@ failure ram_tier::no_room(const group& g) const {
       continue;
     if (!held.empty())
       held += ", ";
-    held += "'" + kv.first + "' " + format_bytes(kv.second.descriptor.bytes);
+    held += "'" + kv.first + "' " + format_bytes(kv.second.descriptor->bytes);
     held += kv.second.state == ram_residency::loading
               ? " (loading)"
               : " (" + std::to_string(kv.second.leases) + " lease" + (kv.second.leases == 1 ? ")" : "s)");
@@ -375,9 +375,9 @@ failure ram_tier::no_room(const group& g) const {
   std::string names;
   bytes_t wanted = 0;
   for (const auto& m : g.models) {
-    names += (names.empty() ? "'" : ", '") + m.id + "'";
-    if (residency(m.id) == ram_residency::absent)
-      wanted += m.bytes;
+    names += (names.empty() ? "'" : ", '") + m->id + "'";
+    if (residency(m->id) == ram_residency::absent)
+      wanted += m->bytes;
   }
   return failure{errc::budget_exhausted,
                  "no room in RAM for " + names + ": wanted " + format_bytes(wanted) + ", free "
@@ -405,9 +405,9 @@ ram_stats ram_tier::stats() const {
     if (kv.second.state == ram_residency::resident)
       ++s.models_resident;
     else
-      s.loading_bytes += kv.second.descriptor.bytes;
+      s.loading_bytes += kv.second.descriptor->bytes;
     if (kv.second.leases > 0)
-      s.leased_bytes += kv.second.descriptor.bytes;
+      s.leased_bytes += kv.second.descriptor->bytes;
   }
   return s;
 }
@@ -421,7 +421,7 @@ void ram_tier::check_invariants() const {
     ++lease_count[kv.second.model];
   for (const auto& kv : entries_) {
     const auto& e = kv.second;
-    sum += e.descriptor.bytes;
+    sum += e.descriptor->bytes;
     if (e.state == ram_residency::absent)
       fail("'" + kv.first + "' has an entry but is absent");
     if (lease_count[kv.first] != e.leases)
@@ -449,7 +449,7 @@ void ram_tier::check_invariants() const {
   for (const auto& kv : groups_) {
     size_t waiting = 0;
     for (const auto& m : kv.second.models) {
-      auto i = entries_.find(m.id);
+      auto i = entries_.find(m->id);
       if (i != entries_.end())
         waiting += std::count(i->second.waiters.begin(), i->second.waiters.end(), kv.first);
     }

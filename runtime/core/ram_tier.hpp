@@ -45,7 +45,7 @@ struct ram_lease {
 struct ram_effects {
   std::vector<reply<ram_lease>> replies;                     // answer these single acquires
   std::vector<reply<std::vector<ram_lease>>> group_replies;  // answer these acquire_all requests
-  std::vector<model_descriptor> loads;                       // start these loads off the actor thread
+  std::vector<descriptor_ptr> loads;                         // start these loads off the actor thread
 };
 
 enum class ram_residency { absent, loading, resident };
@@ -61,13 +61,13 @@ public:
   /// Asks for a lease on `model` for `holder`. Answers at once (hit, too large, or no room and `may_wait`
   /// is false), or joins/starts a load, or queues FIFO for room. A held request is answered by a later
   /// step, or by `expire`.
-  void acquire(request_id request, const model_descriptor& model, holder_id holder, bool may_wait,
+  void acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
                ram_effects& out);
   /// Leases every model of `models` together, or none: the request is admitted only when room for all
   /// of its absent models can be made at once (its members are never evicted for each other), so a
   /// pipeline that needs several models never holds some while waiting for room for the others, and two
   /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
-  void acquire_all(request_id request, const std::vector<model_descriptor>& models, holder_id holder,
+  void acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                    bool may_wait, ram_effects& out);
   /// A load started by this tier finished (`payload` is the model or the loader's failure).
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
@@ -97,14 +97,14 @@ private:
   /// An acquire not answered yet: queued for room (not admitted), or admitted and waiting for loads.
   struct group {
     holder_id holder = 0;
-    std::vector<model_descriptor> models;
+    std::vector<descriptor_ptr> models;
     bool single = true;               // answered in `replies` with one lease, else in `group_replies`
     bool admitted = false;
     std::vector<ram_lease> granted;   // per model, once admitted (lease 0: still loading)
     size_t pending = 0;               // loads still to finish before it is answered
   };
   struct entry {
-    model_descriptor descriptor;
+    descriptor_ptr descriptor;
     ram_residency state = ram_residency::absent;
     std::shared_ptr<const host_model> payload;
     size_t leases = 0;
