@@ -33,15 +33,14 @@ namespace {
 
 // Resolves derived values (RAM budget, thread counts) and rejects unusable options with the numbers.
 runtime_options resolve(runtime_options o) {
+  auto available = available_ram_bytes();
   if (o.ram_budget_bytes == 0) {
     if (!(o.ram_fraction > 0 && o.ram_fraction <= 1))
       bad_option("ram_fraction must be in (0, 1], got " + std::to_string(o.ram_fraction));
-    auto available = available_ram_bytes();
     if (available == 0)
       bad_option("ram_budget_bytes is 0 and available RAM is unknown; set ram_budget_bytes");
     o.ram_budget_bytes = static_cast<bytes_t>(static_cast<double>(available) * o.ram_fraction);
   }
-  auto available = available_ram_bytes();
   if (available != 0 && o.ram_budget_bytes > 4 * available)
     bad_option("ram_budget_bytes " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
                + format_bytes(available) + "; that budget could never be honoured");

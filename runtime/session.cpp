@@ -9,10 +9,10 @@ namespace mcache {
 
 namespace {
 
-// The tiers answer every request by its deadline (a grant or an error), so a client needs no timeout of
-// its own: a client-side timeout would cost a timer per request, and a grant arriving after it would be
-// dropped with its lease still held. A runtime that goes away answers with `shutting_down`.
-caf::duration client_timeout(caf::timespan) { return caf::infinite; }
+// Requests below use no client-side timeout (caf::infinite): the tiers answer every request by its
+// deadline (a grant or an error), a client-side timeout would cost a timer per request, and a grant
+// arriving after it would be dropped with its lease still held. A runtime that goes away answers with
+// `shutting_down`.
 
 [[noreturn]] void raise(const caf::error& e) { throw request_error(to_failure(e)); }
 
@@ -85,7 +85,7 @@ caf::timespan session::wait_or_default(std::optional<std::chrono::nanoseconds> w
 lease session::acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait) {
   auto w = wait_or_default(wait);
   lease result;
-  self_->request(rt_->ram_cache(), client_timeout(w), acquire_atom::value, model, w)
+  self_->request(rt_->ram_cache(), caf::infinite, acquire_atom::value, model, w)
     .receive(
       [&](ram_lease& grant) {
         auto id = grant.lease;
@@ -99,7 +99,7 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
                                        std::optional<std::chrono::nanoseconds> wait) {
   auto w = wait_or_default(wait);
   std::vector<lease> result;
-  self_->request(rt_->ram_cache(), client_timeout(w), acquire_atom::value, models, w)
+  self_->request(rt_->ram_cache(), caf::infinite, acquire_atom::value, models, w)
     .receive(
       [&](std::vector<ram_lease>& grants) {
         for (auto& grant : grants) {
@@ -118,7 +118,7 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
   auto dev = rt_->device(device);
   auto w = wait_or_default(wait);
   pin_handle result;
-  self_->request(dev, client_timeout(w), pin_atom::value, l.id(), working_bytes, w)
+  self_->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
     .receive(
       [&](device_pin& grant) {
         auto id = grant.pin;

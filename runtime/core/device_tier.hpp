@@ -131,7 +131,6 @@ public:
   device_residency residency(const model_id& model) const;
   /// Device bytes of `model`'s resident tensors (0 when absent).
   bytes_t resident_bytes(const model_id& model) const;
-  size_t pins_of(holder_id holder) const;
   placement_view placement(const model_id& model) const;
   device_stats stats() const;
   void check_invariants() const;
@@ -191,7 +190,7 @@ private:
   void serve_queue(device_effects& out);
   bytes_t trim(const model_id& model, bytes_t wanted);
   bool make_room_for(bytes_t need);
-  void drop_copying(const model_id& model, entry& e);
+  void drop_copying(entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);
   failure no_room(const pin_request& r) const;
   bytes_t usable_bytes() const { return options_.budget_bytes - options_.reserve_bytes; }

@@ -50,11 +50,6 @@ placement_view device_tier::placement(const model_id& model) const {
   return placement_view{options_.device, free_bytes(), resident_bytes(model)};
 }
 
-size_t device_tier::pins_of(holder_id holder) const {
-  auto h = by_holder_.find(holder);
-  return h == by_holder_.end() ? 0 : h->second.size();
-}
-
 device_stats device_tier::stats() const {
   auto s = counters_;
   s.used_bytes = used_;

@@ -13,7 +13,7 @@
 namespace mcache {
 
 // Gives back the reservation of every tensor still marked as being copied.
-void device_tier::drop_copying(const model_id&, entry& e) {
+void device_tier::drop_copying(entry& e) {
   for (auto& t : e.tensors)
     if (t.copying) {
       t.copying = false;
@@ -108,7 +108,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
                    + format_bytes(used_) + " of " + format_bytes(usable_bytes())
                    + " usable. The device has less memory than the budget says: lower budget_bytes. ("
                    + why.detail + ")";
-    drop_copying(model, e);
+    drop_copying(e);
     bool keeps_some = e.bytes > 0;
     transition(model, keeps_some ? device_residency::resident : device_residency::absent);
     for (const auto& w : waiters)
