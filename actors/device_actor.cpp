@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 namespace mcache {
 
@@ -29,6 +30,7 @@ struct device_state {
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
+  bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
 };
 
 const char* device_state::name = "mcache.device";
@@ -39,10 +41,15 @@ void give_back_lease(self_ptr self, lease_id lease) {
   self->send(self->state.config.ram, give_back_atom::value, lease);
 }
 
-void start_copy(self_ptr self, const copy_order& order) {
+using released_copies = std::vector<std::shared_ptr<const device_model>>;
+
+// A copy runs on this device's own copy queue, after freeing the device copies that were let go of to make
+// room for it: on a real GPU, copying first would find the memory still taken and fail with out-of-memory.
+void start_copy(self_ptr self, const copy_order& order, released_copies free_first) {
   auto reply_to = caf::actor_cast<device_actor>(self);
   auto backend = self->state.config.backend;
-  self->state.config.copiers->post([order, backend, reply_to] {
+  self->state.config.copiers->post([order, backend, reply_to, free_first = std::move(free_first)]() mutable {
+    free_first.clear();
     copied_model done;
     done.model = order.model;
     auto start = std::chrono::steady_clock::now();
@@ -72,15 +79,16 @@ void apply(self_ptr self, device_effects& fx) {
       grant.streamed_bytes = self->state.streamed_bytes;
     }
   self->state.requests.deliver(fx.replies);
+  // Frees go to the copy queue with (before) the copies they make room for, never after them.
+  auto released = self->state.tier->take_released();
   for (const auto& order : fx.copies)
-    start_copy(self, order);
+    start_copy(self, order, std::exchange(released, {}));
   fx.copies.clear();
+  if (!released.empty())
+    self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
-  auto released = self->state.tier->take_released();
-  if (!released.empty())
-    self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -140,6 +148,8 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
   });
   return {
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
+      if (self->state.stopping)
+        return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
       auto holder = watch_sender(self, self->state.watched);
       if (holder == 0)
         return make_error(errc::invalid_argument, "pin needs a sender to hold the pin");
@@ -181,6 +191,18 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       auto s = self->state.tier->stats();
       s.streamed_bytes = self->state.streamed_bytes->load();
       return s;
+    },
+    [self](shutdown_atom) -> caf::result<void> {
+      self->state.stopping = true;
+      device_effects fx;
+      // Requests still borrowing their lease are answered now; the lease is given back when it arrives.
+      for (auto& kv : self->state.borrowing_) {
+        kv.second.holder_gone = true;
+        fx.replies.push_back({kv.first, failure{errc::shutting_down, "the runtime is shutting down"}});
+      }
+      self->state.tier->shutdown(fx);
+      apply(self, fx);
+      return caf::unit;
     },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](place_atom, const model_id& model) -> placement_view { return self->state.tier->placement(model); },

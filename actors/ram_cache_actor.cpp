@@ -31,6 +31,7 @@ struct ram_cache_state {
   request_id next_request = 1;
   std::set<holder_id> watched;
   std::unordered_map<request_id, prechecking> prechecks;
+  bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -66,6 +67,11 @@ void start_load(self_ptr self, const descriptor_ptr& model) {
 void apply(self_ptr self, ram_effects& fx) {
   self->state.requests.deliver(fx.replies);
   self->state.groups.deliver(fx.group_replies);
+  // Evicted host copies are freed off this thread (gigabytes of frees would stall every request), and
+  // before the loads they made room for.
+  auto released = self->state.tier->take_released();
+  if (!released.empty())
+    self->state.config.loaders->post([released = std::move(released)]() mutable { released.clear(); });
   for (const auto& model : fx.loads)
     start_load(self, model);
   fx.loads.clear();
@@ -148,6 +154,8 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
   });
   return {
     [self](acquire_atom, const model_id& model, caf::timespan wait) -> caf::result<ram_lease> {
+      if (self->state.stopping)
+        return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
       auto descriptor = self->state.config.models->find(model);
       if (!descriptor)
         return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
@@ -163,6 +171,8 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](acquire_atom, const std::vector<model_id>& models,
            caf::timespan wait) -> caf::result<std::vector<ram_lease>> {
+      if (self->state.stopping)
+        return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
       std::vector<descriptor_ptr> descriptors;
       for (const auto& model : models) {
         auto descriptor = self->state.config.models->find(model);
@@ -214,6 +224,17 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       return std::get<bytes_t>(freed);
     },
     [self](stats_atom) -> ram_stats { return self->state.tier->stats(); },
+    [self](shutdown_atom) -> caf::result<void> {
+      self->state.stopping = true;
+      auto prechecks = std::move(self->state.prechecks);
+      self->state.prechecks.clear();
+      for (const auto& kv : prechecks)
+        fail_request(self, kv.first, kv.second.single, failure{errc::shutting_down, "the runtime is shutting down"});
+      ram_effects fx;
+      self->state.tier->shutdown(fx);
+      apply(self, fx);
+      return caf::unit;
+    },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](checked_atom, checked_model& done) {
       auto i = self->state.prechecks.find(done.check);

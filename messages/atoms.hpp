@@ -17,6 +17,7 @@ using check_atom = caf::atom_constant<caf::atom("check")>;      // verify a tier
 using checked_atom = caf::atom_constant<caf::atom("checked")>;  // internal: a load's precheck finished
 using loaded_atom = caf::atom_constant<caf::atom("loaded")>;    // internal: a load finished
 using copied_atom = caf::atom_constant<caf::atom("copied")>;    // internal: a device copy finished
+using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;  // answer every waiter, accept no more work
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
 
 } // namespace mcache

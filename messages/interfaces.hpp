@@ -31,6 +31,9 @@ using ram_cache_actor = caf::typed_actor<
   // freed (0: everything unleased). Replies with the bytes freed.
   caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,
   caf::replies_to<stats_atom>::with<ram_stats>,
+  // The runtime stops: every request not answered yet fails with shutting_down, and so does every later
+  // acquire. Releases still work (a lease released after shutdown is simply ended).
+  caf::replies_to<shutdown_atom>::with<void>,
   // Verify the tier's invariants; the error names the first broken one.
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<checked_atom, checked_model>,
@@ -50,6 +53,9 @@ using device_actor = caf::typed_actor<
   caf::replies_to<stats_atom>::with<device_stats>,
   // What placement sees of this device for a model: free bytes and how much of the model is here.
   caf::replies_to<place_atom, model_id>::with<placement_view>,
+  // As for the RAM-cache actor: every pin request not answered yet fails with shutting_down, and so does
+  // every later pin; releases still work.
+  caf::replies_to<shutdown_atom>::with<void>,
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<copied_atom, copied_model>,
   caf::reacts_to<expire_atom, request_id>>;

@@ -46,6 +46,11 @@ runtime_options resolve(runtime_options o) {
                + format_bytes(available) + "; that budget could never be honoured");
   if (o.loader_threads == 0 || o.copy_threads == 0)
     bad_option("loader_threads and copy_threads must be at least 1");
+  // A null factory means the default, for both policies (a null eviction policy used to crash the actors).
+  if (!o.eviction)
+    o.eviction = make_lru_policy;
+  if (!o.placement)
+    o.placement = make_resident_then_free_placement;
   if (o.default_wait < std::chrono::nanoseconds::zero())
     bad_option("default_wait must not be negative");
   for (size_t i = 0; i < o.devices.size(); ++i) {
@@ -74,10 +79,12 @@ void configure(caf::actor_system_config& cfg, const runtime_options& options) {
 }
 
 runtime::runtime(runtime_options options) : options_(resolve(std::move(options))) {
+  // Spawning leaves the system's logger in this thread's storage (Note [CAF's thread-local logger]); the
+  // runtime may be destroyed on another thread while this one lives on.
+  detail::release_thread_logger release_logger;
   catalog_ = std::make_shared<catalog>();
-  placement_ = options_.placement ? options_.placement() : make_resident_then_free_placement();
+  placement_ = options_.placement();
   loaders_ = make_thread_pool_executor(options_.loader_threads);
-  copiers_ = make_thread_pool_executor(options_.copy_threads);
   config_ = std::make_unique<caf::actor_system_config>();
   configure(*config_, options_);
   system_ = std::make_unique<caf::actor_system>(*config_);
@@ -93,7 +100,9 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     dc.tier = tier;
     dc.models = catalog_;
     dc.backend = std::move(backend);
-    dc.copiers = copiers_;
+    // Each device its own copy queue: one device's copies never wait behind another's.
+    copiers_.push_back(make_thread_pool_executor(options_.copy_threads));
+    dc.copiers = copiers_.back();
     dc.ram = ram_;
     dc.policy = options_.eviction;
     dc.check_invariants_each_step = options_.check_invariants;
@@ -115,11 +124,35 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
 }
 
+bool runtime::shutdown(std::chrono::nanoseconds grace) {
+  if (stopped_.exchange(true))
+    return shutdown_clean_;
+  // 1. Every actor answers what it holds with shutting_down and refuses new work (CAF 0.17 drops a
+  //    promise silently when its actor exits, so waiters must be answered before the actors go).
+  //    Devices first: their pending borrows are answered before the RAM-cache actor stops lending.
+  {
+    detail::release_thread_logger release_logger;
+    caf::scoped_actor self{*system_};
+    auto stop = [&](const auto& actor) {
+      self->request(actor, grace, shutdown_atom::value).receive([] {}, [](caf::error&) {});
+    };
+    for (auto& d : devices_)
+      stop(d);
+    stop(cpu_);
+    stop(ram_);
+  }
+  // 2. Loads and copies not started are dropped; running ones get `grace` to return.
+  shutdown_clean_ = loaders_->stop(grace);
+  for (auto& c : copiers_)
+    shutdown_clean_ &= c->stop(grace);
+  if (!shutdown_clean_)
+    spdlog::warn("mcache: a load or copy did not return within the shutdown grace; it was abandoned");
+  return shutdown_clean_;
+}
+
 runtime::~runtime() {
-  // Finish the work in flight first (its completions go to live actors), then stop the actors: the
-  // actor system's destructor waits for every actor it owns.
-  loaders_->join();
-  copiers_->join();
+  shutdown();
+  // The actor system's destructor waits for every actor it owns: stop them first.
   for (auto& d : devices_)
     caf::anon_send_exit(d, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(cpu_, caf::exit_reason::user_shutdown);
@@ -127,6 +160,7 @@ runtime::~runtime() {
   devices_.clear();
   cpu_ = nullptr;
   ram_ = nullptr;
+  caf::logger::set_current_actor_system(nullptr);
   system_.reset();
 }
 
@@ -145,6 +179,7 @@ session runtime::open_session() { return session{*this}; }
 
 runtime_stats runtime::stats() {
   runtime_stats out;
+  detail::release_thread_logger release_logger;
   caf::scoped_actor self{*system_};
   auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
   self->request(ram_, caf::infinite, stats_atom::value).receive([&](ram_stats& s) { out.ram = s; }, fail);

@@ -17,6 +17,8 @@
 #include "runtime/options.hpp"
 #include "runtime/session.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <memory>
 #include <vector>
 
@@ -37,6 +39,7 @@ class runtime {
 public:
   /// Boots the runtime. Throws `request_error` (invalid_argument) on unusable options.
   explicit runtime(runtime_options options);
+  /// Shuts down (see `shutdown`) and stops the actors. Sessions must be gone by then.
   ~runtime();
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
@@ -56,6 +59,14 @@ public:
   session open_session();
   /// A snapshot of every tier (blocking).
   runtime_stats stats();
+
+  /// Stops taking work, within a bounded time: every request still waiting (for room, a load or a copy)
+  /// is answered `shutting_down`, and so is every later acquire or pin; loads and copies not started are
+  /// dropped, and those running get `grace` to return before they are abandoned. Safe to call while
+  /// sessions wait or hold handles: their later releases are no-ops. Idempotent; the destructor calls it.
+  /// Returns false if some load or copy was still running after `grace` and was abandoned.
+  bool shutdown(std::chrono::nanoseconds grace = std::chrono::seconds(5));
+  bool stopped() const { return stopped_.load(); }
   caf::actor_system& system() { return *system_; }
 
 private:
@@ -63,12 +74,14 @@ private:
   std::shared_ptr<catalog> catalog_;
   std::unique_ptr<placement_policy> placement_;
   std::shared_ptr<executor> loaders_;
-  std::shared_ptr<executor> copiers_;
+  std::vector<std::shared_ptr<executor>> copiers_;  // one copy queue per device, the CPU tier's last
   std::unique_ptr<caf::actor_system_config> config_;
   std::unique_ptr<caf::actor_system> system_;
   ram_cache_actor ram_;
   std::vector<device_actor> devices_;
   device_actor cpu_;
+  std::atomic<bool> stopped_{false};
+  bool shutdown_clean_ = true;
 };
 
 /// Makes the actor system config the runtime uses (types, error category, scheduler); for callers that

@@ -76,35 +76,72 @@ void pin_handle::release() {
 
 // -- session ----------------------------------------------------------------------------------------------
 
-session::session(runtime& rt) : rt_(&rt), self_(rt.system()) {}
+detail::release_thread_logger::~release_thread_logger() { caf::logger::set_current_actor_system(nullptr); }
+
+struct session::core {
+  explicit core(runtime& r) : rt(&r), self(r.system()) {}
+
+  // After the runtime shut down, releases are no-ops: its tiers already stopped, and a handle going out
+  // of scope then must neither throw nor wait.
+  void release_lease(lease_id id) {
+    if (rt->stopped())
+      return;
+    self->request(rt->ram_cache(), caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
+      if (!rt->stopped())
+        raise(e);
+    });
+  }
+  void release_pin(const device_actor& dev, pin_id id) {
+    if (rt->stopped())
+      return;
+    self->request(dev, caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
+      if (!rt->stopped())
+        raise(e);
+    });
+  }
+
+  // Destroyed in reverse order: the scoped actor first, then the thread's logger reference.
+  detail::release_thread_logger release_logger;
+  runtime* rt;
+  caf::scoped_actor self;
+};
+
+session::session(runtime& rt) : core_(std::make_unique<core>(rt)) {}
+session::session(session&&) noexcept = default;
+session& session::operator=(session&&) noexcept = default;
+session::~session() = default;
+
+caf::scoped_actor& session::self() { return core_->self; }
 
 caf::timespan session::wait_or_default(std::optional<std::chrono::nanoseconds> wait) const {
-  return wait ? caf::timespan{*wait} : caf::timespan{rt_->options().default_wait};
+  return wait ? caf::timespan{*wait} : caf::timespan{core_->rt->options().default_wait};
 }
 
 lease session::acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait) {
   auto w = wait_or_default(wait);
+  auto* c = core_.get();
   lease result;
-  self_->request(rt_->ram_cache(), caf::infinite, acquire_atom::value, model, w)
+  c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, model, w)
     .receive(
       [&](ram_lease& grant) {
         auto id = grant.lease;
-        result = lease{release_token{[this, id] { release_lease(id); }}, std::move(grant)};
+        result = lease{release_token{[c, id] { c->release_lease(id); }}, std::move(grant)};
       },
-             [&](caf::error& e) { raise(e); });
+      [&](caf::error& e) { raise(e); });
   return result;
 }
 
 std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
                                        std::optional<std::chrono::nanoseconds> wait) {
   auto w = wait_or_default(wait);
+  auto* c = core_.get();
   std::vector<lease> result;
-  self_->request(rt_->ram_cache(), caf::infinite, acquire_atom::value, models, w)
+  c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, models, w)
     .receive(
       [&](std::vector<ram_lease>& grants) {
         for (auto& grant : grants) {
           auto id = grant.lease;
-          result.push_back(lease{release_token{[this, id] { release_lease(id); }}, std::move(grant)});
+          result.push_back(lease{release_token{[c, id] { c->release_lease(id); }}, std::move(grant)});
         }
       },
       [&](caf::error& e) { raise(e); });
@@ -115,16 +152,17 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
                         std::optional<std::chrono::nanoseconds> wait) {
   if (!l)
     throw request_error(failure{errc::invalid_lease, "pin needs a live lease (this one was released)"});
-  auto dev = rt_->device(device);
+  auto* c = core_.get();
+  auto dev = c->rt->device(device);
   auto w = wait_or_default(wait);
   pin_handle result;
-  self_->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
+  c->self->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
     .receive(
       [&](device_pin& grant) {
         auto id = grant.pin;
-        result = pin_handle{release_token{[this, dev, id] { release_pin(dev, id); }}, std::move(grant)};
+        result = pin_handle{release_token{[c, dev, id] { c->release_pin(dev, id); }}, std::move(grant)};
       },
-             [&](caf::error& e) { raise(e); });
+      [&](caf::error& e) { raise(e); });
   return result;
 }
 
@@ -132,38 +170,29 @@ pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,
                                  std::optional<std::chrono::nanoseconds> wait) {
   if (!l)
     throw request_error(failure{errc::invalid_lease, "pin needs a live lease (this one was released)"});
-  if (rt_->device_count() == 0)
+  auto& rt = *core_->rt;
+  if (rt.device_count() == 0)
     throw request_error(failure{errc::invalid_device, "this runtime has no device to place a pin on"});
   std::vector<placement_view> views;
-  for (size_t i = 0; i < rt_->device_count(); ++i)
-    self_->request(rt_->device(static_cast<device_index>(i)), caf::infinite, place_atom::value, l.model())
+  for (size_t i = 0; i < rt.device_count(); ++i)
+    core_->self->request(rt.device(static_cast<device_index>(i)), caf::infinite, place_atom::value, l.model())
       .receive([&](placement_view& v) { views.push_back(v); }, [&](caf::error& e) { raise(e); });
-  auto descriptor = rt_->models().find(l.model());
-  return pin(l, rt_->placement().choose(descriptor ? *descriptor : model_descriptor{}, views), working_bytes, wait);
+  auto descriptor = rt.models().find(l.model());
+  return pin(l, rt.placement().choose(descriptor ? *descriptor : model_descriptor{}, views), working_bytes, wait);
 }
 
 bytes_t session::offload(device_index device, const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
-  self_->request(rt_->device(device), caf::infinite, offload_atom::value, model, bytes)
+  core_->self->request(core_->rt->device(device), caf::infinite, offload_atom::value, model, bytes)
     .receive([&](bytes_t n) { freed = n; }, [&](caf::error& e) { raise(e); });
   return freed;
 }
 
 bytes_t session::trim_ram(const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
-  self_->request(rt_->ram_cache(), caf::infinite, offload_atom::value, model, bytes)
+  core_->self->request(core_->rt->ram_cache(), caf::infinite, offload_atom::value, model, bytes)
     .receive([&](bytes_t n) { freed = n; }, [&](caf::error& e) { raise(e); });
   return freed;
-}
-
-void session::release_lease(lease_id id) {
-  self_->request(rt_->ram_cache(), caf::infinite, release_atom::value, id)
-    .receive([] {}, [&](caf::error& e) { raise(e); });
-}
-
-void session::release_pin(const device_actor& dev, pin_id id) {
-  self_->request(dev, caf::infinite, release_atom::value, id)
-    .receive([] {}, [&](caf::error& e) { raise(e); });
 }
 
 } // namespace mcache

@@ -19,6 +19,19 @@ namespace mcache {
 
 class runtime;
 
+namespace detail {
+/// Note [CAF's thread-local logger]: in CAF 0.17 every scoped actor leaves a reference to its actor
+/// system's logger in the calling thread's storage, and `~actor_system` waits for every such reference to
+/// go, so a server whose worker threads outlive the runtime would hang at shutdown. Declared before a
+/// scoped actor, this drops the calling thread's reference once the scoped actor is gone.
+struct release_thread_logger {
+  release_thread_logger() = default;
+  release_thread_logger(const release_thread_logger&) = delete;
+  release_thread_logger& operator=(const release_thread_logger&) = delete;
+  ~release_thread_logger();
+};
+} // namespace detail
+
 /// A request failed: `code()` says which way, `what()` says what was asked, what was free, what to change.
 class request_error : public std::runtime_error {
 public:
@@ -106,10 +119,14 @@ private:
   device_pin grant_;
 };
 
+/// A blocking client: one holder. Movable (its handles stay valid when it moves); use it from one thread
+/// at a time, and end it (with its handles) before the runtime.
 class session {
 public:
   explicit session(runtime& rt);
-  session(session&&) = delete;
+  session(session&&) noexcept;
+  session& operator=(session&&) noexcept;
+  ~session();
 
   /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room.
   lease acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait = std::nullopt);
@@ -131,15 +148,13 @@ public:
   /// freed (0: all). Returns bytes freed.
   bytes_t trim_ram(const model_id& model = {}, bytes_t bytes = 0);
 
-  caf::scoped_actor& self() { return self_; }
+  caf::scoped_actor& self();
 
 private:
-  void release_lease(lease_id id);
-  void release_pin(const device_actor& dev, pin_id id);
+  struct core;  // the runtime and the scoped actor; handles point here, so they survive a move
   caf::timespan wait_or_default(std::optional<std::chrono::nanoseconds> wait) const;
 
-  runtime* rt_;
-  caf::scoped_actor self_;
+  std::unique_ptr<core> core_;
 };
 
 } // namespace mcache

@@ -21,14 +21,16 @@ TEST_CASE("registering a model makes it findable without loading it") {
   CHECK_FALSE(c.find("other"));
 }
 
-TEST_CASE("the catalog rejects empty ids, zero sizes, missing loaders and duplicates, and stays as it was") {
+TEST_CASE("the catalog rejects empty ids, zero or absurd sizes, missing loaders and duplicates, and stays as it was") {
   catalog c;
   REQUIRE_FALSE(c.add(synthetic_model("m", {4})));
   auto no_id = synthetic_model("", {4});
   auto zero = synthetic_model("z", {});
   auto no_loader = synthetic_model("n", {4});
   no_loader.loader = nullptr;
-  for (auto* d : {&no_id, &zero, &no_loader}) {
+  auto absurd = synthetic_model("huge", {4});
+  absurd.bytes = (bytes_t{1} << 63) + 7;  // sums of two such sizes would wrap the tiers' arithmetic
+  for (auto* d : {&no_id, &zero, &no_loader, &absurd}) {
     auto err = c.add(*d);
     REQUIRE(err);
     CHECK(err->code == errc::invalid_argument);

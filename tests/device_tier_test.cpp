@@ -9,6 +9,7 @@
 #include "support/fake_models.hpp"
 #include "support/stats_fields.hpp"
 
+#include <limits>
 #include <map>
 
 using namespace mcache;
@@ -476,4 +477,109 @@ TEST_CASE("a pin request that does not describe every tensor of the model is ref
   h.absorb(fx);
   CHECK(h.error_of(99) == errc::invalid_argument);
   CHECK(h.leases_out.empty());
+}
+
+// -- Note [Admission] and the defects of issue 7 ------------------------------------------------------------
+
+TEST_CASE("a pin of a resident model that needs no room is granted at once while another pin waits") {
+  // Job 1 holds a pin on its 2-byte model and has its 1-byte model resident but unpinned; job 2 waits for
+  // room that only job 1's pin can free. Job 1's next pin needs nothing new: it must not wait behind job 2.
+  device_harness h{3};
+  auto small = h.pinned("small", 1, alice);
+  h.release(small, alice);
+  h.pinned("big", 2, alice);
+  auto waiting = h.pin("other", 2, bob);
+  CHECK_FALSE(h.answered(waiting));
+  auto again = h.pin("small", 1, alice, /*working=*/0, /*may_wait=*/false);
+  REQUIRE(h.granted(again));
+  CHECK(h.tier.stats().hits == 1);
+  CHECK_FALSE(h.answered(waiting));
+}
+
+TEST_CASE("a pin that needs room does not overtake the queue, and a refusal says what is queued ahead") {
+  device_harness h{4};
+  h.pinned("a", 2, alice);
+  auto first = h.pin("b", 3, bob);
+  CHECK_FALSE(h.answered(first));
+  // One byte is free, but "b" was first: a one-byte pin that may not wait is refused, naming the queue.
+  auto late = h.pin("c", 1, alice, 0, /*may_wait=*/false);
+  CHECK(h.error_of(late) == errc::budget_exhausted);
+  CHECK(h.text_of(late).find("1 request is queued ahead") != std::string::npos);
+}
+
+TEST_CASE("working memory near 2^64 is refused as invalid and changes nothing") {
+  device_harness h{100};
+  auto before = fields_of(h.tier.stats());
+  auto r = h.pin("a", 40, alice, std::numeric_limits<bytes_t>::max() - 40 + 2);
+  CHECK(h.error_of(r) == errc::invalid_argument);
+  CHECK(h.leases_out.empty());
+  CHECK(fields_of(h.tier.stats()) == before);
+  auto huge = h.pin("b", 0, alice, 0, true, {std::numeric_limits<bytes_t>::max(), 2});
+  CHECK(h.error_of(huge) == errc::invalid_argument);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("staging is sized by the tensors that stream, never by required ones") {
+  // A large required embedding and four small layers: staging is 2 slots x the largest layer (10), not
+  // 2 x the embedding (30), so the model fits partly where the old sizing said it was too large.
+  device_harness h{60};
+  auto r = h.pin("m", 70, alice, 0, true, {30, 10, 10, 10, 10}, {true, false, false, false, false});
+  REQUIRE_FALSE(h.answered(r));
+  h.finish_copy("m");
+  REQUIRE(h.granted(r));
+  const auto& pin = std::get<device_pin>(h.answers.at(r));
+  CHECK(pin.staging_bytes == 20);
+  CHECK(pin.resident_bytes == 40);  // the embedding and one layer beside 20 of staging
+}
+
+TEST_CASE("a refused pin leaves the eviction order as it was") {
+  device_harness h{100};
+  h.pinned("held", 20, alice);
+  h.release(h.pinned("a", 30, alice), alice);  // a is the least recently used candidate
+  h.release(h.pinned("b", 30, alice), alice);
+  // A pin of "a" that cannot get its working memory (60; 20 are free and only "b" may go) is refused...
+  auto refused = h.pin("a", 30, bob, 60, /*may_wait=*/false);
+  CHECK(h.error_of(refused) == errc::budget_exhausted);
+  // ...and "a" is still the first victim.
+  h.pinned("c", 30, bob);
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  CHECK(h.tier.residency("b") == device_residency::resident);
+}
+
+TEST_CASE("with partial loading off, out-of-memory retries only what really runs again") {
+  device_harness h{100, 0, /*partial=*/false};
+  auto r = h.pin("m", 30, alice);
+  h.fail_copy("m", errc::device_oom);  // rung 1: free and retry
+  h.fail_copy("m", errc::device_oom);  // no rung 2 without partial loading: fail
+  CHECK(h.error_of(r) == errc::device_oom);
+  CHECK(h.tier.stats().oom_retries == 1);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("the no-room text names every part of what a streaming pin needs, staging included") {
+  device_harness h{50};
+  h.pinned("a", 20, alice);
+  // 90 bytes never fit whole: partial with the required tensor (10) + 2 x 20 staging = 50 > 30 free.
+  auto r = h.pin("m", 90, bob, 0, false, {10, 20, 20, 20, 20}, {true, false, false, false, false});
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::budget_exhausted);
+  auto text = h.text_of(r);
+  CHECK(text.find("staging 40 B") != std::string::npos);
+  CHECK(text.find("wanted 50 B") != std::string::npos);
+}
+
+TEST_CASE("shutdown answers queued pins and pins waiting for a copy, and returns their leases") {
+  device_harness h{100};
+  h.pinned("a", 80, alice);
+  auto copying = h.pin("b", 10, bob);
+  auto queued = h.pin("c", 50, bob);
+  CHECK_FALSE(h.answered(copying));
+  CHECK_FALSE(h.answered(queued));
+  device_effects fx;
+  h.tier.shutdown(fx);
+  h.absorb(fx);
+  CHECK(h.error_of(copying) == errc::shutting_down);
+  CHECK(h.error_of(queued) == errc::shutting_down);
+  h.finish_copy("b");  // the copy in flight ends later: its lease comes back then
+  CHECK(h.leases_out.size() == 1);  // only the live pin's
 }

@@ -453,3 +453,70 @@ TEST_CASE("a holder that goes away while its group waits for loads gives back wh
   CHECK(h.tier.residency("b") == ram_residency::resident);
   CHECK(h.tier.stats().leases_active == 1);
 }
+
+// -- Note [Admission] and the defects of issue 7 ------------------------------------------------------------
+
+TEST_CASE("acquire_all of sizes that would wrap 64 bits is refused as invalid and changes nothing") {
+  group_harness h{100};
+  auto a = fake_model("a", bytes_t{1} << 63), b = fake_model("b", (bytes_t{1} << 63) + 10);
+  auto before = fields_of(h.tier.stats());
+  auto r = h.acquire_all({a, b}, alice);
+  REQUIRE(h.group_answered(r));
+  CHECK(h.test_answers::error_of(r) == errc::invalid_argument);
+  CHECK(fields_of(h.tier.stats()) == before);
+  CHECK(h.loads_started.empty());
+}
+
+TEST_CASE("a refused acquire leaves the eviction order as it was") {
+  group_harness h{100};
+  auto held = fake_model("held", 20), a = fake_model("a", 30), b = fake_model("b", 30);
+  auto x = fake_model("x", 60), c = fake_model("c", 30);
+  h.lease(held, alice);
+  h.release(h.lease(a, alice), alice);  // 'a' is the least recently used candidate
+  h.release(h.lease(b, alice), alice);
+  // a group of 'a' and 'x' cannot be admitted ('x' needs 60; 20 are free and only 'b' may go): refused...
+  auto r = h.acquire_all({a, x}, bob, false);
+  CHECK(h.test_answers::error_of(r) == errc::budget_exhausted);
+  // ...and 'a' is still the first victim.
+  h.lease(c, bob);
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+}
+
+TEST_CASE("a RAM hit is granted at once while an acquire that needs room waits") {
+  ram_harness h{100};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.lease(a, alice);
+  auto waiting = h.acquire(b, bob);
+  CHECK_FALSE(h.answered(waiting));
+  auto hit = h.acquire(a, alice, /*may_wait=*/false);
+  CHECK(h.granted(hit));
+  CHECK_FALSE(h.answered(waiting));
+}
+
+TEST_CASE("shutdown answers queued acquires and those waiting for a load, and keeps granted leases") {
+  ram_harness h{100};
+  auto a = fake_model("a", 60), b = fake_model("b", 30), c = fake_model("c", 60);
+  auto la = h.lease(a, alice);
+  auto loading = h.acquire(b, bob);
+  auto queued = h.acquire(c, bob);
+  ram_effects fx;
+  h.tier.shutdown(fx);
+  h.absorb(fx);
+  CHECK(h.error_of(loading) == errc::shutting_down);
+  CHECK(h.error_of(queued) == errc::shutting_down);
+  h.finish_load("b");  // the load in flight ends later: nobody is left to answer
+  CHECK(h.tier.stats().leases_active == 1);
+  CHECK_FALSE(h.release(la, alice));
+}
+
+TEST_CASE("evicted host copies are handed over to be freed off the actor thread") {
+  ram_harness h{100};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.release(h.lease(a, alice), alice);
+  (void)h.tier.take_released();
+  h.lease(b, alice);
+  auto released = h.tier.take_released();
+  REQUIRE(released.size() == 1);
+  CHECK(released.front()->id == "a");
+}

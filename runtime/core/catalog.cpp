@@ -1,5 +1,8 @@
 #include "runtime/core/catalog.hpp"
 
+#include "runtime/core/admission/sizes.hpp"
+#include "runtime/core/format.hpp"
+
 #include <ATen/ATen.h>
 
 #include <mutex>
@@ -11,6 +14,10 @@ std::optional<failure> catalog::add(model_descriptor descriptor) {
     return failure{errc::invalid_argument, "a model id must not be empty"};
   if (descriptor.bytes == 0)
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' declares 0 bytes"};
+  if (descriptor.bytes > max_plausible_bytes)
+    return failure{errc::invalid_argument, "model '" + descriptor.id + "' declares " + format_bytes(descriptor.bytes)
+                                             + ", not a plausible size (at most "
+                                             + format_bytes(max_plausible_bytes) + ")"};
   if (!descriptor.loader)
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' has no loader"};
   std::unique_lock<std::shared_mutex> guard{mutex_};

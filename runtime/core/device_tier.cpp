@@ -1,7 +1,8 @@
 #include "runtime/core/device_tier.hpp"
 
+#include "runtime/core/admission/make_room.hpp"
+#include "runtime/core/admission/sizes.hpp"
 #include "runtime/core/format.hpp"
-#include "runtime/core/make_room.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -57,6 +58,10 @@ std::optional<failure> device_tier::validate(const device_tier_options& options)
   auto name = "device " + std::to_string(options.device);
   if (options.budget_bytes == 0)
     return failure{errc::invalid_argument, name + ": the budget is 0 bytes"};
+  if (options.budget_bytes > max_plausible_bytes)
+    return failure{errc::invalid_argument, name + ": a budget of " + format_bytes(options.budget_bytes)
+                                             + " is not a plausible size (at most "
+                                             + format_bytes(max_plausible_bytes) + ")"};
   if (options.reserve_bytes >= options.budget_bytes)
     return failure{errc::invalid_argument, name + ": the working-memory reserve ("
                                              + format_bytes(options.reserve_bytes)
@@ -81,6 +86,7 @@ void device_tier::transition(const model_id& model, device_residency to) {
                            + to_string(to));
   if (to == device_residency::absent) {
     used_ -= i->second.bytes;
+    evictable_ -= i->second.counted_evictable;
     policy_->erase(model);
     if (i->second.view)
       released_.push_back(std::move(i->second.view));
@@ -91,31 +97,35 @@ void device_tier::transition(const model_id& model, device_residency to) {
   update_candidacy(model);
 }
 
-// A model is an eviction candidate exactly when it is resident, unpinned and holds device bytes.
+// A model is an eviction candidate exactly when it is resident, unpinned and holds device bytes. Called
+// after every change of an entry's state, pins or bytes, so that evictable_ stays exact.
 void device_tier::update_candidacy(const model_id& model) {
-  const auto& e = entries_.at(model);
-  if (e.state == device_residency::resident && e.pins == 0 && e.bytes > 0) {
-    if (!policy_->contains(model))
-      policy_->insert(model);
-  } else {
+  auto& e = entries_.at(model);
+  bool candidate = e.state == device_residency::resident && e.pins == 0 && e.bytes > 0;
+  evictable_ -= e.counted_evictable;
+  e.counted_evictable = candidate ? e.bytes : 0;
+  evictable_ += e.counted_evictable;
+  if (candidate == policy_->contains(model))
+    return;  // unchanged: keep its place in the eviction order
+  if (candidate)
+    policy_->insert(model);
+  else
     policy_->erase(model);
-  }
 }
 
-bytes_t device_tier::evictable_bytes() const {
-  bytes_t sum = 0;
-  for (const auto& v : policy_->victims())
-    sum += entries_.at(v).bytes;
-  return sum;
+bytes_t device_tier::evictable_bytes(const model_id& excluded) const {
+  auto i = excluded.empty() ? entries_.end() : entries_.find(excluded);
+  return evictable_ - (i == entries_.end() ? 0 : i->second.counted_evictable);
 }
 
 // Staging for a pin of `e`: slots x the largest tensor that will stream (neither resident, nor being
-// copied, nor in `also_resident`).
+// copied, nor in `also_resident`). Required tensors never stream: a pin is granted only with them resident.
 bytes_t device_tier::staging_for(const entry& e, const std::vector<size_t>& also_resident) const {
   bytes_t largest = 0;
   for (size_t i = 0; i < e.tensors.size(); ++i) {
     const auto& t = e.tensors[i];
-    if (t.resident || t.copying || std::find(also_resident.begin(), also_resident.end(), i) != also_resident.end())
+    if (t.resident || t.copying || t.required
+        || std::find(also_resident.begin(), also_resident.end(), i) != also_resident.end())
       continue;
     largest = std::max(largest, t.bytes);
   }
@@ -184,9 +194,9 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   return freed;
 }
 
-bool device_tier::make_room_for(bytes_t need) {
+bool device_tier::make_room_for(bytes_t need, const model_id& excluded) {
   return make_room(
-    need, free_bytes(), *policy_, [this](const model_id& m) { return entries_.at(m).bytes; },
+    need, free_bytes(), evictable_bytes(excluded), *policy_, [this](const model_id& m) { return entries_.at(m).bytes; },
     [this](const model_id& m, bytes_t wanted) {
       auto freed = trim(m, wanted);
       if (residency(m) == device_residency::absent)
@@ -195,14 +205,13 @@ bool device_tier::make_room_for(bytes_t need) {
         ++counters_.trims;
       counters_.evicted_bytes += freed;
       return freed;
-    });
+    },
+    [&](const model_id& m) { return m == excluded; });
 }
 
 device_pin device_tier::grant(const model_id& model, const admitted& a) {
   auto& e = entries_.at(model);
-  auto id = next_pin_++;
-  pins_.emplace(id, pin_record{model, a.holder, a.working_bytes, a.host.lease});
-  by_holder_[a.holder].insert(id);
+  auto id = pins_.issue(pin_record{model, a.holder, a.working_bytes, a.host.lease});
   ++e.pins;
   update_candidacy(model);
   device_pin p;
@@ -237,32 +246,53 @@ void device_tier::start_copy(const model_id& model, entry& e, const std::vector<
   out.copies.push_back({model, std::move(host), tensors});
 }
 
+// What admitting a pin of `e` would copy and reserve when `room` bytes can be had; nothing if it cannot
+// fit. A model being copied, or pinned already, is not topped up: the pin takes it as it is.
+std::optional<device_tier::plan> device_tier::admission_plan(const entry& e, bool present, bytes_t working,
+                                                             bytes_t room) const {
+  if (present && (e.state == device_residency::copying || e.pins > 0)) {
+    plan p;
+    p.staging_bytes = staging_for(e, {});
+    return p;
+  }
+  return plan_for(e, working, room);
+}
+
+namespace {
+std::vector<bool> required_flags(const pin_request& r) {
+  std::vector<bool> out(r.tensor_bytes.size());
+  for (size_t k = 0; k < out.size(); ++k)
+    out[k] = k < r.required.size() && r.required[k];
+  return out;
+}
+} // namespace
+
+// Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving) and the pin asks
+// for no working memory and no staging.
+bool device_tier::needs_room(const pin_request& r) const {
+  auto i = entries_.find(r.host.model);
+  if (i == entries_.end())
+    return true;
+  auto p = admission_plan(i->second, true, r.working_bytes, std::numeric_limits<bytes_t>::max() / 2);
+  return !p || p->need() + r.working_bytes > 0;
+}
+
 // Reserves working memory and staging (and room for a copy when needed) for `r`. False (nothing
-// changed) if there is no room.
+// changed, the eviction order included) if there is no room.
 bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   const auto& model = r.host.model;
   auto i = entries_.find(model);
   bool present = i != entries_.end();
-  // The model being pinned is not a candidate while its own room is made.
-  if (present)
-    policy_->erase(model);
-  auto room = free_bytes() + evictable_bytes();
+  auto room = free_bytes() + evictable_bytes(model);
   entry fresh;
-  if (!present)
+  if (!present) {
+    auto required = required_flags(r);
     for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
-      fresh.tensors.push_back({r.tensor_bytes[k], k < r.required.size() && r.required[k], false, false});
-  const entry& e = present ? i->second : fresh;
-  std::optional<plan> p;
-  if (present && (e.state == device_residency::copying || e.pins > 0)) {
-    p = plan{};
-    p->staging_bytes = staging_for(e, {});
-  } else {
-    p = plan_for(e, r.working_bytes, room);
+      fresh.tensors.push_back({r.tensor_bytes[k], required[k], false, false});
   }
-  bool admitted_now = p && p->need() + r.working_bytes <= room && make_room_for(p->need() + r.working_bytes);
-  if (present)
-    update_candidacy(model);
-  if (!admitted_now)
+  const entry& e = present ? i->second : fresh;
+  auto p = admission_plan(e, present, r.working_bytes, room);
+  if (!p || p->need() + r.working_bytes > room || !make_room_for(p->need() + r.working_bytes, model))
     return false;
   auto reserve = r.working_bytes + p->staging_bytes;
   working_reserved_ += reserve;
@@ -301,72 +331,72 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
 }
 
 void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
+  auto refuse = [&](failure why) {
+    out.ram_leases_to_release.push_back(r.host.lease);
+    out.replies.push_back({r.request, std::move(why)});
+  };
   if (r.host.payload && r.tensor_bytes.size() != r.host.payload->tensors.size()) {
     // The caller must describe every tensor of the host copy, whether or not the model is here already:
     // a queued request may find it evicted by the time it is admitted.
-    out.ram_leases_to_release.push_back(r.host.lease);
-    out.replies.push_back({r.request, failure{errc::invalid_argument,
-                                              "pin request for '" + r.host.model + "' describes "
-                                                + std::to_string(r.tensor_bytes.size()) + " tensors, the model has "
-                                                + std::to_string(r.host.payload->tensors.size())}});
+    refuse(failure{errc::invalid_argument, "pin request for '" + r.host.model + "' describes "
+                                             + std::to_string(r.tensor_bytes.size()) + " tensors, the model has "
+                                             + std::to_string(r.host.payload->tensors.size())});
+    return;
+  }
+  // Sizes from the caller are checked before anything adds them up (see admission/sizes.hpp).
+  bytes_t model_bytes = 0;
+  for (auto b : r.tensor_bytes)
+    model_bytes = saturating_add(model_bytes, b);
+  if (!plausible_sum({model_bytes, r.working_bytes})) {
+    refuse(failure{errc::invalid_argument, "pinning '" + r.host.model + "' asks for "
+                                             + format_bytes(r.working_bytes) + " of working memory beside "
+                                             + format_bytes(model_bytes)
+                                             + " of model: not a plausible size (at most "
+                                             + format_bytes(max_plausible_bytes) + " together)"});
     return;
   }
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
   entry shape;
   bytes_t required = 0;
+  auto required_flags_of_r = required_flags(r);
   for (size_t k = 0; k < r.tensor_bytes.size(); ++k) {
-    bool req = k < r.required.size() && r.required[k];
-    shape.tensors.push_back({r.tensor_bytes[k], req, false, false});
-    if (req)
+    shape.tensors.push_back({r.tensor_bytes[k], required_flags_of_r[k], false, false});
+    if (required_flags_of_r[k])
       required += r.tensor_bytes[k];
   }
-  auto least = r.model_bytes();
+  auto least = model_bytes;
+  auto least_staging = options_.partial_loading ? staging_for(shape, {}) : 0;
   if (options_.partial_loading)
-    least = std::min(least, required + staging_for(shape, {}));
+    least = std::min(least, required + least_staging);
   if (least + r.working_bytes > usable_bytes()) {
-    out.ram_leases_to_release.push_back(r.host.lease);
-    out.replies.push_back(
-      {r.request, failure{errc::model_too_large,
-                          "pinning '" + r.host.model + "' on device " + std::to_string(options_.device)
-                            + " needs " + format_bytes(least) + " for the model"
-                            + (least < r.model_bytes() ? " (required tensors + staging)" : "") + " + "
-                            + format_bytes(r.working_bytes) + " working memory, but only "
-                            + format_bytes(usable_bytes()) + " of the budget "
-                            + format_bytes(options_.budget_bytes) + " is usable after the reserve "
-                            + format_bytes(options_.reserve_bytes)
-                            + "; ask for less working memory, lower the reserve or use a larger device"}});
+    refuse(failure{errc::model_too_large,
+                   "pinning '" + r.host.model + "' on device " + std::to_string(options_.device) + " needs "
+                     + format_bytes(least) + " for the model"
+                     + (least < model_bytes ? " (required tensors " + format_bytes(required) + " + staging "
+                                                + format_bytes(least_staging) + ")"
+                                            : std::string{})
+                     + " + " + format_bytes(r.working_bytes) + " working memory, but only "
+                     + format_bytes(usable_bytes()) + " of the budget " + format_bytes(options_.budget_bytes)
+                     + " is usable after the reserve " + format_bytes(options_.reserve_bytes)
+                     + "; ask for less working memory, lower the reserve or use a larger device"});
     return;
   }
-  // Strict FIFO: nothing overtakes requests already waiting for room.
-  if (queue_.empty() && try_admit(r, out))
-    return;
-  if (!may_wait) {
-    out.ram_leases_to_release.push_back(r.host.lease);
-    out.replies.push_back({r.request, no_room(r)});
-    return;
-  }
-  ++counters_.waits;
-  queue_.push_back(std::move(r));
+  auto verdict = admit_or_wait(queue_, r, needs_room(r), may_wait,
+                               [&](const pin_request& x) { return try_admit(x, out); });
+  if (verdict == admission::queued)
+    ++counters_.waits;
+  else if (verdict == admission::refused)
+    refuse(no_room(r, queue_.size()));
 }
 
 void device_tier::serve_queue(device_effects& out) {
-  while (!queue_.empty() && try_admit(queue_.front(), out))
-    queue_.pop_front();
+  queue_.serve([&](const pin_request& r) { return try_admit(r, out); });
 }
 
 std::optional<failure> device_tier::release(pin_id pin, holder_id holder, device_effects& out) {
-  auto i = pins_.find(pin);
-  if (i == pins_.end())
-    return failure{errc::invalid_pin,
-                   "pin " + std::to_string(pin) + " is not held: never issued or already released"};
-  if (i->second.holder != holder)
-    return failure{errc::foreign_pin,
-                   "pin " + std::to_string(pin) + " on '" + i->second.model + "' belongs to another holder"};
-  auto rec = i->second;
-  pins_.erase(i);
-  by_holder_[holder].erase(pin);
-  if (by_holder_[holder].empty())
-    by_holder_.erase(holder);
+  if (auto err = pins_.check(pin, holder))
+    return err;
+  auto rec = pins_.take(pin);
   working_reserved_ -= rec.working_bytes;
   used_ -= rec.working_bytes;
   auto& e = entries_.at(rec.model);
@@ -410,19 +440,33 @@ outcome<bytes_t> device_tier::offload(const model_id& model, bytes_t bytes, devi
 void device_tier::holder_down(holder_id holder, device_effects& out) {
   // Withdraw its requests first, so that releasing its pins does not admit (and copy for) a dead holder.
   failure gone{errc::shutting_down, "the holder went away"};
-  for (auto q = queue_.begin(); q != queue_.end();) {
-    if (q->holder != holder) {
-      ++q;
-      continue;
-    }
-    out.ram_leases_to_release.push_back(q->host.lease);
-    out.replies.push_back({q->request, gone});
-    q = queue_.erase(q);
+  withdraw(gone, [&](holder_id h) { return h == holder; }, out);
+  for (auto pin : pins_.held_by(holder))
+    release(pin, holder, out);
+  serve_queue(out);
+}
+
+void device_tier::shutdown(device_effects& out) {
+  withdraw(failure{errc::shutting_down, "the runtime is shutting down"}, [](holder_id) { return true; }, out);
+}
+
+// Answers `why` to every request of the holders `whose` picks: queued ones at once, with their lease; those
+// waiting for a copy at once too, their lease kept until the copy (which reads the host copy) ends.
+template <class Whose>
+void device_tier::withdraw(const failure& why, Whose whose, device_effects& out) {
+  std::vector<pin_request> queued;
+  for (const auto& q : queue_)
+    if (whose(q.holder))
+      queued.push_back(q);
+  for (const auto& q : queued) {
+    queue_.take(q.request);
+    out.ram_leases_to_release.push_back(q.host.lease);
+    out.replies.push_back({q.request, why});
   }
   for (auto& kv : entries_) {
     auto& ws = kv.second.waiters;
     for (auto w = ws.begin(); w != ws.end();) {
-      if (w->holder != holder) {
+      if (!whose(w->holder)) {
         ++w;
         continue;
       }
@@ -430,29 +474,27 @@ void device_tier::holder_down(holder_id holder, device_effects& out) {
       working_reserved_ -= w->working_bytes;
       used_ -= w->working_bytes;
       kv.second.orphaned_leases.push_back(w->host.lease);
-      out.replies.push_back({w->request, gone});
+      out.replies.push_back({w->request, why});
       w = ws.erase(w);
     }
   }
-  auto h = by_holder_.find(holder);
-  if (h != by_holder_.end())
-    for (auto pin : std::set<pin_id>(h->second))
-      release(pin, holder, out);
-  serve_queue(out);
 }
 
 void device_tier::expire(request_id request, device_effects& out) {
   // Only a request still waiting for room can expire: once admitted, it is served when its copy ends.
-  for (auto q = queue_.begin(); q != queue_.end(); ++q) {
-    if (q->request != request)
-      continue;
-    ++counters_.timeouts;
-    out.ram_leases_to_release.push_back(q->host.lease);
-    out.replies.push_back({request, no_room(*q)});
-    queue_.erase(q);
-    serve_queue(out);
-    return;
+  size_t ahead = 0;
+  for (const auto& q : queue_) {
+    if (q.request == request)
+      break;
+    ++ahead;
   }
+  auto q = queue_.take(request);
+  if (!q)
+    return;
+  ++counters_.timeouts;
+  out.ram_leases_to_release.push_back(q->host.lease);
+  out.replies.push_back({request, no_room(*q, ahead)});
+  serve_queue(out);  // the head may have been the one blocking the others
 }
 
 } // namespace mcache

@@ -16,9 +16,13 @@
 //             eviction candidate (lazy offload), trimmed tensor by tensor from the end of its execution
 //             order when room is needed.
 //
+// Who waits and who goes first is Note [Admission] (admission/wait_queue.hpp); how room is made is Note
+// [Making room] (admission/make_room.hpp).
+//
 // Partial residency: when a model does not fit in what the device can free, the tier copies its required
 // tensors and then as many others as fit, in execution order (the host model's tensor order), and each pin
-// reserves staging buffers (`staging_slots` × the largest streamed tensor) as working memory, so the rest
+// reserves staging buffers (`staging_slots` × the largest tensor that may stream; required tensors never
+// stream) as working memory, so the rest
 // can be streamed from the RAM copy through them (see `tensor_stream`). `partial_loading = false` turns
 // this off: a model that does not fit whole waits or fails.
 //
@@ -32,6 +36,8 @@
 // through `device_effects::ram_leases_to_release` when the pin, or the request, ends.
 
 #include "messages/stats.hpp"
+#include "runtime/core/admission/holder_book.hpp"
+#include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/eviction_policy.hpp"
 #include "runtime/core/host_model.hpp"
 #include "runtime/core/outcome.hpp"
@@ -120,6 +126,10 @@ public:
   /// `bytes`, tensor by tensor from the end of execution order (0: everything). Returns the bytes freed.
   outcome<bytes_t> offload(const model_id& model, bytes_t bytes, device_effects& out);
   void holder_down(holder_id holder, device_effects& out);
+  /// The runtime stops: every pin request not answered yet (queued, or waiting for a copy) fails with
+  /// `shutting_down` and its RAM lease is handed back (once its copy ends, for a copy in flight). Pins
+  /// stay valid until released.
+  void shutdown(device_effects& out);
   /// A request's deadline for room passed: if it is still queued it fails with `budget_exhausted` and its
   /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
@@ -153,6 +163,7 @@ private:
     device_residency state = device_residency::absent;
     std::vector<tensor_state> tensors;
     bytes_t bytes = 0;  // device bytes of resident + copying tensors
+    bytes_t counted_evictable = 0;  // what this entry adds to evictable_ (its bytes while a candidate)
     size_t pins = 0;
     std::shared_ptr<const device_model> view;
     std::shared_ptr<const host_model> host;  // while copying: the source, for an OOM retry
@@ -183,28 +194,32 @@ private:
   void update_candidacy(const model_id& model);
   std::optional<plan> plan_for(const entry& e, bytes_t working, bytes_t room) const;
   bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
+  std::optional<plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
+  bool needs_room(const pin_request& r) const;
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
                   std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
   bytes_t trim(const model_id& model, bytes_t wanted);
-  bool make_room_for(bytes_t need);
+  bool make_room_for(bytes_t need, const model_id& excluded);
   void drop_copying(entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);
-  failure no_room(const pin_request& r) const;
+  template <class Whose>
+  void withdraw(const failure& why, Whose whose, device_effects& out);
+  failure no_room(const pin_request& r, size_t queued_ahead) const;
   bytes_t usable_bytes() const { return options_.budget_bytes - options_.reserve_bytes; }
   bytes_t free_bytes() const { return usable_bytes() - used_; }
-  bytes_t evictable_bytes() const;
+  /// Candidates' bytes, without those of `excluded` (the model being admitted is never its own victim).
+  bytes_t evictable_bytes(const model_id& excluded = {}) const;
 
   device_tier_options options_;
   std::unique_ptr<eviction_policy> policy_;
   std::map<model_id, entry> entries_;
-  std::unordered_map<pin_id, pin_record> pins_;
-  std::unordered_map<holder_id, std::set<pin_id>> by_holder_;
-  std::deque<pin_request> queue_;
-  pin_id next_pin_ = 1;
+  holder_book<pin_record> pins_{"pin", errc::invalid_pin, errc::foreign_pin};
+  wait_queue<pin_request> queue_;  // pin requests waiting for room (Note [Admission])
   bytes_t used_ = 0;              // entry bytes + working_reserved_
+  bytes_t evictable_ = 0;         // bytes of the eviction candidates: a running sum
   bytes_t working_reserved_ = 0;  // working memory of pins and of admitted requests
   device_stats counters_;
   std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()

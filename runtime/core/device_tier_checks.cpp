@@ -2,8 +2,8 @@
 
 #include "runtime/core/device_tier.hpp"
 
+#include "runtime/core/admission/no_room.hpp"
 #include "runtime/core/format.hpp"
-#include "runtime/core/make_room.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -13,27 +13,46 @@
 
 namespace mcache {
 
-failure device_tier::no_room(const pin_request& r) const {
-  std::string held;
+failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
+  no_room_report report;
+  report.tier = "device " + std::to_string(options_.device);
+  report.subject = "'" + r.host.model + "'";
   for (const auto& kv : entries_) {
     if (kv.second.pins == 0 && kv.second.state == device_residency::resident)
       continue;
-    if (!held.empty())
-      held += ", ";
-    held += "'" + kv.first + "' " + format_bytes(kv.second.bytes)
-            + (kv.second.state == device_residency::copying
-                 ? " (copying)"
-                 : " (" + std::to_string(kv.second.pins) + " pin" + (kv.second.pins == 1 ? ")" : "s)"));
+    report.held.push_back("'" + kv.first + "' " + format_bytes(kv.second.bytes)
+                          + (kv.second.state == device_residency::copying
+                               ? " (copying)"
+                               : " (" + std::to_string(kv.second.pins) + " pin" + (kv.second.pins == 1 ? ")" : "s)")));
   }
-  bool present = entries_.count(r.host.model) > 0;
-  return failure{errc::budget_exhausted,
-                 "no room on device " + std::to_string(options_.device) + " for '" + r.host.model
-                   + "': wanted " + format_bytes((present ? 0 : r.model_bytes()) + r.working_bytes)
-                   + " (model " + format_bytes(r.model_bytes()) + ", working "
-                   + format_bytes(r.working_bytes) + "), free " + format_bytes(free_bytes()) + " of "
-                   + format_bytes(usable_bytes()) + " usable; working memory reserved "
-                   + format_bytes(working_reserved_) + "; held: " + (held.empty() ? "nothing" : held)
-                   + ". Release pins, wait longer, or raise the device budget"};
+  // What admission would reserve now, parts named: the model's missing tensors, staging, working memory.
+  auto i = entries_.find(r.host.model);
+  bool present = i != entries_.end();
+  entry fresh;
+  if (!present)
+    for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
+      fresh.tensors.push_back({r.tensor_bytes[k], k < r.required.size() && r.required[k], false, false});
+  const entry& e = present ? i->second : fresh;
+  // The plan admission would take with the room there is, or else with the whole usable budget (partial,
+  // with staging, when the model could never fit whole).
+  auto p = admission_plan(e, present, r.working_bytes, free_bytes() + evictable_bytes(r.host.model));
+  if (!p)
+    p = admission_plan(e, present, r.working_bytes, usable_bytes());
+  if (!p)
+    p = admission_plan(e, present, r.working_bytes, std::numeric_limits<bytes_t>::max() / 2);
+  if (!p->copy.empty() || !present)
+    report.parts.push_back({"model", p->copy_bytes});
+  if (p->staging_bytes > 0)
+    report.parts.push_back({"staging", p->staging_bytes});
+  report.parts.push_back({"working", r.working_bytes});
+  report.wanted = p->need() + r.working_bytes;
+  report.free = free_bytes();
+  report.usable = usable_bytes();
+  report.evictable = evictable_bytes(r.host.model);
+  report.also = "working memory reserved " + format_bytes(working_reserved_) + " (pins and pins being admitted)";
+  report.queued_ahead = queued_ahead;
+  report.advice = "Release pins, wait longer, or raise the device budget";
+  return explain_no_room(report);
 }
 
 device_residency device_tier::residency(const model_id& model) const {
@@ -73,11 +92,12 @@ void device_tier::check_invariants() const {
   bytes_t sum = 0;
   bytes_t working = 0;
   size_t candidates = 0;
+  bytes_t evictable = 0;
   std::map<model_id, size_t> pin_count;
-  for (const auto& kv : pins_) {
-    ++pin_count[kv.second.model];
-    working += kv.second.working_bytes;
-  }
+  pins_.for_each([&](pin_id, const pin_record& p) {
+    ++pin_count[p.model];
+    working += p.working_bytes;
+  });
   for (const auto& kv : entries_) {
     const auto& e = kv.second;
     auto name = "'" + kv.first + "'";
@@ -118,6 +138,16 @@ void device_tier::check_invariants() const {
     if (candidate != policy_->contains(kv.first))
       fail(name + " candidacy disagrees with the policy");
     candidates += candidate;
+    if (e.counted_evictable != (candidate ? e.bytes : 0))
+      fail(name + " counts " + std::to_string(e.counted_evictable) + " evictable bytes");
+    evictable += e.counted_evictable;
+  }
+  if (evictable != evictable_)
+    fail("evictable bytes counted " + std::to_string(evictable_) + ", candidates hold " + std::to_string(evictable));
+  try {
+    pins_.check_invariants();
+  } catch (const std::logic_error& e) {
+    fail(e.what());
   }
   for (const auto& kv : pin_count)
     if (!entries_.count(kv.first))

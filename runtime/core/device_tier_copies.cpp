@@ -4,7 +4,7 @@
 #include "runtime/core/device_tier.hpp"
 
 #include "runtime/core/format.hpp"
-#include "runtime/core/make_room.hpp"
+#include "runtime/core/admission/make_room.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -38,9 +38,10 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
   if (succeeded(copy) && std::get<0>(copy)->tensors.size() != copied.size())
     copy = failure{errc::copy_failed, "the backend returned " + std::to_string(std::get<0>(copy)->tensors.size())
                                         + " tensors for a copy of " + std::to_string(copied.size())};
-  if (!succeeded(copy) && std::get<failure>(copy).code == errc::device_oom && e.oom_attempts < 2) {
+  // Rung 2 exists only with partial loading; `oom_retries` counts the copies that are really posted again.
+  int rungs = options_.partial_loading ? 2 : 1;
+  if (!succeeded(copy) && std::get<failure>(copy).code == errc::device_oom && e.oom_attempts < rungs) {
     ++e.oom_attempts;
-    ++counters_.oom_retries;
     if (e.oom_attempts == 1) {
       // Rung 1: free every unpinned model (the allocator's view of free memory is not ours), retry.
       drop_candidates(0, *policy_, [this](const model_id& m, bytes_t wanted) {
@@ -49,6 +50,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
         counters_.evicted_bytes += freed;
         return freed;
       });
+      ++counters_.oom_retries;
       out.copies.push_back({model, e.host, copied});
       return;
     }
@@ -79,6 +81,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
           }
         ++counters_.partial_loads;
         if (!keep.empty()) {
+          ++counters_.oom_retries;
           out.copies.push_back({model, e.host, keep});
           return;
         }

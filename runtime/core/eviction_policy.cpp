@@ -22,7 +22,11 @@ void lru_policy::touch(const model_id& model) {
     order_.splice(order_.end(), order_, i->second);
 }
 
-std::vector<model_id> lru_policy::victims() const { return {order_.begin(), order_.end()}; }
+void lru_policy::visit_victims(const std::function<bool(const model_id&)>& visit) const {
+  for (const auto& m : order_)
+    if (!visit(m))
+      return;
+}
 
 std::unique_ptr<eviction_policy> make_lru_policy() { return std::make_unique<lru_policy>(); }
 

@@ -6,6 +6,7 @@
 
 #include "messages/ids.hpp"
 
+#include <functional>
 #include <list>
 #include <memory>
 #include <unordered_map>
@@ -22,8 +23,19 @@ public:
   virtual void erase(const model_id& model) = 0;
   /// A use of a candidate that keeps it a candidate. No-op when absent.
   virtual void touch(const model_id& model) = 0;
-  /// Candidates in the order they should be evicted, first victim first. A peek: changes nothing.
-  virtual std::vector<model_id> victims() const = 0;
+  /// Calls `visit` on candidates in the order they should be evicted, first victim first, until it returns
+  /// false. A peek: changes nothing. Admission stops as soon as it has seen enough bytes, so a pin costs
+  /// the same with ten cached models as with ten thousand: implementations must not copy their order.
+  virtual void visit_victims(const std::function<bool(const model_id&)>& visit) const = 0;
+  /// Every candidate in eviction order (a copy: for reports and tests, not for admission).
+  std::vector<model_id> victims() const {
+    std::vector<model_id> out;
+    visit_victims([&](const model_id& m) {
+      out.push_back(m);
+      return true;
+    });
+    return out;
+  }
   virtual bool contains(const model_id& model) const = 0;
   virtual size_t size() const = 0;
 };
@@ -34,7 +46,7 @@ public:
   void insert(const model_id& model) override;
   void erase(const model_id& model) override;
   void touch(const model_id& model) override;
-  std::vector<model_id> victims() const override;
+  void visit_victims(const std::function<bool(const model_id&)>& visit) const override;
   bool contains(const model_id& model) const override { return where_.count(model) > 0; }
   size_t size() const override { return where_.size(); }
 

@@ -1,7 +1,9 @@
 #include "runtime/core/ram_tier.hpp"
 
+#include "runtime/core/admission/make_room.hpp"
+#include "runtime/core/admission/no_room.hpp"
+#include "runtime/core/admission/sizes.hpp"
 #include "runtime/core/format.hpp"
-#include "runtime/core/make_room.hpp"
 
 #include <algorithm>
 #include <stdexcept>
@@ -27,6 +29,10 @@ ram_tier::ram_tier(ram_tier_options options, std::unique_ptr<eviction_policy> po
 std::optional<failure> ram_tier::validate(const ram_tier_options& options) {
   if (options.budget_bytes == 0)
     return failure{errc::invalid_argument, "the RAM budget is 0 bytes; set ram_budget_bytes"};
+  if (options.budget_bytes > max_plausible_bytes)
+    return failure{errc::invalid_argument, "the RAM budget of " + format_bytes(options.budget_bytes)
+                                             + " is not a plausible size (at most "
+                                             + format_bytes(max_plausible_bytes) + ")"};
   return std::nullopt;
 }
 
@@ -43,7 +49,12 @@ void ram_tier::transition(const model_id& model, ram_residency to) {
                            + to_string(to));
   if (to == ram_residency::absent) {
     used_ -= i->second.descriptor->bytes;
-    policy_->erase(model);
+    if (policy_->contains(model)) {
+      evictable_ -= i->second.descriptor->bytes;
+      policy_->erase(model);
+    }
+    if (i->second.payload)
+      released_.push_back(std::move(i->second.payload));
     entries_.erase(i);
     return;
   }
@@ -54,31 +65,43 @@ void ram_tier::transition(const model_id& model, ram_residency to) {
 // A model is an eviction candidate exactly when it is resident and unleased.
 void ram_tier::update_candidacy(const model_id& model) {
   const auto& e = entries_.at(model);
-  if (e.state == ram_residency::resident && e.leases == 0) {
-    if (!policy_->contains(model))
-      policy_->insert(model);
+  bool candidate = e.state == ram_residency::resident && e.leases == 0;
+  if (candidate == policy_->contains(model))
+    return;  // unchanged: keep its place in the eviction order
+  if (candidate) {
+    policy_->insert(model);
+    evictable_ += e.descriptor->bytes;
   } else {
     policy_->erase(model);
+    evictable_ -= e.descriptor->bytes;
   }
 }
 
 ram_lease ram_tier::grant(entry& e, holder_id holder) {
-  auto id = next_lease_++;
-  leases_.emplace(id, lease_record{e.descriptor->id, holder});
-  by_holder_[holder].insert(id);
+  auto id = leases_.issue(lease_record{e.descriptor->id, holder});
   ++e.leases;
   update_candidacy(e.descriptor->id);
   return ram_lease{id, e.descriptor->id, e.descriptor->bytes, e.payload};
 }
 
-bool ram_tier::make_room_for(bytes_t bytes) {
+bool ram_tier::is_member(const group& g, const model_id& model) const {
+  return std::any_of(g.models.begin(), g.models.end(), [&](const descriptor_ptr& m) { return m->id == model; });
+}
+
+// Makes room for `bytes` without evicting a member of `g` (its models are never evicted for each other).
+bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
+  auto evictable = evictable_;
+  for (const auto& m : g.models)
+    if (policy_->contains(m->id))
+      evictable -= m->bytes;
   return make_room(
-    bytes, free_bytes(), *policy_, [this](const model_id& m) { return entries_.at(m).descriptor->bytes; },
+    bytes, free_bytes(), evictable, *policy_, [this](const model_id& m) { return entries_.at(m).descriptor->bytes; },
     [this](const model_id& m, bytes_t) {
       auto freed = entries_.at(m).descriptor->bytes;
       evict(m);
       return freed;
-    });
+    },
+    [&](const model_id& m) { return is_member(g, m); });
 }
 
 void ram_tier::evict(const model_id& model) {
@@ -114,6 +137,14 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
       fail_group(request, failure{errc::invalid_argument, "model '" + m->id + "' is asked for twice"}, out);
       return;
     }
+    if (!plausible_sum({total, m->bytes})) {
+      groups_.emplace(request, std::move(g));
+      fail_group(request, failure{errc::invalid_argument, "the models asked for add up to more than "
+                                                            + format_bytes(max_plausible_bytes)
+                                                            + ": a catalog size is wrong"},
+                 out);
+      return;
+    }
     total += m->bytes;
   }
   g.granted.resize(g.models.size());
@@ -135,20 +166,21 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
                out);
     return;
   }
-  // Strict FIFO: a request that needs room does not overtake requests already waiting for room; one that
-  // needs none (hits, shared loads) is served at once.
+  // Note [Admission]: hits and joins of loads in flight need no room and never wait.
   bool needs_room = false;
   for (const auto& m : groups_.at(request).models)
     needs_room |= residency(m->id) == ram_residency::absent;
-  if ((!needs_room || queue_.empty()) && try_admit(request, out))
-    return;
-  if (!may_wait) {
-    auto why = no_room(groups_.at(request));
-    fail_group(request, why, out);
-    return;
+  waiting w{request, groups_.at(request).holder};
+  switch (admit_or_wait(queue_, w, needs_room, may_wait, [&](const waiting& x) { return try_admit(x.request, out); })) {
+    case admission::admitted:
+      return;
+    case admission::queued:
+      ++counters_.waits;
+      return;
+    case admission::refused:
+      fail_group(request, no_room(groups_.at(request), queue_.size()), out);
+      return;
   }
-  ++counters_.waits;
-  queue_.push_back(request);
 }
 
 // Admits a group if room for all of its absent models can be made at once: grants what is resident, joins
@@ -156,17 +188,10 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
 bool ram_tier::try_admit(request_id request, ram_effects& out) {
   auto& g = groups_.at(request);
   bytes_t need = 0;
-  for (const auto& m : g.models) {
+  for (const auto& m : g.models)
     if (residency(m->id) == ram_residency::absent)
       need += m->bytes;
-    else
-      policy_->erase(m->id);  // a member is never evicted to make room for another
-  }
-  bool room = make_room_for(need);
-  for (const auto& m : g.models)
-    if (entries_.count(m->id))
-      update_candidacy(m->id);
-  if (!room)
+  if (!make_room_for(g, need))
     return false;
   for (size_t k = 0; k < g.models.size(); ++k) {
     const auto& m = g.models[k];
@@ -222,7 +247,7 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
     auto& ws = i->second.waiters;
     ws.erase(std::remove(ws.begin(), ws.end(), request), ws.end());
   }
-  queue_.erase(std::remove(queue_.begin(), queue_.end(), request), queue_.end());
+  queue_.take(request);
   if (g.single)
     out.replies.push_back({request, std::move(why)});
   else
@@ -230,8 +255,7 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
 }
 
 void ram_tier::serve_queue(ram_effects& out) {
-  while (!queue_.empty() && try_admit(queue_.front(), out))
-    queue_.pop_front();
+  queue_.serve([&](const waiting& w) { return try_admit(w.request, out); });
 }
 
 void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
@@ -274,13 +298,8 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
 }
 
 std::optional<failure> ram_tier::release(lease_id lease, holder_id holder, ram_effects& out) {
-  auto i = leases_.find(lease);
-  if (i == leases_.end())
-    return failure{errc::invalid_lease,
-                   "lease " + std::to_string(lease) + " is not held: never issued or already released"};
-  if (i->second.holder != holder)
-    return failure{errc::foreign_lease, "lease " + std::to_string(lease) + " on '" + i->second.model
-                                          + "' belongs to another holder"};
+  if (auto err = leases_.check(lease, holder))
+    return err;
   drop_lease(lease);
   serve_queue(out);
   return std::nullopt;
@@ -288,26 +307,15 @@ std::optional<failure> ram_tier::release(lease_id lease, holder_id holder, ram_e
 
 // Forgets a lease that exists; the caller serves the queue afterwards.
 void ram_tier::drop_lease(lease_id lease) {
-  auto i = leases_.find(lease);
-  auto model = i->second.model;
-  auto holder = i->second.holder;
-  by_holder_[holder].erase(lease);
-  if (by_holder_[holder].empty())
-    by_holder_.erase(holder);
-  leases_.erase(i);
-  --entries_.at(model).leases;
-  update_candidacy(model);
+  auto record = leases_.take(lease);
+  --entries_.at(record.model).leases;
+  update_candidacy(record.model);
 }
 
 outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id borrower) {
-  auto i = leases_.find(lease);
-  if (i == leases_.end())
-    return failure{errc::invalid_lease,
-                   "lease " + std::to_string(lease) + " is not held: never issued or already released"};
-  if (i->second.holder != owner)
-    return failure{errc::foreign_lease, "lease " + std::to_string(lease) + " on '" + i->second.model
-                                          + "' belongs to another holder"};
-  return grant(entries_.at(i->second.model), borrower);
+  if (auto err = leases_.check(lease, owner))
+    return *err;
+  return grant(entries_.at(leases_.find(lease)->model), borrower);
 }
 
 outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effects& out) {
@@ -344,46 +352,56 @@ void ram_tier::holder_down(holder_id holder, ram_effects& out) {
       mine.push_back(kv.first);
   for (auto request : mine)
     fail_group(request, failure{errc::shutting_down, "the holder went away"}, out);
-  auto h = by_holder_.find(holder);
-  if (h != by_holder_.end())
-    for (auto lease : std::set<lease_id>(h->second))
-      drop_lease(lease);
+  for (auto lease : leases_.held_by(holder))
+    drop_lease(lease);
   serve_queue(out);
+}
+
+void ram_tier::shutdown(ram_effects& out) {
+  std::vector<request_id> open;
+  for (const auto& kv : groups_)
+    open.push_back(kv.first);
+  for (auto request : open)
+    fail_group(request, failure{errc::shutting_down, "the runtime is shutting down"}, out);
 }
 
 void ram_tier::expire(request_id request, ram_effects& out) {
   // Only a request still waiting for room can expire: once admitted, it is served when its loads end.
-  if (std::find(queue_.begin(), queue_.end(), request) == queue_.end())
+  if (!queue_.contains(request))
     return;
   ++counters_.timeouts;
-  fail_group(request, no_room(groups_.at(request)), out);
+  size_t ahead = 0;
+  for (const auto& w : queue_) {
+    if (w.request == request)
+      break;
+    ++ahead;
+  }
+  fail_group(request, no_room(groups_.at(request), ahead), out);
   serve_queue(out);  // the head may have been the one blocking the others
 }
 
-failure ram_tier::no_room(const group& g) const {
-  std::string held;
+failure ram_tier::no_room(const group& g, size_t queued_ahead) const {
+  no_room_report r;
+  r.tier = "RAM";
   for (const auto& kv : entries_) {
     if (kv.second.leases == 0 && kv.second.state != ram_residency::loading)
       continue;
-    if (!held.empty())
-      held += ", ";
-    held += "'" + kv.first + "' " + format_bytes(kv.second.descriptor->bytes);
-    held += kv.second.state == ram_residency::loading
-              ? " (loading)"
-              : " (" + std::to_string(kv.second.leases) + " lease" + (kv.second.leases == 1 ? ")" : "s)");
+    r.held.push_back("'" + kv.first + "' " + format_bytes(kv.second.descriptor->bytes)
+                     + (kv.second.state == ram_residency::loading
+                          ? " (loading)"
+                          : " (" + std::to_string(kv.second.leases) + " lease" + (kv.second.leases == 1 ? ")" : "s)")));
   }
-  std::string names;
-  bytes_t wanted = 0;
   for (const auto& m : g.models) {
-    names += (names.empty() ? "'" : ", '") + m->id + "'";
+    r.subject += (r.subject.empty() ? "'" : ", '") + m->id + "'";
     if (residency(m->id) == ram_residency::absent)
-      wanted += m->bytes;
+      r.wanted += m->bytes;
   }
-  return failure{errc::budget_exhausted,
-                 "no room in RAM for " + names + ": wanted " + format_bytes(wanted) + ", free "
-                   + format_bytes(free_bytes()) + " of " + format_bytes(options_.budget_bytes)
-                   + "; held: " + (held.empty() ? "nothing" : held)
-                   + ". Release leases, wait longer, or raise ram_budget_bytes"};
+  r.free = free_bytes();
+  r.usable = options_.budget_bytes;
+  r.evictable = evictable_;
+  r.queued_ahead = queued_ahead;
+  r.advice = "Release leases, wait longer, or raise ram_budget_bytes";
+  return explain_no_room(r);
 }
 
 ram_residency ram_tier::residency(const model_id& model) const {
@@ -391,10 +409,7 @@ ram_residency ram_tier::residency(const model_id& model) const {
   return i == entries_.end() ? ram_residency::absent : i->second.state;
 }
 
-size_t ram_tier::leases_of(holder_id holder) const {
-  auto h = by_holder_.find(holder);
-  return h == by_holder_.end() ? 0 : h->second.size();
-}
+size_t ram_tier::leases_of(holder_id holder) const { return leases_.count_of(holder); }
 
 ram_stats ram_tier::stats() const {
   auto s = counters_;
@@ -416,9 +431,9 @@ void ram_tier::check_invariants() const {
   auto fail = [](const std::string& what) { throw std::logic_error("ram tier invariant: " + what); };
   bytes_t sum = 0;
   size_t candidates = 0;
+  bytes_t evictable = 0;
   std::map<model_id, size_t> lease_count;
-  for (const auto& kv : leases_)
-    ++lease_count[kv.second.model];
+  leases_.for_each([&](lease_id, const lease_record& l) { ++lease_count[l.model]; });
   for (const auto& kv : entries_) {
     const auto& e = kv.second;
     sum += e.descriptor->bytes;
@@ -440,7 +455,11 @@ void ram_tier::check_invariants() const {
     if (candidate != policy_->contains(kv.first))
       fail("'" + kv.first + "' candidacy disagrees with the policy");
     candidates += candidate;
+    if (candidate)
+      evictable += e.descriptor->bytes;
   }
+  if (evictable != evictable_)
+    fail("evictable bytes counted " + std::to_string(evictable_) + ", candidates hold " + std::to_string(evictable));
   for (const auto& kv : lease_count)
     if (!entries_.count(kv.first))
       fail("a lease names '" + kv.first + "', which has no entry");
@@ -453,7 +472,7 @@ void ram_tier::check_invariants() const {
       if (i != entries_.end())
         waiting += std::count(i->second.waiters.begin(), i->second.waiters.end(), kv.first);
     }
-    bool queued = std::find(queue_.begin(), queue_.end(), kv.first) != queue_.end();
+    bool queued = queue_.contains(kv.first);
     if (kv.second.admitted == queued)
       fail("request " + std::to_string(kv.first) + " is " + (queued ? "queued and admitted" : "neither queued nor admitted"));
     if (kv.second.admitted && (waiting != kv.second.pending || waiting == 0))
@@ -464,11 +483,11 @@ void ram_tier::check_invariants() const {
     fail("used " + std::to_string(used_) + " > budget " + std::to_string(options_.budget_bytes));
   if (candidates != policy_->size())
     fail("the policy holds entries that are not candidates");
-  size_t by_holder_total = 0;
-  for (const auto& kv : by_holder_)
-    by_holder_total += kv.second.size();
-  if (by_holder_total != leases_.size())
-    fail("the per-holder index disagrees with the lease table");
+  try {
+    leases_.check_invariants();
+  } catch (const std::logic_error& e) {
+    fail(e.what());
+  }
 }
 
 } // namespace mcache

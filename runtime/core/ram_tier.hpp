@@ -12,10 +12,15 @@
 //   loading:  its bytes are reserved and a load runs on a loader thread; acquires join it (one load each).
 //   resident: its host copy is in RAM. With leases it is held; without, it is an eviction candidate.
 //
+// Who waits and who goes first is Note [Admission] (admission/wait_queue.hpp); how room is made is Note
+// [Making room] (admission/make_room.hpp).
+//
 // A lease is held by one holder (a session). A device pin borrows its own lease (see `share`), so a
 // model stays in RAM while a device uses it even if the session's lease is released first.
 
 #include "messages/stats.hpp"
+#include "runtime/core/admission/holder_book.hpp"
+#include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/catalog.hpp"
 #include "runtime/core/eviction_policy.hpp"
 #include "runtime/core/outcome.hpp"
@@ -86,6 +91,13 @@ public:
   /// `budget_exhausted`. A request already admitted (its load in flight) is served when the load ends, so
   /// a deadline bounds the wait for room, never a load. No-op if it was answered already.
   void expire(request_id request, ram_effects& out);
+  /// The runtime stops: every request not answered yet (queued, or waiting for a load) fails with
+  /// `shutting_down`. Leases stay valid until released; loads in flight finish as usual.
+  void shutdown(ram_effects& out);
+
+  /// Host copies this tier let go of since the last call (evicted or trimmed). Freeing gigabytes takes
+  /// milliseconds, so the actor frees them on a worker thread instead of its own.
+  std::vector<std::shared_ptr<const host_model>> take_released() { return std::move(released_); }
 
   ram_residency residency(const model_id& model) const;
   size_t leases_of(holder_id holder) const;
@@ -114,31 +126,36 @@ private:
     model_id model;
     holder_id holder;
   };
+  struct waiting {
+    request_id request;
+    holder_id holder;
+  };
 
   void transition(const model_id& model, ram_residency to);
   void update_candidacy(const model_id& model);
   void start(request_id request, group g, bool may_wait, ram_effects& out);
   bool try_admit(request_id request, ram_effects& out);
+  bool is_member(const group& g, const model_id& model) const;
   void answer(request_id request, ram_effects& out);
   void fail_group(request_id request, failure why, ram_effects& out);
   ram_lease grant(entry& e, holder_id holder);
   void drop_lease(lease_id lease);
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
-  bool make_room_for(bytes_t bytes);
-  failure no_room(const group& g) const;
+  bool make_room_for(const group& g, bytes_t bytes);
+  failure no_room(const group& g, size_t queued_ahead) const;
   bytes_t free_bytes() const { return options_.budget_bytes - used_; }
 
   ram_tier_options options_;
   std::unique_ptr<eviction_policy> policy_;
   std::map<model_id, entry> entries_;
-  std::unordered_map<lease_id, lease_record> leases_;
-  std::unordered_map<holder_id, std::set<lease_id>> by_holder_;
+  holder_book<lease_record> leases_{"lease", errc::invalid_lease, errc::foreign_lease};
   std::map<request_id, group> groups_;  // every acquire not answered yet
-  std::deque<request_id> queue_;        // of those, the ones waiting for room, first come first served
+  wait_queue<waiting> queue_;           // of those, the ones waiting for room (Note [Admission])
   std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
-  lease_id next_lease_ = 1;
   bytes_t used_ = 0;
+  bytes_t evictable_ = 0;  // bytes of the eviction candidates (resident, unleased): a running sum
+  std::vector<std::shared_ptr<const host_model>> released_;  // see take_released()
   ram_stats counters_;  // the cumulative counters; levels are computed in stats()
 };
 
