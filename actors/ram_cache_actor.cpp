@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <utility>
 #include <cstdio>
 
 namespace mcache {
@@ -38,9 +39,12 @@ const char* ram_cache_state::name = "mcache.ram_cache";
 
 using self_ptr = ram_cache_actor::stateful_pointer<ram_cache_state>;
 
-void start_load(self_ptr self, const descriptor_ptr& model) {
+using released_copies = std::vector<std::shared_ptr<const host_model>>;
+
+void start_load(self_ptr self, const descriptor_ptr& model, released_copies free_first) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
-  self->state.config.loaders->post([model, reply_to] {
+  self->state.config.loaders->post([model, reply_to, free_first = std::move(free_first)]() mutable {
+    free_first.clear();
     loaded_model done;
     done.model = model->id;
     auto start = std::chrono::steady_clock::now();
@@ -67,14 +71,15 @@ void start_load(self_ptr self, const descriptor_ptr& model) {
 void apply(self_ptr self, ram_effects& fx) {
   self->state.requests.deliver(fx.replies);
   self->state.groups.deliver(fx.group_replies);
-  // Evicted host copies are freed off this thread (gigabytes of frees would stall every request), and
-  // before the loads they made room for.
+  // Evicted host copies are freed off this thread (gigabytes of frees would stall every request), by the
+  // first load of the step before it reads (other loads of the step may overlap that free: host memory,
+  // unlike a device's, does not fail an allocation that the budget allows).
   auto released = self->state.tier->take_released();
+  for (const auto& model : fx.loads)
+    start_load(self, model, std::exchange(released, {}));
+  fx.loads.clear();
   if (!released.empty())
     self->state.config.loaders->post([released = std::move(released)]() mutable { released.clear(); });
-  for (const auto& model : fx.loads)
-    start_load(self, model);
-  fx.loads.clear();
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 

@@ -35,7 +35,9 @@ enum class errc : uint8_t {
   /// process). The tier freed every unpinned model and retried, then tried partial residency; this is
   /// what was left. Lower the budget to what the device really has.
   device_oom,
-  /// A request's deadline passed while it was waiting for a load or a copy in flight.
+  /// A client's own CAF request timeout passed before the answer came (the runtime's deadlines never
+  /// produce it: they bound the wait for room and give `budget_exhausted`). Clients that use
+  /// `caf::infinite`, as `session` does, never see it.
   timed_out,
   /// The runtime is shutting down and accepts no new work.
   shutting_down,

@@ -2,10 +2,10 @@
 // Message payloads. Grants carry tensors by shared pointer, so they are local-only messages: across
 // processes the protocol would carry ids and sizes, never weights.
 
+#include "messages/errc.hpp"
+#include "messages/grants.hpp"
 #include "messages/ids.hpp"
 #include "messages/stats.hpp"
-#include "runtime/core/device_tier.hpp"
-#include "runtime/core/ram_tier.hpp"
 
 #include <caf/allowed_unsafe_message_type.hpp>
 
@@ -14,8 +14,7 @@
 
 namespace mcache {
 
-// `ram_lease` (the reply to acquire and share) and `device_pin` (the reply to pin) are defined by the core
-// tiers that issue them: runtime/core/ram_tier.hpp and runtime/core/device_tier.hpp.
+// `ram_lease` (the reply to acquire and share) and `device_pin` (the reply to pin) are in grants.hpp.
 
 /// Internal: a loader thread reports a finished load to the RAM-cache actor.
 struct loaded_model {

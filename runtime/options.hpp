@@ -35,8 +35,6 @@ struct runtime_options {
   std::vector<device_options> devices;  // devices 0..N-1
   bytes_t cpu_working_budget_bytes = 0;  // working memory CPU pins may reserve, bytes; 0 = RAM budget
   size_t loader_threads = 2;     // threads running model loads (disk, decode), >= 1
-  size_t copy_threads = 1;       // threads of each device's own copy queue, >= 1 (1 keeps a device's copies
-                                 // in order, as one copy engine does)
   size_t scheduler_threads = 0;  // CAF scheduler threads; 0 = hardware threads (at least 2)
   scheduler_policy scheduler = scheduler_policy::sharing;
   std::chrono::nanoseconds default_wait = std::chrono::seconds(30);  // how long a session's acquire or pin

@@ -44,8 +44,8 @@ runtime_options resolve(runtime_options o) {
   if (available != 0 && o.ram_budget_bytes > 4 * available)
     bad_option("ram_budget_bytes " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
                + format_bytes(available) + "; that budget could never be honoured");
-  if (o.loader_threads == 0 || o.copy_threads == 0)
-    bad_option("loader_threads and copy_threads must be at least 1");
+  if (o.loader_threads == 0)
+    bad_option("loader_threads must be at least 1");
   // A null factory means the default, for both policies (a null eviction policy used to crash the actors).
   if (!o.eviction)
     o.eviction = make_lru_policy;
@@ -100,8 +100,9 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     dc.tier = tier;
     dc.models = catalog_;
     dc.backend = std::move(backend);
-    // Each device its own copy queue: one device's copies never wait behind another's.
-    copiers_.push_back(make_thread_pool_executor(options_.copy_threads));
+    // Each device has its own copy queue: one device's copies never wait behind another's. It is serial,
+    // as a device's copy engine is, so frees posted before a copy really happen before it.
+    copiers_.push_back(make_thread_pool_executor(1));
     dc.copiers = copiers_.back();
     dc.ram = ram_;
     dc.policy = options_.eviction;
@@ -118,15 +119,23 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   for (size_t i = 0; i < options_.devices.size(); ++i)
     devices += "; device " + std::to_string(i) + " (simulated): " + format_bytes(options_.devices[i].budget_bytes)
                + ", reserve " + format_bytes(options_.devices[i].reserve_bytes);
-  spdlog::info("mcache: RAM budget {}{}; {} loader and {} copy threads, {} scheduler threads",
-               format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, options_.copy_threads,
+  spdlog::info("mcache: RAM budget {}{}; {} loader threads, {} copy queue per device, {} scheduler threads",
+               format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, 1,
                options_.scheduler_threads);
   cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
 }
 
 bool runtime::shutdown(std::chrono::nanoseconds grace) {
+  // A second caller waits for the first to finish, then gets its answer.
+  std::lock_guard<std::mutex> guard{shutdown_mutex_};
   if (stopped_.exchange(true))
     return shutdown_clean_;
+  // One deadline for the whole shutdown: each step gets what is left of the grace.
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  auto left = [&] {
+    return std::max(std::chrono::nanoseconds{1}, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                    deadline - std::chrono::steady_clock::now()));
+  };
   // 1. Every actor answers what it holds with shutting_down and refuses new work (CAF 0.17 drops a
   //    promise silently when its actor exits, so waiters must be answered before the actors go).
   //    Devices first: their pending borrows are answered before the RAM-cache actor stops lending.
@@ -134,7 +143,7 @@ bool runtime::shutdown(std::chrono::nanoseconds grace) {
     detail::release_thread_logger release_logger;
     caf::scoped_actor self{*system_};
     auto stop = [&](const auto& actor) {
-      self->request(actor, grace, shutdown_atom::value).receive([] {}, [](caf::error&) {});
+      self->request(actor, caf::timespan{left()}, shutdown_atom::value).receive([] {}, [](caf::error&) {});
     };
     for (auto& d : devices_)
       stop(d);
@@ -142,9 +151,9 @@ bool runtime::shutdown(std::chrono::nanoseconds grace) {
     stop(ram_);
   }
   // 2. Loads and copies not started are dropped; running ones get `grace` to return.
-  shutdown_clean_ = loaders_->stop(grace);
+  shutdown_clean_ = loaders_->stop(left());
   for (auto& c : copiers_)
-    shutdown_clean_ &= c->stop(grace);
+    shutdown_clean_ &= c->stop(left());
   if (!shutdown_clean_)
     spdlog::warn("mcache: a load or copy did not return within the shutdown grace; it was abandoned");
   return shutdown_clean_;

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace caf {
@@ -64,7 +65,8 @@ public:
   /// is answered `shutting_down`, and so is every later acquire or pin; loads and copies not started are
   /// dropped, and those running get `grace` to return before they are abandoned. Safe to call while
   /// sessions wait or hold handles: their later releases are no-ops. Idempotent; the destructor calls it.
-  /// Returns false if some load or copy was still running after `grace` and was abandoned.
+  /// Returns false if some load or copy was still running after `grace` and was abandoned. Stats read
+  /// after a shutdown may still count loads and copies that were dropped as in flight.
   bool shutdown(std::chrono::nanoseconds grace = std::chrono::seconds(5));
   bool stopped() const { return stopped_.load(); }
   caf::actor_system& system() { return *system_; }
@@ -81,6 +83,7 @@ private:
   std::vector<device_actor> devices_;
   device_actor cpu_;
   std::atomic<bool> stopped_{false};
+  std::mutex shutdown_mutex_;   // one shutdown at a time; guards shutdown_clean_
   bool shutdown_clean_ = true;
 };
 

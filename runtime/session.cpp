@@ -79,7 +79,10 @@ void pin_handle::release() {
 detail::release_thread_logger::~release_thread_logger() { caf::logger::set_current_actor_system(nullptr); }
 
 struct session::core {
-  explicit core(runtime& r) : rt(&r), self(r.system()) {}
+  explicit core(runtime& r) : rt(&r), self(r.system()) {
+    // The session may move to another thread and end there: this thread must not keep the reference.
+    caf::logger::set_current_actor_system(nullptr);
+  }
 
   // After the runtime shut down, releases are no-ops: its tiers already stopped, and a handle going out
   // of scope then must neither throw nor wait.
@@ -108,7 +111,6 @@ struct session::core {
 
 session::session(runtime& rt) : core_(std::make_unique<core>(rt)) {}
 session::session(session&&) noexcept = default;
-session& session::operator=(session&&) noexcept = default;
 session::~session() = default;
 
 caf::scoped_actor& session::self() { return core_->self; }

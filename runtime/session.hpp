@@ -125,7 +125,8 @@ class session {
 public:
   explicit session(runtime& rt);
   session(session&&) noexcept;
-  session& operator=(session&&) noexcept;
+  /// Not assignable: the session assigned over would end while its handles still point at it.
+  session& operator=(session&&) = delete;
   ~session();
 
   /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room.

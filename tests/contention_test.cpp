@@ -4,6 +4,10 @@
 #include "support/deterministic.hpp"
 #include "support/fake_models.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+#include <random>
+
 using namespace mcache;
 using namespace mcache::test;
 using namespace std::chrono_literals;
@@ -110,5 +114,180 @@ TEST_CASE("after shutdown every waiting request is answered and new ones are ref
   CHECK(code_of(rt.acquire(s3, "c")) == errc::shutting_down);
   CHECK(rt.ram_snapshot().leases_active == 3);  // s1's, s2's, and s1's pin's borrowed one
   CHECK_FALSE(rt.release(s2, rt.ram, b.lease));  // releases still work
+  rt.check_all();
+}
+
+// -- randomized multi-model jobs ------------------------------------------------------------------------
+
+namespace {
+
+/// One job of a pipeline: lease two models together, pin the first, then pin the second while holding the
+/// first, then release everything. Any failure must be a deadline (budget_exhausted); then the job gives
+/// up what it holds and starts over.
+struct job {
+  enum class step { idle, leasing, pinning_first, pinning_second, done };
+  explicit job(caf::actor_system& sys) : c(sys) {}
+  client c;
+  step at = step::idle;
+  model_id first, second;
+  device_index device = 0;
+  std::vector<ram_lease> leases;
+  std::vector<std::pair<device_actor, pin_id>> pins;
+  bool waiting = false;  // a request is out and not answered yet
+  bool must_not_wait = false;  // that request needs no room (Note [Admission] rule 1)
+};
+
+uint64_t jobs_seed() {
+  if (const char* env = std::getenv("MCACHE_STRESS_SEED"))
+    return std::strtoull(env, nullptr, 10);
+  return std::random_device{}();
+}
+
+} // namespace
+
+TEST_CASE("random multi-model jobs over contended devices each complete or fail at a deadline, and no request that needs no room waits") {
+  auto seed = jobs_seed();
+  INFO("MCACHE_STRESS_SEED=" << seed);
+  std::mt19937_64 rng{seed};
+  auto pick = [&](size_t n) { return static_cast<size_t>(rng() % n); };
+  deterministic_runtime rt{8 * mib, {3 * mib, 4 * mib}};
+  const std::vector<std::pair<model_id, int64_t>> catalog_models{
+    {"te", 1}, {"tr", 2}, {"vae", 1}, {"llm", 2}, {"lora", 1}};
+  for (const auto& m : catalog_models)
+    rt.add(synthetic_model(m.first, {m.second * mib_floats}));
+  auto bytes_of = [&](const model_id& m) {
+    for (const auto& x : catalog_models)
+      if (x.first == m)
+        return static_cast<bytes_t>(x.second) * mib;
+    return bytes_t{0};
+  };
+  std::vector<std::unique_ptr<job>> jobs;
+  for (int k = 0; k < 5; ++k)
+    jobs.push_back(std::make_unique<job>(rt.sys));
+  size_t completed = 0, deadline_failures = 0, granted_without_room = 0;
+
+  auto give_up = [&](job& j) {
+    for (auto& p : j.pins)
+      REQUIRE_FALSE(rt.release(j.c, p.first, p.second));
+    for (auto& l : j.leases)
+      REQUIRE_FALSE(rt.release(j.c, rt.ram, l.lease));
+    j.pins.clear();
+    j.leases.clear();
+    j.at = job::step::idle;
+  };
+  auto resident_whole = [&](const device_actor& d, const model_id& m) {
+    client probe{rt.sys};
+    placement_view v;
+    auto r = probe.self->request(d, caf::infinite, place_atom::value, m);
+    rt.settle();
+    r.receive([&](placement_view& x) { v = x; }, [](caf::error&) { FAIL("place failed"); });
+    return v.model_resident_bytes == bytes_of(m);
+  };
+  auto send_pin = [&](job& j, const model_id& m) {
+    auto& d = rt.devices[static_cast<size_t>(j.device)];
+    auto lease = std::find_if(j.leases.begin(), j.leases.end(), [&](const ram_lease& l) { return l.model == m; });
+    // The probe settles everything in flight, and so does the settle after the send: the device sees this
+    // pin in exactly the state the probe saw (a release in flight could otherwise evict the model between
+    // the probe and the pin's arrival, after the pin's lease round trip).
+    j.must_not_wait = resident_whole(d, m);
+    rt.send_pin(j.c, d, lease->lease, 0, pick(4) == 0 ? caf::timespan{0} : caf::timespan{std::chrono::hours(1)});
+    rt.settle();
+    j.waiting = true;
+  };
+  // Delivers j's answer if it came: advances the job, or checks the failure and starts over.
+  auto collect = [&](job& j) {
+    if (j.at == job::step::leasing) {
+      auto r = j.c.poll<std::vector<ram_lease>>();
+      if (!r)
+        return;
+      j.waiting = false;
+      if (!succeeded(*r)) {
+        CHECK(std::get<failure>(*r).code == errc::budget_exhausted);
+        ++deadline_failures;
+        j.at = job::step::idle;
+        return;
+      }
+      j.leases = std::get<std::vector<ram_lease>>(*r);
+      j.at = job::step::pinning_first;
+      send_pin(j, j.first);
+      return;
+    }
+    auto r = j.c.poll<device_pin>();
+    if (!r) {
+      INFO("job pinning '" << (j.at == job::step::pinning_first ? j.first : j.second) << "' on device " << j.device
+           << ", waiting " << rt.device_snapshot(rt.devices[static_cast<size_t>(j.device)]).waiting_now);
+      CHECK_FALSE(j.must_not_wait);  // a pin that needed no room was not answered at once
+      return;
+    }
+    j.waiting = false;
+    if (j.must_not_wait) {
+      CHECK(succeeded(*r));
+      ++granted_without_room;
+    }
+    if (!succeeded(*r)) {
+      CHECK(std::get<failure>(*r).code == errc::budget_exhausted);
+      ++deadline_failures;
+      give_up(j);
+      return;
+    }
+    j.pins.emplace_back(rt.devices[static_cast<size_t>(j.device)], std::get<device_pin>(*r).pin);
+    if (j.at == job::step::pinning_first) {
+      j.at = job::step::pinning_second;
+      send_pin(j, j.second);
+    } else {
+      ++completed;
+      give_up(j);  // done: release everything
+    }
+  };
+
+  for (int round = 0; round < 400; ++round) {
+    auto& j = *jobs[pick(jobs.size())];
+    if (j.at == job::step::idle && !j.waiting) {
+      auto a = pick(catalog_models.size()), b = pick(catalog_models.size() - 1);
+      if (b >= a)
+        ++b;
+      j.first = catalog_models[a].first;
+      j.second = catalog_models[b].first;
+      j.device = static_cast<device_index>(pick(rt.devices.size()));
+      j.at = job::step::leasing;
+      j.c.self->send(rt.ram, acquire_atom::value, std::vector<model_id>{j.first, j.second},
+                     caf::timespan{std::chrono::hours(1)});
+      j.waiting = true;
+    }
+    rt.settle();
+    for (auto& each : jobs)
+      if (each->waiting)
+        collect(*each);
+    if (pick(10) == 0) {  // time passes: every deadline fires
+      rt.fire_deadlines();
+      for (auto& each : jobs)
+        if (each->waiting) {
+          each->must_not_wait = false;
+          collect(*each);
+        }
+    }
+    rt.check_all();
+  }
+  // The end: deadlines fire until every job has an answer, then everything is given up.
+  for (int k = 0; k < 10; ++k) {
+    rt.fire_deadlines();
+    for (auto& each : jobs)
+      if (each->waiting) {
+        each->must_not_wait = false;
+        collect(*each);
+      }
+  }
+  for (auto& each : jobs) {
+    CHECK_FALSE(each->waiting);
+    if (each->at != job::step::idle)
+      give_up(*each);
+  }
+  rt.settle();
+  CHECK(completed > 0);
+  CHECK(granted_without_room > 0);
+  INFO("completed " << completed << ", deadline failures " << deadline_failures);
+  CHECK(rt.ram_snapshot().leases_active == 0);
+  for (auto& d : rt.devices)
+    CHECK(rt.device_snapshot(d).pins_active == 0);
   rt.check_all();
 }

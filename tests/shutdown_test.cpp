@@ -45,7 +45,7 @@ errc error_code_of(std::future<void>& f) {
 }
 } // namespace
 
-TEST_CASE("destroying the runtime does not wait for threads that once opened a session") {
+TEST_CASE("destroying the runtime does not wait for threads that once opened or ended a session") {
   auto rt = std::make_unique<runtime>(options_with_ram(8 * mib));
   rt->models().add(synthetic_model("m", {mib_floats}));
   std::promise<void> finish_threads;
@@ -61,6 +61,17 @@ TEST_CASE("destroying the runtime does not wait for threads that once opened a s
       ++done_with_sessions;
       finished.wait();  // a server's worker thread lives on after its session
     });
+  // One more thread opens a session and hands it to another thread, which ends it.
+  std::promise<session> handed;
+  workers.emplace_back([&, finished] {
+    handed.set_value(rt->open_session());
+    finished.wait();
+  });
+  auto taker = std::async(std::launch::async, [&] {
+    auto s = handed.get_future().get();
+    s.acquire("m");
+  });
+  taker.get();
   REQUIRE(eventually([&] { return done_with_sessions == 3; }));
   auto destroyed = std::async(std::launch::async, [&] { rt.reset(); });
   auto in_time = destroyed.wait_for(4s) == std::future_status::ready;

@@ -35,6 +35,7 @@
 // pin carries its own RAM lease (taken by the device actor from the RAM tier), which this tier hands back
 // through `device_effects::ram_leases_to_release` when the pin, or the request, ends.
 
+#include "messages/grants.hpp"
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
@@ -72,23 +73,6 @@ struct pin_request {
   std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
   bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
   bytes_t model_bytes() const;
-};
-
-/// A granted pin: the model is on the device (wholly or partly) and locked until the pin is released.
-struct device_pin {
-  pin_id pin = 0;
-  model_id model;
-  device_index device = 0;
-  bytes_t resident_bytes = 0;  // device bytes of the model's resident tensors
-  bytes_t model_bytes = 0;     // device bytes of the whole model
-  bytes_t working_bytes = 0;   // working memory reserved for this pin, staging included
-  bytes_t staging_bytes = 0;   // of which: staging buffers for streamed tensors
-  std::shared_ptr<const device_model> view;  // tensor i: its device copy, or undefined when it streams
-  std::shared_ptr<const host_model> host;    // the host copy (streaming source, opaque payload)
-  std::shared_ptr<device_backend> backend;   // set by the device actor, for streaming
-  std::shared_ptr<std::atomic<uint64_t>> streamed_bytes;  // set by the device actor: counts streamed bytes
-  size_t staging_slots = 2;
-  bool partial() const { return resident_bytes < model_bytes; }
 };
 
 struct copy_order {

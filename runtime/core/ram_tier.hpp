@@ -18,6 +18,7 @@
 // A lease is held by one holder (a session). A device pin borrows its own lease (see `share`), so a
 // model stays in RAM while a device uses it even if the session's lease is released first.
 
+#include "messages/grants.hpp"
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
@@ -36,14 +37,6 @@ namespace mcache {
 
 struct ram_tier_options {
   bytes_t budget_bytes = 0;  // RAM budget for model host copies, in bytes; must be > 0
-};
-
-/// What an acquire (or a share) grants.
-struct ram_lease {
-  lease_id lease = 0;
-  model_id model;
-  bytes_t bytes = 0;
-  std::shared_ptr<const host_model> payload;  // alive at least as long as the lease
 };
 
 /// What a step of the tier asks its actor to do.
