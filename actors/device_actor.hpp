@@ -3,10 +3,10 @@
 // pin from the RAM-cache actor, runs copies on the copy pool, and hands leases back when pins end.
 
 #include "messages/interfaces.hpp"
-#include "runtime/core/catalog.hpp"
-#include "runtime/core/device_backend.hpp"
-#include "runtime/core/device_tier.hpp"
-#include "runtime/core/executor.hpp"
+#include "runtime/core/models/catalog.hpp"
+#include "runtime/core/transfer/device_backend.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
+#include "runtime/core/transfer/executor.hpp"
 
 #include <caf/actor_system.hpp>
 

@@ -220,7 +220,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         return make_error(std::get<failure>(granted));
       return std::get<ram_lease>(std::move(granted));
     },
-    [self](offload_atom, const model_id& model, bytes_t bytes) -> caf::result<bytes_t> {
+    [self](trim_atom, const model_id& model, bytes_t bytes) -> caf::result<bytes_t> {
       ram_effects fx;
       auto freed = self->state.tier->trim(model, bytes, fx);
       apply(self, fx);

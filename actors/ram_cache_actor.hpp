@@ -3,9 +3,9 @@
 // turn the tier's effects into replies, loads on the loader pool, and deadline timers.
 
 #include "messages/interfaces.hpp"
-#include "runtime/core/catalog.hpp"
-#include "runtime/core/executor.hpp"
-#include "runtime/core/ram_tier.hpp"
+#include "runtime/core/models/catalog.hpp"
+#include "runtime/core/transfer/executor.hpp"
+#include "runtime/core/tiers/ram_tier.hpp"
 
 #include <caf/actor_system.hpp>
 

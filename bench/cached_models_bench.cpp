@@ -7,8 +7,8 @@
 //
 //   cached_models_bench [--few N] [--many N] [--cycles N]
 
-#include "runtime/core/device_tier.hpp"
-#include "runtime/core/ram_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
+#include "runtime/core/tiers/ram_tier.hpp"
 #include "runtime/runtime.hpp"
 
 #include <ATen/ATen.h>

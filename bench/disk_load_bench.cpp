@@ -4,7 +4,7 @@
 //
 //   disk_load_bench [--dir DIR] [--size-mib N] [--runs R]
 
-#include "runtime/core/model_files.hpp"
+#include "runtime/core/models/model_files.hpp"
 
 #include <ATen/ATen.h>
 

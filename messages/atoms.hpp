@@ -11,6 +11,7 @@ using share_atom = caf::atom_constant<caf::atom("share")>;      // a device borr
 using give_back_atom = caf::atom_constant<caf::atom("give_back")>;  // a device returns a borrowed lease
 using pin_atom = caf::atom_constant<caf::atom("pin")>;          // lock a leased model on a device
 using offload_atom = caf::atom_constant<caf::atom("offload")>;  // free device memory of unpinned models
+using trim_atom = caf::atom_constant<caf::atom("trim")>;        // free RAM of unleased models
 using place_atom = caf::atom_constant<caf::atom("place")>;      // what placement sees of a device
 using stats_atom = caf::atom_constant<caf::atom("stats")>;      // copy out a stats snapshot
 using check_atom = caf::atom_constant<caf::atom("check")>;      // verify a tier's invariants

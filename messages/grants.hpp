@@ -5,7 +5,7 @@
 // would carry ids and sizes, never weights.
 
 #include "messages/ids.hpp"
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/models/host_model.hpp"
 
 #include <atomic>
 #include <cstddef>

@@ -21,7 +21,7 @@ typename Inspector::result_type inspect(Inspector& f, device_stats& x) {
            x.used_bytes, x.peak_used_bytes, x.resident_bytes, x.pinned_bytes, x.working_bytes,
            x.models_resident, x.pins_active, x.hits, x.loads, x.shared_loads, x.copy_failures,
            x.partial_loads, x.top_ups, x.oom_retries, x.bytes_copied_in, x.copy_ns, x.last_copy_bytes,
-           x.last_copy_ns, x.streamed_bytes, x.evictions, x.trims, x.evicted_bytes, x.offloads, x.offloaded_bytes,
+           x.last_copy_ns, x.streamed_bytes, x.evictions, x.partial_evictions, x.evicted_bytes, x.offloads, x.offloaded_bytes,
            x.waits, x.waiting_now, x.timeouts);
 }
 

@@ -29,7 +29,7 @@ using ram_cache_actor = caf::typed_actor<
   caf::reacts_to<give_back_atom, lease_id>,
   // Drop unleased models from RAM: the named one (empty: any, by policy) until at least the bytes are
   // freed (0: everything unleased). Replies with the bytes freed.
-  caf::replies_to<offload_atom, model_id, bytes_t>::with<bytes_t>,
+  caf::replies_to<trim_atom, model_id, bytes_t>::with<bytes_t>,
   caf::replies_to<stats_atom>::with<ram_stats>,
   // The runtime stops: every request not answered yet fails with shutting_down, and so does every later
   // acquire. Releases still work (a lease released after shutdown is simply ended).

@@ -58,8 +58,9 @@ struct device_stats {
   std::uint64_t last_copy_ns = 0;
   bytes_t streamed_bytes = 0;        // bytes streamed to the device through staging buffers
   std::uint64_t evictions = 0;       // models dropped whole to make room
-  std::uint64_t trims = 0;           // models trimmed tensor by tensor to make room (partly kept)
-  bytes_t evicted_bytes = 0;         // bytes freed by evictions and trims
+  std::uint64_t partial_evictions = 0;  // models evicted in part, tensor by tensor, to make room (the
+                                        // rest stays resident); "trim" means an explicit RAM drop only
+  bytes_t evicted_bytes = 0;         // bytes freed by evictions, whole and partial
   std::uint64_t offloads = 0;        // models dropped by an explicit offload
   bytes_t offloaded_bytes = 0;
   std::uint64_t waits = 0;

@@ -61,7 +61,7 @@ const metric<device_stats> device_metrics[] = {
   {"copy_nanoseconds_total", "counter", "Wall time of copies.", MCACHE_FIELD(device_stats, copy_ns)},
   {"streamed_bytes_total", "counter", "Bytes streamed through staging buffers.", MCACHE_FIELD(device_stats, streamed_bytes)},
   {"evictions_total", "counter", "Models dropped whole to make room.", MCACHE_FIELD(device_stats, evictions)},
-  {"trims_total", "counter", "Models trimmed tensor by tensor to make room.", MCACHE_FIELD(device_stats, trims)},
+  {"partial_evictions_total", "counter", "Models evicted in part (tensor by tensor) to make room.", MCACHE_FIELD(device_stats, partial_evictions)},
   {"evicted_bytes_total", "counter", "Bytes freed to make room.", MCACHE_FIELD(device_stats, evicted_bytes)},
   {"offloads_total", "counter", "Models offloaded explicitly.", MCACHE_FIELD(device_stats, offloads)},
   {"offloaded_bytes_total", "counter", "Bytes offloaded explicitly.", MCACHE_FIELD(device_stats, offloaded_bytes)},

@@ -2,8 +2,8 @@
 // The one options struct a runtime is built from. Every field gives its unit and default.
 
 #include "messages/ids.hpp"
-#include "runtime/core/eviction_policy.hpp"
-#include "runtime/core/placement_policy.hpp"
+#include "runtime/core/policies/eviction_policy.hpp"
+#include "runtime/core/policies/placement_policy.hpp"
 
 #include <chrono>
 #include <cstddef>

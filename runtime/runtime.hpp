@@ -12,8 +12,8 @@
 // Actor sessions talk to `ram_cache()` and `device(i)` with request/then; see README.md.
 
 #include "messages/interfaces.hpp"
-#include "runtime/core/catalog.hpp"
-#include "runtime/core/executor.hpp"
+#include "runtime/core/models/catalog.hpp"
+#include "runtime/core/transfer/executor.hpp"
 #include "runtime/options.hpp"
 #include "runtime/session.hpp"
 

@@ -192,7 +192,7 @@ bytes_t session::offload(device_index device, const model_id& model, bytes_t byt
 
 bytes_t session::trim_ram(const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
-  core_->self->request(core_->rt->ram_cache(), caf::infinite, offload_atom::value, model, bytes)
+  core_->self->request(core_->rt->ram_cache(), caf::infinite, trim_atom::value, model, bytes)
     .receive([&](bytes_t n) { freed = n; }, [&](caf::error& e) { raise(e); });
   return freed;
 }

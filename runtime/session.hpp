@@ -4,7 +4,7 @@
 // at a time; handles must not outlive their session.
 
 #include "messages/interfaces.hpp"
-#include "runtime/core/tensor_stream.hpp"
+#include "runtime/core/transfer/tensor_stream.hpp"
 
 #include <caf/scoped_actor.hpp>
 

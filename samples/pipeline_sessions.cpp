@@ -10,7 +10,7 @@
 //   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]
 //                     [--models DIR | --synthetic]
 
-#include "runtime/core/model_files.hpp"
+#include "runtime/core/models/model_files.hpp"
 #include "runtime/runtime.hpp"
 
 #include <ATen/ATen.h>
@@ -344,9 +344,9 @@ int main(int argc, char** argv) {
               "bytes copied; the CPU tier pins in place and copies nothing)\n");
   std::printf("RAM reloads after eviction: %llu\n", (unsigned long long) st.ram.reloads);
   for (size_t d = 0; d < st.devices.size(); ++d)
-    std::printf("dev %zu: %llu partial loads, %s MiB streamed through staging, %llu trims\n", d,
+    std::printf("dev %zu: %llu partial loads, %s MiB streamed through staging, %llu partial evictions\n", d,
                 (unsigned long long) st.devices[d].partial_loads, mib(st.devices[d].streamed_bytes).c_str(),
-                (unsigned long long) st.devices[d].trims);
+                (unsigned long long) st.devices[d].partial_evictions);
   std::printf("wall time %.0f ms; leases still held: %llu; pins still held: %llu\n", wall,
               (unsigned long long) st.ram.leases_active,
               (unsigned long long) (st.cpu.pins_active + [&] {

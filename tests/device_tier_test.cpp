@@ -1,6 +1,6 @@
 // The device tier without CAF: copies, pins, working memory, lazy and explicit offload, waiting.
 
-#include "runtime/core/device_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
 
 #include <ATen/ATen.h>
 
@@ -365,7 +365,7 @@ TEST_CASE("making room trims a victim tensor by tensor and keeps the rest of it 
   h.pinned("b", 20, bob);  // 10 free: one tensor of 'a' goes
   CHECK(h.tier.resident_bytes("a") == 30);
   auto s = h.tier.stats();
-  CHECK(s.trims == 1);
+  CHECK(s.partial_evictions == 1);
   CHECK(s.evictions == 0);
   CHECK(s.evicted_bytes == 10);
 }

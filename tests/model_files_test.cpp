@@ -1,6 +1,6 @@
 // Models from files: sharded checkpoints, manifests, folder scans, and acquiring them through the actors.
 
-#include "runtime/core/model_files.hpp"
+#include "runtime/core/models/model_files.hpp"
 
 #include "support/deterministic.hpp"
 #include "support/temp_dir.hpp"

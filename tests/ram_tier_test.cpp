@@ -1,6 +1,6 @@
 // The RAM tier without CAF: admission, leases, eviction, waiting and bad input.
 
-#include "runtime/core/ram_tier.hpp"
+#include "runtime/core/tiers/ram_tier.hpp"
 
 #include "support/answer_book.hpp"
 #include "support/catch.hpp"

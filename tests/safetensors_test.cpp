@@ -1,8 +1,8 @@
 // The safetensors parser, validator, loader and writer.
 
-#include "runtime/core/safetensors.hpp"
+#include "runtime/core/models/safetensors.hpp"
 
-#include "runtime/core/catalog.hpp"
+#include "runtime/core/models/catalog.hpp"
 
 #include "support/catch.hpp"
 #include "support/temp_dir.hpp"

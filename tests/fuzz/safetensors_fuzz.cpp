@@ -2,7 +2,7 @@
 // scripts/fuzz.sh (clang, -fsanitize=fuzzer,address,undefined). Any accepted header must describe a layout
 // that is safe to load; a violation traps.
 
-#include "runtime/core/safetensors.hpp"
+#include "runtime/core/models/safetensors.hpp"
 
 #include <cstddef>
 #include <cstdint>

@@ -1,7 +1,7 @@
 #pragma once
 // Fake payloads of known byte size for the tier tests: an opaque payload, no tensors, no copying.
 
-#include "runtime/core/catalog.hpp"
+#include "runtime/core/models/catalog.hpp"
 
 #include <stdexcept>
 

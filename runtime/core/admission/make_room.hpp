@@ -15,7 +15,7 @@
 // eviction order exactly as it was.
 
 #include "messages/ids.hpp"
-#include "runtime/core/eviction_policy.hpp"
+#include "runtime/core/policies/eviction_policy.hpp"
 
 #include <limits>
 #include <vector>

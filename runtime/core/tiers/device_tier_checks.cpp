@@ -1,6 +1,6 @@
 // What a device tier reports: its error texts, lookups, stats, and the invariants it checks.
 
-#include "runtime/core/device_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
 
 #include "runtime/core/admission/no_room.hpp"
 #include "runtime/core/format.hpp"

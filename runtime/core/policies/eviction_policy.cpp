@@ -1,4 +1,4 @@
-#include "runtime/core/eviction_policy.hpp"
+#include "runtime/core/policies/eviction_policy.hpp"
 
 namespace mcache {
 

@@ -8,7 +8,7 @@
 // = range length. A header that passes cannot make the loader read outside the file.
 
 #include "messages/errc.hpp"
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/models/host_model.hpp"
 #include "runtime/core/outcome.hpp"
 
 #include <c10/core/ScalarType.h>

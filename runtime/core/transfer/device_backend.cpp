@@ -1,4 +1,4 @@
-#include "runtime/core/device_backend.hpp"
+#include "runtime/core/transfer/device_backend.hpp"
 
 #include <ATen/ATen.h>
 

@@ -11,7 +11,7 @@
 // caller's use of the current one. A streamed tensor stays valid until the next get() of a streamed
 // tensor; a resident one as long as the pin.
 
-#include "runtime/core/device_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
 
 #include <future>
 #include <map>

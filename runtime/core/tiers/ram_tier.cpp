@@ -1,4 +1,4 @@
-#include "runtime/core/ram_tier.hpp"
+#include "runtime/core/tiers/ram_tier.hpp"
 
 #include "runtime/core/admission/make_room.hpp"
 #include "runtime/core/admission/no_room.hpp"

@@ -22,8 +22,8 @@
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
-#include "runtime/core/catalog.hpp"
-#include "runtime/core/eviction_policy.hpp"
+#include "runtime/core/models/catalog.hpp"
+#include "runtime/core/policies/eviction_policy.hpp"
 #include "runtime/core/outcome.hpp"
 
 #include <deque>

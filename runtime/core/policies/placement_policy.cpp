@@ -1,4 +1,4 @@
-#include "runtime/core/placement_policy.hpp"
+#include "runtime/core/policies/placement_policy.hpp"
 
 #include <algorithm>
 #include <tuple>

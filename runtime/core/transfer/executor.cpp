@@ -1,4 +1,4 @@
-#include "runtime/core/executor.hpp"
+#include "runtime/core/transfer/executor.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>

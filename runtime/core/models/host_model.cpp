@@ -1,4 +1,4 @@
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/models/host_model.hpp"
 
 namespace mcache {
 

@@ -1,4 +1,4 @@
-#include "runtime/core/catalog.hpp"
+#include "runtime/core/models/catalog.hpp"
 
 #include "runtime/core/admission/sizes.hpp"
 #include "runtime/core/format.hpp"

@@ -1,6 +1,6 @@
-#include "runtime/core/safetensors.hpp"
+#include "runtime/core/models/safetensors.hpp"
 
-#include "runtime/core/catalog.hpp"
+#include "runtime/core/models/catalog.hpp"
 #include "runtime/core/format.hpp"
 
 #include <ATen/ATen.h>

@@ -3,7 +3,7 @@
 // backend slots in without touching them.
 
 #include "messages/ids.hpp"
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/models/host_model.hpp"
 
 #include <functional>
 #include <future>

@@ -4,8 +4,8 @@
 // without loading any weights. The descriptor's loader reads the files on a loader thread when the model
 // is acquired, and again after it was evicted.
 
-#include "runtime/core/catalog.hpp"
-#include "runtime/core/safetensors.hpp"
+#include "runtime/core/models/catalog.hpp"
+#include "runtime/core/models/safetensors.hpp"
 
 #include <optional>
 #include <string>

@@ -4,7 +4,7 @@
 
 #include "messages/errc.hpp"
 #include "messages/ids.hpp"
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/models/host_model.hpp"
 
 #include <functional>
 #include <map>

@@ -5,7 +5,7 @@
 
 #include "messages/ids.hpp"
 #include "messages/stats.hpp"
-#include "runtime/core/catalog.hpp"
+#include "runtime/core/models/catalog.hpp"
 
 #include <memory>
 #include <vector>

@@ -1,7 +1,7 @@
 // The end of a copy to a device: success, failure, and the device out-of-memory ladder (see the state
 // machine and the ladder in device_tier.hpp).
 
-#include "runtime/core/device_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
 
 #include "runtime/core/format.hpp"
 #include "runtime/core/admission/make_room.hpp"

@@ -1,6 +1,6 @@
-#include "runtime/core/tensor_stream.hpp"
+#include "runtime/core/transfer/tensor_stream.hpp"
 
-#include "runtime/core/device_backend.hpp"
+#include "runtime/core/transfer/device_backend.hpp"
 
 #include <stdexcept>
 

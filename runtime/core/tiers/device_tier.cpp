@@ -1,4 +1,4 @@
-#include "runtime/core/device_tier.hpp"
+#include "runtime/core/tiers/device_tier.hpp"
 
 #include "runtime/core/admission/make_room.hpp"
 #include "runtime/core/admission/sizes.hpp"
@@ -202,7 +202,7 @@ bool device_tier::make_room_for(bytes_t need, const model_id& excluded) {
       if (residency(m) == device_residency::absent)
         ++counters_.evictions;
       else
-        ++counters_.trims;
+        ++counters_.partial_evictions;
       counters_.evicted_bytes += freed;
       return freed;
     },

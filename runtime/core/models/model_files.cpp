@@ -1,4 +1,4 @@
-#include "runtime/core/model_files.hpp"
+#include "runtime/core/models/model_files.hpp"
 
 #include <nlohmann/json.hpp>
 

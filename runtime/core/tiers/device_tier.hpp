@@ -39,10 +39,10 @@
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
-#include "runtime/core/eviction_policy.hpp"
-#include "runtime/core/host_model.hpp"
+#include "runtime/core/policies/eviction_policy.hpp"
+#include "runtime/core/models/host_model.hpp"
 #include "runtime/core/outcome.hpp"
-#include "runtime/core/ram_tier.hpp"
+#include "runtime/core/tiers/ram_tier.hpp"
 
 #include <atomic>
 #include <deque>
