@@ -13,16 +13,6 @@ namespace mcache {
 
 namespace {
 
-/// An acquire whose absent models are prechecked on a loader thread: other messages run meanwhile, so its
-/// holder may go away before the check returns.
-struct prechecking {
-  std::vector<descriptor_ptr> models;
-  holder_id holder;
-  caf::timespan wait;
-  bool single;
-  bool holder_gone = false;
-};
-
 struct ram_cache_state {
   static const char* name;
   std::unique_ptr<ram_tier> tier;
@@ -31,7 +21,6 @@ struct ram_cache_state {
   request_book<std::vector<ram_lease>> groups;    // acquire_all
   request_id next_request = 1;
   std::set<holder_id> watched;
-  std::unordered_map<request_id, prechecking> prechecks;
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
 };
 
@@ -83,47 +72,33 @@ void apply(self_ptr self, ram_effects& fx) {
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
-void fail_request(self_ptr self, request_id id, bool single, failure why) {
-  ram_effects fx;
-  if (single)
-    fx.replies.push_back({id, std::move(why)});
-  else
-    fx.group_replies.push_back({id, std::move(why)});
-  apply(self, fx);
-}
-
 void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
   bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
   if (open && wait != caf::timespan::max())
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
 }
 
-// Hands an acquire to the tier: grants, loads (new or shared), a wait for room, or a refusal.
-void admit_acquire(self_ptr self, request_id id, const std::vector<descriptor_ptr>& models, holder_id holder,
-                   caf::timespan wait, bool single) {
-  ram_effects fx;
-  auto may_wait = wait > caf::timespan::zero();
-  if (single)
-    self->state.tier->acquire(id, models.front(), holder, may_wait, fx);
-  else
-    self->state.tier->acquire_all(id, models, holder, may_wait, fx);
-  apply(self, fx);
-  arm_deadline(self, id, wait);
-}
-
-// Models that must be loaded are checked first (off this thread), so a load that would fail evicts
-// nothing; the others go to the tier at once.
+// Hands an acquire to the tier: grants, loads (new or shared), a wait for room, or a refusal. Models that
+// must be loaded and can be prechecked are checked first, off this thread, so that a load bound to fail
+// evicts nothing; meanwhile the request holds its place in the tier's FIFO, and its deadline runs from now.
 void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> models, holder_id holder,
                    caf::timespan wait, bool single) {
   std::vector<descriptor_ptr> to_check;
   for (const auto& m : models)
     if (m->precheck && self->state.tier->residency(m->id) == ram_residency::absent)
       to_check.push_back(m);
-  if (to_check.empty()) {
-    admit_acquire(self, id, models, holder, wait, single);
+  ram_effects fx;
+  auto may_wait = wait > caf::timespan::zero();
+  bool checking = !to_check.empty();
+  if (single)
+    self->state.tier->acquire(id, models.front(), holder, may_wait, fx, checking);
+  else
+    self->state.tier->acquire_all(id, models, holder, may_wait, fx, checking);
+  apply(self, fx);
+  arm_deadline(self, id, wait);
+  bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
+  if (!checking || !open)
     return;
-  }
-  self->state.prechecks.emplace(id, prechecking{std::move(models), holder, wait, single});
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
   self->state.config.loaders->post([to_check, id, reply_to] {
     checked_model done;
@@ -150,9 +125,6 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
   self->set_down_handler([self](caf::down_msg& dm) {
     auto id = dm.source.id();
     self->state.watched.erase(id);
-    for (auto& kv : self->state.prechecks)
-      if (kv.second.holder == id)
-        kv.second.holder_gone = true;
     ram_effects fx;
     self->state.tier->holder_down(id, fx);
     apply(self, fx);
@@ -231,10 +203,6 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     [self](stats_atom) -> ram_stats { return self->state.tier->stats(); },
     [self](shutdown_atom) -> caf::result<void> {
       self->state.stopping = true;
-      auto prechecks = std::move(self->state.prechecks);
-      self->state.prechecks.clear();
-      for (const auto& kv : prechecks)
-        fail_request(self, kv.first, kv.second.single, failure{errc::shutting_down, "the runtime is shutting down"});
       ram_effects fx;
       self->state.tier->shutdown(fx);
       apply(self, fx);
@@ -242,17 +210,12 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](checked_atom, checked_model& done) {
-      auto i = self->state.prechecks.find(done.check);
-      if (i == self->state.prechecks.end())
-        return;
-      auto p = std::move(i->second);
-      self->state.prechecks.erase(i);
-      if (p.holder_gone)
-        fail_request(self, done.check, p.single, failure{errc::shutting_down, "the holder went away"});
-      else if (!done.ok)
-        fail_request(self, done.check, p.single, failure{done.code, done.error});
-      else
-        admit_acquire(self, done.check, p.models, p.holder, p.wait, p.single);
+      ram_effects fx;
+      std::optional<failure> failed;
+      if (!done.ok)
+        failed = failure{done.code, done.error};
+      self->state.tier->precheck_finished(done.check, std::move(failed), fx);
+      apply(self, fx);
     },
     [self](loaded_atom, loaded_model& done) {
       ram_effects fx;

@@ -291,3 +291,56 @@ TEST_CASE("random multi-model jobs over contended devices each complete or fail 
     CHECK(rt.device_snapshot(d).pins_active == 0);
   rt.check_all();
 }
+
+// -- prechecks hold a place in line ---------------------------------------------------------------------
+
+namespace {
+model_descriptor prechecked(model_id id, int64_t floats, int* checks) {
+  auto d = synthetic_model(std::move(id), {floats});
+  d.precheck = [checks](const model_descriptor&) -> std::optional<failure> {
+    ++*checks;
+    return std::nullopt;
+  };
+  return d;
+}
+} // namespace
+
+TEST_CASE("an acquire whose file is being prechecked keeps its place in line: a later one does not take its room") {
+  deterministic_runtime rt{3 * mib, {}};
+  int checks = 0;
+  rt.add(synthetic_model("held", {mib_floats}));
+  rt.add(prechecked("checked", 2 * mib_floats, &checks));
+  rt.add(synthetic_model("plain", {2 * mib_floats}));
+  client s0{rt.sys}, s1{rt.sys}, s2{rt.sys};
+  rt.lease(s0, "held");  // 2 MiB stay free: room for one of the two
+  rt.send_acquire(s1, "checked", 1h);
+  rt.deliver();  // the precheck is posted, not run
+  rt.send_acquire(s2, "plain", 1h);
+  rt.deliver();
+  CHECK(rt.ram_snapshot().loads == 1);  // only 'held' so far: 'plain' waits behind 'checked'
+  rt.settle();  // the precheck passes, 'checked' loads
+  auto r1 = s1.poll<ram_lease>();
+  REQUIRE(r1);
+  CHECK(succeeded(*r1));
+  CHECK_FALSE(s2.poll<ram_lease>());
+  CHECK(checks == 1);
+  rt.check_all();
+}
+
+TEST_CASE("the deadline of an acquire runs from its arrival, its precheck included") {
+  deterministic_runtime rt{3 * mib, {}};
+  int checks = 0;
+  rt.add(prechecked("checked", 2 * mib_floats, &checks));
+  client s{rt.sys};
+  rt.send_acquire(s, "checked", 1s);
+  rt.deliver();  // the precheck is posted, not run
+  CHECK(rt.sched.has_pending_timeout());
+  rt.sched.trigger_timeouts();
+  rt.deliver();
+  auto r = s.poll<ram_lease>();
+  REQUIRE(r);
+  CHECK(code_of(*r) == errc::budget_exhausted);
+  rt.settle();  // the precheck ends later and finds nobody waiting: nothing is loaded
+  CHECK(rt.ram_snapshot().loads == 0);
+  rt.check_all();
+}

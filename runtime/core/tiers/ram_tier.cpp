@@ -111,24 +111,28 @@ void ram_tier::evict(const model_id& model) {
 }
 
 void ram_tier::acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
-                       ram_effects& out) {
+                       ram_effects& out, bool checking) {
   group g;
   g.holder = holder;
   g.models = {std::move(model)};
   g.single = true;
-  start(request, std::move(g), may_wait, out);
+  g.may_wait = may_wait;
+  g.checking = checking;
+  start(request, std::move(g), out);
 }
 
 void ram_tier::acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
-                           bool may_wait, ram_effects& out) {
+                           bool may_wait, ram_effects& out, bool checking) {
   group g;
   g.holder = holder;
   g.models = std::move(models);
   g.single = false;
-  start(request, std::move(g), may_wait, out);
+  g.may_wait = may_wait;
+  g.checking = checking;
+  start(request, std::move(g), out);
 }
 
-void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& out) {
+void ram_tier::start(request_id request, group g, ram_effects& out) {
   bytes_t total = 0;
   std::set<model_id> ids;
   for (const auto& m : g.models) {
@@ -167,11 +171,22 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
     return;
   }
   // Note [Admission]: hits and joins of loads in flight need no room and never wait.
+  const auto& queued = groups_.at(request);
   bool needs_room = false;
-  for (const auto& m : groups_.at(request).models)
+  for (const auto& m : queued.models)
     needs_room |= residency(m->id) == ram_residency::absent;
-  waiting w{request, groups_.at(request).holder};
-  switch (admit_or_wait(queue_, w, needs_room, may_wait, [&](const waiting& x) { return try_admit(x.request, out); })) {
+  waiting w{request, queued.holder};
+  if (queued.checking) {
+    // In line now, admissible once its precheck passes (see acquire). One that may not wait is refused
+    // if others are ahead of it.
+    if (!queued.may_wait && !queue_.empty()) {
+      fail_group(request, no_room(queued, queue_.size()), out);
+      return;
+    }
+    queue_.push(w);
+    return;
+  }
+  switch (admit_or_wait(queue_, w, needs_room, queued.may_wait, [&](const waiting& x) { return try_admit(x.request, out); })) {
     case admission::admitted:
       return;
     case admission::queued:
@@ -187,6 +202,8 @@ void ram_tier::start(request_id request, group g, bool may_wait, ram_effects& ou
 // loads in flight, starts the others. False (nothing changed) if there is no room.
 bool ram_tier::try_admit(request_id request, ram_effects& out) {
   auto& g = groups_.at(request);
+  if (g.checking)
+    return false;  // its precheck has not passed: it holds its place in line
   bytes_t need = 0;
   for (const auto& m : g.models)
     if (residency(m->id) == ram_residency::absent)
@@ -256,6 +273,35 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
 
 void ram_tier::serve_queue(ram_effects& out) {
   queue_.serve([&](const waiting& w) { return try_admit(w.request, out); });
+}
+
+void ram_tier::precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out) {
+  auto i = groups_.find(request);
+  if (i == groups_.end() || !i->second.checking)
+    return;
+  if (failed) {
+    fail_group(request, std::move(*failed), out);
+    serve_queue(out);  // it may have been the head, holding the others
+    return;
+  }
+  i->second.checking = false;
+  serve_queue(out);
+  auto still = groups_.find(request);
+  if (still == groups_.end() || still->second.admitted)
+    return;
+  // Not admitted in its turn: it waits for room like any other request, or fails if it may not wait.
+  if (!still->second.may_wait) {
+    size_t ahead = 0;
+    for (const auto& w : queue_) {
+      if (w.request == request)
+        break;
+      ++ahead;
+    }
+    fail_group(request, no_room(still->second, ahead), out);
+    serve_queue(out);
+    return;
+  }
+  ++counters_.waits;
 }
 
 void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
@@ -400,6 +446,8 @@ failure ram_tier::no_room(const group& g, size_t queued_ahead) const {
   r.usable = options_.budget_bytes;
   r.evictable = evictable_;
   r.queued_ahead = queued_ahead;
+  if (g.checking)
+    r.also = "its files were still being checked before loading";
   r.advice = "Release leases, wait longer, or raise ram_budget_bytes";
   return explain_no_room(r);
 }

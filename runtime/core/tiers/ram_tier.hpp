@@ -59,14 +59,22 @@ public:
   /// Asks for a lease on `model` for `holder`. Answers at once (hit, too large, or no room and `may_wait`
   /// is false), or joins/starts a load, or queues FIFO for room. A held request is answered by a later
   /// step, or by `expire`.
+  ///
+  /// `checking`: the caller is prechecking the request's absent models off the actor thread (a file that
+  /// changed would fail its load, and a doomed load must evict nothing). The request then takes its place
+  /// in the FIFO at once, as it arrived, but is not admitted before `precheck_finished` says the check
+  /// passed; its deadline runs from its arrival.
   void acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
-               ram_effects& out);
+               ram_effects& out, bool checking = false);
   /// Leases every model of `models` together, or none: the request is admitted only when room for all
   /// of its absent models can be made at once (its members are never evicted for each other), so a
   /// pipeline that needs several models never holds some while waiting for room for the others, and two
   /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
   void acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
-                   bool may_wait, ram_effects& out);
+                   bool may_wait, ram_effects& out, bool checking = false);
+  /// The precheck of a `checking` request ended: `failed` fails it (nothing was evicted for it); else it
+  /// may be admitted in its turn. No-op if the request was answered meanwhile (expired, holder gone).
+  void precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out);
   /// A load started by this tier finished (`payload` is the model or the loader's failure).
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
                      uint64_t load_ns, ram_effects& out);
@@ -104,6 +112,8 @@ private:
     holder_id holder = 0;
     std::vector<descriptor_ptr> models;
     bool single = true;               // answered in `replies` with one lease, else in `group_replies`
+    bool may_wait = true;
+    bool checking = false;            // queued, but its precheck has not passed yet: not admissible
     bool admitted = false;
     std::vector<ram_lease> granted;   // per model, once admitted (lease 0: still loading)
     size_t pending = 0;               // loads still to finish before it is answered
@@ -126,7 +136,7 @@ private:
 
   void transition(const model_id& model, ram_residency to);
   void update_candidacy(const model_id& model);
-  void start(request_id request, group g, bool may_wait, ram_effects& out);
+  void start(request_id request, group g, ram_effects& out);
   bool try_admit(request_id request, ram_effects& out);
   bool is_member(const group& g, const model_id& model) const;
   void answer(request_id request, ram_effects& out);
