@@ -28,4 +28,7 @@ const char* to_string(errc code) noexcept {
   return "unknown_error";
 }
 
+request_error::request_error(failure f)
+  : std::runtime_error(std::string{"mcache: "} + to_string(f.code) + ": " + f.detail), code_(f.code) {}
+
 } // namespace mcache

@@ -3,6 +3,7 @@
 // caf::error values for the actor boundary. Every value says when it happens.
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 namespace mcache {
@@ -68,5 +69,17 @@ struct failure {
   errc code;
   std::string detail;
 };
+
+/// A request failed: `code()` says which way, `what()` says what was asked, what was free, what to change.
+/// Thrown by the blocking API (sessions, handles, streams).
+class request_error : public std::runtime_error {
+public:
+  explicit request_error(failure f);
+  errc code() const noexcept { return code_; }
+
+private:
+  errc code_;
+};
+
 
 } // namespace mcache

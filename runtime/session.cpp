@@ -18,9 +18,6 @@ namespace {
 
 } // namespace
 
-request_error::request_error(failure f)
-  : std::runtime_error(std::string{"mcache: "} + to_string(f.code) + ": " + f.detail), code_(f.code) {}
-
 // -- handles ----------------------------------------------------------------------------------------------
 
 release_token& release_token::operator=(release_token&& other) noexcept {
@@ -60,18 +57,34 @@ void lease::release() {
 
 pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
   if (this != &other) {
+    if (staging_)
+      staging_->retire();
     grant_.view.reset();
     grant_.host.reset();
     token_ = std::move(other.token_);
     grant_ = std::move(other.grant_);
+    staging_ = std::move(other.staging_);
   }
   return *this;
 }
 
 void pin_handle::release() {
+  if (staging_)
+    staging_->retire();
   grant_.view.reset();
   grant_.host.reset();
   token_.release();
+}
+
+pin_handle::~pin_handle() {
+  if (staging_)
+    staging_->retire();
+}
+
+tensor_stream pin_handle::stream() const {
+  if (!token_)
+    throw request_error(failure{errc::invalid_pin, "stream() of a released pin; pin the model again"});
+  return tensor_stream{grant_, staging_};
 }
 
 // -- session ----------------------------------------------------------------------------------------------
@@ -162,7 +175,10 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
     .receive(
       [&](device_pin& grant) {
         auto id = grant.pin;
-        result = pin_handle{release_token{[c, dev, id] { c->release_pin(dev, id); }}, std::move(grant)};
+        auto slots = std::max<size_t>(2, grant.staging_slots);
+        auto ring = std::make_shared<staging_ring>(grant.backend, slots,
+                                                   grant.staging_bytes / slots);
+        result = pin_handle{release_token{[c, dev, id] { c->release_pin(dev, id); }}, std::move(grant), std::move(ring)};
       },
       [&](caf::error& e) { raise(e); });
   return result;

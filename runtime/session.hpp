@@ -32,15 +32,6 @@ struct release_thread_logger {
 };
 } // namespace detail
 
-/// A request failed: `code()` says which way, `what()` says what was asked, what was free, what to change.
-class request_error : public std::runtime_error {
-public:
-  explicit request_error(failure f);
-  errc code() const noexcept { return code_; }
-
-private:
-  errc code_;
-};
 
 class session;
 
@@ -92,6 +83,8 @@ public:
   pin_handle() = default;
   pin_handle(pin_handle&&) noexcept = default;
   pin_handle& operator=(pin_handle&& other) noexcept;
+  /// Retires the pin's staging ring (a live stream of it fails from then on), then releases.
+  ~pin_handle();
 
   explicit operator bool() const { return static_cast<bool>(token_); }
   pin_id id() const { return grant_.pin; }
@@ -106,17 +99,22 @@ public:
   bool partial() const { return grant_.partial(); }
   /// Streams the tensors in order, resident ones from the device copy, the rest through staging buffers
   /// with copies overlapping use. Use it while the pin is held.
-  tensor_stream stream() const { return tensor_stream{grant_}; }
+  /// The pin's staging ring is allocated at the first stream and reused by the next ones (one at a time).
+  tensor_stream stream() const;
+  /// The pin's staging ring (for stats and tests: how often it was allocated).
+  const staging_ring& staging() const { return *staging_; }
   const device_pin& grant() const { return grant_; }
   void release();
 
 private:
   friend class session;
-  pin_handle(release_token token, device_pin grant) : token_(std::move(token)), grant_(std::move(grant)) {}
+  pin_handle(release_token token, device_pin grant, std::shared_ptr<staging_ring> staging)
+    : token_(std::move(token)), grant_(std::move(grant)), staging_(std::move(staging)) {}
   // Declared first, destroyed last: our aliases of the device copy are gone before the release is sent, so
   // a later eviction frees the memory it accounts for.
   release_token token_;
   device_pin grant_;
+  std::shared_ptr<staging_ring> staging_;  // Note [Staging belongs to the pin]; retired on release
 };
 
 /// A blocking client: one holder. Movable (its handles stay valid when it moves); use it from one thread

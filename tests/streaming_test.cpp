@@ -117,3 +117,43 @@ TEST_CASE("a streaming pin reserves its staging ring as working memory and gives
   }
   CHECK(rt.stats().devices[2].working_bytes == 0);
 }
+
+TEST_CASE("a pin's staging ring is allocated once, however many passes stream through it") {
+  runtime rt{three_devices()};
+  rt.models().add(toy_network());
+  auto s = rt.open_session();
+  auto lease = s.acquire("toy");
+  auto pin = s.pin(lease, 2);
+  REQUIRE(pin.partial());
+  auto first = forward(pin);
+  for (int pass = 0; pass < 3; ++pass)
+    CHECK(forward(pin).equal(first));
+  CHECK(pin.staging().allocations() == 1);
+}
+
+TEST_CASE("a stream of a released pin fails, and a pin streams one stream at a time") {
+  runtime rt{three_devices()};
+  rt.models().add(toy_network());
+  auto s = rt.open_session();
+  auto lease = s.acquire("toy");
+  auto pin = s.pin(lease, 2);
+  {
+    auto stream = pin.stream();
+    try {
+      auto second = pin.stream();
+      FAIL("a second stream of the same pin was allowed");
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+    }
+    stream.get(1);
+    pin.release();
+    try {
+      stream.get(2);
+      FAIL("a stream outlived its pin");
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_pin);
+    }
+  }
+  CHECK_THROWS_AS(pin.stream(), request_error);
+  CHECK(rt.stats().devices[2].pins_active == 0);
+}

@@ -9,9 +9,11 @@
 // of staging buffers (the pin's staging memory, `staging_slots` of them) on the backend's copy path, and
 // the copy of the next streamed tensor starts as soon as the current one is handed out, so it overlaps the
 // caller's use of the current one. A streamed tensor stays valid until the next get() of a streamed
-// tensor; a resident one as long as the pin.
+// tensor; a resident one as long as the pin. The staging buffers are the pin's (Note [Staging belongs to the
+// pin], staging_ring.hpp): a stream of a released pin fails.
 
-#include "runtime/core/tiers/device_tier.hpp"
+#include "messages/grants.hpp"
+#include "runtime/core/transfer/staging_ring.hpp"
 
 #include <future>
 #include <map>
@@ -21,7 +23,9 @@ namespace mcache {
 
 class tensor_stream {
 public:
-  explicit tensor_stream(const device_pin& pin);
+  /// Streams `pin` through `ring`, the pin's staging ring (pin_handle::stream() passes its own). Without a
+  /// ring (actor users holding a bare device_pin), the stream allocates one of its own.
+  explicit tensor_stream(const device_pin& pin, std::shared_ptr<staging_ring> ring = nullptr);
   ~tensor_stream();
   tensor_stream(const tensor_stream&) = delete;
   tensor_stream& operator=(const tensor_stream&) = delete;
@@ -44,7 +48,8 @@ private:
   std::shared_ptr<std::atomic<uint64_t>> counter_;
   std::vector<size_t> streamed_;        // indices of the tensors that stream, in order
   std::map<size_t, size_t> rank_of_;    // index -> position in streamed_
-  std::vector<at::Tensor> slots_;       // staging buffers
+  std::shared_ptr<staging_ring> ring_;  // the pin's staging buffers, held for this stream's lifetime
+  size_t slots_ = 0;
   std::map<size_t, std::shared_future<at::Tensor>> in_flight_;  // rank -> copy
   bytes_t streamed_bytes_ = 0;
 };
