@@ -118,52 +118,12 @@ bytes_t device_tier::evictable_bytes(const model_id& excluded) const {
   return evictable_ - (i == entries_.end() ? 0 : i->second.counted_evictable);
 }
 
-// Staging for a pin of `e`: slots x the largest tensor that will stream (neither resident, nor being
-// copied, nor in `also_resident`). Required tensors never stream: a pin is granted only with them resident.
 bytes_t device_tier::staging_for(const entry& e, const std::vector<size_t>& also_resident) const {
-  bytes_t largest = 0;
-  for (size_t i = 0; i < e.tensors.size(); ++i) {
-    const auto& t = e.tensors[i];
-    if (t.resident || t.copying || t.required
-        || std::find(also_resident.begin(), also_resident.end(), i) != also_resident.end())
-      continue;
-    largest = std::max(largest, t.bytes);
-  }
-  return largest * options_.staging_slots;
+  return mcache::staging_for(e.tensors, also_resident, options_.staging_slots);
 }
 
-std::optional<device_tier::plan> device_tier::plan_for(const entry& e, bytes_t working, bytes_t room) const {
-  plan whole;
-  for (size_t i = 0; i < e.tensors.size(); ++i)
-    if (!e.tensors[i].resident && !e.tensors[i].copying) {
-      whole.copy.push_back(i);
-      whole.copy_bytes += e.tensors[i].bytes;
-    }
-  if (whole.copy_bytes + working <= room)
-    return whole;
-  if (!options_.partial_loading)
-    return std::nullopt;
-  // Required tensors first, then others in execution order while they fit beside the staging buffers.
-  plan p;
-  bytes_t worst_staging = staging_for(e, {});
-  for (auto i : whole.copy)
-    if (e.tensors[i].required) {
-      p.copy.push_back(i);
-      p.copy_bytes += e.tensors[i].bytes;
-    }
-  if (p.copy_bytes + worst_staging + working > room)
-    return std::nullopt;
-  auto budget = room - working - worst_staging - p.copy_bytes;
-  for (auto i : whole.copy) {
-    if (e.tensors[i].required || e.tensors[i].bytes > budget)
-      continue;
-    p.copy.push_back(i);
-    p.copy_bytes += e.tensors[i].bytes;
-    budget -= e.tensors[i].bytes;
-  }
-  std::sort(p.copy.begin(), p.copy.end());
-  p.staging_bytes = staging_for(e, p.copy);
-  return p;
+std::optional<residency_plan> device_tier::plan_for(const entry& e, bytes_t working, bytes_t room) const {
+  return plan_residency(e.tensors, working, room, options_.partial_loading, options_.staging_slots);
 }
 
 bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
@@ -172,9 +132,9 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   std::vector<size_t> dropped;
   for (size_t k = e.tensors.size(); k-- > 0 && freed < wanted;) {
     auto& t = e.tensors[k];
-    if (!t.resident)
+    if (t.state != tensor_residency::resident)
       continue;
-    t.resident = false;
+    t.state = tensor_residency::absent;
     freed += t.bytes;
     dropped.push_back(k);
   }
@@ -238,7 +198,7 @@ void device_tier::fail_request(const admitted& a, failure why, device_effects& o
 void device_tier::start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
                              std::shared_ptr<const host_model> host, device_effects& out) {
   for (auto i : tensors) {
-    e.tensors[i].copying = true;
+    e.tensors[i].state = tensor_residency::copying;
     e.bytes += e.tensors[i].bytes;
     used_ += e.tensors[i].bytes;
   }
@@ -248,10 +208,10 @@ void device_tier::start_copy(const model_id& model, entry& e, const std::vector<
 
 // What admitting a pin of `e` would copy and reserve when `room` bytes can be had; nothing if it cannot
 // fit. A model being copied, or pinned already, is not topped up: the pin takes it as it is.
-std::optional<device_tier::plan> device_tier::admission_plan(const entry& e, bool present, bytes_t working,
+std::optional<residency_plan> device_tier::admission_plan(const entry& e, bool present, bytes_t working,
                                                              bytes_t room) const {
   if (present && (e.state == device_residency::copying || e.pins > 0)) {
-    plan p;
+    residency_plan p;
     p.staging_bytes = staging_for(e, {});
     return p;
   }
@@ -288,7 +248,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   if (!present) {
     auto required = required_flags(r);
     for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
-      fresh.tensors.push_back({r.tensor_bytes[k], required[k], false, false});
+      fresh.tensors.push_back({r.tensor_bytes[k], required[k], tensor_residency::absent});
   }
   const entry& e = present ? i->second : fresh;
   auto p = admission_plan(e, present, r.working_bytes, room);
@@ -360,7 +320,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   bytes_t required = 0;
   auto required_flags_of_r = required_flags(r);
   for (size_t k = 0; k < r.tensor_bytes.size(); ++k) {
-    shape.tensors.push_back({r.tensor_bytes[k], required_flags_of_r[k], false, false});
+    shape.tensors.push_back({r.tensor_bytes[k], required_flags_of_r[k], tensor_residency::absent});
     if (required_flags_of_r[k])
       required += r.tensor_bytes[k];
   }

@@ -40,6 +40,7 @@
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/policies/eviction_policy.hpp"
+#include "runtime/core/tiers/residency_plan.hpp"
 #include "runtime/core/models/host_model.hpp"
 #include "runtime/core/outcome.hpp"
 #include "runtime/core/tiers/ram_tier.hpp"
@@ -137,15 +138,9 @@ private:
     bytes_t working_bytes;  // the caller's working memory + staging
     bytes_t staging_bytes;
   };
-  struct tensor_state {
-    bytes_t bytes = 0;
-    bool required = false;
-    bool resident = false;
-    bool copying = false;
-  };
   struct entry {
     device_residency state = device_residency::absent;
-    std::vector<tensor_state> tensors;
+    std::vector<tensor_slot> tensors;
     bytes_t bytes = 0;  // device bytes of resident + copying tensors
     bytes_t counted_evictable = 0;  // what this entry adds to evictable_ (its bytes while a candidate)
     size_t pins = 0;
@@ -163,22 +158,15 @@ private:
     bytes_t working_bytes;
     lease_id ram_lease;
   };
-  /// What admitting a request would copy and reserve.
-  struct plan {
-    std::vector<size_t> copy;  // tensors to copy
-    bytes_t copy_bytes = 0;
-    bytes_t staging_bytes = 0;
-    bytes_t need() const { return copy_bytes + staging_bytes; }
-  };
 
   /// A copy of `old` listing `n` tensors (names from `host` when given); tensors past old's end undefined.
   static std::shared_ptr<const device_model> with_tensors(const std::shared_ptr<const device_model>& old, size_t n,
                                                           const host_model* host);
   void transition(const model_id& model, device_residency to);
   void update_candidacy(const model_id& model);
-  std::optional<plan> plan_for(const entry& e, bytes_t working, bytes_t room) const;
+  std::optional<residency_plan> plan_for(const entry& e, bytes_t working, bytes_t room) const;
   bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
-  std::optional<plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
+  std::optional<residency_plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
   bool needs_room(const pin_request& r) const;
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);

@@ -31,7 +31,7 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   entry fresh;
   if (!present)
     for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
-      fresh.tensors.push_back({r.tensor_bytes[k], k < r.required.size() && r.required[k], false, false});
+      fresh.tensors.push_back({r.tensor_bytes[k], k < r.required.size() && r.required[k], tensor_residency::absent});
   const entry& e = present ? i->second : fresh;
   // The plan admission would take with the room there is, or else with the whole usable budget (partial,
   // with staging, when the model could never fit whole).
@@ -105,16 +105,15 @@ void device_tier::check_invariants() const {
     bool any_copying = false;
     for (size_t k = 0; k < e.tensors.size(); ++k) {
       const auto& t = e.tensors[k];
-      if (t.resident && t.copying)
-        fail(name + " tensor " + std::to_string(k) + " is both resident and being copied");
-      if (t.resident || t.copying)
+      bool resident = t.state == tensor_residency::resident;
+      if (t.state != tensor_residency::absent)
         held += t.bytes;
-      any_copying |= t.copying;
+      any_copying |= t.state == tensor_residency::copying;
       bool on_device = e.view && k < e.view->tensors.size() && e.view->tensors[k].tensor.defined();
-      if (t.resident != on_device)
-        fail(name + " tensor " + std::to_string(k) + (t.resident ? " is resident without" : " has")
-             + " a device copy" + (t.resident ? "" : " but is not resident"));
-      if (e.pins > 0 && t.required && !t.resident)
+      if (resident != on_device)
+        fail(name + " tensor " + std::to_string(k) + (resident ? " is resident without" : " has")
+             + " a device copy" + (resident ? "" : " but is not resident"));
+      if (e.pins > 0 && t.required && !resident)
         fail(name + " is pinned but its required tensor " + std::to_string(k) + " is not resident");
     }
     if (held != e.bytes)

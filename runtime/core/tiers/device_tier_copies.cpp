@@ -15,8 +15,8 @@ namespace mcache {
 // Gives back the reservation of every tensor still marked as being copied.
 void device_tier::drop_copying(entry& e) {
   for (auto& t : e.tensors)
-    if (t.copying) {
-      t.copying = false;
+    if (t.state == tensor_residency::copying) {
+      t.state = tensor_residency::absent;
       e.bytes -= t.bytes;
       used_ -= t.bytes;
     }
@@ -31,7 +31,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
   std::vector<size_t> copied;
   bytes_t copied_bytes = 0;
   for (size_t k = 0; k < e.tensors.size(); ++k)
-    if (e.tensors[k].copying) {
+    if (e.tensors[k].state == tensor_residency::copying) {
       copied.push_back(k);
       copied_bytes += e.tensors[k].bytes;
     }
@@ -62,7 +62,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
           keep.push_back(k);
       for (auto k : copied)
         if (!e.tensors[k].required) {
-          e.tensors[k].copying = false;
+          e.tensors[k].state = tensor_residency::absent;
           e.bytes -= e.tensors[k].bytes;
           used_ -= e.tensors[k].bytes;
         }
@@ -121,8 +121,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
     auto v = std::const_pointer_cast<device_model>(with_tensors(e.view, e.tensors.size(), source.get()));
     for (size_t k = 0; k < copied.size(); ++k) {
       v->tensors[copied[k]] = got.tensors[k];
-      e.tensors[copied[k]].copying = false;
-      e.tensors[copied[k]].resident = true;
+      e.tensors[copied[k]].state = tensor_residency::resident;
     }
     v->device_bytes = e.bytes;
     e.view = v;

@@ -1,0 +1,54 @@
+#include "runtime/core/tiers/residency_plan.hpp"
+
+#include <algorithm>
+
+namespace mcache {
+
+bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<size_t>& also_resident, size_t slots) {
+  bytes_t largest = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    if (t.state != tensor_residency::absent || t.required
+        || std::find(also_resident.begin(), also_resident.end(), i) != also_resident.end())
+      continue;
+    largest = std::max(largest, t.bytes);
+  }
+  return largest * slots;
+}
+
+std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
+                                             bool partial_loading, size_t slots) {
+  residency_plan whole;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].state == tensor_residency::absent) {
+      whole.copy.push_back(i);
+      whole.copy_bytes += tensors[i].bytes;
+    }
+  if (whole.copy_bytes + working <= room)
+    return whole;
+  if (!partial_loading)
+    return std::nullopt;
+  // Required tensors first, then others in execution order while they fit beside the staging buffers.
+  residency_plan p;
+  bytes_t worst_staging = staging_for(tensors, {}, slots);
+  for (auto i : whole.copy)
+    if (tensors[i].required) {
+      p.copy.push_back(i);
+      p.copy_bytes += tensors[i].bytes;
+    }
+  if (p.copy_bytes + worst_staging + working > room)
+    return std::nullopt;
+  auto budget = room - working - worst_staging - p.copy_bytes;
+  for (auto i : whole.copy) {
+    if (tensors[i].required || tensors[i].bytes > budget)
+      continue;
+    p.copy.push_back(i);
+    p.copy_bytes += tensors[i].bytes;
+    budget -= tensors[i].bytes;
+  }
+  std::sort(p.copy.begin(), p.copy.end());
+  p.staging_bytes = staging_for(tensors, p.copy, slots);
+  return p;
+}
+
+} // namespace mcache

@@ -1,0 +1,47 @@
+#pragma once
+// The per-tensor plan of a pin, as a pure function: which tensors a device copies, and how much staging the
+// pin reserves for the ones that stream. device_tier decides with it; tests/residency_plan_test.cpp checks it
+// on its own.
+//
+// With room for the whole model (beside the pin's working memory) every missing tensor is copied. Without,
+// and with partial loading on: the required tensors, then as many others as fit in execution order beside a
+// staging ring of `staging_slots` buffers of the largest tensor that will stream. Required tensors never
+// stream, so they never size the ring.
+
+#include "messages/ids.hpp"
+
+#include <optional>
+#include <vector>
+
+namespace mcache {
+
+/// Where one tensor of a model is on a device.
+enum class tensor_residency {
+  absent,    // not on the device: copied by a plan, or streamed through staging
+  copying,   // its bytes are reserved and a copy is in flight
+  resident,  // on the device
+};
+
+struct tensor_slot {
+  bytes_t bytes = 0;     // device bytes of the tensor
+  bool required = false; // must be resident while pinned (norms, embeddings)
+  tensor_residency state = tensor_residency::absent;
+};
+
+struct residency_plan {
+  std::vector<size_t> copy;  // tensors to copy, in execution order
+  bytes_t copy_bytes = 0;
+  bytes_t staging_bytes = 0;
+  bytes_t need() const { return copy_bytes + staging_bytes; }
+};
+
+/// Staging for a pin: `slots` x the largest tensor that will stream: neither resident, nor being copied,
+/// nor required, nor in `also_resident`.
+bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<size_t>& also_resident, size_t slots);
+
+/// The plan for `room` bytes that can be had beside `working` bytes of working memory; nothing if even the
+/// smallest plan does not fit.
+std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
+                                             bool partial_loading, size_t slots);
+
+} // namespace mcache

@@ -1,0 +1,66 @@
+// The per-tensor plan on its own: what a pin copies and how much staging it reserves.
+
+#include "runtime/core/tiers/residency_plan.hpp"
+
+#include "support/catch.hpp"
+
+using namespace mcache;
+
+namespace {
+std::vector<tensor_slot> absent(std::vector<bytes_t> bytes, std::vector<size_t> required = {}) {
+  std::vector<tensor_slot> out;
+  for (auto b : bytes)
+    out.push_back({b, false, tensor_residency::absent});
+  for (auto r : required)
+    out[r].required = true;
+  return out;
+}
+} // namespace
+
+TEST_CASE("a model that fits beside its working memory is copied whole, with no staging") {
+  auto p = plan_residency(absent({10, 20, 30}), 40, 100, true, 2);
+  REQUIRE(p);
+  CHECK(p->copy == std::vector<size_t>{0, 1, 2});
+  CHECK(p->copy_bytes == 60);
+  CHECK(p->staging_bytes == 0);
+}
+
+TEST_CASE("a model that does not fit keeps its required tensors, then what fits in order beside the ring") {
+  // 70 bytes into 50: t2 is required (10); the worst ring is 2 x 20 (t1, the largest that may stream) = 40,
+  // which leaves no room for another tensor; the ring is then sized by what streams: still t1.
+  auto tensors = absent({10, 20, 10, 10, 10, 10}, {2});
+  auto p = plan_residency(tensors, 0, 50, true, 2);
+  REQUIRE(p);
+  CHECK(p->copy == std::vector<size_t>{2});
+  CHECK(p->staging_bytes == 40);
+  CHECK(p->need() == 50);
+  // With 10 more bytes of room, t0 fits too, in execution order before the others.
+  auto more = plan_residency(tensors, 0, 60, true, 2);
+  REQUIRE(more);
+  CHECK(more->copy == std::vector<size_t>{0, 2});
+}
+
+TEST_CASE("required tensors never size the staging ring") {
+  auto tensors = absent({30, 10, 10, 10, 10}, {0});
+  CHECK(staging_for(tensors, {}, 2) == 20);
+  auto p = plan_residency(tensors, 0, 60, true, 2);
+  REQUIRE(p);
+  CHECK(p->copy == std::vector<size_t>{0, 1});
+  CHECK(p->staging_bytes == 20);
+}
+
+TEST_CASE("resident and arriving tensors are neither copied again nor staged") {
+  auto tensors = absent({10, 10, 40});
+  tensors[0].state = tensor_residency::resident;
+  tensors[2].state = tensor_residency::copying;
+  auto p = plan_residency(tensors, 0, 10, true, 2);
+  REQUIRE(p);
+  CHECK(p->copy == std::vector<size_t>{1});
+  CHECK(staging_for(tensors, {}, 2) == 20);
+}
+
+TEST_CASE("without partial loading, or without room for the required tensors and the ring, there is no plan") {
+  CHECK_FALSE(plan_residency(absent({10, 20, 30}), 0, 50, false, 2));
+  CHECK_FALSE(plan_residency(absent({30, 20, 20}, {0}), 0, 60, true, 2));  // 30 + 2 x 20 > 60
+  CHECK(plan_residency(absent({30, 20, 20}, {0}), 0, 70, true, 2));
+}
