@@ -9,10 +9,15 @@
 
 #include <ATen/ATen.h>
 
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+
+#include <sys/wait.h>
+#include <unistd.h>
 
 using namespace mcache;
 using namespace mcache::safetensors;
@@ -259,4 +264,45 @@ TEST_CASE("random damage to a valid file never makes the parser accept an unsafe
     }
   }
   CHECK(accepted > 0);  // some damage (e.g. to the data section) leaves a valid file
+}
+
+// Note [mmap and truncation]: a file truncated after an mmap load removes the pages under the mapping,
+// and the next touch of a tensor past the new end is a SIGBUS: the kernel's contract for shared file pages,
+// not something a process can catch and continue from. That is why read mode is the default: its
+// tensors live in the process's own memory. These two tests pin both behaviours down.
+
+TEST_CASE("in read mode, a file truncated after the load leaves the loaded tensors intact") {
+  temp_dir dir;
+  auto path = dir.file("m.safetensors");
+  auto w = at::arange(1 << 16, at::kFloat);
+  write_file(path, {{"w", w, {}}});
+  auto layout = read_layout(path);
+  REQUIRE(succeeded(layout));
+  auto model = load("m", {std::get<file_layout>(layout)}, {}, {read_mode::read});
+  std::filesystem::resize_file(path, 16);
+  CHECK(model->find("w").equal(w));
+}
+
+TEST_CASE("in mmap mode, a file truncated after the load ends the process at the next touch (documented)") {
+  temp_dir dir;
+  auto path = dir.file("m.safetensors");
+  write_file(path, {{"w", at::arange(1 << 16, at::kFloat), {}}});
+  auto layout = read_layout(path);
+  REQUIRE(succeeded(layout));
+  std::fflush(nullptr);
+  auto child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    auto model = load("m", {std::get<file_layout>(layout)}, {}, {read_mode::mmap});
+    ::truncate(path.c_str(), 16);
+    volatile float sum = 0;
+    auto t = model->find("w");
+    for (int64_t i = 0; i < t.numel(); i += 1024)
+      sum = sum + t.data_ptr<float>()[i];
+    ::_exit(0);  // not reached: the touch past the new end is a SIGBUS
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGBUS);
 }

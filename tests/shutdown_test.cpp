@@ -160,3 +160,32 @@ TEST_CASE("a session can be moved, and its handles stay valid") {
   CHECK(st.ram.leases_active == 0);
   CHECK(st.devices[0].pins_active == 0);
 }
+
+TEST_CASE("slow copies to one device do not hold another device's pin: each device has its own copy queue") {
+  runtime_options o;
+  o.ram_budget_bytes = 32 * mib;
+  o.check_invariants = true;
+  o.devices = {{device_kind::simulated, 16 * mib, 0, 3.0 * mib},  // 4 MiB at 3 MiB/s: about 1.3 s a copy
+               {device_kind::simulated, 16 * mib, 0, 0}};
+  runtime rt{o};
+  rt.models().add(synthetic_model("slow1", {4 * mib_floats}));
+  rt.models().add(synthetic_model("slow2", {4 * mib_floats}));
+  rt.models().add(synthetic_model("fast", {mib_floats}));
+  // Two copies to device 0: enough to fill a shared pool of two copy threads.
+  auto pin_slow = [&](const char* m) {
+    return std::async(std::launch::async, [&rt, m] {
+      auto s = rt.open_session();
+      auto l = s.acquire(m);
+      s.pin(l, 0);
+    });
+  };
+  auto a = pin_slow("slow1");
+  auto b = pin_slow("slow2");
+  REQUIRE(eventually([&] { return rt.stats().devices[0].loads == 2; }));  // both copies are in flight
+  auto s = rt.open_session();
+  auto l = s.acquire("fast");
+  auto p = s.pin(l, 1);
+  CHECK(rt.stats().devices[0].bytes_copied_in == 0);  // device 1's pin did not wait for device 0's copies
+  a.get();
+  b.get();
+}
