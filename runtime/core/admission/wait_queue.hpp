@@ -62,6 +62,11 @@ public:
   }
 
   bool contains(request_id request) const { return find(request) != nullptr; }
+  /// How many requests are queued ahead of `request` (all of them if it is not queued).
+  size_t ahead_of(request_id request) const {
+    auto i = std::find_if(items_.begin(), items_.end(), [&](const Item& x) { return x.request == request; });
+    return static_cast<size_t>(i - items_.begin());
+  }
   const Item* find(request_id request) const {
     auto i = std::find_if(items_.begin(), items_.end(), [&](const Item& x) { return x.request == request; });
     return i == items_.end() ? nullptr : &*i;

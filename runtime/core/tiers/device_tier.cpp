@@ -442,12 +442,7 @@ void device_tier::withdraw(const failure& why, Whose whose, device_effects& out)
 
 void device_tier::expire(request_id request, device_effects& out) {
   // Only a request still waiting for room can expire: once admitted, it is served when its copy ends.
-  size_t ahead = 0;
-  for (const auto& q : queue_) {
-    if (q.request == request)
-      break;
-    ++ahead;
-  }
+  auto ahead = queue_.ahead_of(request);
   auto q = queue_.take(request);
   if (!q)
     return;

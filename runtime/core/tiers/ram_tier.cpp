@@ -291,13 +291,7 @@ void ram_tier::precheck_finished(request_id request, std::optional<failure> fail
     return;
   // Not admitted in its turn: it waits for room like any other request, or fails if it may not wait.
   if (!still->second.may_wait) {
-    size_t ahead = 0;
-    for (const auto& w : queue_) {
-      if (w.request == request)
-        break;
-      ++ahead;
-    }
-    fail_group(request, no_room(still->second, ahead), out);
+    fail_group(request, no_room(still->second, queue_.ahead_of(request)), out);
     serve_queue(out);
     return;
   }
@@ -416,13 +410,7 @@ void ram_tier::expire(request_id request, ram_effects& out) {
   if (!queue_.contains(request))
     return;
   ++counters_.timeouts;
-  size_t ahead = 0;
-  for (const auto& w : queue_) {
-    if (w.request == request)
-      break;
-    ++ahead;
-  }
-  fail_group(request, no_room(groups_.at(request), ahead), out);
+  fail_group(request, no_room(groups_.at(request), queue_.ahead_of(request)), out);
   serve_queue(out);  // the head may have been the one blocking the others
 }
 
