@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <future>
+#include <utility>
 #include <thread>
 
 namespace mcache {
@@ -42,28 +44,45 @@ public:
     return copy;
   }
 
-  at::Tensor allocate_staging(bytes_t bytes) override {
-    return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) override {
+    return std::make_unique<simulated_slot>(this, at::empty({static_cast<int64_t>(bytes)}, at::kByte));
   }
 
-  std::shared_future<at::Tensor> copy_async(const at::Tensor& host, const at::Tensor& staging) override {
-    return std::async(std::launch::async, [this, host, staging] {
-             auto start = std::chrono::steady_clock::now();
-             auto dst = view_in(staging, host);
-             dst.copy_(host);
-             pace(start, tensor_bytes(host));
-             return dst;
-           })
-      .share();
-  }
-
-private:
   void pace(std::chrono::steady_clock::time_point start, bytes_t bytes) const {
     if (options_.bandwidth_bytes_per_s <= 0)
       return;
     auto wanted = std::chrono::duration<double>(static_cast<double>(bytes) / options_.bandwidth_bytes_per_s);
     std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::nanoseconds>(wanted));
   }
+
+private:
+  /// No streams: a fill is a copy on another thread, and take waits for it on the CPU.
+  class simulated_slot final : public stream_slot {
+  public:
+    simulated_slot(simulated_backend* backend, at::Tensor buffer) : backend_(backend), buffer_(std::move(buffer)) {}
+    ~simulated_slot() override {
+      if (fill_.valid())
+        fill_.wait();
+    }
+    void fill(const at::Tensor& host) override {
+      if (fill_.valid())
+        fill_.wait();  // the previous fill of this slot must not race the next
+      fill_ = std::async(std::launch::async, [this, host] {
+        auto start = std::chrono::steady_clock::now();
+        auto dst = view_in(buffer_, host);
+        dst.copy_(host);
+        backend_->pace(start, tensor_bytes(host));
+        return dst;
+      });
+    }
+    at::Tensor take() override { return fill_.get(); }
+    void give_back() override {}
+
+  private:
+    simulated_backend* backend_;
+    at::Tensor buffer_;
+    std::future<at::Tensor> fill_;
+  };
 
   device_index device_;
   simulated_device_options options_;
@@ -79,11 +98,15 @@ public:
       alias->tensors.push_back(model.tensors.at(i));  // shallow: the same storage as the RAM copy
     return alias;
   }
-  at::Tensor allocate_staging(bytes_t) override { return at::empty({0}, at::kByte); }
-  std::shared_future<at::Tensor> copy_async(const at::Tensor& host, const at::Tensor&) override {
-    std::promise<at::Tensor> ready;
-    ready.set_value(host);
-    return ready.get_future().share();
+  /// CPU pins stream nothing: a "fill" is the host tensor itself.
+  std::unique_ptr<stream_slot> make_stream_slot(bytes_t) override {
+    struct alias_slot final : stream_slot {
+      void fill(const at::Tensor& host) override { tensor = host; }
+      at::Tensor take() override { return std::exchange(tensor, at::Tensor()); }
+      void give_back() override {}
+      at::Tensor tensor;
+    };
+    return std::make_unique<alias_slot>();
   }
 };
 

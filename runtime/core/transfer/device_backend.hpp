@@ -20,6 +20,22 @@ public:
   using std::runtime_error::runtime_error;
 };
 
+/// Note [Streaming on a real stream]: one staging slot of a streaming pin. On a GPU nothing here blocks the
+/// CPU: a fill runs on the device's copy stream after that stream has waited for the consumer's last use
+/// of the slot; `take` makes the consumer's current stream wait for the fill; `give_back` records, on the
+/// consumer's current stream, the point after which the slot may be refilled. Backends without streams
+/// (the simulated device, CPU pins) wait on the CPU instead.
+class stream_slot {
+public:
+  virtual ~stream_slot() = default;
+  /// Starts copying `host` into the slot (once the consumer has given it back); returns at once.
+  virtual void fill(const at::Tensor& host) = 0;
+  /// The filled tensor (dtype and shape of the host tensor), safe to use on the caller's current stream.
+  virtual at::Tensor take() = 0;
+  /// The caller's current stream is done with the taken tensor once the work enqueued so far has run.
+  virtual void give_back() = 0;
+};
+
 class device_backend {
 public:
   virtual ~device_backend() = default;
@@ -32,11 +48,9 @@ public:
   /// allocator fails, anything else on other failures (the text is kept).
   virtual std::shared_ptr<const device_model> copy_in(const host_model& model,
                                                       const std::vector<size_t>& indices) = 0;
-  /// A device buffer of `bytes` bytes for streaming.
-  virtual at::Tensor allocate_staging(bytes_t bytes) = 0;
-  /// Starts copying `host` into `staging` (a buffer from allocate_staging, at least as large) and returns
-  /// the device tensor (dtype and shape of `host`, living in `staging`) once the copy is complete.
-  virtual std::shared_future<at::Tensor> copy_async(const at::Tensor& host, const at::Tensor& staging) = 0;
+  /// A staging slot of `bytes` device bytes for streaming (see stream_slot). Throws device_oom_error when
+  /// the device's allocator fails.
+  virtual std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) = 0;
 };
 
 struct simulated_device_options {

@@ -30,29 +30,25 @@ tensor_stream::tensor_stream(const device_pin& pin, std::shared_ptr<staging_ring
                            + " staging bytes, streaming needs " + std::to_string(largest * slots));
   }
   slots_ = ring_->slots();
+  filled_.assign(slots_, none);
   for (size_t r = 0; r + 1 < slots_ && r < streamed_.size(); ++r)
-    issue(r);  // the first slots-1 copies start before anything is asked for
+    fill(r);  // the first slots-1 copies start before anything is asked for
 }
 
 tensor_stream::~tensor_stream() {
   try {
-    wait_all();
+    if (taken_ != none && !ring_->retired())
+      ring_->slot(taken_).give_back();
   } catch (...) {
   }
   ring_->close_stream();
 }
 
-void tensor_stream::wait_all() {
-  for (auto& kv : in_flight_)
-    kv.second.wait();
-  in_flight_.clear();
-}
-
-void tensor_stream::issue(size_t rank) {
-  if (rank >= streamed_.size() || in_flight_.count(rank))
-    return;
+void tensor_stream::fill(size_t rank) {
+  auto s = rank % slots_;
   const auto& host = host_->tensors.at(streamed_[rank]).tensor;
-  in_flight_.emplace(rank, backend_->copy_async(host, ring_->slot(rank % slots_)));
+  ring_->slot(s).fill(host);
+  filled_[s] = rank;
   auto bytes = tensor_bytes(host);
   streamed_bytes_ += bytes;
   if (counter_)
@@ -64,25 +60,26 @@ at::Tensor tensor_stream::get(size_t i) {
   if (resident(i))
     return view_->tensors[i].tensor;
   auto rank = rank_of_.at(i);
-  auto it = in_flight_.find(rank);
-  if (it == in_flight_.end()) {
-    // Out of order: the ring holds other tensors; finish them, then copy this one.
-    wait_all();
-    issue(rank);
-    it = in_flight_.find(rank);
+  auto s = rank % slots_;
+  // The tensor handed out last is done with, as of the work the caller has enqueued so far.
+  if (taken_ != none) {
+    ring_->slot(taken_).give_back();
+    taken_ = none;
   }
-  auto tensor = it->second.get();
-  in_flight_.erase(it);
-  // Copies in flight for earlier ranks are stale now; the slot of the previous rank is free again.
-  for (auto stale = in_flight_.begin(); stale != in_flight_.end();) {
-    if (stale->first < rank) {
-      stale->second.wait();
-      stale = in_flight_.erase(stale);
-    } else {
-      ++stale;
-    }
+  if (filled_[s] != rank)
+    fill(rank);  // out of order, or not prefetched: copy it now
+  auto tensor = ring_->slot(s).take();
+  filled_[s] = none;
+  taken_ = s;
+  // Prefetch the next ones into the other slots, overlapping the caller's use of `tensor`. A slot's fill
+  // waits (on the device) for the consumer's give-back of what the slot held before.
+  for (size_t ahead = 1; ahead < slots_; ++ahead) {
+    auto next = rank + ahead;
+    if (next >= streamed_.size())
+      break;
+    if (filled_[next % slots_] != next)
+      fill(next);
   }
-  issue(rank + slots_ - 1);  // overlaps the caller's use of `tensor`
   return tensor;
 }
 

@@ -15,7 +15,6 @@
 #include "messages/grants.hpp"
 #include "runtime/core/transfer/staging_ring.hpp"
 
-#include <future>
 #include <map>
 #include <vector>
 
@@ -39,8 +38,8 @@ public:
   bytes_t streamed_bytes() const { return streamed_bytes_; }
 
 private:
-  void issue(size_t rank);  // starts the copy of the rank-th streamed tensor into its slot
-  void wait_all();
+  static constexpr size_t none = static_cast<size_t>(-1);
+  void fill(size_t rank);  // starts the copy of the rank-th streamed tensor into its slot
 
   std::shared_ptr<const device_model> view_;
   std::shared_ptr<const host_model> host_;
@@ -48,9 +47,10 @@ private:
   std::shared_ptr<std::atomic<uint64_t>> counter_;
   std::vector<size_t> streamed_;        // indices of the tensors that stream, in order
   std::map<size_t, size_t> rank_of_;    // index -> position in streamed_
-  std::shared_ptr<staging_ring> ring_;  // the pin's staging buffers, held for this stream's lifetime
+  std::shared_ptr<staging_ring> ring_;  // the pin's staging slots, held for this stream's lifetime
   size_t slots_ = 0;
-  std::map<size_t, std::shared_future<at::Tensor>> in_flight_;  // rank -> copy
+  std::vector<size_t> filled_;          // per slot: the rank filled into it and not taken yet, or none
+  size_t taken_ = none;                 // the slot whose tensor the caller holds
   bytes_t streamed_bytes_ = 0;
 };
 
