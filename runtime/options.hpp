@@ -12,17 +12,25 @@
 namespace mcache {
 
 enum class device_kind {
-  simulated,  // a VRAM budget over host tensors: copies really move bytes, on any machine
+  simulated,    // a VRAM budget over host tensors: copies really move bytes, on any machine
+  cuda,         // a CUDA GPU through LibTorch (needs a LibTorch built with CUDA)
+  accelerator,  // a LibTorch PrivateUse1 device (the fake accelerator of the tests, or a vendor's)
 };
 
 struct device_options {
   device_kind kind = device_kind::simulated;
-  bytes_t budget_bytes = 0;   // device memory the runtime may use, bytes; must be > 0 for simulated devices
+  bytes_t budget_bytes = 0;   // device memory the runtime may use, bytes; must be > 0 for simulated and
+                              // accelerator devices; 0 on cuda = the GPU's free memory at start (NVML)
   bytes_t reserve_bytes = 0;  // of the budget, kept free for work outside pins (kernels, framework), bytes
   double simulated_bandwidth_bytes_per_s = 0;  // emulated copy speed, bytes/s; 0 = memcpy speed
   bool partial_loading = true;  // a model that does not fit whole loads what fits and streams the rest
   size_t staging_slots = 2;     // staging buffers per streaming pin, >= 2
+  int index = -1;               // cuda / accelerator: LibTorch's device index; -1 = position in `devices`
 };
+
+/// One cuda device_options per GPU LibTorch sees, each like `each` (budget 0: derived from free memory).
+/// None, with one log line saying why, when LibTorch sees no GPU (for example a LibTorch without CUDA).
+std::vector<device_options> all_gpus(device_options each = {});
 
 enum class scheduler_policy {
   sharing,   // one shared queue: lowest round-trip latency on few cores (default)

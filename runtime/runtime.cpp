@@ -4,6 +4,7 @@
 #include "actors/ram_cache_actor.hpp"
 #include "messages/errors.hpp"
 #include "runtime/core/format.hpp"
+#include "runtime/core/transfer/torch_backend.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -54,6 +55,26 @@ runtime_options resolve(runtime_options o) {
   if (o.default_wait < std::chrono::nanoseconds::zero())
     bad_option("default_wait must not be negative");
   for (size_t i = 0; i < o.devices.size(); ++i) {
+    auto& d = o.devices[i];
+    auto name = "device " + std::to_string(i);
+    if (d.kind != device_kind::simulated) {
+      auto type = d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1;
+      if (d.index < 0)
+        d.index = static_cast<int>(i);
+      auto count = torch_device_count(type);
+      if (d.index >= count)
+        bad_option(name + ": " + c10::Device(type, static_cast<c10::DeviceIndex>(d.index)).str() + " asked for, but LibTorch sees "
+                   + std::to_string(count) + " such device(s)"
+                   + (count == 0 && d.kind == device_kind::cuda ? ": this LibTorch was built without CUDA" : "")
+                   + (count == 0 && d.kind == device_kind::accelerator ? ": no PrivateUse1 backend is registered" : ""));
+      if (d.budget_bytes == 0) {
+        auto free = d.kind == device_kind::cuda ? cuda_free_memory(d.index) : std::nullopt;
+        if (!free)
+          bad_option(name + ": budget_bytes is 0 and the device's free memory cannot be read"
+                     + std::string{d.kind == device_kind::cuda ? " (NVML is not available)" : ""} + "; set budget_bytes");
+        d.budget_bytes = *free;
+      }
+    }
     device_tier_options t{static_cast<device_index>(i), o.devices[i].budget_bytes, o.devices[i].reserve_bytes,
                           o.devices[i].partial_loading, o.devices[i].staging_slots};
     if (auto err = device_tier::validate(t))
@@ -76,6 +97,21 @@ void configure(caf::actor_system_config& cfg, const runtime_options& options) {
           options.scheduler == scheduler_policy::sharing ? caf::atom("sharing") : caf::atom("stealing"));
   cfg.set("scheduler.max-threads", options.scheduler_threads);
   cfg.set("logger.verbosity", caf::atom("quiet"));
+}
+
+std::vector<device_options> all_gpus(device_options each) {
+  std::vector<device_options> out;
+  auto count = torch_device_count(c10::DeviceType::CUDA);
+  if (count == 0)
+    spdlog::info("mcache: no GPU: LibTorch sees no CUDA device (a LibTorch built without CUDA, or no driver); "
+                 "running without devices");
+  for (int i = 0; i < count; ++i) {
+    auto d = each;
+    d.kind = device_kind::cuda;
+    d.index = i;
+    out.push_back(d);
+  }
+  return out;
 }
 
 runtime::runtime(runtime_options options) : options_(resolve(std::move(options))) {
@@ -109,16 +145,21 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     dc.check_invariants_each_step = options_.check_invariants;
     return spawn_device(*system_, std::move(dc));
   };
+  std::string devices;
   for (size_t i = 0; i < options_.devices.size(); ++i) {
     const auto& d = options_.devices[i];
     auto index = static_cast<device_index>(i);
+    std::shared_ptr<device_backend> backend;
+    if (d.kind == device_kind::simulated)
+      backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, {}});
+    else
+      backend = make_torch_backend(c10::Device(d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1,
+                                               static_cast<c10::DeviceIndex>(d.index)));
+    devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
+               + ", reserve " + format_bytes(d.reserve_bytes);
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots},
-                                   make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, {}})));
+                                   std::move(backend)));
   }
-  std::string devices;
-  for (size_t i = 0; i < options_.devices.size(); ++i)
-    devices += "; device " + std::to_string(i) + " (simulated): " + format_bytes(options_.devices[i].budget_bytes)
-               + ", reserve " + format_bytes(options_.devices[i].reserve_bytes);
   spdlog::info("mcache: RAM budget {}{}; {} loader threads, {} copy queue per device, {} scheduler threads",
                format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, 1,
                options_.scheduler_threads);

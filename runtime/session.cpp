@@ -2,6 +2,7 @@
 
 #include "messages/errors.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/core/transfer/device_backend.hpp"
 
 #include <caf/all.hpp>
 
@@ -55,10 +56,21 @@ void lease::release() {
   token_.release();
 }
 
+// The pin ends: its tensors may still be read by work the caller enqueued on its current stream, so the
+// backend keeps their memory until that work has run (Note [One device-generic backend]).
+void pin_handle::end_use() noexcept {
+  if (staging_)
+    staging_->retire();
+  try {
+    if (token_ && grant_.backend && grant_.view)
+      grant_.backend->mark_in_use_on_current_stream(*grant_.view);
+  } catch (...) {
+  }
+}
+
 pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
   if (this != &other) {
-    if (staging_)
-      staging_->retire();
+    end_use();
     grant_.view.reset();
     grant_.host.reset();
     token_ = std::move(other.token_);
@@ -69,17 +81,13 @@ pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
 }
 
 void pin_handle::release() {
-  if (staging_)
-    staging_->retire();
+  end_use();
   grant_.view.reset();
   grant_.host.reset();
   token_.release();
 }
 
-pin_handle::~pin_handle() {
-  if (staging_)
-    staging_->retire();
-}
+pin_handle::~pin_handle() { end_use(); }
 
 tensor_stream pin_handle::stream() const {
   if (!token_)

@@ -108,6 +108,7 @@ public:
 
 private:
   friend class session;
+  void end_use() noexcept;
   pin_handle(release_token token, device_pin grant, std::shared_ptr<staging_ring> staging)
     : token_(std::move(token)), grant_(std::move(grant)), staging_(std::move(staging)) {}
   // Declared first, destroyed last: our aliases of the device copy are gone before the release is sent, so

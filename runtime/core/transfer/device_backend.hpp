@@ -51,6 +51,9 @@ public:
   /// A staging slot of `bytes` device bytes for streaming (see stream_slot). Throws device_oom_error when
   /// the device's allocator fails.
   virtual std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) = 0;
+  /// The caller is done with `view` (its pin ends) once the work it enqueued so far on its current stream
+  /// has run: keep the memory from being reused before then. Nothing to do without streams.
+  virtual void mark_in_use_on_current_stream(const device_model& view) { (void)view; }
 };
 
 struct simulated_device_options {

@@ -59,6 +59,7 @@ private:
       busy_ = true;
       guard.unlock();
       work();
+      work = nullptr;  // what it captured (tensors) is released before the lock: a free may post here
       guard.lock();
       busy_ = false;
       if (queue_.empty())
@@ -74,7 +75,7 @@ private:
 };
 
 /// A block of fake device memory; the deleter's context.
-struct block {
+struct memory_block {
   void* data = nullptr;
   size_t bytes = 0;
   int device = 0;
@@ -217,7 +218,7 @@ struct fake_guard final : c10::impl::DeviceGuardImplInterface {
 
 // -- memory ------------------------------------------------------------------------------------------
 
-void free_block(block* b) {
+void free_block(memory_block* b) {
   auto& d = state().devices.at(static_cast<size_t>(b->device));
   {
     std::lock_guard<std::mutex> guard{d.memory};
@@ -229,7 +230,7 @@ void free_block(block* b) {
 
 // A block used on other streams is freed only when each of them has passed the point where it was freed.
 void release_block(void* context) {
-  auto* b = static_cast<block*>(context);
+  auto* b = static_cast<memory_block*>(context);
   if (b->used_on.empty()) {
     free_block(b);
     return;
@@ -246,7 +247,7 @@ void release_block(void* context) {
 void fake_guard::recordDataPtrOnStream(const c10::DataPtr& data, const c10::Stream& stream) const {
   if (data.get_deleter() != &release_block)
     return;
-  auto* b = static_cast<block*>(data.get_context());
+  auto* b = static_cast<memory_block*>(data.get_context());
   auto& d = state().devices.at(static_cast<size_t>(b->device));
   std::lock_guard<std::mutex> guard{d.memory};
   for (const auto& s : b->used_on)
@@ -269,7 +270,7 @@ struct fake_allocator final : c10::Allocator {
                        " of ", d.capacity, " in use", injected ? ", failure injected" : "", ")");
       d.allocated += bytes;
     }
-    auto* b = new block;
+    auto* b = new memory_block;
     b->data = std::malloc(bytes ? bytes : 1);
     b->bytes = bytes;
     b->device = index;

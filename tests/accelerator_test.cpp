@@ -1,0 +1,196 @@
+// The device-generic backend (torch_backend) on the fake accelerator (Note [Fake accelerator]): its
+// streams are threads, so a missing wait shows up as wrong data. ctest label `accelerator`.
+
+#include "runtime/core/transfer/fake_accelerator.hpp"
+#include "runtime/core/transfer/staging_ring.hpp"
+#include "runtime/core/transfer/tensor_stream.hpp"
+#include "runtime/core/transfer/torch_backend.hpp"
+#include "runtime/runtime.hpp"
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include "support/catch.hpp"
+
+#include <atomic>
+#include <vector>
+
+using namespace mcache;
+
+namespace {
+
+constexpr int64_t floats = 16 * 1024;  // 64 KiB per tensor
+
+/// The fake with slow copies (64 KiB in about 1.3 ms), so that a kernel that does not wait reads too early.
+void install_slow_fake() { fake_accelerator::install({2, 256ull << 20, 50e6}); }
+
+std::shared_ptr<host_model> layers(int n) {
+  auto m = std::make_shared<host_model>();
+  m->id = "layers";
+  for (int i = 0; i < n; ++i)
+    m->tensors.push_back({"l" + std::to_string(i), at::full({floats}, static_cast<float>(i + 1))});
+  return m;
+}
+
+float sum_on_cpu(const at::Tensor& t) {
+  const auto* p = static_cast<const float*>(t.data_ptr());
+  double s = 0;
+  for (int64_t i = 0; i < t.numel(); ++i)
+    s += p[i];
+  return static_cast<float>(s);
+}
+
+} // namespace
+
+TEST_CASE("a copy to the accelerator is complete when reported and equal to the host copy") {
+  install_slow_fake();
+  auto backend = make_torch_backend(fake_accelerator::device(0));
+  auto host = layers(3);
+  auto copy = backend->copy_in(*host, {0, 2});
+  REQUIRE(copy->tensors.size() == 2);
+  CHECK(copy->tensors[0].tensor.device() == fake_accelerator::device(0));
+  // No synchronization here: copy_in returned, so the bytes are there.
+  CHECK(copy->tensors[0].tensor.to(at::kCPU).equal(host->tensors[0].tensor));
+  CHECK(copy->tensors[1].tensor.to(at::kCPU).equal(host->tensors[2].tensor));
+  CHECK(copy->device_bytes == 2 * floats * 4);
+}
+
+TEST_CASE("an allocation failure on the accelerator becomes device_oom_error and leaves nothing allocated") {
+  install_slow_fake();
+  auto backend = make_torch_backend(fake_accelerator::device(1));
+  auto before = fake_accelerator::allocated_bytes(1);
+  auto host = layers(2);
+  fake_accelerator::fail_next_allocations(1, 1);
+  CHECK_THROWS_AS(backend->copy_in(*host, {0, 1}), device_oom_error);
+  CHECK(fake_accelerator::allocated_bytes(1) == before);
+}
+
+TEST_CASE("a device that LibTorch does not have is refused with the count it has") {
+  install_slow_fake();
+  CHECK_THROWS_AS(make_torch_backend(fake_accelerator::device(7)), std::invalid_argument);
+  CHECK_THROWS_AS(make_torch_backend(c10::Device(c10::DeviceType::CUDA, 0)), std::invalid_argument);
+}
+
+TEST_CASE("streaming through two slots: every fake kernel reads its own layer, whichever side is slower") {
+  // The consumer runs fake kernels on its own stream, reading each streamed layer at the end of a delay.
+  //   Slow copies, quick kernels: without the consumer stream waiting for a slot's fill, a kernel reads
+  //   before its copy lands.
+  //   Quick copies, slow kernels: without the copy stream waiting for the consumer's give-back, the next
+  //   fill overwrites a slot before the kernel reading it is done.
+  // Either gives a wrong sum.
+  struct timing {
+    double copy_bytes_per_s;
+    uint64_t kernel_us;
+  };
+  auto t = GENERATE(timing{10e6, 500}, timing{50e6, 6000});
+  fake_accelerator::install({2, 256ull << 20, t.copy_bytes_per_s});
+  auto device = fake_accelerator::device(0);
+  std::shared_ptr<device_backend> backend = make_torch_backend(device);
+  auto host = layers(8);
+  device_pin pin;
+  pin.model = "layers";
+  pin.view = std::make_shared<device_model>(device_model{std::vector<named_tensor>(8), 0});
+  pin.host = host;
+  pin.backend = backend;
+  pin.staging_slots = 2;
+  pin.staging_bytes = 2 * floats * 4;
+  c10::impl::VirtualGuardImpl guard{device.type()};
+  auto consumer = guard.getStreamFromGlobalPool(device);
+  std::vector<float> sums(8, -1);
+  {
+    c10::StreamGuard on_consumer{consumer};
+    tensor_stream stream{pin};
+    for (size_t i = 0; i < 8; ++i) {
+      auto tensor = stream.get(i);
+      fake_accelerator::launch(consumer, [tensor, &sums, i] { sums[i] = sum_on_cpu(tensor); }, t.kernel_us);
+    }
+  }
+  guard.synchronizeStream(consumer);
+  for (size_t i = 0; i < 8; ++i)
+    CHECK(sums[i] == static_cast<float>((i + 1) * floats));
+}
+
+TEST_CASE("a released pin's memory is not reused before the kernels enqueued on it have run") {
+  install_slow_fake();
+  auto device = fake_accelerator::device(1);
+  auto backend = make_torch_backend(device);
+  auto host = layers(1);
+  auto before = fake_accelerator::allocated_bytes(1);
+  auto copy = backend->copy_in(*host, {0});
+  c10::impl::VirtualGuardImpl guard{device.type()};
+  auto consumer = guard.getStreamFromGlobalPool(device);
+  std::atomic<bool> read{false};
+  {
+    c10::StreamGuard on_consumer{consumer};
+    auto t = copy->tensors[0].tensor;
+    fake_accelerator::launch(consumer, [&read, t] { read = sum_on_cpu(t) > 0; }, 20000);
+    backend->mark_in_use_on_current_stream(*copy);
+  }
+  copy.reset();  // the pin is gone; a kernel on the consumer stream still reads its tensor
+  CHECK(fake_accelerator::allocated_bytes(1) > before);
+  guard.synchronizeStream(consumer);
+  CHECK(read);
+  CHECK(fake_accelerator::allocated_bytes(1) == before);
+}
+
+TEST_CASE("a runtime on accelerator devices pins, streams and offloads through the device-generic backend") {
+  install_slow_fake();
+  runtime_options o;
+  o.ram_budget_bytes = 64 << 20;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.budget_bytes = 4 * floats * 4 + 4096;  // 4 of the 8 layers, or 2 + a ring of 2
+  o.devices = {d};
+  runtime rt{o};
+  model_descriptor m;
+  m.id = "layers";
+  m.bytes = 8 * floats * 4;
+  m.loader = [](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(8)); };
+  rt.models().add(m);
+  auto s = rt.open_session();
+  auto lease = s.acquire("layers");
+  {
+    auto pin = s.pin(lease, 0);
+    CHECK(pin.partial());
+    CHECK(pin.tensors().tensors[0].tensor.device().type() == c10::DeviceType::PrivateUse1);
+    auto stream = pin.stream();
+    for (size_t i = 0; i < 8; ++i) {
+      auto t = stream.get(i);
+      c10::impl::VirtualGuardImpl guard{c10::DeviceType::PrivateUse1};
+      guard.synchronizeStream(guard.getStream(t.device()));
+      CHECK(t.to(at::kCPU).equal(lease.host().tensors[i].tensor));
+    }
+  }
+  CHECK(s.offload(0) > 0);
+  auto st = rt.stats().devices[0];
+  CHECK(st.used_bytes == 0);
+  CHECK(st.streamed_bytes > 0);
+}
+
+TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails at start with the reason") {
+  install_slow_fake();
+  runtime_options o;
+  o.ram_budget_bytes = 1 << 20;
+  device_options cuda;
+  cuda.kind = device_kind::cuda;
+  cuda.budget_bytes = 1 << 20;
+  device_options missing;
+  missing.kind = device_kind::accelerator;
+  missing.index = 5;
+  missing.budget_bytes = 1 << 20;
+  for (const auto& d : {cuda, missing}) {
+    o.devices = {d};
+    try {
+      runtime rt{o};
+      if (d.kind == device_kind::cuda && torch_device_count(c10::DeviceType::CUDA) > 0)
+        continue;  // a CUDA LibTorch on a GPU machine
+      FAIL("the runtime started");
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+      CHECK(std::string{e.what()}.find("LibTorch sees") != std::string::npos);
+    }
+  }
+}
