@@ -32,8 +32,10 @@ using released_copies = std::vector<std::shared_ptr<const host_model>>;
 
 void start_load(self_ptr self, const descriptor_ptr& model, released_copies free_first) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
-  self->state.config.loaders->post([model, reply_to, free_first = std::move(free_first)]() mutable {
+  self->state.config.loaders->post([model, reply_to, memory = self->state.config.memory,
+                                    free_first = std::move(free_first)]() mutable {
     free_first.clear();
+    host_memory::scope buffers_from{memory};
     loaded_model done;
     done.model = model->id;
     auto start = std::chrono::steady_clock::now();
@@ -200,7 +202,18 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         return make_error(std::get<failure>(freed));
       return std::get<bytes_t>(freed);
     },
-    [self](stats_atom) -> ram_stats { return self->state.tier->stats(); },
+    [self](stats_atom) -> ram_stats {
+      auto s = self->state.tier->stats();
+      if (self->state.config.memory) {
+        auto m = self->state.config.memory->stats();
+        s.pinned_budget_bytes = m.pinned_budget_bytes;
+        s.pinned_bytes = m.pinned_bytes;
+        s.pinned_peak_bytes = m.pinned_peak_bytes;
+        s.pageable_fallbacks = m.pageable_fallbacks;
+        s.pageable_fallback_bytes = m.pageable_fallback_bytes;
+      }
+      return s;
+    },
     [self](shutdown_atom) -> caf::result<void> {
       self->state.stopping = true;
       ram_effects fx;

@@ -4,6 +4,7 @@
 
 #include "messages/interfaces.hpp"
 #include "runtime/core/models/catalog.hpp"
+#include "runtime/core/models/host_memory.hpp"
 #include "runtime/core/transfer/executor.hpp"
 #include "runtime/core/tiers/ram_tier.hpp"
 
@@ -17,6 +18,7 @@ struct ram_cache_config {
   ram_tier_options tier;                    // the budget
   std::shared_ptr<const catalog> models;    // where acquire looks models up (never loads on lookup)
   std::shared_ptr<executor> loaders;        // where loads run
+  std::shared_ptr<host_memory> memory;      // the buffers loads read into (pinned up to a budget); may be null
   policy_factory policy = make_lru_policy;  // the eviction policy of the tier
   bool check_invariants_each_step = false;  // abort on the first broken invariant (tests, debug builds)
 };

@@ -31,6 +31,12 @@ struct ram_stats {
   std::uint64_t waits = 0;           // requests that had to queue for room
   std::uint64_t waiting_now = 0;     // requests queued for room right now
   std::uint64_t timeouts = 0;        // requests that failed at their deadline
+  // Note [Pinned host memory]: buffers loads read into, pinned up to a budget within the RAM budget.
+  bytes_t pinned_budget_bytes = 0;
+  bytes_t pinned_bytes = 0;             // in pinned buffers now
+  bytes_t pinned_peak_bytes = 0;
+  std::uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
+  bytes_t pageable_fallback_bytes = 0;
 };
 
 /// One device tier (a GPU, a simulated GPU, or the CPU pin tier).

@@ -37,6 +37,11 @@ const metric<ram_stats> ram_metrics[] = {
   {"trims_total", "counter", "Models dropped by explicit trims.", MCACHE_FIELD(ram_stats, trims)},
   {"waits_total", "counter", "Requests that waited for room.", MCACHE_FIELD(ram_stats, waits)},
   {"timeouts_total", "counter", "Requests that failed at their deadline.", MCACHE_FIELD(ram_stats, timeouts)},
+  {"pinned_budget_bytes", "gauge", "Budget of pinned host buffers.", MCACHE_FIELD(ram_stats, pinned_budget_bytes)},
+  {"pinned_bytes", "gauge", "Bytes in pinned host buffers now.", MCACHE_FIELD(ram_stats, pinned_bytes)},
+  {"pinned_peak_bytes", "gauge", "Highest pinned_bytes seen.", MCACHE_FIELD(ram_stats, pinned_peak_bytes)},
+  {"pageable_fallbacks_total", "counter", "Host buffers that wanted pinning and got pageable memory.", MCACHE_FIELD(ram_stats, pageable_fallbacks)},
+  {"pageable_fallback_bytes_total", "counter", "Bytes of those buffers.", MCACHE_FIELD(ram_stats, pageable_fallback_bytes)},
 };
 
 const metric<device_stats> device_metrics[] = {

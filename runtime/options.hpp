@@ -42,6 +42,9 @@ struct runtime_options {
   double ram_fraction = 0.5;     // share of MemAvailable taken when ram_budget_bytes is 0, in (0, 1]
   std::vector<device_options> devices;  // devices 0..N-1
   bytes_t cpu_working_budget_bytes = 0;  // working memory CPU pins may reserve, bytes; 0 = RAM budget
+  bytes_t pinned_budget_bytes = 0;  // of the RAM budget, how much loads may read into pinned (page-locked)
+                                    // buffers for fast copies to GPUs, bytes; 0 = none (Note [Pinned host
+                                    // memory]); must not exceed the RAM budget
   size_t loader_threads = 2;     // threads running model loads (disk, decode), >= 1
   size_t scheduler_threads = 0;  // CAF scheduler threads; 0 = hardware threads (at least 2)
   scheduler_policy scheduler = scheduler_policy::sharing;

@@ -47,6 +47,9 @@ runtime_options resolve(runtime_options o) {
                + format_bytes(available) + "; that budget could never be honoured");
   if (o.loader_threads == 0)
     bad_option("loader_threads must be at least 1");
+  if (o.pinned_budget_bytes > o.ram_budget_bytes)
+    bad_option("pinned_budget_bytes " + format_bytes(o.pinned_budget_bytes) + " is larger than the RAM budget "
+               + format_bytes(o.ram_budget_bytes) + ": pinned buffers hold host copies inside the RAM budget");
   // A null factory means the default, for both policies (a null eviction policy used to crash the actors).
   if (!o.eviction)
     o.eviction = make_lru_policy;
@@ -128,6 +131,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   rc.tier.budget_bytes = options_.ram_budget_bytes;
   rc.models = catalog_;
   rc.loaders = loaders_;
+  rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes);
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
   ram_ = spawn_ram_cache(*system_, std::move(rc));

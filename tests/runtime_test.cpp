@@ -199,3 +199,9 @@ TEST_CASE("pin_anywhere pins where the model already is, else on the device with
   auto b = s.acquire("b");
   CHECK(s.pin_anywhere(b, 4096).device() == 0);
 }
+
+TEST_CASE("a pinned budget larger than the RAM budget is refused at start") {
+  auto o = small_options();
+  o.pinned_budget_bytes = o.ram_budget_bytes + 1;
+  CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+}

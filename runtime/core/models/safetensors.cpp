@@ -1,5 +1,7 @@
 #include "runtime/core/models/safetensors.hpp"
 
+#include "runtime/core/models/host_memory.hpp"
+
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/format.hpp"
 
@@ -167,7 +169,8 @@ data_block read_data(const file_layout& f, const load_options& options) {
       at::TensorOptions().dtype(at::kByte));
     return {owner, base};
   }
-  auto buffer = at::empty({static_cast<int64_t>(n)}, at::kByte);
+  // Read straight into the buffer the runtime wants (pinned where a GPU will read it): no second copy.
+  auto buffer = host_memory::buffer(n);
   auto* dst = static_cast<uint8_t*>(buffer.data_ptr());
   uint64_t done = 0;
   ::posix_fadvise(fd.fd, static_cast<off_t>(f.layout.data_offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
