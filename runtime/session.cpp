@@ -6,6 +6,8 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
+
 namespace mcache {
 
 namespace {
@@ -63,9 +65,18 @@ void pin_handle::end_use() noexcept {
     staging_->retire();
   try {
     if (token_ && grant_.backend && grant_.view)
-      grant_.backend->mark_in_use_on_current_stream(*grant_.view);
+      grant_.backend->mark_in_use(*grant_.view, used_on_);
   } catch (...) {
   }
+  used_on_.clear();
+}
+
+void pin_handle::note_stream() const {
+  if (!grant_.backend)
+    return;
+  auto s = grant_.backend->current_stream();
+  if (s && std::find(used_on_.begin(), used_on_.end(), *s) == used_on_.end())
+    used_on_.push_back(*s);
 }
 
 pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
@@ -76,12 +87,14 @@ pin_handle& pin_handle::operator=(pin_handle&& other) noexcept {
     token_ = std::move(other.token_);
     grant_ = std::move(other.grant_);
     staging_ = std::move(other.staging_);
+    used_on_ = std::move(other.used_on_);
   }
   return *this;
 }
 
 void pin_handle::release() {
   end_use();
+  staging_.reset();  // the slots go now (a stream still alive keeps them until it ends)
   grant_.view.reset();
   grant_.host.reset();
   token_.release();
@@ -90,6 +103,7 @@ void pin_handle::release() {
 pin_handle::~pin_handle() { end_use(); }
 
 tensor_stream pin_handle::stream() const {
+  note_stream();
   if (!token_)
     throw request_error(failure{errc::invalid_pin, "stream() of a released pin; pin the model again"});
   return tensor_stream{grant_, staging_};

@@ -93,8 +93,14 @@ public:
   bytes_t resident_bytes() const { return grant_.resident_bytes; }
   bytes_t working_bytes() const { return grant_.working_bytes; }
   /// The device copy of the tensor named `name` (undefined if there is none, or if it streams).
-  at::Tensor tensor(const std::string& name) const { return grant_.view->find(name); }
-  const device_model& tensors() const { return *grant_.view; }
+  at::Tensor tensor(const std::string& name) const {
+    note_stream();
+    return grant_.view->find(name);
+  }
+  const device_model& tensors() const {
+    note_stream();
+    return *grant_.view;
+  }
   /// Whether some tensors are not resident and must be streamed (see `stream()`).
   bool partial() const { return grant_.partial(); }
   /// Streams the tensors in order, resident ones from the device copy, the rest through staging buffers
@@ -109,6 +115,7 @@ public:
 private:
   friend class session;
   void end_use() noexcept;
+  void note_stream() const;
   pin_handle(release_token token, device_pin grant, std::shared_ptr<staging_ring> staging)
     : token_(std::move(token)), grant_(std::move(grant)), staging_(std::move(staging)) {}
   // Declared first, destroyed last: our aliases of the device copy are gone before the release is sent, so
@@ -116,6 +123,7 @@ private:
   release_token token_;
   device_pin grant_;
   std::shared_ptr<staging_ring> staging_;  // Note [Staging belongs to the pin]; retired on release
+  mutable std::vector<c10::Stream> used_on_;  // streams current when tensors were handed out (for release)
 };
 
 /// A blocking client: one holder. Movable (its handles stay valid when it moves); use it from one thread

@@ -15,6 +15,8 @@
 #include "support/catch.hpp"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <vector>
 
 using namespace mcache;
@@ -126,7 +128,7 @@ TEST_CASE("a released pin's memory is not reused before the kernels enqueued on 
     c10::StreamGuard on_consumer{consumer};
     auto t = copy->tensors[0].tensor;
     fake_accelerator::launch(consumer, [&read, t] { read = sum_on_cpu(t) > 0; }, 20000);
-    backend->mark_in_use_on_current_stream(*copy);
+    backend->mark_in_use(*copy, {});
   }
   copy.reset();  // the pin is gone; a kernel on the consumer stream still reads its tensor
   CHECK(fake_accelerator::allocated_bytes(1) > before);
@@ -193,4 +195,48 @@ TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails
       CHECK(std::string{e.what()}.find("LibTorch sees") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("a pin used on one stream and released on another thread keeps its memory until that stream is done") {
+  install_slow_fake();
+  runtime_options o;
+  o.ram_budget_bytes = 64 << 20;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.index = 1;
+  d.budget_bytes = 16 * floats * 4;
+  o.devices = {d};
+  runtime rt{o};
+  model_descriptor m;
+  m.id = "layers";
+  m.bytes = 2 * floats * 4;
+  m.loader = [](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(2)); };
+  rt.models().add(m);
+  auto s = rt.open_session();
+  auto lease = s.acquire("layers");
+  auto before = fake_accelerator::allocated_bytes(1);
+  auto pin = s.pin(lease, 0);
+  auto device = fake_accelerator::device(1);
+  c10::impl::VirtualGuardImpl guard{device.type()};
+  auto worker_stream = guard.getStreamFromGlobalPool(device);
+  std::atomic<bool> read{false};
+  std::thread worker{[&] {
+    c10::StreamGuard on{worker_stream};
+    auto t = pin.tensor("l0");
+    // The kernel holds a raw pointer, as a CUDA kernel does: only the allocator's record keeps the memory.
+    const float* data = static_cast<const float*>(t.data_ptr());
+    fake_accelerator::launch(worker_stream, [&read, data] { read = data[floats - 1] > 0; }, 300000);
+  }};
+  worker.join();
+  pin.release();  // on this thread, whose current stream is another one
+  s.offload(0);   // the tier drops the device copy (freed on the copy queue, right after)
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(fake_accelerator::allocated_bytes(1) > before);  // the worker's kernel (300 ms) still reads it
+  guard.synchronizeStream(worker_stream);
+  CHECK(read);
+  // The copy queue frees off the actor thread: give it a moment after the stream is done.
+  for (int i = 0; i < 200 && fake_accelerator::allocated_bytes(1) > before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(fake_accelerator::allocated_bytes(1) == before);
 }

@@ -46,22 +46,26 @@ at::Tensor host_memory::allocate(bytes_t bytes) {
     return pageable(bytes, false);
   if (cannot_pin_)
     return pageable(bytes, true);
-  // Reserve first, so that concurrent loads never overshoot the budget together.
-  auto before = pinned_.fetch_add(bytes);
-  if (before + bytes > budget_) {
-    pinned_ -= bytes;
+  // LibTorch's pinned allocator hands out blocks of a power of two: that is what pinning costs, and what
+  // the budget counts. Reserve first, so that concurrent loads never overshoot the budget together.
+  auto charged = bytes_t{1};
+  while (charged < bytes)
+    charged <<= 1;
+  auto before = pinned_.fetch_add(charged);
+  if (before + charged > budget_) {
+    pinned_ -= charged;
     return pageable(bytes, true);
   }
   at::Tensor pinned;
   try {
     pinned = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   } catch (const std::exception&) {
-    pinned_ -= bytes;
-    cannot_pin_ = true;  // a CPU-only LibTorch: it will not get better
+    pinned_ -= charged;
+    cannot_pin_ = true;  // a CPU-only LibTorch (or a failing driver): not retried
     return pageable(bytes, true);
   }
   ++buffers_;
-  auto now = before + bytes;
+  auto now = before + charged;
   auto peak = peak_.load();
   while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
   }
@@ -70,7 +74,7 @@ at::Tensor host_memory::allocate(bytes_t bytes) {
   auto keep = pinned;
   return at::from_blob(
     pinned.data_ptr(), {static_cast<int64_t>(bytes)},
-    [self, keep, bytes](void*) { self->pinned_ -= bytes; }, pinned.options());
+    [self, keep, charged](void*) { self->pinned_ -= charged; }, pinned.options());
 }
 
 host_memory_stats host_memory::stats() const {

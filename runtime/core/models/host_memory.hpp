@@ -23,7 +23,7 @@ namespace mcache {
 
 struct host_memory_stats {
   bytes_t pinned_budget_bytes = 0;
-  bytes_t pinned_bytes = 0;        // in pinned buffers now
+  bytes_t pinned_bytes = 0;        // in pinned buffers now, as pinned (rounded up to a power of two)
   bytes_t pinned_peak_bytes = 0;
   uint64_t pinned_buffers = 0;     // pinned buffers handed out, in all
   uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory

@@ -7,7 +7,10 @@
 
 #include <functional>
 #include <future>
+#include <c10/core/Stream.h>
+
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -51,9 +54,16 @@ public:
   /// A staging slot of `bytes` device bytes for streaming (see stream_slot). Throws device_oom_error when
   /// the device's allocator fails.
   virtual std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) = 0;
-  /// The caller is done with `view` (its pin ends) once the work it enqueued so far on its current stream
-  /// has run: keep the memory from being reused before then. Nothing to do without streams.
-  virtual void mark_in_use_on_current_stream(const device_model& view) { (void)view; }
+  /// The stream current on the calling thread for this device, where the backend has streams. A pin handle
+  /// notes it each time its tensors are handed out, so that their release is ordered after that work.
+  virtual std::optional<c10::Stream> current_stream() const { return std::nullopt; }
+  /// The caller is done with `view` (its pin ends) once the work enqueued so far on `used_on` and on the
+  /// calling thread's current stream has run: keep the memory from being reused before then. Nothing to
+  /// do without streams.
+  virtual void mark_in_use(const device_model& view, const std::vector<c10::Stream>& used_on) {
+    (void)view;
+    (void)used_on;
+  }
 };
 
 struct simulated_device_options {

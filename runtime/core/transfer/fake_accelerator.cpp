@@ -9,6 +9,19 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
+#if __has_include(<torch/csrc/api/include/torch/version.h>)
+#include <torch/csrc/api/include/torch/version.h>
+#elif __has_include(<torch/version.h>)
+#include <torch/version.h>
+#endif
+// LibTorch 2.3 made Allocator::allocate non-const and added copy_data.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3))
+#define MCACHE_ALLOCATE_CONST
+#define MCACHE_ALLOCATOR_COPY_DATA 1
+#else
+#define MCACHE_ALLOCATE_CONST const
+#define MCACHE_ALLOCATOR_COPY_DATA 0
+#endif
 
 #include <array>
 #include <atomic>
@@ -38,15 +51,18 @@ public:
   void post(std::function<void()> work) {
     std::lock_guard<std::mutex> guard{mutex_};
     queue_.push_back(std::move(work));
+    ++posted_;
     wake_.notify_all();
   }
   bool idle() {
     std::lock_guard<std::mutex> guard{mutex_};
-    return queue_.empty() && !busy_;
+    return finished_ == posted_;
   }
+  /// Waits for the work posted before the call (later work cannot starve it).
   void drain() {
     std::unique_lock<std::mutex> guard{mutex_};
-    done_.wait(guard, [&] { return queue_.empty() && !busy_; });
+    auto target = posted_;
+    done_.wait(guard, [&] { return finished_ >= target; });
   }
 
 private:
@@ -62,8 +78,8 @@ private:
       work = nullptr;  // what it captured (tensors) is released before the lock: a free may post here
       guard.lock();
       busy_ = false;
-      if (queue_.empty())
-        done_.notify_all();
+      ++finished_;
+      done_.notify_all();
     }
   }
 
@@ -71,6 +87,8 @@ private:
   std::condition_variable wake_, done_;
   std::deque<std::function<void()>> queue_;
   bool busy_ = false;
+  uint64_t posted_ = 0;    // work items posted, in all
+  uint64_t finished_ = 0;  // of which finished
   std::thread thread_;
 };
 
@@ -176,11 +194,10 @@ struct fake_guard final : c10::impl::DeviceGuardImplInterface {
     if (!*event)
       *event = new event_handle(std::make_shared<fake_event>());
     auto ev = *static_cast<event_handle*>(*event);
-    uint64_t version;
-    {
-      std::lock_guard<std::mutex> guard{ev->mutex};
-      version = ++ev->recorded;
-    }
+    // Posted under the event's lock: a block() from another thread cannot slip its wait in before the
+    // completion it waits for.
+    std::lock_guard<std::mutex> guard{ev->mutex};
+    auto version = ++ev->recorded;
     worker(stream).post([ev, version] {
       std::lock_guard<std::mutex> guard{ev->mutex};
       ev->completed = std::max(ev->completed, version);
@@ -257,7 +274,7 @@ void fake_guard::recordDataPtrOnStream(const c10::DataPtr& data, const c10::Stre
 }
 
 struct fake_allocator final : c10::Allocator {
-  c10::DataPtr allocate(size_t bytes) const override {
+  c10::DataPtr allocate(size_t bytes) MCACHE_ALLOCATE_CONST override {
     auto index = current_device;
     auto& d = state().devices.at(static_cast<size_t>(index));
     {
@@ -277,6 +294,9 @@ struct fake_allocator final : c10::Allocator {
     return {b->data, b, &release_block, c10::Device(fake_type, static_cast<c10::DeviceIndex>(index))};
   }
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+#if MCACHE_ALLOCATOR_COPY_DATA
+  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
+#endif
 };
 fake_allocator the_allocator;
 

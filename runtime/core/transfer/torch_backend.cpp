@@ -43,6 +43,9 @@ public:
   explicit torch_backend(c10::Device device) : device_(device), guard_(device.type()) {
     c10::DeviceGuard on{device_};
     copy_stream_ = guard_.getStreamFromGlobalPool(device_);
+    // Streaming fills get a stream of their own (high priority where the device has priorities): they
+    // wait on the device for consumers, and model copies must not queue behind those waits.
+    fill_stream_ = guard_.getStreamFromGlobalPool(device_, /*isHighPriority=*/true);
   }
 
   std::string describe() const override { return device_.str(); }
@@ -83,11 +86,15 @@ public:
     }
   }
 
-  void mark_in_use_on_current_stream(const device_model& view) override {
-    auto consumer = guard_.getStream(device_);
+  std::optional<c10::Stream> current_stream() const override { return guard_.getStream(device_); }
+
+  void mark_in_use(const device_model& view, const std::vector<c10::Stream>& used_on) override {
+    auto streams = used_on;
+    streams.push_back(guard_.getStream(device_));
     for (const auto& nt : view.tensors)
       if (nt.tensor.defined() && nt.tensor.device() == device_)
-        guard_.recordDataPtrOnStream(nt.tensor.storage().data_ptr(), consumer);
+        for (const auto& s : streams)
+          guard_.recordDataPtrOnStream(nt.tensor.storage().data_ptr(), s);
   }
 
 private:
@@ -102,22 +109,28 @@ private:
 
     void fill(const at::Tensor& host) override {
       c10::DeviceGuard on{backend_->device_};
-      c10::StreamGuard copying{backend_->copy_stream_};
-      consumed_.block(backend_->copy_stream_);
+      const auto& stream = backend_->fill_stream_;
+      c10::StreamGuard copying{stream};
+      consumed_.block(stream);
       auto src = host.is_contiguous() ? host : host.contiguous();
       tensor_ = view_in(buffer_, src);
       tensor_.copy_(src, /*non_blocking=*/true);
       source_ = src;  // the host memory stays alive while the copy may read it
-      filled_.record(backend_->copy_stream_);
-      backend_->guard_.recordDataPtrOnStream(buffer_.storage().data_ptr(), backend_->copy_stream_);
+      filled_.record(stream);
+      backend_->guard_.recordDataPtrOnStream(buffer_.storage().data_ptr(), stream);
     }
     at::Tensor take() override {
       auto consumer = backend_->guard_.getStream(backend_->device_);
       filled_.block(consumer);
       backend_->guard_.recordDataPtrOnStream(buffer_.storage().data_ptr(), consumer);
+      taken_on_ = consumer;
       return tensor_;
     }
-    void give_back() override { consumed_.record(backend_->guard_.getStream(backend_->device_)); }
+    // Recorded on the stream that took the tensor (its kernels read it), whichever stream is current now.
+    void give_back() override {
+      if (taken_on_)
+        consumed_.record(*taken_on_);
+    }
 
   private:
     torch_backend* backend_;
@@ -126,11 +139,13 @@ private:
     at::Tensor source_;
     c10::Event filled_;
     c10::Event consumed_;
+    std::optional<c10::Stream> taken_on_;
   };
 
   c10::Device device_;
   c10::impl::VirtualGuardImpl guard_;
-  c10::Stream copy_stream_{c10::Stream::DEFAULT, c10::Device(c10::DeviceType::CPU)};
+  c10::Stream copy_stream_{c10::Stream::DEFAULT, c10::Device(c10::DeviceType::CPU)};  // model copies
+  c10::Stream fill_stream_{c10::Stream::DEFAULT, c10::Device(c10::DeviceType::CPU)};  // streaming fills
 };
 
 } // namespace

@@ -10,9 +10,12 @@
 //     never an actor thread. A device copy is only reported once complete, so any stream may read it.
 //   - Device tensors come from LibTorch's allocator (CUDA's caching allocator on a GPU), shared with the
 //     rest of the process.
-//   - `mark_in_use_on_current_stream` (called when a pin is released) records the pin's tensors on the
-//     caller's current stream, so the allocator does not reuse their memory before the kernels the caller
-//     enqueued on them have run.
+//   - `mark_in_use` (called when a pin is released) records the pin's tensors on the streams that were
+//     current whenever the pin handed them out, and on the releasing thread's, so the allocator does not
+//     reuse their memory before the kernels enqueued on them have run (also when the handle is released
+//     on another thread than the one that used it).
+//   - Streaming fills run on a second stream of their own, so a fill waiting for a consumer never holds
+//     back a model copy.
 //   - An allocation failure (c10::OutOfMemoryError) becomes device_oom_error, and the tier's OOM ladder
 //     takes it from there.
 
