@@ -190,6 +190,7 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](stats_atom) -> device_stats {
       auto s = self->state.tier->stats();
       s.streamed_bytes = self->state.streamed_bytes->load();
+      s.allocator_cached_bytes = self->state.config.backend->cached_bytes();
       return s;
     },
     [self](shutdown_atom) -> caf::result<void> {

@@ -37,6 +37,7 @@ struct ram_stats {
   bytes_t pinned_peak_bytes = 0;
   std::uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
+  bytes_t host_cached_bytes = 0;        // freed load buffers kept for reuse, beyond used_bytes
 };
 
 /// One device tier (a GPU, a simulated GPU, or the CPU pin tier).
@@ -72,6 +73,7 @@ struct device_stats {
   std::uint64_t waits = 0;
   std::uint64_t waiting_now = 0;
   std::uint64_t timeouts = 0;
+  bytes_t allocator_cached_bytes = 0;  // freed device memory the backend keeps for reuse, beyond used_bytes
 };
 
 /// What placement sees of one device for one model (the answer to a `place` query).

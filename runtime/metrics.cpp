@@ -42,6 +42,7 @@ const metric<ram_stats> ram_metrics[] = {
   {"pinned_peak_bytes", "gauge", "Highest pinned_bytes seen.", MCACHE_FIELD(ram_stats, pinned_peak_bytes)},
   {"pageable_fallbacks_total", "counter", "Host buffers that wanted pinning and got pageable memory.", MCACHE_FIELD(ram_stats, pageable_fallbacks)},
   {"pageable_fallback_bytes_total", "counter", "Bytes of those buffers.", MCACHE_FIELD(ram_stats, pageable_fallback_bytes)},
+  {"host_cached_bytes", "gauge", "Freed load buffers kept for reuse, beyond used_bytes.", MCACHE_FIELD(ram_stats, host_cached_bytes)},
 };
 
 const metric<device_stats> device_metrics[] = {
@@ -72,6 +73,7 @@ const metric<device_stats> device_metrics[] = {
   {"offloaded_bytes_total", "counter", "Bytes offloaded explicitly.", MCACHE_FIELD(device_stats, offloaded_bytes)},
   {"waits_total", "counter", "Pin requests that waited for room.", MCACHE_FIELD(device_stats, waits)},
   {"timeouts_total", "counter", "Pin requests that failed at their deadline.", MCACHE_FIELD(device_stats, timeouts)},
+  {"allocator_cached_bytes", "gauge", "Freed device memory the backend keeps for reuse, beyond used_bytes.", MCACHE_FIELD(device_stats, allocator_cached_bytes)},
 };
 
 #undef MCACHE_FIELD

@@ -131,7 +131,8 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   rc.tier.budget_bytes = options_.ram_budget_bytes;
   rc.models = catalog_;
   rc.loaders = loaders_;
-  rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes);
+  // Note [Reuse, do not re-fault]: an eighth of each budget may be kept for reuse (reported in the stats).
+  rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes, options_.ram_budget_bytes / 8);
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
   ram_ = spawn_ram_cache(*system_, std::move(rc));
@@ -155,7 +156,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     auto index = static_cast<device_index>(i);
     std::shared_ptr<device_backend> backend;
     if (d.kind == device_kind::simulated)
-      backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, {}});
+      backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, d.budget_bytes / 8, {}});
     else
       backend = make_torch_backend(c10::Device(d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1,
                                                static_cast<c10::DeviceIndex>(d.index)));

@@ -46,3 +46,36 @@ TEST_CASE("a loader thread takes its buffers from the host memory made current t
     CHECK(s.pageable_fallbacks + (t.is_pinned() ? 1 : 0) == 1);
   }
 }
+
+// -- Note [Reuse, do not re-fault] ------------------------------------------------------------------------
+
+#include "runtime/core/transfer/buffer_cache.hpp"
+
+TEST_CASE("a freed buffer is handed out again for a request of its size or a little smaller, within the bound") {
+  auto cache = std::make_shared<buffer_cache>(8 << 20);
+  void* first;
+  {
+    auto a = cache->take(4 << 20);
+    first = a.data_ptr();
+  }
+  CHECK(cache->cached_bytes() == 4 << 20);
+  {
+    auto b = cache->take((4 << 20) - 4096);  // a little smaller: the same buffer
+    CHECK(b.data_ptr() == first);
+    CHECK(b.numel() == (4 << 20) - 4096);
+    CHECK(cache->cached_bytes() == 0);
+  }
+  auto small = cache->take(1 << 20);  // a quarter of it: not worth tying up the large one
+  CHECK(small.data_ptr() != first);
+  CHECK(cache->reuses() == 1);
+  CHECK(cache->allocations() == 2);
+}
+
+TEST_CASE("the buffer cache keeps no more than its bound") {
+  auto cache = std::make_shared<buffer_cache>(3 << 20);
+  {
+    auto a = cache->take(2 << 20);
+    auto b = cache->take(2 << 20);
+  }
+  CHECK(cache->cached_bytes() == 2 << 20);  // the second did not fit under the bound and was freed
+}

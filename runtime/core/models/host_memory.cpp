@@ -15,7 +15,8 @@ namespace {
 thread_local std::shared_ptr<host_memory> current;
 }
 
-host_memory::host_memory(bytes_t pinned_budget_bytes) : budget_(pinned_budget_bytes) {}
+host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes)
+  : budget_(pinned_budget_bytes), pageable_cache_(std::make_shared<buffer_cache>(pageable_cache_bytes)) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {
   current = std::move(memory);
@@ -38,7 +39,7 @@ at::Tensor host_memory::pageable(bytes_t bytes, bool fallback) {
                    cannot_pin_ ? "this LibTorch cannot pin memory"
                                : ("the pinned budget of " + format_bytes(budget_) + " is used up").c_str());
   }
-  return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  return bytes == 0 ? at::empty({0}, at::kByte) : pageable_cache_->take(bytes);
 }
 
 at::Tensor host_memory::allocate(bytes_t bytes) {
@@ -78,8 +79,9 @@ at::Tensor host_memory::allocate(bytes_t bytes) {
 }
 
 host_memory_stats host_memory::stats() const {
-  return host_memory_stats{budget_, pinned_.load(), peak_.load(), buffers_.load(), fallbacks_.load(),
-                           fallback_bytes_.load()};
+  return host_memory_stats{budget_,           pinned_.load(),         peak_.load(),
+                           buffers_.load(),   fallbacks_.load(),      fallback_bytes_.load(),
+                           pageable_cache_->cached_bytes()};
 }
 
 } // namespace mcache

@@ -12,6 +12,7 @@
 // `host_memory::buffer(bytes)`, which falls back to plain memory when none is current (tests, tools).
 
 #include "messages/ids.hpp"
+#include "runtime/core/transfer/buffer_cache.hpp"
 
 #include <ATen/core/Tensor.h>
 
@@ -28,12 +29,15 @@ struct host_memory_stats {
   uint64_t pinned_buffers = 0;     // pinned buffers handed out, in all
   uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
+  bytes_t pageable_cached_bytes = 0; // freed pageable buffers kept for reuse, beyond the RAM budget's count
 };
 
 class host_memory : public std::enable_shared_from_this<host_memory> {
 public:
   /// `pinned_budget_bytes` 0: never pin (every buffer is pageable and nothing is counted as a fallback).
-  explicit host_memory(bytes_t pinned_budget_bytes);
+  /// Pageable buffers are reused through a cache of at most `pageable_cache_bytes` (Note [Reuse, do not
+  /// re-fault]).
+  explicit host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes = 0);
 
   /// A byte buffer of `bytes`: pinned while the budget allows and LibTorch can pin, else pageable.
   at::Tensor allocate(bytes_t bytes);
@@ -57,6 +61,7 @@ private:
   at::Tensor pageable(bytes_t bytes, bool fallback);
 
   bytes_t budget_;
+  std::shared_ptr<buffer_cache> pageable_cache_;
   std::atomic<bytes_t> pinned_{0};
   std::atomic<bytes_t> peak_{0};
   std::atomic<uint64_t> buffers_{0};

@@ -1,5 +1,7 @@
 #include "runtime/core/transfer/device_backend.hpp"
 
+#include "runtime/core/transfer/buffer_cache.hpp"
+
 #include <ATen/ATen.h>
 
 #include <chrono>
@@ -20,7 +22,9 @@ at::Tensor view_in(const at::Tensor& staging, const at::Tensor& host) {
 class simulated_backend final : public device_backend {
 public:
   simulated_backend(device_index device, simulated_device_options options)
-    : device_(device), options_(std::move(options)) {}
+    : device_(device), options_(std::move(options)), cache_(std::make_shared<buffer_cache>(options_.cache_bytes)) {}
+
+  bytes_t cached_bytes() const override { return cache_->cached_bytes(); }
 
   std::string describe() const override { return "simulated device " + std::to_string(device_); }
 
@@ -37,7 +41,15 @@ public:
                              + std::to_string(bytes) + " bytes failed (injected)");
     for (auto i : indices) {
       const auto& nt = model.tensors.at(i);
-      copy->tensors.push_back({nt.name, nt.tensor.clone()});
+      // Into a reused buffer (Note [Reuse, do not re-fault]), not a fresh clone.
+      auto n = tensor_bytes(nt.tensor);
+      if (n == 0) {
+        copy->tensors.push_back({nt.name, nt.tensor.clone()});
+        continue;
+      }
+      auto dst = view_in(cache_->take(n), nt.tensor);
+      dst.copy_(nt.tensor);
+      copy->tensors.push_back({nt.name, dst});
     }
     copy->device_bytes = bytes;
     pace(start, bytes);
@@ -45,7 +57,7 @@ public:
   }
 
   std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) override {
-    return std::make_unique<simulated_slot>(this, at::empty({static_cast<int64_t>(bytes)}, at::kByte));
+    return std::make_unique<simulated_slot>(this, cache_->take(bytes));
   }
 
   void pace(std::chrono::steady_clock::time_point start, bytes_t bytes) const {
@@ -86,6 +98,7 @@ private:
 
   device_index device_;
   simulated_device_options options_;
+  std::shared_ptr<buffer_cache> cache_;
 };
 
 class host_backend final : public device_backend {

@@ -60,6 +60,8 @@ public:
   /// The caller is done with `view` (its pin ends) once the work enqueued so far on `used_on` and on the
   /// calling thread's current stream has run: keep the memory from being reused before then. Nothing to
   /// do without streams.
+  /// Bytes the backend holds for reuse beyond what the tier counts (freed blocks kept by an allocator).
+  virtual bytes_t cached_bytes() const { return 0; }
   virtual void mark_in_use(const device_model& view, const std::vector<c10::Stream>& used_on) {
     (void)view;
     (void)used_on;
@@ -69,6 +71,9 @@ public:
 struct simulated_device_options {
   /// Emulated host-to-device bandwidth in bytes per second; 0 copies as fast as memcpy allows.
   double bandwidth_bytes_per_s = 0;
+  /// Note [Reuse, do not re-fault]: freed device copies and staging kept for reuse, at most this many
+  /// bytes (0: none).
+  bytes_t cache_bytes = 0;
   /// Test hook: called with the bytes of each copy; returning true makes that copy fail as a device
   /// out-of-memory. Null: never.
   std::function<bool(bytes_t)> inject_oom;

@@ -1,0 +1,79 @@
+// Note [Reuse, do not re-fault] (buffer_cache.hpp).
+
+#include "runtime/core/transfer/buffer_cache.hpp"
+
+#include <ATen/ATen.h>
+
+#include <sys/mman.h>
+
+#include <cstdlib>
+
+namespace mcache {
+
+namespace {
+
+constexpr bytes_t huge_page = 2 << 20;
+
+/// A large buffer on transparent huge pages where the kernel allows them (`madvise` mode is the common
+/// default): one fault per 2 MiB instead of one per 4 KiB the first time it is touched.
+at::Tensor fresh_buffer(bytes_t bytes) {
+  if (bytes < huge_page)
+    return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  auto rounded = (bytes + huge_page - 1) / huge_page * huge_page;
+  void* p = std::aligned_alloc(huge_page, rounded);
+  if (!p)
+    return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  ::madvise(p, rounded, MADV_HUGEPAGE);  // advice only: without THP it is a no-op
+  return at::from_blob(p, {static_cast<int64_t>(bytes)}, [](void* q) { std::free(q); }, at::kByte);
+}
+
+} // namespace
+
+buffer_cache::buffer_cache(bytes_t max_cached_bytes) : max_(max_cached_bytes) {}
+
+at::Tensor buffer_cache::take(bytes_t bytes) {
+  at::Tensor raw;
+  {
+    // Best fit among buffers at most a quarter larger: models of similar layer sizes share buffers, and
+    // no request ties up a much larger one.
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto i = free_.lower_bound(bytes);
+    if (i != free_.end() && i->first <= bytes + bytes / 4) {
+      raw = std::move(i->second.back());
+      i->second.pop_back();
+      cached_ -= i->first;
+      if (i->second.empty())
+        free_.erase(i);
+    }
+  }
+  if (raw.defined())
+    ++reuses_;
+  else {
+    raw = fresh_buffer(bytes);
+    ++allocations_;
+  }
+  std::weak_ptr<buffer_cache> cache = shared_from_this();
+  return at::from_blob(
+    raw.data_ptr(), {static_cast<int64_t>(bytes)},
+    [cache, raw](void*) {
+      if (auto c = cache.lock())
+        c->put_back(raw);
+    },
+    raw.options());
+}
+
+void buffer_cache::put_back(at::Tensor raw) {
+  auto bytes = static_cast<bytes_t>(raw.numel());
+  std::lock_guard<std::mutex> guard{mutex_};
+  if (cached_ + bytes > max_)
+    return;  // over the bound: freed (the lambda holding `raw` goes)
+  free_[bytes].push_back(std::move(raw));
+  cached_ += bytes;
+}
+
+bytes_t buffer_cache::cached_bytes() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  return cached_;
+}
+
+} // namespace mcache
