@@ -36,6 +36,26 @@ std::shared_ptr<host_model> layers(int n) {
   return m;
 }
 
+/// A runtime over fake accelerator `index` with `budget` bytes, holding a model "layers" of `n` layers.
+runtime_options accelerator_options(int index, bytes_t budget) {
+  runtime_options o;
+  o.ram_budget_bytes = 64 << 20;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.index = index;
+  d.budget_bytes = budget;
+  o.devices = {d};
+  return o;
+}
+model_descriptor layers_model(int n) {
+  model_descriptor m;
+  m.id = "layers";
+  m.bytes = static_cast<bytes_t>(n) * floats * 4;
+  m.loader = [n](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(n)); };
+  return m;
+}
+
 float sum_on_cpu(const at::Tensor& t) {
   const auto* p = static_cast<const float*>(t.data_ptr());
   double s = 0;
@@ -137,41 +157,6 @@ TEST_CASE("a released pin's memory is not reused before the kernels enqueued on 
   CHECK(fake_accelerator::allocated_bytes(1) == before);
 }
 
-TEST_CASE("a runtime on accelerator devices pins, streams and offloads through the device-generic backend") {
-  install_slow_fake();
-  runtime_options o;
-  o.ram_budget_bytes = 64 << 20;
-  o.check_invariants = true;
-  device_options d;
-  d.kind = device_kind::accelerator;
-  d.budget_bytes = 4 * floats * 4 + 4096;  // 4 of the 8 layers, or 2 + a ring of 2
-  o.devices = {d};
-  runtime rt{o};
-  model_descriptor m;
-  m.id = "layers";
-  m.bytes = 8 * floats * 4;
-  m.loader = [](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(8)); };
-  rt.models().add(m);
-  auto s = rt.open_session();
-  auto lease = s.acquire("layers");
-  {
-    auto pin = s.pin(lease, 0);
-    CHECK(pin.partial());
-    CHECK(pin.tensors().tensors[0].tensor.device().type() == c10::DeviceType::PrivateUse1);
-    auto stream = pin.stream();
-    for (size_t i = 0; i < 8; ++i) {
-      auto t = stream.get(i);
-      c10::impl::VirtualGuardImpl guard{c10::DeviceType::PrivateUse1};
-      guard.synchronizeStream(guard.getStream(t.device()));
-      CHECK(t.to(at::kCPU).equal(lease.host().tensors[i].tensor));
-    }
-  }
-  CHECK(s.offload(0) > 0);
-  auto st = rt.stats().devices[0];
-  CHECK(st.used_bytes == 0);
-  CHECK(st.streamed_bytes > 0);
-}
-
 TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails at start with the reason") {
   install_slow_fake();
   runtime_options o;
@@ -199,20 +184,8 @@ TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails
 
 TEST_CASE("a pin used on one stream and released on another thread keeps its memory until that stream is done") {
   install_slow_fake();
-  runtime_options o;
-  o.ram_budget_bytes = 64 << 20;
-  o.check_invariants = true;
-  device_options d;
-  d.kind = device_kind::accelerator;
-  d.index = 1;
-  d.budget_bytes = 16 * floats * 4;
-  o.devices = {d};
-  runtime rt{o};
-  model_descriptor m;
-  m.id = "layers";
-  m.bytes = 2 * floats * 4;
-  m.loader = [](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(2)); };
-  rt.models().add(m);
+  runtime rt{accelerator_options(1, 16 * floats * 4)};
+  rt.models().add(layers_model(2));
   auto s = rt.open_session();
   auto lease = s.acquire("layers");
   auto before = fake_accelerator::allocated_bytes(1);
