@@ -107,7 +107,7 @@ std::vector<device_options> all_gpus(device_options each) {
   auto count = torch_device_count(c10::DeviceType::CUDA);
   if (count == 0)
     spdlog::info("mcache: no GPU: LibTorch sees no CUDA device (a LibTorch built without CUDA, or no driver); "
-                 "running without devices");
+                 "all_gpus() returns none");
   for (int i = 0; i < count; ++i) {
     auto d = each;
     d.kind = device_kind::cuda;

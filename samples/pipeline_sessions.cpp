@@ -287,18 +287,29 @@ int main(int argc, char** argv) {
   o.ram_budget_bytes = biggest_pipeline + all / 10;
   // Devices: 80% of the largest model plus working memory for two pins and a reserve, so models take turns
   // and the largest one is only partly resident: the rest of it streams.
-  for (int d = 0; d < cfg.devices; ++d)
-    o.devices.push_back({device_kind::simulated, largest * 4 / 5 + (16 << 20) + (4 << 20), 4 << 20,
-                         cfg.bandwidth_gbps * 1e9});
+  // Real GPUs when LibTorch sees some (the same small budgets, so the sample behaves the same), else
+  // simulated devices.
+  device_options each{device_kind::simulated, largest * 4 / 5 + (16 << 20) + (4 << 20), 4 << 20,
+                      cfg.bandwidth_gbps * 1e9};
+  auto gpus = all_gpus(each);
+  bool on_gpus = !gpus.empty();
+  if (on_gpus) {
+    cfg.devices = static_cast<int>(gpus.size());
+    o.devices = gpus;
+    o.pinned_budget_bytes = o.ram_budget_bytes;
+  } else {
+    for (int d = 0; d < cfg.devices; ++d)
+      o.devices.push_back(each);
+  }
   o.default_wait = 60s;
   runtime rt{o};
   if (auto err = register_all(rt.models(), models)) {
     std::fprintf(stderr, "%s\n", err->detail.c_str());
     return 1;
   }
-  std::printf("mcache sample: %d sessions x %d jobs (text encoder on CPU -> denoiser x%d -> decoder), %d "
-              "simulated device(s) at %.0f GB/s\n",
-              cfg.sessions, cfg.jobs, cfg.steps, cfg.devices, cfg.bandwidth_gbps);
+  std::printf("mcache sample: %d sessions x %d jobs (text encoder on CPU -> denoiser x%d -> decoder), %d %s\n",
+              cfg.sessions, cfg.jobs, cfg.steps, cfg.devices,
+              on_gpus ? "GPU(s) through LibTorch" : ("simulated device(s) at " + std::to_string(static_cast<int>(cfg.bandwidth_gbps)) + " GB/s").c_str());
   std::printf("models: %zu from %s, %s MiB in all; RAM budget %s MiB; each device %s MiB (reserve 4 MiB)\n\n",
               models.size(), origin.c_str(), mib(all).c_str(), mib(o.ram_budget_bytes).c_str(),
               mib(o.devices[0].budget_bytes).c_str());
