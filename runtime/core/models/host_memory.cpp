@@ -16,7 +16,8 @@ thread_local std::shared_ptr<host_memory> current;
 }
 
 host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes)
-  : budget_(pinned_budget_bytes), pageable_cache_(std::make_shared<buffer_cache>(pageable_cache_bytes)) {}
+  : budget_(pinned_budget_bytes),
+    pageable_cache_(std::make_shared<buffer_cache>(pageable_cache_bytes, /*huge_pages=*/true)) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {
   current = std::move(memory);

@@ -16,8 +16,8 @@ constexpr bytes_t huge_page = 2 << 20;
 
 /// A large buffer on transparent huge pages where the kernel allows them (`madvise` mode is the common
 /// default): one fault per 2 MiB instead of one per 4 KiB the first time it is touched.
-at::Tensor fresh_buffer(bytes_t bytes) {
-  if (bytes < huge_page)
+at::Tensor fresh_buffer(bytes_t bytes, bool huge_pages) {
+  if (!huge_pages || bytes < huge_page)
     return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
   auto rounded = (bytes + huge_page - 1) / huge_page * huge_page;
   void* p = std::aligned_alloc(huge_page, rounded);
@@ -29,7 +29,8 @@ at::Tensor fresh_buffer(bytes_t bytes) {
 
 } // namespace
 
-buffer_cache::buffer_cache(bytes_t max_cached_bytes) : max_(max_cached_bytes) {}
+buffer_cache::buffer_cache(bytes_t max_cached_bytes, bool huge_pages)
+  : max_(max_cached_bytes), huge_pages_(huge_pages) {}
 
 at::Tensor buffer_cache::take(bytes_t bytes) {
   at::Tensor raw;
@@ -49,7 +50,7 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
   if (raw.defined())
     ++reuses_;
   else {
-    raw = fresh_buffer(bytes);
+    raw = fresh_buffer(bytes, huge_pages_);
     ++allocations_;
   }
   std::weak_ptr<buffer_cache> cache = shared_from_this();

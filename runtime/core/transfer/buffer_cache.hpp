@@ -21,8 +21,10 @@ namespace mcache {
 
 class buffer_cache : public std::enable_shared_from_this<buffer_cache> {
 public:
-  /// Keeps at most `max_cached_bytes` of freed buffers.
-  explicit buffer_cache(bytes_t max_cached_bytes);
+  /// Keeps at most `max_cached_bytes` of freed buffers. `huge_pages`: place large buffers on transparent
+  /// huge pages (one fault per 2 MiB; but where memory is fragmented the kernel may compact it first, so it
+  /// pays where buffers are reused many times, as device copies are).
+  explicit buffer_cache(bytes_t max_cached_bytes, bool huge_pages = false);
 
   /// A byte buffer of `bytes`, reused when one of that size is cached; it comes back to the cache when
   /// the last tensor viewing it goes.
@@ -36,6 +38,7 @@ private:
   void put_back(at::Tensor raw);
 
   bytes_t max_;
+  bool huge_pages_;
   mutable std::mutex mutex_;
   std::map<bytes_t, std::vector<at::Tensor>> free_;  // by exact size
   bytes_t cached_ = 0;
