@@ -291,6 +291,8 @@ struct fake_allocator final : c10::Allocator {
     b->data = std::malloc(bytes ? bytes : 1);
     b->bytes = bytes;
     b->device = index;
+    // Its allocation stream: freed memory is reused only once that stream has passed the free.
+    b->used_on.push_back(stream_of(index, current_stream[static_cast<size_t>(index)]));
     return {b->data, b, &release_block, c10::Device(fake_type, static_cast<c10::DeviceIndex>(index))};
   }
   c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
@@ -345,11 +347,17 @@ at::Tensor fake_copy_from(const at::Tensor& self, const at::Tensor& dst, bool no
   auto fake_side = dst.device().type() == fake_type ? dst.device() : src.device();
   auto stream = stream_of(fake_side.index(), current_stream[static_cast<size_t>(fake_side.index())]);
   auto bytes = src.nbytes();
-  // The tensors are captured: their memory stays alive until the copy has run.
-  worker(stream).post([src, dst, bytes] {
+  // As on CUDA, device memory is held by raw pointer only: what keeps it alive while the copy is queued is
+  // the allocator's stream semantics (allocation stream, recordDataPtrOnStream), so a missing record shows
+  // up as wrong data. Host memory is captured (CUDA stages pageable copies before returning).
+  auto on_host = [](const at::Tensor& t) { return t.device().type() != fake_type; };
+  at::Tensor host_keep = on_host(dst) ? dst : (on_host(src) ? src : at::Tensor());
+  void* to = dst.data_ptr();
+  const void* from = src.data_ptr();
+  worker(stream).post([to, from, bytes, host_keep] {
     pace(bytes);
     if (bytes > 0)
-      std::memcpy(dst.data_ptr(), src.data_ptr(), bytes);
+      std::memcpy(to, from, bytes);
   });
   if (!non_blocking)
     worker(stream).drain();
