@@ -167,6 +167,27 @@ std::unique_ptr<device_backend> make_torch_backend(c10::Device device) {
   return std::make_unique<torch_backend>(device);
 }
 
+namespace {
+/// The PCI bus id of CUDA device `index` as the CUDA driver numbers it (CUDA_VISIBLE_DEVICES applied).
+std::optional<std::string> cuda_pci_bus_id(int index) {
+  using init_fn = int (*)(unsigned int);
+  using get_fn = int (*)(int*, int);
+  using bus_fn = int (*)(char*, int, int);
+  static void* library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!library)
+    return std::nullopt;
+  static auto init = reinterpret_cast<init_fn>(dlsym(library, "cuInit"));
+  static auto get = reinterpret_cast<get_fn>(dlsym(library, "cuDeviceGet"));
+  static auto bus = reinterpret_cast<bus_fn>(dlsym(library, "cuDeviceGetPCIBusId"));
+  static bool ready = init && get && bus && init(0) == 0;
+  int device = 0;
+  char id[64] = {};
+  if (!ready || get(&device, index) != 0 || bus(id, sizeof id, device) != 0)
+    return std::nullopt;
+  return std::string{id};
+}
+} // namespace
+
 std::optional<bytes_t> cuda_free_memory(int index) {
   // NVML's C API, loaded at run time (as Ollama does): no CUDA headers or libraries at build time.
   struct nvml_memory {
@@ -174,17 +195,27 @@ std::optional<bytes_t> cuda_free_memory(int index) {
   };
   using init_fn = int (*)();
   using handle_fn = int (*)(unsigned int, void**);
+  using handle_by_bus_fn = int (*)(const char*, void**);
   using memory_fn = int (*)(void*, nvml_memory*);
   static void* library = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!library)
     return std::nullopt;
   static auto init = reinterpret_cast<init_fn>(dlsym(library, "nvmlInit_v2"));
   static auto handle = reinterpret_cast<handle_fn>(dlsym(library, "nvmlDeviceGetHandleByIndex_v2"));
+  static auto handle_by_bus = reinterpret_cast<handle_by_bus_fn>(dlsym(library, "nvmlDeviceGetHandleByPciBusId_v2"));
   static auto memory = reinterpret_cast<memory_fn>(dlsym(library, "nvmlDeviceGetMemoryInfo"));
   static bool ready = init && handle && memory && init() == 0;
+  if (!ready || index < 0)
+    return std::nullopt;
   void* device = nullptr;
+  // NVML numbers GPUs in PCI order and ignores CUDA_VISIBLE_DEVICES; CUDA's index `index` is found by its
+  // PCI bus id (from the driver API, also loaded at run time). Without it, the indices are taken as equal.
+  auto bus = cuda_pci_bus_id(index);
+  if (!(bus && handle_by_bus && handle_by_bus(bus->c_str(), &device) == 0)
+      && handle(static_cast<unsigned int>(index), &device) != 0)
+    return std::nullopt;
   nvml_memory info{};
-  if (!ready || index < 0 || handle(static_cast<unsigned int>(index), &device) != 0 || memory(device, &info) != 0)
+  if (memory(device, &info) != 0)
     return std::nullopt;
   return static_cast<bytes_t>(info.free);
 }
