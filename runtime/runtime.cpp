@@ -28,6 +28,12 @@ bytes_t available_ram_bytes() {
 
 namespace {
 
+/// The LibTorch device of a real (non-simulated) device of these options.
+c10::Device torch_device_of(const device_options& d) {
+  return c10::Device(d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1,
+                     static_cast<c10::DeviceIndex>(d.index));
+}
+
 [[noreturn]] void bad_option(const std::string& what) {
   throw request_error(failure{errc::invalid_argument, what});
 }
@@ -61,12 +67,11 @@ runtime_options resolve(runtime_options o) {
     auto& d = o.devices[i];
     auto name = "device " + std::to_string(i);
     if (d.kind != device_kind::simulated) {
-      auto type = d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1;
       if (d.index < 0)
         d.index = static_cast<int>(i);
-      auto count = torch_device_count(type);
+      auto count = torch_device_count(torch_device_of(d).type());
       if (d.index >= count)
-        bad_option(name + ": " + c10::Device(type, static_cast<c10::DeviceIndex>(d.index)).str() + " asked for, but LibTorch sees "
+        bad_option(name + ": " + torch_device_of(d).str() + " asked for, but LibTorch sees "
                    + std::to_string(count) + " such device(s)"
                    + (count == 0 && d.kind == device_kind::cuda ? ": this LibTorch was built without CUDA" : "")
                    + (count == 0 && d.kind == device_kind::accelerator ? ": no PrivateUse1 backend is registered" : ""));
@@ -158,8 +163,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     if (d.kind == device_kind::simulated)
       backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, d.budget_bytes / 8, {}});
     else
-      backend = make_torch_backend(c10::Device(d.kind == device_kind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::PrivateUse1,
-                                               static_cast<c10::DeviceIndex>(d.index)));
+      backend = make_torch_backend(torch_device_of(d));
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
                + ", reserve " + format_bytes(d.reserve_bytes);
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots},

@@ -119,20 +119,14 @@ struct session::core {
     caf::logger::set_current_actor_system(nullptr);
   }
 
-  // After the runtime shut down, releases are no-ops: its tiers already stopped, and a handle going out
-  // of scope then must neither throw nor wait.
-  void release_lease(lease_id id) {
+  // Ends a lease (sent to the RAM-cache actor) or a pin (to its device actor). After the runtime shut
+  // down, releases are no-ops: its tiers already stopped, and a handle going out of scope then must
+  // neither throw nor wait.
+  template <class Handle, class Id>
+  void release(const Handle& to, Id id) {
     if (rt->stopped())
       return;
-    self->request(rt->ram_cache(), caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
-      if (!rt->stopped())
-        raise(e);
-    });
-  }
-  void release_pin(const device_actor& dev, pin_id id) {
-    if (rt->stopped())
-      return;
-    self->request(dev, caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
+    self->request(to, caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
       if (!rt->stopped())
         raise(e);
     });
@@ -162,7 +156,7 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
     .receive(
       [&](ram_lease& grant) {
         auto id = grant.lease;
-        result = lease{release_token{[c, id] { c->release_lease(id); }}, std::move(grant)};
+        result = lease{release_token{[c, id] { c->release(c->rt->ram_cache(), id); }}, std::move(grant)};
       },
       [&](caf::error& e) { raise(e); });
   return result;
@@ -178,7 +172,7 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
       [&](std::vector<ram_lease>& grants) {
         for (auto& grant : grants) {
           auto id = grant.lease;
-          result.push_back(lease{release_token{[c, id] { c->release_lease(id); }}, std::move(grant)});
+          result.push_back(lease{release_token{[c, id] { c->release(c->rt->ram_cache(), id); }}, std::move(grant)});
         }
       },
       [&](caf::error& e) { raise(e); });
@@ -200,7 +194,7 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
         auto slots = std::max<size_t>(2, grant.staging_slots);
         auto ring = std::make_shared<staging_ring>(grant.backend, slots,
                                                    grant.staging_bytes / slots);
-        result = pin_handle{release_token{[c, dev, id] { c->release_pin(dev, id); }}, std::move(grant), std::move(ring)};
+        result = pin_handle{release_token{[c, dev, id] { c->release(dev, id); }}, std::move(grant), std::move(ring)};
       },
       [&](caf::error& e) { raise(e); });
   return result;

@@ -81,22 +81,19 @@ public:
     items_.erase(i);
     return item;
   }
-  /// Rule 6: removes every request of `holder`, in queue order.
-  std::vector<Item> take_holder(holder_id holder) {
+  /// Rule 6: removes every request whose holder `whose` picks (a holder gone, or all at shutdown), in
+  /// queue order.
+  template <class Whose>
+  std::vector<Item> take_if(Whose whose) {
     std::vector<Item> out;
     for (auto i = items_.begin(); i != items_.end();) {
-      if (i->holder == holder) {
+      if (whose(i->holder)) {
         out.push_back(std::move(*i));
         i = items_.erase(i);
       } else {
         ++i;
       }
     }
-    return out;
-  }
-  std::vector<Item> take_all() {
-    std::vector<Item> out(std::make_move_iterator(items_.begin()), std::make_move_iterator(items_.end()));
-    items_.clear();
     return out;
   }
 

@@ -218,14 +218,12 @@ std::optional<residency_plan> device_tier::admission_plan(const entry& e, bool p
   return plan_for(e, working, room);
 }
 
-namespace {
-std::vector<bool> required_flags(const pin_request& r) {
-  std::vector<bool> out(r.tensor_bytes.size());
-  for (size_t k = 0; k < out.size(); ++k)
-    out[k] = k < r.required.size() && r.required[k];
+std::vector<tensor_slot> pin_request::tensors() const {
+  std::vector<tensor_slot> out;
+  for (size_t k = 0; k < tensor_bytes.size(); ++k)
+    out.push_back({tensor_bytes[k], k < required.size() && required[k], tensor_residency::absent});
   return out;
 }
-} // namespace
 
 // Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving) and the pin asks
 // for no working memory and no staging.
@@ -245,11 +243,8 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   bool present = i != entries_.end();
   auto room = free_bytes() + evictable_bytes(model);
   entry fresh;
-  if (!present) {
-    auto required = required_flags(r);
-    for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
-      fresh.tensors.push_back({r.tensor_bytes[k], required[k], tensor_residency::absent});
-  }
+  if (!present)
+    fresh.tensors = r.tensors();
   const entry& e = present ? i->second : fresh;
   auto p = admission_plan(e, present, r.working_bytes, room);
   if (!p || p->need() + r.working_bytes > room || !make_room_for(p->need() + r.working_bytes, model))
@@ -317,13 +312,11 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   }
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
   entry shape;
+  shape.tensors = r.tensors();
   bytes_t required = 0;
-  auto required_flags_of_r = required_flags(r);
-  for (size_t k = 0; k < r.tensor_bytes.size(); ++k) {
-    shape.tensors.push_back({r.tensor_bytes[k], required_flags_of_r[k], tensor_residency::absent});
-    if (required_flags_of_r[k])
-      required += r.tensor_bytes[k];
-  }
+  for (const auto& t : shape.tensors)
+    if (t.required)
+      required += t.bytes;
   auto least = model_bytes;
   auto least_staging = options_.partial_loading ? staging_for(shape, {}) : 0;
   if (options_.partial_loading)
@@ -414,12 +407,7 @@ void device_tier::shutdown(device_effects& out) {
 // waiting for a copy at once too, their lease kept until the copy (which reads the host copy) ends.
 template <class Whose>
 void device_tier::withdraw(const failure& why, Whose whose, device_effects& out) {
-  std::vector<pin_request> queued;
-  for (const auto& q : queue_)
-    if (whose(q.holder))
-      queued.push_back(q);
-  for (const auto& q : queued) {
-    queue_.take(q.request);
+  for (const auto& q : queue_.take_if(whose)) {
     out.ram_leases_to_release.push_back(q.host.lease);
     out.replies.push_back({q.request, why});
   }

@@ -74,6 +74,8 @@ struct pin_request {
   std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
   bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
   bytes_t model_bytes() const;
+  /// Every tensor as the plan sees it, none on the device yet.
+  std::vector<tensor_slot> tensors() const;
 };
 
 struct copy_order {

@@ -30,8 +30,7 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   bool present = i != entries_.end();
   entry fresh;
   if (!present)
-    for (size_t k = 0; k < r.tensor_bytes.size(); ++k)
-      fresh.tensors.push_back({r.tensor_bytes[k], k < r.required.size() && r.required[k], tensor_residency::absent});
+    fresh.tensors = r.tensors();
   const entry& e = present ? i->second : fresh;
   // The plan admission would take with the room there is, or else with the whole usable budget (partial,
   // with staging, when the model could never fit whole).

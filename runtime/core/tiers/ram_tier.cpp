@@ -112,24 +112,12 @@ void ram_tier::evict(const model_id& model) {
 
 void ram_tier::acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
                        ram_effects& out, bool checking) {
-  group g;
-  g.holder = holder;
-  g.models = {std::move(model)};
-  g.single = true;
-  g.may_wait = may_wait;
-  g.checking = checking;
-  start(request, std::move(g), out);
+  start(request, group{holder, {std::move(model)}, /*single=*/true, may_wait, checking}, out);
 }
 
 void ram_tier::acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                            bool may_wait, ram_effects& out, bool checking) {
-  group g;
-  g.holder = holder;
-  g.models = std::move(models);
-  g.single = false;
-  g.may_wait = may_wait;
-  g.checking = checking;
-  start(request, std::move(g), out);
+  start(request, group{holder, std::move(models), /*single=*/false, may_wait, checking}, out);
 }
 
 void ram_tier::start(request_id request, group g, ram_effects& out) {

@@ -109,6 +109,8 @@ public:
 private:
   /// An acquire not answered yet: queued for room (not admitted), or admitted and waiting for loads.
   struct group {
+    group(holder_id h, std::vector<descriptor_ptr> ms, bool one, bool wait, bool check)
+      : holder(h), models(std::move(ms)), single(one), may_wait(wait), checking(check) {}
     holder_id holder = 0;
     std::vector<descriptor_ptr> models;
     bool single = true;               // answered in `replies` with one lease, else in `group_replies`

@@ -11,13 +11,16 @@
 
 namespace mcache {
 
-namespace {
-
-/// The device tensor of `host`'s dtype and shape that lives at the start of `staging`.
-at::Tensor view_in(const at::Tensor& staging, const at::Tensor& host) {
-  auto keep = staging;
-  return at::from_blob(staging.data_ptr(), host.sizes(), [keep](void*) {}, staging.options().dtype(host.dtype()));
+at::Tensor view_in(const at::Tensor& buffer, const at::Tensor& host) {
+  auto keep = buffer;
+  return at::for_blob(buffer.data_ptr(), host.sizes())
+    .deleter([keep](void*) {})
+    .options(buffer.options().dtype(host.dtype()))
+    .target_device(buffer.device())  // LibTorch cannot tell the device of a PrivateUse1 pointer by itself
+    .make_tensor();
 }
+
+namespace {
 
 class simulated_backend final : public device_backend {
 public:

@@ -68,6 +68,10 @@ public:
   }
 };
 
+/// A tensor of `host`'s dtype and shape over the start of `buffer` (a byte buffer on any device, at least
+/// as large), which it keeps alive: how a copy lands in a reused buffer or a staging slot.
+at::Tensor view_in(const at::Tensor& buffer, const at::Tensor& host);
+
 struct simulated_device_options {
   /// Emulated host-to-device bandwidth in bytes per second; 0 copies as fast as memcpy allows.
   double bandwidth_bytes_per_s = 0;

@@ -308,34 +308,31 @@ int device_of(c10::optional<at::Device> device) {
   return device && device->has_index() ? device->index() : current_device;
 }
 
+/// Makes `device` (or the current one) current while an allocation runs: the allocator reads it.
+class on_device {
+public:
+  explicit on_device(c10::optional<at::Device> device) : previous_(current_device) { current_device = device_of(device); }
+  ~on_device() { current_device = previous_; }
+  on_device(const on_device&) = delete;
+  on_device& operator=(const on_device&) = delete;
+
+private:
+  int previous_;
+};
+
 at::Tensor fake_empty(at::IntArrayRef size, c10::optional<at::ScalarType> dtype, c10::optional<at::Layout>,
                       c10::optional<at::Device> device, c10::optional<bool>, c10::optional<at::MemoryFormat> format) {
-  auto previous = current_device;
-  current_device = device_of(device);
-  auto ks = c10::DispatchKeySet(c10::DispatchKey::PrivateUse1);
-  try {
-    auto t = at::detail::empty_generic(size, &the_allocator, ks, c10::dtype_or_default(dtype), format);
-    current_device = previous;
-    return t;
-  } catch (...) {
-    current_device = previous;
-    throw;
-  }
+  on_device on{device};
+  return at::detail::empty_generic(size, &the_allocator, c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                   c10::dtype_or_default(dtype), format);
 }
 
 at::Tensor fake_empty_strided(at::IntArrayRef size, at::IntArrayRef stride, c10::optional<at::ScalarType> dtype,
                               c10::optional<at::Layout>, c10::optional<at::Device> device, c10::optional<bool>) {
-  auto previous = current_device;
-  current_device = device_of(device);
-  auto ks = c10::DispatchKeySet(c10::DispatchKey::PrivateUse1);
-  try {
-    auto t = at::detail::empty_strided_generic(size, stride, &the_allocator, ks, c10::dtype_or_default(dtype));
-    current_device = previous;
-    return t;
-  } catch (...) {
-    current_device = previous;
-    throw;
-  }
+  on_device on{device};
+  return at::detail::empty_strided_generic(size, stride, &the_allocator,
+                                           c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                           c10::dtype_or_default(dtype));
 }
 
 // Both directions (and device to device): the copy runs on the current stream of the fake side.

@@ -28,16 +28,6 @@ std::string first_line(const char* text) {
   return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
-/// The device tensor of `host`'s dtype and shape at the start of `buffer` (which it keeps alive).
-at::Tensor view_in(const at::Tensor& buffer, const at::Tensor& host) {
-  auto keep = buffer;
-  return at::for_blob(buffer.data_ptr(), host.sizes())
-    .deleter([keep](void*) {})
-    .options(buffer.options().dtype(host.dtype()))
-    .target_device(buffer.device())  // LibTorch cannot tell the device of a PrivateUse1 pointer by itself
-    .make_tensor();
-}
-
 class torch_backend final : public device_backend {
 public:
   explicit torch_backend(c10::Device device) : device_(device), guard_(device.type()) {
