@@ -1,7 +1,6 @@
 #include "runtime/core/tiers/ram_tier.hpp"
 
 #include "runtime/core/admission/make_room.hpp"
-#include "runtime/core/admission/no_room.hpp"
 #include "runtime/core/admission/sizes.hpp"
 #include "runtime/core/format.hpp"
 
