@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
+#include <iterator>
 #include <utility>
 
 namespace mcache {
@@ -31,6 +33,7 @@ struct device_state {
   std::unordered_map<request_id, borrowing> borrowing_;
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
+  std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
 };
 
 const char* device_state::name = "mcache.device";
@@ -70,6 +73,75 @@ void start_copy(self_ptr self, const copy_order& order, released_copies free_fir
   });
 }
 
+// Copies `copy` back to host memory on this device's copy queue and hands it to the RAM-cache actor as a
+// load from a device (Note [Copy back instead of a kept RAM copy]); `granted` says whether RAM has room
+// for it (false: it is only freed). Runs in queue order, so later copies find the memory free.
+void post_copy_back(self_ptr self, model_id model, std::shared_ptr<const device_model> copy,
+                    std::shared_future<bool> granted) {
+  auto ram = self->state.config.ram;
+  auto backend = self->state.config.backend;
+  auto memory = self->state.config.memory;
+  self->state.config.copiers->post([=]() mutable {
+    bool ok = false;
+    try {
+      ok = granted.get();  // the RAM-cache actor answers at once; a copy thread may wait, an actor may not
+    } catch (const std::future_error&) {
+    }
+    if (!ok)
+      return;  // `copy` is freed here, in queue order
+    host_memory::scope buffers_from{memory};
+    loaded_model done;
+    done.model = model;
+    done.from_device = true;
+    auto start = std::chrono::steady_clock::now();
+    try {
+      done.payload = backend->copy_out(*copy);
+    } catch (const std::exception& e) {
+      done.error = e.what();
+    }
+    copy.reset();
+    done.load_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                           std::chrono::steady_clock::now() - start)
+                                           .count());
+    caf::anon_send(ram, loaded_atom::value, std::move(done));
+  });
+}
+
+// The only copy of a model is being dropped: ask the RAM-cache actor for room, and copy it back if granted.
+void copy_back(self_ptr self, device_tier::copy_back cb) {
+  // Set exactly once: by the answer, by an error, or (if this actor goes first) when the handlers die.
+  struct answer_once {
+    std::promise<bool> promise;
+    bool set = false;
+    void give(bool ok) {
+      if (!std::exchange(set, true))
+        promise.set_value(ok);
+    }
+    ~answer_once() { give(false); }
+  };
+  auto answer = std::make_shared<answer_once>();
+  post_copy_back(self, cb.model, std::move(cb.copy), answer->promise.get_future().share());
+  self->request(self->state.config.ram, caf::infinite, return_atom::value, cb.model, self->state.config.tier.device)
+    .then([answer](bool ok) { answer->give(ok); }, [answer](caf::error&) { answer->give(false); });
+}
+
+// Tells the RAM-cache actor which models this device now holds whole, or no longer does.
+void report_whole(self_ptr self) {
+  auto now = self->state.tier->whole_models();
+  auto& before = self->state.reported_whole;
+  if (now == before)
+    return;
+  auto device = self->state.config.tier.device;
+  std::vector<model_id> gone, added;
+  std::set_difference(before.begin(), before.end(), now.begin(), now.end(), std::back_inserter(gone));
+  std::set_difference(now.begin(), now.end(), before.begin(), before.end(), std::back_inserter(added));
+  for (const auto& m : gone)
+    self->send(self->state.config.ram, whole_atom::value, m, device, false);
+  for (const auto& m : added)
+    self->send(self->state.config.ram, whole_atom::value, m, device, true);
+  before = std::move(now);
+}
+
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, device_effects& fx) {
   for (auto& r : fx.replies)
@@ -89,6 +161,11 @@ void apply(self_ptr self, device_effects& fx) {
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
+  // Copy-back requests go before the reports, which the RAM-cache actor reads in this order.
+  for (auto& cb : self->state.tier->take_copy_backs())
+    copy_back(self, std::move(cb));
+  if (self->state.config.report_whole_copies)
+    report_whole(self);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -223,6 +300,25 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       device_effects fx;
       self->state.tier->expire(id, fx);
       apply(self, fx);
+    },
+    [self](hand_over_atom, const model_id& model) {
+      self->state.tier->hand_over(model);  // false: no longer whole here, and the RAM has been told so
+      check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+    },
+    [self](fetch_atom, const model_id& model) {
+      auto copy = self->state.tier->fetch(model);
+      check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+      std::promise<bool> granted;
+      granted.set_value(copy != nullptr);
+      if (copy) {
+        post_copy_back(self, model, std::move(copy), granted.get_future().share());
+        return;
+      }
+      loaded_model gone;  // the RAM-cache actor falls back to the disk
+      gone.model = model;
+      gone.from_device = true;
+      gone.error = "device " + std::to_string(self->state.config.tier.device) + " no longer holds it whole";
+      self->send(self->state.config.ram, loaded_atom::value, std::move(gone));
     },
   };
 }

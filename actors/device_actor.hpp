@@ -4,6 +4,7 @@
 
 #include "messages/interfaces.hpp"
 #include "runtime/core/models/catalog.hpp"
+#include "runtime/core/models/host_memory.hpp"
 #include "runtime/core/transfer/device_backend.hpp"
 #include "runtime/core/tiers/device_tier.hpp"
 #include "runtime/core/transfer/executor.hpp"
@@ -22,6 +23,10 @@ struct device_actor_config {
   std::shared_ptr<const catalog> models;     // for each model's required tensors (may be null)
   policy_factory policy = make_lru_policy;
   bool check_invariants_each_step = false;
+  // Note [Copy back instead of a kept RAM copy]: report whole copies to the RAM-cache actor, and copy
+  // the only copy of a model back to RAM (into `memory`'s buffers) before dropping it.
+  bool report_whole_copies = false;
+  std::shared_ptr<host_memory> memory;  // may be null: plain pageable buffers
 };
 
 device_actor spawn_device(caf::actor_system& sys, device_actor_config config);

@@ -21,6 +21,7 @@ struct ram_cache_state {
   request_book<std::vector<ram_lease>> groups;    // acquire_all
   request_id next_request = 1;
   std::set<holder_id> watched;
+  std::map<device_index, caf::actor> devices;  // device actors that reported whole copies (keep_ram_copy = false)
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
 };
 
@@ -71,6 +72,25 @@ void apply(self_ptr self, ram_effects& fx) {
   fx.loads.clear();
   if (!released.empty())
     self->state.config.loaders->post([released = std::move(released)]() mutable { released.clear(); });
+  // Note [Copy back instead of a kept RAM copy]
+  for (const auto& h : self->state.tier->take_hand_overs()) {
+    auto d = self->state.devices.find(h.device);
+    if (d != self->state.devices.end())
+      caf::anon_send(d->second, hand_over_atom::value, h.model);  // typed to untyped: anon_send
+  }
+  for (const auto& f : fx.fetches) {
+    auto d = self->state.devices.find(f.device);
+    if (d != self->state.devices.end()) {
+      caf::anon_send(d->second, fetch_atom::value, f.model);
+      continue;
+    }
+    loaded_model gone;  // no such device: the tier falls back to the disk
+    gone.model = f.model;
+    gone.error = "device " + std::to_string(f.device) + " is unknown";
+    gone.from_device = true;
+    self->send(caf::actor_cast<ram_cache_actor>(self), loaded_atom::value, std::move(gone));
+  }
+  fx.fetches.clear();
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -236,10 +256,25 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       outcome<std::shared_ptr<const host_model>> result = std::move(done.payload);
       if (!done.error.empty()) {
         result = failure{done.code, "loading '" + done.model + "' failed: " + done.error};
-        spdlog::warn("mcache: {} ({})", std::get<failure>(result).detail, to_string(done.code));
+        if (done.from_device)  // not an error: the model is read from disk instead
+          spdlog::info("mcache: copying '{}' back from a device failed ({}); it comes from disk", done.model, done.error);
+        else
+          spdlog::warn("mcache: {} ({})", std::get<failure>(result).detail, to_string(done.code));
       }
-      self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx);
+      self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx,
+                                      done.from_device ? load_source::device : load_source::disk);
       apply(self, fx);
+    },
+    [self](whole_atom, const model_id& model, device_index device, bool whole) {
+      if (auto sender = self->current_sender())
+        self->state.devices[device] = caf::actor_cast<caf::actor>(sender);
+      self->state.tier->device_copy(model, device, whole);
+      check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+    },
+    [self](return_atom, const model_id& model, device_index device) -> bool {
+      auto granted = self->state.tier->reserve_return(model, device);
+      check_step(*self->state.tier, self->state.config.check_invariants_each_step);
+      return granted;
     },
     [self](expire_atom, request_id id) {
       ram_effects fx;

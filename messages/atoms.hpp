@@ -19,6 +19,11 @@ using checked_atom = caf::atom_constant<caf::atom("checked")>;  // internal: a l
 using loaded_atom = caf::atom_constant<caf::atom("loaded")>;    // internal: a load finished
 using copied_atom = caf::atom_constant<caf::atom("copied")>;    // internal: a device copy finished
 using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;  // answer every waiter, accept no more work
+// Note [Copy back instead of a kept RAM copy] (keep_ram_copy = false):
+using whole_atom = caf::atom_constant<caf::atom("whole")>;      // a device holds (or no longer holds) a model whole
+using hand_over_atom = caf::atom_constant<caf::atom("hand_over")>;  // RAM dropped its copy: the device's is the only one
+using fetch_atom = caf::atom_constant<caf::atom("fetch")>;      // RAM asks a device to copy a model back
+using return_atom = caf::atom_constant<caf::atom("return")>;    // a device asks RAM for room to copy back its only copy
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
 
 } // namespace mcache

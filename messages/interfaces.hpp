@@ -38,6 +38,10 @@ using ram_cache_actor = caf::typed_actor<
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<checked_atom, checked_model>,
   caf::reacts_to<loaded_atom, loaded_model>,
+  // Note [Copy back instead of a kept RAM copy], from device actors: the sender (device index) holds the
+  // model whole (true) or no longer (false); may the sender copy its only copy back (true: room reserved)?
+  caf::reacts_to<whole_atom, model_id, device_index, bool>,
+  caf::replies_to<return_atom, model_id, device_index>::with<bool>,
   caf::reacts_to<expire_atom, request_id>>;
 
 /// One device actor per device (and one for CPU pins): owns that device's tier.
@@ -58,6 +62,10 @@ using device_actor = caf::typed_actor<
   caf::replies_to<shutdown_atom>::with<void>,
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<copied_atom, copied_model>,
+  // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
+  // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).
+  caf::reacts_to<hand_over_atom, model_id>,
+  caf::reacts_to<fetch_atom, model_id>,
   caf::reacts_to<expire_atom, request_id>>;
 
 } // namespace mcache

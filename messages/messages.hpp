@@ -23,6 +23,7 @@ struct loaded_model {
   std::string error;                          // the loader's text on failure
   errc code = errc::load_failed;              // the failure's code
   uint64_t load_ns = 0;
+  bool from_device = false;                   // a copy back from a device (tensors only)
 };
 
 /// Internal: a loader thread reports the precheck of a model about to be loaded.

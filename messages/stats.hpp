@@ -31,6 +31,12 @@ struct ram_stats {
   std::uint64_t waits = 0;           // requests that had to queue for room
   std::uint64_t waiting_now = 0;     // requests queued for room right now
   std::uint64_t timeouts = 0;        // requests that failed at their deadline
+  // Note [Copy back instead of a kept RAM copy] (keep_ram_copy = false)
+  std::uint64_t hand_overs = 0;         // evictions that left a model's only copy on a device
+  std::uint64_t device_fetches = 0;     // acquires served by copying a model back from a device, not disk
+  std::uint64_t copy_backs = 0;         // device evictions copied back into RAM
+  std::uint64_t copy_backs_refused = 0; // device evictions dropped for lack of free RAM (reread from disk)
+  bytes_t bytes_from_devices = 0;       // bytes brought into RAM from devices (fetches and copy backs)
   // Note [Pinned host memory]: buffers loads read into, pinned up to a budget within the RAM budget.
   bytes_t pinned_budget_bytes = 0;
   bytes_t pinned_bytes = 0;             // in pinned buffers now

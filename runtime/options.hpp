@@ -45,6 +45,10 @@ struct runtime_options {
   bytes_t pinned_budget_bytes = 0;  // of the RAM budget, how much loads may read into pinned (page-locked)
                                     // buffers for fast copies to GPUs, bytes; 0 = none (Note [Pinned host
                                     // memory]); must not exceed the RAM budget
+  bool keep_ram_copy = true;     // false: a model a GPU holds whole may leave RAM; it comes back from the GPU
+                                 // (not the disk), and the GPU copies it back when it drops it, if RAM has
+                                 // free room (Note [Copy back instead of a kept RAM copy]). For machines
+                                 // whose RAM is tighter than their VRAM.
   size_t loader_threads = 2;     // threads running model loads (disk, decode), >= 1
   size_t scheduler_threads = 0;  // CAF scheduler threads; 0 = hardware threads (at least 2)
   scheduler_policy scheduler = scheduler_policy::sharing;

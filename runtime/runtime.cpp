@@ -134,15 +134,20 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   system_ = std::make_unique<caf::actor_system>(*config_);
   ram_cache_config rc;
   rc.tier.budget_bytes = options_.ram_budget_bytes;
+  rc.tier.keep_ram_copy = options_.keep_ram_copy;
   rc.models = catalog_;
   rc.loaders = loaders_;
   // Note [Reuse, do not re-fault]: an eighth of each budget may be kept for reuse (reported in the stats).
   rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes, options_.ram_budget_bytes / 8);
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
+  auto host_buffers = rc.memory;
   ram_ = spawn_ram_cache(*system_, std::move(rc));
   auto make_device = [&](device_tier_options tier, std::shared_ptr<device_backend> backend) {
     device_actor_config dc;
+    // The CPU pin tier aliases the RAM copy: it never holds a copy of its own to hand back.
+    dc.report_whole_copies = !options_.keep_ram_copy && tier.device != cpu_device;
+    dc.memory = host_buffers;
     dc.tier = tier;
     dc.models = catalog_;
     dc.backend = std::move(backend);

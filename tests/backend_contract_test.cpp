@@ -132,3 +132,71 @@ TEST_CASE("contract: a runtime pins a model partly, streams the rest, and offloa
   CHECK(s.offload(0) > 0);
   CHECK(rt.stats().devices[0].used_bytes == 0);
 }
+
+TEST_CASE("contract: without a kept RAM copy, a model evicted from RAM comes back from the device, and offload copies it back") {
+  auto b = backend_under_test();
+  if (!available(b))
+    return;
+  constexpr bytes_t opaque_bytes = 4096;
+  const bytes_t model_bytes = 4 * floats * 4 + opaque_bytes;
+  auto note = std::make_shared<const std::string>("tokenizer");
+  auto add = [&](runtime& rt, const model_id& id) {
+    model_descriptor m;
+    m.id = id;
+    m.bytes = model_bytes;
+    m.loader = [note](const model_descriptor& self) {
+      auto h = layers(4);
+      h->id = self.id;
+      h->opaque = note;
+      h->opaque_bytes = opaque_bytes;
+      return std::shared_ptr<const host_model>(std::move(h));
+    };
+    rt.models().add(m);
+  };
+  runtime_options o;
+  o.ram_budget_bytes = model_bytes + model_bytes / 2;  // one model at a time
+  o.keep_ram_copy = false;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = b.kind;
+  d.budget_bytes = 3 * model_bytes;
+  o.devices = {d};
+  runtime rt{o};
+  add(rt, "x");
+  add(rt, "y");
+  auto s = rt.open_session();
+  auto expect_x = [&](const lease& l) {
+    auto want = layers(4);
+    REQUIRE(l.host().tensors.size() == 4);
+    for (size_t i = 0; i < 4; ++i)
+      CHECK(l.host().tensors[i].tensor.equal(want->tensors[i].tensor));
+    CHECK(l.host().opaque == note);
+    CHECK(l.host().opaque_bytes == opaque_bytes);
+  };
+  {
+    auto x = s.acquire("x");
+    s.pin(x, 0).release();
+  }
+  s.acquire("y").release();  // evicts 'x' from RAM: device 0 holds the only copy
+  CHECK(rt.stats().ram.hand_overs == 1);
+  {
+    auto x = s.acquire("x");  // copied back from device 0, not read from disk
+    expect_x(x);
+    auto st = rt.stats().ram;
+    CHECK(st.loads == 2);
+    CHECK(st.device_fetches == 1);
+    CHECK(st.bytes_from_devices == model_bytes);
+  }
+  s.acquire("y").release();  // 'x' leaves RAM again
+  s.trim_ram();              // RAM is empty: room for a copy back
+  CHECK(s.offload(0) > 0);   // the only copy of 'x' goes back to RAM before it is freed
+  CHECK(rt.stats().devices[0].used_bytes == 0);
+  {
+    auto x = s.acquire("x");  // a hit, or joins the copy back in flight: never the disk
+    expect_x(x);
+  }
+  auto st = rt.stats().ram;
+  CHECK(st.copy_backs == 1);
+  CHECK(st.loads == 3);  // x, y, and y again
+  CHECK(st.bytes_from_devices == 2 * model_bytes);
+}

@@ -583,3 +583,55 @@ TEST_CASE("shutdown answers queued pins and pins waiting for a copy, and returns
   h.finish_copy("b");  // the copy in flight ends later: its lease comes back then
   CHECK(h.leases_out.size() == 1);  // only the live pin's
 }
+
+// Note [Copy back instead of a kept RAM copy]
+
+namespace {
+/// Pins 'a' as three tensors of 20 bytes, lets the copy finish and releases the pin.
+void three_tensors_resident(device_harness& h) {
+  auto r = h.pin("a", 60, alice, 0, true, {20, 20, 20});
+  h.finish_copy("a");
+  REQUIRE(h.granted(r));
+  REQUIRE_FALSE(h.release(std::get<device_pin>(h.answers.at(r)).pin, alice));
+}
+} // namespace
+
+TEST_CASE("the only copy of a model is dropped whole, never trimmed in part, and handed out to be copied back") {
+  device_harness h{100};
+  three_tensors_resident(h);
+  CHECK(h.tier.whole_models() == std::vector<model_id>{"a"});
+  REQUIRE(h.tier.hand_over("a"));
+  h.pinned("b", 50, bob);  // 40 free before: needs 10 more, which would trim one tensor of 'a'
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  auto backs = h.tier.take_copy_backs();
+  REQUIRE(backs.size() == 1);
+  CHECK(backs[0].model == "a");
+  REQUIRE(backs[0].copy);
+  CHECK(h.tier.take_released().empty() == true);  // the copy goes back to RAM, not to be freed
+  CHECK(h.tier.stats().used_bytes == 50);
+}
+
+TEST_CASE("a model not resident whole is not handed over, and a fetched copy is no longer the only one") {
+  device_harness h{100};
+  auto pa = h.pinned("a", 60, alice);
+  REQUIRE_FALSE(h.release(pa, alice));
+  REQUIRE(succeeded(h.offload("a", 0)));
+  CHECK_FALSE(h.tier.hand_over("a"));  // gone
+  CHECK(h.tier.fetch("a") == nullptr);
+  three_tensors_resident(h);
+  REQUIRE(h.tier.hand_over("a"));
+  CHECK(h.tier.fetch("a") != nullptr);  // RAM copies it back: this copy may be trimmed again
+  REQUIRE(succeeded(h.offload("a", 10)));
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  CHECK(h.tier.take_copy_backs().empty());
+}
+
+TEST_CASE("an explicit offload of the only copy hands it out whole to be copied back") {
+  device_harness h{100};
+  REQUIRE_FALSE(h.release(h.pinned("a", 60, alice), alice));
+  REQUIRE(h.tier.hand_over("a"));
+  auto freed = h.offload("a", 10);
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 60);
+  CHECK(h.tier.take_copy_backs().size() == 1);
+}

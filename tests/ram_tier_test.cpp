@@ -20,7 +20,8 @@ constexpr holder_id bob = 22;
 
 /// Drives a ram_tier like its actor does, and checks the invariants after every step.
 struct ram_harness : test::answer_book<ram_lease> {
-  explicit ram_harness(bytes_t budget) : tier({budget}, make_lru_policy()) {}
+  explicit ram_harness(bytes_t budget, bool keep_ram_copy = true)
+    : tier({budget, keep_ram_copy}, make_lru_policy()) {}
 
   request_id acquire(const model_descriptor& d, holder_id h, bool may_wait = true) {
     auto id = next++;
@@ -61,10 +62,29 @@ struct ram_harness : test::answer_book<ram_lease> {
     absorb(fx);
   }
 
+  /// A copy back from a device ends: the device's copy (tensors only) or a failure.
+  void finish_copy_back(const model_id& m, bool ok = true) {
+    ram_effects fx;
+    outcome<std::shared_ptr<const host_model>> copy = failure{errc::load_failed, "no longer on the device"};
+    if (ok)
+      copy = std::shared_ptr<const host_model>(std::make_shared<host_model>());  // fake models: opaque only
+    tier.load_finished(m, std::move(copy), 1000, fx, load_source::device);
+    absorb(fx);
+  }
+  /// Leases `d`, releases it, and reports that device 0 holds it whole.
+  void resident_on_device(const model_descriptor& d) {
+    REQUIRE_FALSE(release(lease(d, alice), alice));
+    tier.device_copy(d.id, 0, true);
+  }
+
   void absorb(ram_effects& fx) {
     record(fx.replies);
     for (auto& d : fx.loads)
       loads_started.push_back(d->id);
+    for (auto& f : fx.fetches)
+      fetches_started.push_back(f.model);
+    for (auto& h : tier.take_hand_overs())
+      hand_overs.push_back(h.model);
     tier.check_invariants();
   }
 
@@ -72,6 +92,8 @@ struct ram_harness : test::answer_book<ram_lease> {
   request_id next = 1;
   std::map<model_id, model_descriptor> descriptors;
   std::vector<model_id> loads_started;
+  std::vector<model_id> fetches_started;  // copies back from a device
+  std::vector<model_id> hand_overs;
 };
 
 } // namespace
@@ -519,4 +541,120 @@ TEST_CASE("evicted host copies are handed over to be freed off the actor thread"
   auto released = h.tier.take_released();
   REQUIRE(released.size() == 1);
   CHECK(released.front()->id == "a");
+}
+
+// Note [Copy back instead of a kept RAM copy]
+
+TEST_CASE("without a kept RAM copy, a model evicted while a device holds it whole comes back from that device, not the disk") {
+  ram_harness h{100, /*keep_ram_copy=*/false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  auto lb = h.lease(b, bob);  // evicts 'a': its only copy is now on device 0
+  CHECK(h.hand_overs == std::vector<model_id>{"a"});
+  REQUIRE_FALSE(h.release(lb, bob));
+  auto ra = h.acquire(a, alice);  // evicts 'b' (on no device: simply dropped) and copies 'a' back
+  CHECK(h.fetches_started == std::vector<model_id>{"a"});
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b"});  // no second disk load of 'a'
+  CHECK(h.hand_overs == std::vector<model_id>{"a"});
+  h.finish_copy_back("a");
+  REQUIRE(h.granted(ra));
+  // The model's non-tensor part stayed in RAM and is put back together with the device's tensors.
+  CHECK(std::get<ram_lease>(h.answers.at(ra)).payload->opaque_bytes == 60);
+  auto s = h.tier.stats();
+  CHECK(s.hand_overs == 1);
+  CHECK(s.device_fetches == 1);
+  CHECK(s.loads == 2);
+  CHECK(s.bytes_from_devices == 60);
+}
+
+TEST_CASE("a copy back that fails while an acquire waits for it falls back to the disk") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+  auto ra = h.acquire(a, alice);
+  REQUIRE(h.fetches_started.size() == 1);
+  h.finish_copy_back("a", /*ok=*/false);
+  CHECK_FALSE(h.answered(ra));
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "a"});
+  h.finish_load("a");
+  CHECK(h.granted(ra));
+  CHECK(h.tier.stats().load_failures == 0);
+}
+
+TEST_CASE("a device dropping the only copy gets room from free RAM alone, and the copy back is a load acquires can join") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  auto lb = h.lease(b, bob);
+  CHECK_FALSE(h.tier.reserve_return("a", 0));  // 40 bytes free: refused, and 'b' is not evicted for it
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+  CHECK(h.tier.stats().copy_backs_refused == 1);
+  // Refused means dropped: the disk has the only copy now.
+  REQUIRE_FALSE(h.release(lb, bob));
+  h.acquire(a, alice);
+  CHECK(h.fetches_started.empty());
+  CHECK(h.loads_started.back() == "a");
+}
+
+TEST_CASE("a copy back granted from free room reserves its bytes until it lands, then is ordinary cache") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+  ram_effects fx;
+  REQUIRE(succeeded(h.tier.trim("b", 0, fx)));
+  h.absorb(fx);
+  CHECK_FALSE(h.tier.reserve_return("a", 1));  // another device's word is not this one's
+  REQUIRE(h.tier.reserve_return("a", 0));
+  CHECK(h.tier.residency("a") == ram_residency::loading);
+  CHECK(h.tier.stats().loading_bytes == 60);
+  auto ra = h.acquire(a, alice);  // joins the copy back
+  CHECK_FALSE(h.answered(ra));
+  h.finish_copy_back("a");
+  CHECK(h.granted(ra));
+  auto s = h.tier.stats();
+  CHECK(s.copy_backs == 1);
+  CHECK(s.loads == 2);
+  CHECK(s.bytes_from_devices == 60);
+}
+
+TEST_CASE("a copy back never goes ahead of a request waiting for room") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 30), b = fake_model("b", 60), c = fake_model("c", 50);
+  h.resident_on_device(a);
+  auto lb = h.lease(b, bob);
+  auto lc = h.acquire(c, alice);  // waits: 'a' alone (30) is not enough beside leased 'b'
+  CHECK_FALSE(h.answered(lc));
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  ram_effects fx;
+  REQUIRE(succeeded(h.tier.trim("a", 0, fx)));  // handed over to device 0; 70 free is still too little
+  h.absorb(fx);
+  CHECK_FALSE(h.tier.reserve_return("a", 0));  // 40 free would fit its 30, but 'c' waits for room
+  REQUIRE_FALSE(h.release(lb, bob));
+  CHECK(h.tier.residency("c") == ram_residency::loading);
+}
+
+TEST_CASE("a device that no longer holds a model whole takes back the hand over, and a kept RAM copy hands nothing over") {
+  SECTION("the device dropped it") {
+    ram_harness h{100, false};
+    auto a = fake_model("a", 60), b = fake_model("b", 60);
+    h.resident_on_device(a);
+    REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+    h.tier.device_copy("a", 0, false);
+    h.acquire(a, alice);
+    CHECK(h.fetches_started.empty());
+    CHECK(h.loads_started.back() == "a");
+  }
+  SECTION("RAM copies are kept") {
+    ram_harness h{100, true};
+    auto a = fake_model("a", 60), b = fake_model("b", 60);
+    h.resident_on_device(a);
+    REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+    CHECK(h.hand_overs.empty());
+    CHECK_FALSE(h.tier.reserve_return("a", 0));
+    h.acquire(a, alice);
+    CHECK(h.fetches_started.empty());
+    CHECK(h.tier.stats().hand_overs == 0);
+  }
 }

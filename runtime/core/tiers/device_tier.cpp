@@ -128,6 +128,15 @@ std::optional<residency_plan> device_tier::plan_for(const entry& e, bytes_t work
 
 bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   auto& e = entries_.at(model);
+  if (e.only_copy) {
+    // Trimming part of the only copy would lose those tensors: it goes whole, to be copied back first.
+    auto freed = e.bytes;
+    copy_backs_.push_back({model, std::move(e.view)});
+    e.bytes = 0;
+    used_ -= freed;
+    transition(model, device_residency::absent);
+    return freed;
+  }
   bytes_t freed = 0;
   std::vector<size_t> dropped;
   for (size_t k = e.tensors.size(); k-- > 0 && freed < wanted;) {
@@ -152,6 +161,35 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   e.view = v;
   update_candidacy(model);
   return freed;
+}
+
+static bool is_whole(const std::vector<tensor_slot>& tensors) {
+  return std::all_of(tensors.begin(), tensors.end(),
+                     [](const tensor_slot& t) { return t.state == tensor_residency::resident; });
+}
+
+bool device_tier::hand_over(const model_id& model) {
+  auto i = entries_.find(model);
+  if (i == entries_.end() || i->second.state != device_residency::resident || !is_whole(i->second.tensors))
+    return false;
+  i->second.only_copy = true;
+  return true;
+}
+
+std::shared_ptr<const device_model> device_tier::fetch(const model_id& model) {
+  auto i = entries_.find(model);
+  if (i == entries_.end() || i->second.state != device_residency::resident || !is_whole(i->second.tensors))
+    return nullptr;
+  i->second.only_copy = false;
+  return i->second.view;
+}
+
+std::vector<model_id> device_tier::whole_models() const {
+  std::vector<model_id> whole;
+  for (const auto& kv : entries_)
+    if (kv.second.state == device_residency::resident && is_whole(kv.second.tensors))
+      whole.push_back(kv.first);
+  return whole;  // sorted: entries_ is a std::map
 }
 
 bool device_tier::make_room_for(bytes_t need, const model_id& excluded) {

@@ -31,7 +31,11 @@
 // tensors alone (streaming the rest), then fails with the numbers. A failed copy never leaves tensors or
 // bytes behind.
 //
-// The RAM copy is kept while a model is on a device, so dropping device tensors costs no copy back. Every
+// The RAM copy is kept while a model is on a device, so dropping device tensors costs no copy back, unless
+// the runtime runs with keep_ram_copy = false (Note [Copy back instead of a kept RAM copy], ram_tier.hpp):
+// then the RAM tier may hand a model that this tier holds whole over to it (`hand_over`), and this copy
+// is the only one. Such a copy is never trimmed in part: evicting or offloading it drops it whole and
+// hands it to the actor to copy back (`take_copy_backs`). Every
 // pin carries its own RAM lease (taken by the device actor from the RAM tier), which this tier hands back
 // through `device_effects::ram_leases_to_release` when the pin, or the request, ends.
 
@@ -125,6 +129,23 @@ public:
   /// (unmapping memory), so the actor frees them on a worker thread instead of its own.
   std::vector<std::shared_ptr<const device_model>> take_released() { return std::move(released_); }
 
+  // Note [Copy back instead of a kept RAM copy]
+  /// The RAM tier dropped its copy of `model`: this tier's copy is the only one. False (nothing changes)
+  /// unless the model is resident here whole.
+  bool hand_over(const model_id& model);
+  /// The RAM tier copies `model` back: the copy to read from, or null unless it is resident here whole.
+  /// The RAM will hold it again, so this copy is no longer the only one.
+  std::shared_ptr<const device_model> fetch(const model_id& model);
+  /// Models resident here whole (every tensor on the device), sorted.
+  std::vector<model_id> whole_models() const;
+  /// Only copies this tier let go of since the last call: copy them back to RAM (if it has room) before
+  /// freeing them.
+  struct copy_back {
+    model_id model;
+    std::shared_ptr<const device_model> copy;
+  };
+  std::vector<copy_back> take_copy_backs() { return std::move(copy_backs_); }
+
   device_residency residency(const model_id& model) const;
   /// Device bytes of `model`'s resident tensors (0 when absent).
   bytes_t resident_bytes(const model_id& model) const;
@@ -149,6 +170,7 @@ private:
     std::shared_ptr<const device_model> view;
     std::shared_ptr<const host_model> host;  // while copying: the source, for an OOM retry
     int oom_attempts = 0;
+    bool only_copy = false;  // handed over by the RAM tier: never trimmed in part, copied back when dropped
     std::vector<admitted> waiters;          // pins waiting for the copy in flight
     std::vector<lease_id> orphaned_leases;  // leases of waiters whose holder died mid-copy: the copy
                                             // still reads the host copy, so they are returned when it ends
@@ -197,6 +219,7 @@ private:
   bytes_t working_reserved_ = 0;  // working memory of pins and of admitted requests
   device_stats counters_;
   std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()
+  std::vector<copy_back> copy_backs_;                            // see take_copy_backs()
 };
 
 } // namespace mcache

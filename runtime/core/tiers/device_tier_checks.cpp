@@ -128,6 +128,8 @@ void device_tier::check_invariants() const {
       fail(name + " counts " + std::to_string(e.pins) + " pins, the table has " + std::to_string(pin_count[kv.first]));
     if (e.pins > 0 && e.state != device_residency::resident)
       fail("pinned " + name + " is not resident");
+    if (e.only_copy && (e.state != device_residency::resident || held != e.model_bytes()))
+      fail(name + " holds the only copy but is not resident whole");
     if (e.state == device_residency::resident && e.pins == 0 && e.bytes == 0)
       fail(name + " is resident with nothing on the device and no pin");
     if (!e.waiters.empty() && e.state != device_residency::copying)

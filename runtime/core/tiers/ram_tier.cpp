@@ -106,7 +106,59 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
 void ram_tier::evict(const model_id& model) {
   ++counters_.evictions;
   counters_.evicted_bytes += entries_.at(model).descriptor->bytes;
+  let_go(model);
+}
+
+// Drops a resident model's host copy; with keep_ram_copy = false a device that holds it whole keeps the
+// only copy (Note [Copy back instead of a kept RAM copy]).
+void ram_tier::let_go(const model_id& model) {
+  auto whole = options_.keep_ram_copy ? whole_on_.end() : whole_on_.find(model);
+  if (whole != whole_on_.end()) {
+    const auto& e = entries_.at(model);
+    auto skeleton = std::make_shared<host_model>();
+    skeleton->id = model;
+    skeleton->opaque = e.payload->opaque;
+    skeleton->opaque_bytes = e.payload->opaque_bytes;
+    auto device = *whole->second.begin();
+    handed_[model] = handed_over{device, e.descriptor, std::move(skeleton)};
+    hand_overs_.push_back({model, device});
+    ++counters_.hand_overs;
+  }
   transition(model, ram_residency::absent);
+}
+
+void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
+  if (whole) {
+    whole_on_[model].insert(device);
+    return;
+  }
+  auto w = whole_on_.find(model);
+  if (w != whole_on_.end() && w->second.erase(device) && w->second.empty())
+    whole_on_.erase(w);
+  // The device no longer has the only copy (it dropped it, or its copy back is already under way and
+  // holds the bytes): a later acquire reads the disk unless a copy back is loading.
+  auto h = handed_.find(model);
+  if (h != handed_.end() && h->second.device == device && entries_.count(model) == 0)
+    handed_.erase(h);
+}
+
+bool ram_tier::reserve_return(const model_id& model, device_index device) {
+  auto h = handed_.find(model);
+  if (h == handed_.end() || h->second.device != device || entries_.count(model) != 0)
+    return false;  // not handed to this device (stale), or already coming back
+  auto bytes = h->second.descriptor->bytes;
+  if (!queue_.empty() || free_bytes() < bytes) {
+    ++counters_.copy_backs_refused;
+    handed_.erase(h);  // the device drops its copy: the disk has the only one now
+    return false;
+  }
+  auto& e = entries_[model];
+  e.descriptor = h->second.descriptor;
+  used_ += bytes;
+  transition(model, ram_residency::loading);
+  ++counters_.copy_backs;
+  counters_.peak_used_bytes = std::max(counters_.peak_used_bytes, used_);
+  return true;
 }
 
 void ram_tier::acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
@@ -212,10 +264,16 @@ bool ram_tier::try_admit(request_id request, ram_effects& out) {
       e.descriptor = m;
       used_ += m->bytes;
       transition(m->id, ram_residency::loading);
-      ++counters_.loads;
-      if (loaded_before_.count(m->id))
-        ++counters_.reloads;
-      out.loads.push_back(m);
+      auto h = handed_.find(m->id);
+      if (h != handed_.end()) {
+        ++counters_.device_fetches;
+        out.fetches.push_back({m->id, h->second.device});
+      } else {
+        ++counters_.loads;
+        if (loaded_before_.count(m->id))
+          ++counters_.reloads;
+        out.loads.push_back(m);
+      }
       i = entries_.find(m->id);
     }
     i->second.waiters.push_back(request);
@@ -286,11 +344,33 @@ void ram_tier::precheck_finished(request_id request, std::optional<failure> fail
 }
 
 void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
-                             uint64_t load_ns, ram_effects& out) {
+                             uint64_t load_ns, ram_effects& out, load_source source) {
   auto i = entries_.find(model);
   if (i == entries_.end() || i->second.state != ram_residency::loading)
     throw std::logic_error("ram tier: load finished for '" + model + "', which is not loading");
   auto& e = i->second;
+  if (source == load_source::device) {
+    auto h = handed_.find(model);
+    if (h == handed_.end())
+      throw std::logic_error("ram tier: a copy back of '" + model + "' that was not handed over");
+    auto skeleton = std::move(h->second.skeleton);
+    handed_.erase(h);
+    if (succeeded(payload) && std::get<0>(payload)) {
+      // The device holds tensors only: the model's non-tensor part stayed here.
+      auto whole = std::make_shared<host_model>(*std::get<0>(payload));
+      whole->id = model;
+      whole->opaque = skeleton->opaque;
+      whole->opaque_bytes = skeleton->opaque_bytes;
+      counters_.bytes_from_devices += whole->total_bytes();
+      payload = std::shared_ptr<const host_model>(std::move(whole));
+    } else if (!e.waiters.empty()) {
+      // The device no longer had it (or its copy failed): acquires wait for it, so read the disk.
+      ++counters_.loads;
+      ++counters_.reloads;
+      out.loads.push_back(e.descriptor);
+      return;
+    }
+  }
   if (succeeded(payload)) {
     auto& p = std::get<0>(payload);
     if (!p || p->total_bytes() != e.descriptor->bytes)
@@ -349,7 +429,7 @@ outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effect
   auto drop = [this](const model_id& m, bytes_t = 0) {
     auto bytes = entries_.at(m).descriptor->bytes;
     ++counters_.trims;
-    transition(m, ram_residency::absent);
+    let_go(m);
     return bytes;
   };
   bytes_t freed = 0;

@@ -17,6 +17,19 @@
 //
 // A lease is held by one holder (a session). A device pin borrows its own lease (see `share`), so a
 // model stays in RAM while a device uses it even if the session's lease is released first.
+//
+// Note [Copy back instead of a kept RAM copy]: with `keep_ram_copy = false` (for machines whose RAM is
+// tighter than their VRAM) a model that a device holds whole is not lost when the RAM tier evicts it:
+//   - devices report which models they hold whole (`device_copy`);
+//   - evicting such a model from RAM hands it over to one of them (`take_hand_overs`): that device's
+//     copy becomes the only one, and the tier keeps the model's non-tensor part (the "skeleton");
+//   - an acquire of a handed-over model copies it back from that device (`ram_effects::fetches`) instead
+//     of reading the disk; if the device no longer has it, the tier falls back to the disk;
+//   - when the device evicts or offloads its copy, it first asks for room here (`reserve_return`) and, if
+//     granted, copies the model back into RAM on its copy stream before freeing it; if refused (no free
+//     room, or requests are waiting for room) the copy is dropped and the next acquire reads the disk.
+// A copy back is a load like any other (state `loading`, its bytes reserved): acquires join it. Every
+// race between the tiers' messages ends in a disk read at worst, never in a lost or doubled byte.
 
 #include "messages/grants.hpp"
 #include "messages/stats.hpp"
@@ -37,13 +50,24 @@ namespace mcache {
 
 struct ram_tier_options {
   bytes_t budget_bytes = 0;  // RAM budget for model host copies, in bytes; must be > 0
+  bool keep_ram_copy = true; // false: Note [Copy back instead of a kept RAM copy]
 };
+
+/// A model and a device that holds it (Note [Copy back instead of a kept RAM copy]).
+struct device_copy_ref {
+  model_id model;
+  device_index device = 0;
+};
+
+/// Where a finished load's bytes came from.
+enum class load_source { disk, device };
 
 /// What a step of the tier asks its actor to do.
 struct ram_effects {
   std::vector<reply<ram_lease>> replies;                     // answer these single acquires
   std::vector<reply<std::vector<ram_lease>>> group_replies;  // answer these acquire_all requests
   std::vector<descriptor_ptr> loads;                         // start these loads off the actor thread
+  std::vector<device_copy_ref> fetches;                      // copy these back from a device instead
 };
 
 enum class ram_residency { absent, loading, resident };
@@ -75,9 +99,19 @@ public:
   /// The precheck of a `checking` request ended: `failed` fails it (nothing was evicted for it); else it
   /// may be admitted in its turn. No-op if the request was answered meanwhile (expired, holder gone).
   void precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out);
-  /// A load started by this tier finished (`payload` is the model or the loader's failure).
+  /// A load started by this tier finished (`payload` is the model or the loader's failure). A copy back
+  /// from a device (`source` device) carries the tensors only; the tier adds the model's non-tensor part.
+  /// A failed copy back falls back to a disk load when acquires wait for it.
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
-                     uint64_t load_ns, ram_effects& out);
+                     uint64_t load_ns, ram_effects& out, load_source source = load_source::disk);
+  /// A device reports whether it holds all of `model`'s tensors (only with keep_ram_copy = false).
+  void device_copy(const model_id& model, device_index device, bool whole);
+  /// `device` is about to drop the only copy of `model`: true reserves room (the model is then loading,
+  /// and the copy back ends in `load_finished`); false means drop it. Granted only from free room, when no
+  /// request is waiting for room (a copy back never goes ahead of them or evicts anything).
+  bool reserve_return(const model_id& model, device_index device);
+  /// Models this tier evicted whose only copy is now on a device: the actor tells those devices.
+  std::vector<device_copy_ref> take_hand_overs() { return std::move(hand_overs_); }
   /// Ends a lease. Fails (state unchanged) on an unknown lease or another holder's lease.
   std::optional<failure> release(lease_id lease, holder_id holder, ram_effects& out);
   /// Issues a second lease on the model of `lease` (held by `owner`) to `borrower`: a device pin uses it to
@@ -147,6 +181,7 @@ private:
   void drop_lease(lease_id lease);
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
+  void let_go(const model_id& model);
   bool make_room_for(const group& g, bytes_t bytes);
   failure no_room(const group& g, size_t queued_ahead) const;
   bytes_t free_bytes() const { return options_.budget_bytes - used_; }
@@ -161,6 +196,15 @@ private:
   bytes_t used_ = 0;
   bytes_t evictable_ = 0;  // bytes of the eviction candidates (resident, unleased): a running sum
   std::vector<std::shared_ptr<const host_model>> released_;  // see take_released()
+  // Note [Copy back instead of a kept RAM copy]
+  struct handed_over {
+    device_index device = 0;
+    descriptor_ptr descriptor;
+    std::shared_ptr<const host_model> skeleton;  // the model without its tensors (its opaque part)
+  };
+  std::map<model_id, std::set<device_index>> whole_on_;  // devices that reported holding a model whole
+  std::map<model_id, handed_over> handed_;               // evicted here, its only copy on a device
+  std::vector<device_copy_ref> hand_overs_;              // see take_hand_overs()
   ram_stats counters_;  // the cumulative counters; levels are computed in stats()
 };
 

@@ -98,6 +98,14 @@ void ram_tier::check_invariants() const {
       fail("a lease names '" + kv.first + "', which has no entry");
   if (sum != used_)
     fail("used " + std::to_string(used_) + " != sum of entries " + std::to_string(sum));
+  for (const auto& kv : handed_) {
+    auto i = entries_.find(kv.first);
+    if (i != entries_.end() && i->second.state != ram_residency::loading)
+      fail("'" + kv.first + "' is handed over to device " + std::to_string(kv.second.device) + " but "
+           + to_string(i->second.state) + " here");
+    if (options_.keep_ram_copy)
+      fail("'" + kv.first + "' is handed over although RAM copies are kept");
+  }
   for (const auto& kv : groups_) {
     size_t waiting = 0;
     for (const auto& m : kv.second.models) {

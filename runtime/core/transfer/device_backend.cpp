@@ -1,5 +1,6 @@
 #include "runtime/core/transfer/device_backend.hpp"
 
+#include "runtime/core/models/host_memory.hpp"
 #include "runtime/core/transfer/buffer_cache.hpp"
 
 #include <ATen/ATen.h>
@@ -18,6 +19,23 @@ at::Tensor view_in(const at::Tensor& buffer, const at::Tensor& host) {
     .options(buffer.options().dtype(host.dtype()))
     .target_device(buffer.device())  // LibTorch cannot tell the device of a PrivateUse1 pointer by itself
     .make_tensor();
+}
+
+std::shared_ptr<host_model> copy_to_host(const device_model& copy, bool non_blocking) {
+  auto host = std::make_shared<host_model>();
+  for (const auto& nt : copy.tensors) {
+    if (!nt.tensor.defined())
+      continue;
+    auto src = nt.tensor.is_contiguous() ? nt.tensor : nt.tensor.contiguous();
+    auto dst = view_in(host_memory::buffer(tensor_bytes(src)), src);
+    dst.copy_(src, non_blocking);
+    host->tensors.push_back({nt.name, std::move(dst)});
+  }
+  return host;
+}
+
+std::shared_ptr<host_model> device_backend::copy_out(const device_model& copy) {
+  return copy_to_host(copy, /*non_blocking=*/false);
 }
 
 namespace {
@@ -57,6 +75,13 @@ public:
     copy->device_bytes = bytes;
     pace(start, bytes);
     return copy;
+  }
+
+  std::shared_ptr<host_model> copy_out(const device_model& copy) override {
+    auto start = std::chrono::steady_clock::now();
+    auto host = copy_to_host(copy, /*non_blocking=*/false);
+    pace(start, host->tensor_bytes());
+    return host;
   }
 
   std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) override {

@@ -51,6 +51,10 @@ public:
   /// allocator fails, anything else on other failures (the text is kept).
   virtual std::shared_ptr<const device_model> copy_in(const host_model& model,
                                                       const std::vector<size_t>& indices) = 0;
+  /// Copies a device copy back to host memory (Note [Copy back instead of a kept RAM copy]): every defined
+  /// tensor, in order, into buffers from the current `host_memory` (pinned where it allows). Blocking: on a
+  /// copy thread. The result carries tensors only.
+  virtual std::shared_ptr<host_model> copy_out(const device_model& copy);
   /// A staging slot of `bytes` device bytes for streaming (see stream_slot). Throws device_oom_error when
   /// the device's allocator fails.
   virtual std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) = 0;
@@ -71,6 +75,10 @@ public:
 /// A tensor of `host`'s dtype and shape over the start of `buffer` (a byte buffer on any device, at least
 /// as large), which it keeps alive: how a copy lands in a reused buffer or a staging slot.
 at::Tensor view_in(const at::Tensor& buffer, const at::Tensor& host);
+
+/// Host tensors with the dtypes and shapes of `copy`'s defined tensors, in buffers from the current
+/// `host_memory`, filled by `copy_` (`non_blocking` where the caller synchronizes its stream after).
+std::shared_ptr<host_model> copy_to_host(const device_model& copy, bool non_blocking);
 
 struct simulated_device_options {
   /// Emulated host-to-device bandwidth in bytes per second; 0 copies as fast as memcpy allows.

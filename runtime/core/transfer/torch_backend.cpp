@@ -66,6 +66,16 @@ public:
     return copy;
   }
 
+  // Device to host on the copy stream, into pinned buffers where the host memory allows, so it runs at
+  // the link's speed; the copy thread waits for it.
+  std::shared_ptr<host_model> copy_out(const device_model& copy) override {
+    c10::DeviceGuard on{device_};
+    c10::StreamGuard copying{copy_stream_};
+    auto host = copy_to_host(copy, /*non_blocking=*/true);
+    copy_stream_.synchronize();
+    return host;
+  }
+
   std::unique_ptr<stream_slot> make_stream_slot(bytes_t bytes) override {
     c10::DeviceGuard on{device_};
     try {
