@@ -137,8 +137,8 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   rc.tier.keep_ram_copy = options_.keep_ram_copy;
   rc.models = catalog_;
   rc.loaders = loaders_;
-  // Note [Reuse, do not re-fault]: an eighth of each budget may be kept for reuse (reported in the stats).
-  rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes, options_.ram_budget_bytes / 8);
+  // Note [Reuse, do not re-fault]: buffers in use plus those kept for reuse stay within each budget.
+  rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes, options_.ram_budget_bytes);
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
   auto host_buffers = rc.memory;
@@ -166,7 +166,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     auto index = static_cast<device_index>(i);
     std::shared_ptr<device_backend> backend;
     if (d.kind == device_kind::simulated)
-      backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, d.budget_bytes / 8, {}});
+      backend = make_simulated_backend(index, {d.simulated_bandwidth_bytes_per_s, d.budget_bytes, {}});
     else
       backend = make_torch_backend(torch_device_of(d));
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)

@@ -79,3 +79,17 @@ TEST_CASE("the buffer cache keeps no more than its bound") {
   }
   CHECK(cache->cached_bytes() == 2 << 20);  // the second did not fit under the bound and was freed
 }
+
+TEST_CASE("a fresh buffer frees cached ones first, so buffers in use plus those kept stay within the limit") {
+  auto cache = std::make_shared<buffer_cache>(4 << 20);
+  { auto a = cache->take(2 << 20); }
+  CHECK(cache->cached_bytes() == 2 << 20);
+  auto b = cache->take(3 << 20);  // no fit: 3 MiB in use + 2 MiB kept would pass the 4 MiB limit
+  CHECK(cache->cached_bytes() == 0);
+  CHECK(cache->live_bytes() == 3 << 20);
+  auto c = cache->take(1 << 20);
+  CHECK(cache->live_bytes() + cache->cached_bytes() <= 4 << 20);
+  b = at::Tensor();
+  CHECK(cache->cached_bytes() == 3 << 20);  // room under the limit: kept
+  CHECK(cache->live_bytes() == 1 << 20);
+}

@@ -35,8 +35,8 @@ struct host_memory_stats {
 class host_memory : public std::enable_shared_from_this<host_memory> {
 public:
   /// `pinned_budget_bytes` 0: never pin (every buffer is pageable and nothing is counted as a fallback).
-  /// Pageable buffers are reused through a cache of at most `pageable_cache_bytes` (Note [Reuse, do not
-  /// re-fault]).
+  /// Pageable buffers are reused through a cache: those in use plus those kept stay within
+  /// `pageable_cache_bytes` (the RAM budget; Note [Reuse, do not re-fault]).
   explicit host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes = 0);
 
   /// A byte buffer of `bytes`: pinned while the budget allows and LibTorch can pin, else pageable.

@@ -29,11 +29,25 @@ at::Tensor fresh_buffer(bytes_t bytes, bool huge_pages) {
 
 } // namespace
 
-buffer_cache::buffer_cache(bytes_t max_cached_bytes, bool huge_pages)
-  : max_(max_cached_bytes), huge_pages_(huge_pages) {}
+buffer_cache::buffer_cache(bytes_t limit_bytes, bool huge_pages)
+  : limit_(limit_bytes), huge_pages_(huge_pages) {}
+
+std::vector<at::Tensor> buffer_cache::shrink_locked() {
+  std::vector<at::Tensor> dropped;
+  while (live_ + cached_ > limit_ && !free_.empty()) {
+    auto largest = std::prev(free_.end());
+    cached_ -= largest->first;
+    dropped.push_back(std::move(largest->second.back()));
+    largest->second.pop_back();
+    if (largest->second.empty())
+      free_.erase(largest);
+  }
+  return dropped;
+}
 
 at::Tensor buffer_cache::take(bytes_t bytes) {
   at::Tensor raw;
+  std::vector<at::Tensor> dropped;  // freed after the lock is let go
   {
     // Best fit among buffers at most a quarter larger: models of similar layer sizes share buffers, and
     // no request ties up a much larger one.
@@ -45,8 +59,13 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
       cached_ -= i->first;
       if (i->second.empty())
         free_.erase(i);
+      live_ += static_cast<bytes_t>(raw.numel());
+    } else {
+      live_ += bytes;
+      dropped = shrink_locked();  // make the fresh buffer's room under the limit first
     }
   }
+  dropped.clear();
   if (raw.defined())
     ++reuses_;
   else {
@@ -66,10 +85,16 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
 void buffer_cache::put_back(at::Tensor raw) {
   auto bytes = static_cast<bytes_t>(raw.numel());
   std::lock_guard<std::mutex> guard{mutex_};
-  if (cached_ + bytes > max_)
-    return;  // over the bound: freed (the lambda holding `raw` goes)
+  live_ -= bytes;
+  if (live_ + cached_ + bytes > limit_)
+    return;  // over the limit: freed (the lambda holding `raw` goes)
   free_[bytes].push_back(std::move(raw));
   cached_ += bytes;
+}
+
+bytes_t buffer_cache::live_bytes() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  return live_;
 }
 
 bytes_t buffer_cache::cached_bytes() const {

@@ -83,8 +83,8 @@ std::shared_ptr<host_model> copy_to_host(const device_model& copy, bool non_bloc
 struct simulated_device_options {
   /// Emulated host-to-device bandwidth in bytes per second; 0 copies as fast as memcpy allows.
   double bandwidth_bytes_per_s = 0;
-  /// Note [Reuse, do not re-fault]: freed device copies and staging kept for reuse, at most this many
-  /// bytes (0: none).
+  /// Note [Reuse, do not re-fault]: device copies and staging in use plus those kept for reuse stay within
+  /// this many bytes (the device's budget; 0: nothing is kept).
   bytes_t cache_bytes = 0;
   /// Test hook: called with the bytes of each copy; returning true makes that copy fail as a device
   /// out-of-memory. Null: never.
