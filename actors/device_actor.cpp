@@ -34,6 +34,7 @@ struct device_state {
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
+  int track = 0;                         // its timeline track
 };
 
 const char* device_state::name = "mcache.device";
@@ -51,7 +52,8 @@ using released_copies = std::vector<std::shared_ptr<const device_model>>;
 void start_copy(self_ptr self, const copy_order& order, released_copies free_first) {
   auto reply_to = caf::actor_cast<device_actor>(self);
   auto backend = self->state.config.backend;
-  self->state.config.copiers->post([order, backend, reply_to, free_first = std::move(free_first)]() mutable {
+  self->state.config.copiers->post([order, backend, reply_to, trace = self->state.config.trace,
+                                    track = self->state.track, free_first = std::move(free_first)]() mutable {
     free_first.clear();
     copied_model done;
     done.model = order.model;
@@ -69,6 +71,9 @@ void start_copy(self_ptr self, const copy_order& order, released_copies free_fir
     done.copy_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                            std::chrono::steady_clock::now() - start)
                                            .count());
+    if (trace)
+      trace->span(track, "copy " + order.model, "copy", start, std::chrono::steady_clock::now(),
+                  done.copy ? done.copy->device_bytes : 0, done.error);
     caf::anon_send(reply_to, copied_atom::value, std::move(done));
   });
 }
@@ -81,6 +86,8 @@ void post_copy_back(self_ptr self, model_id model, std::shared_ptr<const device_
   auto ram = self->state.config.ram;
   auto backend = self->state.config.backend;
   auto memory = self->state.config.memory;
+  auto trace = self->state.config.trace;
+  auto track = self->state.track;
   self->state.config.copiers->post([=]() mutable {
     bool ok = false;
     try {
@@ -100,6 +107,9 @@ void post_copy_back(self_ptr self, model_id model, std::shared_ptr<const device_
       done.error = e.what();
     }
     copy.reset();
+    if (trace)
+      trace->span(track, "copy back " + model, "copy", start, std::chrono::steady_clock::now(),
+                  done.payload ? done.payload->tensor_bytes() : 0, done.error);
     done.load_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                            std::chrono::steady_clock::now() - start)
                                            .count());
@@ -213,6 +223,10 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
 device_actor::behavior_type device_impl(self_ptr self, device_actor_config config) {
   self->state.tier = std::make_unique<device_tier>(config.tier, config.policy());
   self->state.config = std::move(config);
+  if (self->state.config.trace) {
+    auto d = self->state.config.tier.device;
+    self->state.track = self->state.config.trace->track(d == cpu_device ? "cpu" : "device " + std::to_string(d));
+  }
   self->set_down_handler([self](caf::down_msg& dm) {
     auto id = dm.source.id();
     self->state.watched.erase(id);
@@ -300,6 +314,9 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       device_effects fx;
       self->state.tier->expire(id, fx);
       apply(self, fx);
+    },
+    [self](residency_atom) -> residency_report {
+      return residency_report{self->state.config.tier.device, self->state.tier->resident_models()};
     },
     [self](hand_over_atom, const model_id& model) {
       self->state.tier->hand_over(model);  // false: no longer whole here, and the RAM has been told so

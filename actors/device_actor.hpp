@@ -5,6 +5,7 @@
 #include "messages/interfaces.hpp"
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/models/host_memory.hpp"
+#include "runtime/core/timeline.hpp"
 #include "runtime/core/transfer/device_backend.hpp"
 #include "runtime/core/tiers/device_tier.hpp"
 #include "runtime/core/transfer/executor.hpp"
@@ -27,6 +28,7 @@ struct device_actor_config {
   // the only copy of a model back to RAM (into `memory`'s buffers) before dropping it.
   bool report_whole_copies = false;
   std::shared_ptr<host_memory> memory;  // may be null: plain pageable buffers
+  std::shared_ptr<timeline> trace;      // Note [Timeline]: copies and copy backs; may be null
 };
 
 device_actor spawn_device(caf::actor_system& sys, device_actor_config config);

@@ -23,6 +23,7 @@ struct ram_cache_state {
   std::set<holder_id> watched;
   std::map<device_index, caf::actor> devices;  // device actors that reported whole copies (keep_ram_copy = false)
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
+  int track = 0;          // its timeline track
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -34,6 +35,7 @@ using released_copies = std::vector<std::shared_ptr<const host_model>>;
 void start_load(self_ptr self, const descriptor_ptr& model, released_copies free_first) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
   self->state.config.loaders->post([model, reply_to, memory = self->state.config.memory,
+                                    trace = self->state.config.trace, track = self->state.track,
                                     free_first = std::move(free_first)]() mutable {
     free_first.clear();
     host_memory::scope buffers_from{memory};
@@ -55,6 +57,9 @@ void start_load(self_ptr self, const descriptor_ptr& model, released_copies free
     done.load_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                            std::chrono::steady_clock::now() - start)
                                            .count());
+    if (trace)
+      trace->span(track, "load " + model->id, "load", start, std::chrono::steady_clock::now(), model->bytes,
+                  done.error);
     caf::anon_send(reply_to, loaded_atom::value, std::move(done));
   });
 }
@@ -67,6 +72,9 @@ void apply(self_ptr self, ram_effects& fx) {
   // first load of the step before it reads (other loads of the step may overlap that free: host memory,
   // unlike a device's, does not fail an allocation that the budget allows).
   auto released = self->state.tier->take_released();
+  if (auto& t = self->state.config.trace)
+    for (const auto& m : released)
+      t->instant(self->state.track, "evict " + m->id, "evict", m->total_bytes());
   for (const auto& model : fx.loads)
     start_load(self, model, std::exchange(released, {}));
   fx.loads.clear();
@@ -144,6 +152,8 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
 ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config config) {
   self->state.tier = std::make_unique<ram_tier>(config.tier, config.policy());
   self->state.config = std::move(config);
+  if (self->state.config.trace)
+    self->state.track = self->state.config.trace->track("RAM");
   self->set_down_handler([self](caf::down_msg& dm) {
     auto id = dm.source.id();
     self->state.watched.erase(id);
@@ -271,6 +281,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       self->state.tier->device_copy(model, device, whole);
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);
     },
+    [self](residency_atom) -> std::vector<model_id> { return self->state.tier->resident_models(); },
     [self](return_atom, const model_id& model, device_index device) -> bool {
       auto granted = self->state.tier->reserve_return(model, device);
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);

@@ -5,6 +5,7 @@
 #include "messages/interfaces.hpp"
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/models/host_memory.hpp"
+#include "runtime/core/timeline.hpp"
 #include "runtime/core/transfer/executor.hpp"
 #include "runtime/core/tiers/ram_tier.hpp"
 
@@ -21,6 +22,7 @@ struct ram_cache_config {
   std::shared_ptr<host_memory> memory;      // the buffers loads read into (pinned up to a budget); may be null
   policy_factory policy = make_lru_policy;  // the eviction policy of the tier
   bool check_invariants_each_step = false;  // abort on the first broken invariant (tests, debug builds)
+  std::shared_ptr<timeline> trace;          // Note [Timeline]: loads and evictions; may be null
 };
 
 /// Spawns the RAM-cache actor. The config must be valid (see ram_tier::validate).

@@ -24,6 +24,11 @@ using whole_atom = caf::atom_constant<caf::atom("whole")>;      // a device hold
 using hand_over_atom = caf::atom_constant<caf::atom("hand_over")>;  // RAM dropped its copy: the device's is the only one
 using fetch_atom = caf::atom_constant<caf::atom("fetch")>;      // RAM asks a device to copy a model back
 using return_atom = caf::atom_constant<caf::atom("return")>;    // a device asks RAM for room to copy back its only copy
+// The scheduler (runtime/scheduler.hpp):
+using submit_atom = caf::atom_constant<caf::atom("submit")>;        // queue a job
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;        // stop a job
+using stage_done_atom = caf::atom_constant<caf::atom("stage_done")>;  // internal: a worker ran a stage's work
+using residency_atom = caf::atom_constant<caf::atom("residency")>;  // which models a tier holds now
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
 
 } // namespace mcache

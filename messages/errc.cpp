@@ -24,6 +24,9 @@ const char* to_string(errc code) noexcept {
     case errc::file_missing: return "file_missing";
     case errc::model_leased: return "model_leased";
     case errc::not_resident: return "not_resident";
+    case errc::cancelled: return "cancelled";
+    case errc::deadline_exceeded: return "deadline_exceeded";
+    case errc::work_failed: return "work_failed";
   }
   return "unknown_error";
 }

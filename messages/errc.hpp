@@ -59,6 +59,12 @@ enum class errc : uint8_t {
   model_leased,
   /// The model is not resident in this tier (nothing to offload or trim), or is still arriving.
   not_resident,
+  /// A scheduled job was cancelled by its submitter before it ended; what it held was released.
+  cancelled,
+  /// A scheduled job did not end before its deadline; what it held was released.
+  deadline_exceeded,
+  /// A scheduled job's work threw; the text keeps the exception's message. What it held was released.
+  work_failed,
 };
 
 /// The enum value's name, e.g. "budget_exhausted".

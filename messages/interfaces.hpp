@@ -12,6 +12,14 @@
 
 namespace mcache {
 
+struct job_submission;  // runtime/scheduler.cpp: a job's plan, its callables and its shared status
+
+/// What a device tier holds now: each resident model with its device bytes (for the scheduler's order).
+struct residency_report {
+  device_index device = 0;
+  std::vector<std::pair<model_id, bytes_t>> models;
+};
+
 /// The one RAM-cache actor: owns the host tier.
 using ram_cache_actor = caf::typed_actor<
   // Lease `model`, loading it if needed; waits up to the timespan for room (0: do not wait), then fails
@@ -41,6 +49,8 @@ using ram_cache_actor = caf::typed_actor<
   // Note [Copy back instead of a kept RAM copy], from device actors: the sender (device index) holds the
   // model whole (true) or no longer (false); may the sender copy its only copy back (true: room reserved)?
   caf::reacts_to<whole_atom, model_id, device_index, bool>,
+  // The models resident in RAM now (not loading), for the scheduler's order.
+  caf::replies_to<residency_atom>::with<std::vector<model_id>>,
   caf::replies_to<return_atom, model_id, device_index>::with<bool>,
   caf::reacts_to<expire_atom, request_id>>;
 
@@ -65,7 +75,22 @@ using device_actor = caf::typed_actor<
   // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
   // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).
   caf::reacts_to<hand_over_atom, model_id>,
+  // The models resident on this device now, with their device bytes.
+  caf::replies_to<residency_atom>::with<residency_report>,
   caf::reacts_to<fetch_atom, model_id>,
   caf::reacts_to<expire_atom, request_id>>;
 
+/// The scheduler actor (runtime/scheduler.hpp): owns the job queue and runs jobs over the devices.
+using scheduler_actor = caf::typed_actor<
+  caf::reacts_to<submit_atom, std::shared_ptr<job_submission>>,
+  caf::reacts_to<cancel_atom, std::uint64_t>,
+  // A worker ran stage `stage` of job `job`: the error text, or empty.
+  caf::reacts_to<stage_done_atom, std::uint64_t, std::uint64_t, std::string>,
+  caf::reacts_to<expire_atom, std::uint64_t>,
+  // Every job ends (queued ones cancelled, running ones when their step ends); answered (true) when all have.
+  caf::replies_to<shutdown_atom>::with<bool>>;
+
 } // namespace mcache
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<mcache::job_submission>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::residency_report)

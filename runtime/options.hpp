@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string>
 #include <vector>
 
 namespace mcache {
@@ -54,6 +55,8 @@ struct runtime_options {
   scheduler_policy scheduler = scheduler_policy::sharing;
   std::chrono::nanoseconds default_wait = std::chrono::seconds(30);  // how long a session's acquire or pin
                                                                      // waits for room by default
+  std::string trace_path;  // Note [Timeline]: where the runtime writes its timeline (Chrome trace JSON) at
+                           // shutdown; empty = no timeline is recorded
   policy_factory eviction = make_lru_policy;  // eviction policy of every tier; null = LRU
   placement_factory placement = make_resident_then_free_placement;  // where session::pin_anywhere pins;
                                                                     // null = this default

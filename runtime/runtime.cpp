@@ -127,6 +127,8 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   // runtime may be destroyed on another thread while this one lives on.
   detail::release_thread_logger release_logger;
   catalog_ = std::make_shared<catalog>();
+  if (!options_.trace_path.empty())
+    trace_ = std::make_shared<timeline>();
   placement_ = options_.placement();
   loaders_ = make_thread_pool_executor(options_.loader_threads);
   config_ = std::make_unique<caf::actor_system_config>();
@@ -141,6 +143,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   rc.memory = std::make_shared<host_memory>(options_.pinned_budget_bytes, options_.ram_budget_bytes);
   rc.policy = options_.eviction;
   rc.check_invariants_each_step = options_.check_invariants;
+  rc.trace = trace_;
   auto host_buffers = rc.memory;
   ram_ = spawn_ram_cache(*system_, std::move(rc));
   auto make_device = [&](device_tier_options tier, std::shared_ptr<device_backend> backend) {
@@ -148,6 +151,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     // The CPU pin tier aliases the RAM copy: it never holds a copy of its own to hand back.
     dc.report_whole_copies = !options_.keep_ram_copy && tier.device != cpu_device;
     dc.memory = host_buffers;
+    dc.trace = trace_;
     dc.tier = tier;
     dc.models = catalog_;
     dc.backend = std::move(backend);
@@ -211,6 +215,15 @@ bool runtime::shutdown(std::chrono::nanoseconds grace) {
     shutdown_clean_ &= c->stop(left());
   if (!shutdown_clean_)
     spdlog::warn("mcache: a load or copy did not return within the shutdown grace; it was abandoned");
+  // 3. Note [Timeline]: everything recorded so far goes to the file.
+  if (trace_) {
+    try {
+      trace_->write(options_.trace_path);
+      spdlog::info("mcache: wrote the timeline ({} events) to {}", trace_->events(), options_.trace_path);
+    } catch (const std::exception& e) {
+      spdlog::warn("mcache: {}", e.what());
+    }
+  }
   return shutdown_clean_;
 }
 

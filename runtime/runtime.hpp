@@ -13,6 +13,7 @@
 
 #include "messages/interfaces.hpp"
 #include "runtime/core/models/catalog.hpp"
+#include "runtime/core/timeline.hpp"
 #include "runtime/core/transfer/executor.hpp"
 #include "runtime/options.hpp"
 #include "runtime/session.hpp"
@@ -69,6 +70,9 @@ public:
   /// after a shutdown may still count loads and copies that were dropped as in flight.
   bool shutdown(std::chrono::nanoseconds grace = std::chrono::seconds(5));
   bool stopped() const { return stopped_.load(); }
+  /// Note [Timeline]: the runtime's timeline, or null when `trace_path` is empty. Written to `trace_path`
+  /// at shutdown.
+  std::shared_ptr<timeline> trace() const { return trace_; }
   caf::actor_system& system() { return *system_; }
 
 private:
@@ -82,6 +86,7 @@ private:
   ram_cache_actor ram_;
   std::vector<device_actor> devices_;
   device_actor cpu_;
+  std::shared_ptr<timeline> trace_;
   std::atomic<bool> stopped_{false};
   std::mutex shutdown_mutex_;   // one shutdown at a time; guards shutdown_clean_
   bool shutdown_clean_ = true;

@@ -114,6 +114,7 @@ public:
 
 private:
   friend class session;
+  friend class stage_context;  // the scheduler's stages hold pins the scheduler releases
   void end_use() noexcept;
   void note_stream() const;
   pin_handle(release_token token, device_pin grant, std::shared_ptr<staging_ring> staging)

@@ -184,6 +184,14 @@ std::shared_ptr<const device_model> device_tier::fetch(const model_id& model) {
   return i->second.view;
 }
 
+std::vector<std::pair<model_id, bytes_t>> device_tier::resident_models() const {
+  std::vector<std::pair<model_id, bytes_t>> resident;
+  for (const auto& kv : entries_)
+    if (kv.second.state == device_residency::resident)
+      resident.emplace_back(kv.first, kv.second.bytes);
+  return resident;
+}
+
 std::vector<model_id> device_tier::whole_models() const {
   std::vector<model_id> whole;
   for (const auto& kv : entries_)

@@ -136,6 +136,8 @@ public:
   /// The RAM tier copies `model` back: the copy to read from, or null unless it is resident here whole.
   /// The RAM will hold it again, so this copy is no longer the only one.
   std::shared_ptr<const device_model> fetch(const model_id& model);
+  /// Models resident here (in part or whole), with their device bytes, sorted.
+  std::vector<std::pair<model_id, bytes_t>> resident_models() const;
   /// Models resident here whole (every tensor on the device), sorted.
   std::vector<model_id> whole_models() const;
   /// Only copies this tier let go of since the last call: copy them back to RAM (if it has room) before

@@ -127,6 +127,14 @@ void ram_tier::let_go(const model_id& model) {
   transition(model, ram_residency::absent);
 }
 
+std::vector<model_id> ram_tier::resident_models() const {
+  std::vector<model_id> resident;
+  for (const auto& kv : entries_)
+    if (kv.second.state == ram_residency::resident)
+      resident.push_back(kv.first);
+  return resident;
+}
+
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
   if (whole) {
     whole_on_[model].insert(device);

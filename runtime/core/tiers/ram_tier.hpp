@@ -135,6 +135,8 @@ public:
   std::vector<std::shared_ptr<const host_model>> take_released() { return std::move(released_); }
 
   ram_residency residency(const model_id& model) const;
+  /// Models resident now (not loading), sorted.
+  std::vector<model_id> resident_models() const;
   size_t leases_of(holder_id holder) const;
   ram_stats stats() const;
   /// Throws std::logic_error naming the first broken invariant.

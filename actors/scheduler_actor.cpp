@@ -1,0 +1,430 @@
+#include "actors/scheduler_actor.hpp"
+
+#include "messages/errors.hpp"
+#include "runtime/core/outcome.hpp"
+
+#include <caf/all.hpp>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <utility>
+
+namespace mcache {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+/// A job between being picked and ending (Note [Job lifecycle]). At most one step of it is outstanding at
+/// any time (an acquire, the pins of a stage, or the stage's work), and it ends only when none is, so no
+/// grant can arrive for a job that has ended.
+struct running_job {
+  enum class phase { acquiring, pinning, working };
+  std::shared_ptr<job_submission> job;
+  device_index worker = 0;  // the device whose worker runs it (cpu_device for CPU jobs)
+  std::size_t stage = 0;
+  phase now = phase::acquiring;
+  std::vector<ram_lease> leases;
+  std::vector<device_pin> pins;
+  std::size_t pins_pending = 0;
+  std::optional<failure> stop;  // why it ends after the current step (cancel, deadline, a failure)
+  clock::time_point step_start = clock::now();
+  int track = 0;  // its worker's timeline track
+};
+
+struct scheduler_state {
+  static const char* name;
+  scheduler_actor_config config;
+  job_queue queue;
+  std::map<job_id, std::shared_ptr<job_submission>> queued;
+  std::map<job_id, running_job> running;
+  std::map<device_index, std::size_t> idle;  // free workers per device
+  std::map<device_index, std::vector<int>> free_tracks;  // timeline tracks of the free workers
+  residency_view view;
+  bool refreshing = false;  // a residency snapshot is being gathered
+  bool refresh_again = false;
+  bool stopping = false;
+  std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
+  int ram_track = 0;
+};
+
+const char* scheduler_state::name = "mcache.scheduler";
+
+using self_ptr = scheduler_actor::stateful_pointer<scheduler_state>;
+
+void dispatch(self_ptr self);
+void begin_stage(self_ptr self, job_id id);
+
+device_actor device_for(self_ptr self, device_index device) {
+  if (device == cpu_device)
+    return self->state.config.cpu;
+  return self->state.config.devices.at(static_cast<std::size_t>(device));
+}
+
+/// The device a stage's models are pinned on, for a job run by a worker of `worker`.
+device_index stage_device(const stage_spec& stage, device_index worker) {
+  switch (stage.target.where) {
+    case stage_target::kind::device: return stage.target.device;
+    case stage_target::kind::any_gpu: return worker;
+    case stage_target::kind::cpu: return cpu_device;
+  }
+  return worker;
+}
+
+void trace_span(self_ptr self, int track, std::string name, const char* category, clock::time_point start,
+                bytes_t bytes = 0, std::string detail = {}) {
+  if (auto& t = self->state.config.trace)
+    t->span(track, std::move(name), category, start, clock::now(), bytes, std::move(detail));
+}
+
+std::string stage_name(const running_job& run) {
+  const auto& s = run.job->spec.stages[run.stage];
+  auto name = s.name.empty() ? "stage " + std::to_string(run.stage) : s.name;
+  return run.job->spec.name.empty() ? name : run.job->spec.name + ": " + name;
+}
+
+void check(self_ptr self) {
+  if (self->state.config.options.check_invariants)
+    self->state.queue.check_invariants(self->state.config.options.order);
+}
+
+/// Ends the pins and leases the current stage holds (asynchronously: nothing waits for the answers).
+void release_held(self_ptr self, running_job& run) {
+  for (const auto& pin : run.pins)
+    if (pin.pin != 0)
+      self->request(device_for(self, pin.device), caf::infinite, release_atom::value, pin.pin)
+        .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a pin release failed: {}", to_failure(e).detail); });
+  for (const auto& lease : run.leases)
+    if (lease.lease != 0)
+      self->request(self->state.config.ram, caf::infinite, release_atom::value, lease.lease)
+        .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a lease release failed: {}", to_failure(e).detail); });
+  run.pins.clear();
+  run.leases.clear();
+}
+
+void answer_shutdown_if_idle(self_ptr self) {
+  if (!self->state.stopping || !self->state.running.empty())
+    return;
+  for (auto& p : self->state.shutdown_waiters)
+    p.deliver(true);
+  self->state.shutdown_waiters.clear();
+}
+
+/// A running job ends: its worker is free again.
+void finish(self_ptr self, job_id id, std::optional<failure> why) {
+  auto i = self->state.running.find(id);
+  auto run = std::move(i->second);
+  self->state.running.erase(i);
+  release_held(self, run);
+  auto stages_done = run.stage;
+  run.job->shared->update([&](job_status& s) {
+    s.stage = stages_done;
+    if (!why) {
+      s.state = job_state::done;
+    } else {
+      s.state = why->code == errc::cancelled ? job_state::cancelled : job_state::failed;
+      s.error = std::move(why);
+    }
+  });
+  ++self->state.idle[run.worker];
+  self->state.free_tracks[run.worker].push_back(run.track);
+  dispatch(self);
+  answer_shutdown_if_idle(self);
+}
+
+/// A queued job ends without running.
+void finish_queued(self_ptr self, job_id id, failure why) {
+  auto i = self->state.queued.find(id);
+  if (i == self->state.queued.end())
+    return;
+  auto job = i->second;
+  self->state.queued.erase(i);
+  self->state.queue.remove(id);
+  job->shared->update([&](job_status& s) {
+    s.state = why.code == errc::cancelled ? job_state::cancelled : job_state::failed;
+    s.error = std::move(why);
+  });
+  check(self);
+}
+
+/// Stops a job: a queued one at once, a running one when its current step ends.
+void stop_job(self_ptr self, job_id id, failure why) {
+  if (self->state.queued.count(id)) {
+    finish_queued(self, id, std::move(why));
+    return;
+  }
+  auto r = self->state.running.find(id);
+  if (r == self->state.running.end())
+    return;  // ended already
+  if (!r->second.stop)
+    r->second.stop = std::move(why);
+  r->second.job->shared->stop_flag->store(true);
+}
+
+void start_work(self_ptr self, job_id id) {
+  auto& run = self->state.running.at(id);
+  run.now = running_job::phase::working;
+  run.step_start = clock::now();
+  auto stage = run.stage;
+  auto work = run.job->spec.stages[stage].work;
+  auto device = stage_device(run.job->spec.stages[stage], run.worker);
+  auto leases = run.leases;
+  auto pins = run.pins;
+  auto stop_flag = run.job->shared->stop_flag;
+  auto reply_to = caf::actor_cast<scheduler_actor>(self);
+  self->state.config.workers.at(run.worker)->post([=]() mutable {
+    std::string error;
+    {
+      stage_context ctx{id, stage, device, std::move(leases), std::move(pins), stop_flag};
+      try {
+        work(ctx);
+      } catch (const std::exception& e) {
+        error = e.what();
+        if (error.empty())
+          error = "the work threw an exception without a message";
+      } catch (...) {
+        error = "the work threw a non-standard exception";
+      }
+    }  // the context ends its use of the pins before the scheduler releases them
+    caf::anon_send(reply_to, stage_done_atom::value, id, static_cast<std::uint64_t>(stage), std::move(error));
+  });
+}
+
+void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> result) {
+  auto& run = self->state.running.at(id);
+  if (succeeded(result))
+    run.pins[k] = std::move(std::get<device_pin>(result));
+  else if (!run.stop)
+    run.stop = std::move(std::get<failure>(result));
+  if (--run.pins_pending > 0)
+    return;
+  trace_span(self, run.track, "pin " + stage_name(run), "wait", run.step_start);
+  if (run.stop) {
+    finish(self, id, run.stop);
+    return;
+  }
+  start_work(self, id);
+}
+
+void on_leased(self_ptr self, job_id id, outcome<std::vector<ram_lease>> result) {
+  auto& run = self->state.running.at(id);
+  trace_span(self, run.track, "acquire " + stage_name(run), "wait", run.step_start);
+  if (!succeeded(result)) {
+    finish(self, id, run.stop ? run.stop : std::get<failure>(result));
+    return;
+  }
+  run.leases = std::move(std::get<std::vector<ram_lease>>(result));
+  if (run.stop) {
+    finish(self, id, run.stop);
+    return;
+  }
+  const auto& stage = run.job->spec.stages[run.stage];
+  auto device = stage_device(stage, run.worker);
+  auto target = device_for(self, device);
+  run.now = running_job::phase::pinning;
+  run.step_start = clock::now();
+  run.pins.assign(run.leases.size(), device_pin{});
+  run.pins_pending = run.leases.size();
+  auto wait = caf::timespan{self->state.config.options.wait_for_room};
+  for (std::size_t k = 0; k < run.leases.size(); ++k) {
+    auto working = k == 0 ? stage.working_bytes : 0;
+    self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait)
+      .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
+            [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
+  }
+}
+
+void begin_stage(self_ptr self, job_id id) {
+  auto& run = self->state.running.at(id);
+  if (run.stop) {
+    finish(self, id, run.stop);
+    return;
+  }
+  auto stage = run.stage;
+  run.job->shared->update([&](job_status& s) {
+    s.state = job_state::running;
+    s.stage = stage;
+    s.device = run.worker;
+  });
+  run.now = running_job::phase::acquiring;
+  run.step_start = clock::now();
+  const auto& models = run.job->spec.stages[stage].models;
+  if (models.empty()) {
+    start_work(self, id);
+    return;
+  }
+  auto wait = caf::timespan{self->state.config.options.wait_for_room};
+  self->request(self->state.config.ram, caf::infinite, acquire_atom::value, models, wait)
+    .then([self, id](std::vector<ram_lease>& leases) { on_leased(self, id, std::move(leases)); },
+          [self, id](caf::error& e) { on_leased(self, id, to_failure(e)); });
+}
+
+void start_job(self_ptr self, queued_job picked, device_index worker) {
+  auto i = self->state.queued.find(picked.id);
+  auto job = i->second;
+  self->state.queued.erase(i);
+  --self->state.idle[worker];
+  auto& tracks = self->state.free_tracks[worker];
+  running_job run;
+  run.job = job;
+  run.worker = worker;
+  run.track = tracks.back();
+  tracks.pop_back();
+  auto passed = picked.passed_over;
+  job->shared->update([&](job_status& s) { s.passed_over = passed; });
+  self->state.running.emplace(picked.id, std::move(run));
+  begin_stage(self, picked.id);
+}
+
+/// Hands queued jobs to free workers, in the order's choice (Note [Scheduling order]).
+void pick_for_free_workers(self_ptr self) {
+  auto& st = self->state;
+  bool started = true;
+  while (started && !st.stopping) {
+    started = false;
+    for (auto& [device, free] : st.idle) {
+      if (free == 0 || !st.queue.has_work_for(device))
+        continue;
+      if (auto picked = st.queue.pick(device, st.view, st.config.options.order)) {
+        check(self);
+        start_job(self, std::move(*picked), device);
+        started = true;
+      }
+    }
+  }
+}
+
+bool has_free_worker_with_work(self_ptr self) {
+  for (const auto& [device, free] : self->state.idle)
+    if (free > 0 && self->state.queue.has_work_for(device))
+      return true;
+  return false;
+}
+
+/// Gathers where models are now (RAM and every device), then picks. One gathering at a time; a dispatch
+/// asked for meanwhile runs after it.
+void refresh_then_pick(self_ptr self) {
+  auto& st = self->state;
+  if (st.refreshing) {
+    st.refresh_again = true;
+    return;
+  }
+  st.refreshing = true;
+  auto fresh = std::make_shared<residency_view>();
+  auto pending = std::make_shared<std::size_t>(1 + st.config.devices.size());
+  auto done = [self, fresh, pending] {
+    if (--*pending > 0)
+      return;
+    self->state.view = std::move(*fresh);
+    self->state.refreshing = false;
+    pick_for_free_workers(self);
+    if (std::exchange(self->state.refresh_again, false))
+      dispatch(self);
+  };
+  self->request(st.config.ram, caf::infinite, residency_atom::value)
+    .then([fresh, done](std::vector<model_id>& models) {
+            fresh->in_ram.insert(models.begin(), models.end());
+            done();
+          },
+          [done](caf::error&) { done(); });
+  for (auto& d : st.config.devices)
+    self->request(d, caf::infinite, residency_atom::value)
+      .then([fresh, done](residency_report& r) {
+              auto& on = fresh->on_device[r.device];
+              for (auto& [m, b] : r.models)
+                on[m] = b;
+              done();
+            },
+            [done](caf::error&) { done(); });
+}
+
+void dispatch(self_ptr self) {
+  if (self->state.stopping || !has_free_worker_with_work(self))
+    return;
+  if (self->state.config.options.order.order == order_options::policy::warm_first)
+    refresh_then_pick(self);
+  else
+    pick_for_free_workers(self);
+}
+
+scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_config config) {
+  self->state.config = std::move(config);
+  for (const auto& [device, count] : self->state.config.worker_count) {
+    self->state.idle[device] = count;
+    for (std::size_t k = count; k-- > 0;) {
+      int track = 0;
+      if (auto& t = self->state.config.trace)
+        track = t->track((device == cpu_device ? std::string{"cpu"} : "device " + std::to_string(device))
+                         + " worker " + std::to_string(k));
+      self->state.free_tracks[device].push_back(track);
+    }
+  }
+  return {
+    [self](submit_atom, std::shared_ptr<job_submission>& job) {
+      auto id = job->order.id;
+      if (self->state.stopping) {
+        job->shared->update([](job_status& s) {
+          s.state = job_state::failed;
+          s.error = failure{errc::shutting_down, "the scheduler is shutting down"};
+        });
+        return;
+      }
+      auto deadline = job->order.deadline;
+      self->state.queued.emplace(id, job);
+      self->state.queue.push(job->order);
+      check(self);
+      if (deadline != clock::time_point::max()) {
+        auto in = std::max(clock::duration::zero(), deadline - clock::now());
+        self->delayed_send(caf::actor_cast<scheduler_actor>(self), in, expire_atom::value, id);
+      }
+      dispatch(self);
+    },
+    [self](cancel_atom, std::uint64_t id) {
+      stop_job(self, id, failure{errc::cancelled, "job " + std::to_string(id) + " was cancelled"});
+    },
+    [self](expire_atom, std::uint64_t id) {
+      stop_job(self, id, failure{errc::deadline_exceeded, "job " + std::to_string(id) + " did not end before its deadline"});
+    },
+    [self](stage_done_atom, std::uint64_t id, std::uint64_t stage, std::string& error) {
+      auto& run = self->state.running.at(id);
+      trace_span(self, run.track, stage_name(run), "work", run.step_start);
+      release_held(self, run);
+      if (!error.empty() && !run.stop)
+        run.stop = failure{errc::work_failed, "stage " + std::to_string(stage) + " of job " + std::to_string(id)
+                                                + " threw: " + error};
+      run.stage = stage + 1;
+      if (run.stop) {
+        finish(self, id, run.stop);
+        return;
+      }
+      if (run.stage == run.job->spec.stages.size()) {
+        finish(self, id, std::nullopt);
+        return;
+      }
+      begin_stage(self, id);
+    },
+    [self](shutdown_atom) -> caf::result<bool> {
+      self->state.stopping = true;
+      std::vector<job_id> queued;
+      for (const auto& kv : self->state.queued)
+        queued.push_back(kv.first);
+      for (auto id : queued)
+        finish_queued(self, id, failure{errc::cancelled, "the scheduler is shutting down"});
+      for (auto& kv : self->state.running)
+        stop_job(self, kv.first, failure{errc::cancelled, "the scheduler is shutting down"});
+      if (self->state.running.empty())
+        return true;
+      auto promise = self->make_response_promise<bool>();
+      self->state.shutdown_waiters.push_back(promise);
+      return promise;
+    },
+  };
+}
+
+} // namespace
+
+scheduler_actor spawn_scheduler(caf::actor_system& sys, scheduler_actor_config config) {
+  return sys.spawn(scheduler_impl, std::move(config));
+}
+
+} // namespace mcache

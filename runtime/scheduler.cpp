@@ -1,0 +1,217 @@
+#include "runtime/scheduler.hpp"
+
+#include "actors/scheduler_actor.hpp"
+#include "runtime/core/format.hpp"
+#include "runtime/runtime.hpp"
+
+#include <caf/all.hpp>
+
+#include <algorithm>
+
+namespace mcache {
+
+const char* to_string(job_state state) {
+  switch (state) {
+    case job_state::queued: return "queued";
+    case job_state::running: return "running";
+    case job_state::done: return "done";
+    case job_state::failed: return "failed";
+    case job_state::cancelled: return "cancelled";
+  }
+  return "?";
+}
+
+// -- stage_context ----------------------------------------------------------------------------------------
+
+stage_context::stage_context(job_id job, std::size_t stage, device_index device, std::vector<ram_lease> leases,
+                             std::vector<device_pin> pins, std::shared_ptr<const std::atomic<bool>> cancelled)
+  : job_(job), stage_(stage), device_(device), leases_(std::move(leases)), cancelled_(std::move(cancelled)) {
+  for (auto& grant : pins) {
+    auto slots = std::max<size_t>(2, grant.staging_slots);
+    auto ring = std::make_shared<staging_ring>(grant.backend, slots, grant.staging_bytes / slots);
+    // The scheduler releases the pin after the stage: this handle's release only ends its use.
+    pins_.push_back(pin_handle{release_token{[] {}}, std::move(grant), std::move(ring)});
+  }
+}
+
+stage_context::~stage_context() = default;
+
+const pin_handle& stage_context::pin(const model_id& model) const {
+  for (const auto& p : pins_)
+    if (p.model() == model)
+      return p;
+  throw request_error(failure{errc::invalid_argument, "stage " + std::to_string(stage_) + " of job "
+                                                        + std::to_string(job_) + " has no model '" + model + "'"});
+}
+
+const host_model& stage_context::host(const model_id& model) const {
+  for (const auto& l : leases_)
+    if (l.model == model)
+      return *l.payload;
+  throw request_error(failure{errc::invalid_argument, "stage " + std::to_string(stage_) + " of job "
+                                                        + std::to_string(job_) + " has no model '" + model + "'"});
+}
+
+// -- job_handle -------------------------------------------------------------------------------------------
+
+job_id job_handle::id() const { return shared_ ? shared_->id : 0; }
+
+job_status job_handle::status() const {
+  std::lock_guard<std::mutex> guard{shared_->mutex};
+  return shared_->status;
+}
+
+job_status job_handle::wait() const {
+  std::unique_lock<std::mutex> lock{shared_->mutex};
+  shared_->changed.wait(lock, [&] { return shared_->status.ended(); });
+  return shared_->status;
+}
+
+std::optional<job_status> job_handle::wait_for(std::chrono::nanoseconds timeout) const {
+  std::unique_lock<std::mutex> lock{shared_->mutex};
+  if (!shared_->changed.wait_for(lock, timeout, [&] { return shared_->status.ended(); }))
+    return std::nullopt;
+  return shared_->status;
+}
+
+void job_handle::cancel() {
+  if (!shared_ || status().ended())
+    return;
+  caf::anon_send(shared_->scheduler, cancel_atom::value, static_cast<std::uint64_t>(shared_->id));
+}
+
+// -- scheduler --------------------------------------------------------------------------------------------
+
+struct scheduler::impl {
+  runtime* rt = nullptr;
+  scheduler_options options;
+  scheduler_actor actor;
+  std::vector<std::shared_ptr<executor>> executors;
+  std::atomic<job_id> next_id{1};
+
+  [[noreturn]] static void refuse(errc code, std::string text) { throw request_error(failure{code, std::move(text)}); }
+
+  /// The largest working memory a stage may ask of the devices it may run on.
+  bytes_t usable(device_index d) const {
+    const auto& o = rt->options();
+    if (d == cpu_device)
+      return o.cpu_working_budget_bytes;
+    const auto& dev = o.devices.at(static_cast<std::size_t>(d));
+    return dev.budget_bytes - dev.reserve_bytes;
+  }
+
+  /// Checks a plan against the catalog and the budgets; fills the order's view of it.
+  queued_job validate(const job_spec& job) const {
+    auto name = job.name.empty() ? std::string{"the job"} : "job '" + job.name + "'";
+    if (job.stages.empty())
+      refuse(errc::invalid_argument, name + " has no stages");
+    if (job.deadline && job.deadline->count() < 0)
+      refuse(errc::invalid_argument, name + " has a negative deadline");
+    queued_job q;
+    q.priority = job.priority;
+    if (job.deadline)
+      q.deadline = std::chrono::steady_clock::now() + *job.deadline;
+    std::optional<stage_target> home;  // the first stage that needs a GPU decides the worker
+    const auto devices = static_cast<device_index>(rt->device_count());
+    for (std::size_t k = 0; k < job.stages.size(); ++k) {
+      const auto& s = job.stages[k];
+      auto where = name + ", stage " + std::to_string(k);
+      if (!s.work)
+        refuse(errc::invalid_argument, where + " has no work");
+      if (s.target.where == stage_target::kind::device && (s.target.device < 0 || s.target.device >= devices))
+        refuse(errc::invalid_device, where + " targets device " + std::to_string(s.target.device) + "; this runtime has "
+                                       + std::to_string(devices) + " device(s)");
+      if (s.target.where == stage_target::kind::any_gpu && devices == 0)
+        refuse(errc::invalid_device, where + " targets any GPU; this runtime has no devices");
+      bytes_t total = 0;
+      for (const auto& m : s.models) {
+        auto d = rt->models().find(m);
+        if (!d)
+          refuse(errc::unknown_model, where + " needs '" + m + "', which is not in the catalog");
+        if (std::count(s.models.begin(), s.models.end(), m) > 1)
+          refuse(errc::invalid_argument, where + " names '" + m + "' twice");
+        total += d->bytes;
+        q.models.push_back({m, d->bytes});
+      }
+      if (total > rt->options().ram_budget_bytes)
+        refuse(errc::model_too_large, where + "'s models need " + format_bytes(total) + " of RAM together; the RAM budget is "
+                                        + format_bytes(rt->options().ram_budget_bytes));
+      bytes_t most = 0;
+      if (s.target.where == stage_target::kind::any_gpu)
+        for (device_index d = 0; d < devices; ++d)
+          most = std::max(most, usable(d));
+      else
+        most = usable(s.target.device);
+      if (s.working_bytes > most)
+        refuse(errc::model_too_large, where + " asks for " + format_bytes(s.working_bytes) + " of working memory; "
+                                        + "the most a device it may run on has is " + format_bytes(most));
+      if (!home && s.target.where != stage_target::kind::cpu)
+        home = s.target;
+    }
+    q.target = home ? *home : stage_target::cpu();
+    // Only models pinned on a GPU cost a copy: CPU stages' models count for their disk loads alone.
+    q.models.clear();
+    for (const auto& s : job.stages)
+      for (const auto& m : s.models)
+        q.models.push_back({m, s.target.where == stage_target::kind::cpu ? 0 : rt->models().find(m)->bytes});
+    return q;
+  }
+};
+
+scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_unique<impl>()) {
+  detail::release_thread_logger release_logger;
+  if (options.workers_per_device == 0 && rt.device_count() > 0)
+    impl::refuse(errc::invalid_argument, "workers_per_device is 0: jobs on GPUs could never run");
+  if (options.cpu_workers == 0)
+    impl::refuse(errc::invalid_argument, "cpu_workers is 0: jobs without GPU stages could never run");
+  if (options.order.window == 0)
+    impl::refuse(errc::invalid_argument, "the warm_first window is 0 jobs; it must be at least 1");
+  impl_->rt = &rt;
+  impl_->options = options;
+  scheduler_actor_config config;
+  config.options = options;
+  config.ram = rt.ram_cache();
+  for (std::size_t d = 0; d < rt.device_count(); ++d) {
+    config.devices.push_back(rt.device(static_cast<device_index>(d)));
+    auto pool = std::shared_ptr<executor>(make_thread_pool_executor(options.workers_per_device));
+    impl_->executors.push_back(pool);
+    config.workers[static_cast<device_index>(d)] = pool;
+    config.worker_count[static_cast<device_index>(d)] = options.workers_per_device;
+  }
+  config.cpu = rt.device(cpu_device);
+  auto cpu_pool = std::shared_ptr<executor>(make_thread_pool_executor(options.cpu_workers));
+  impl_->executors.push_back(cpu_pool);
+  config.workers[cpu_device] = cpu_pool;
+  config.worker_count[cpu_device] = options.cpu_workers;
+  config.trace = rt.trace();
+  impl_->actor = spawn_scheduler(rt.system(), std::move(config));
+}
+
+scheduler::~scheduler() {
+  {
+    detail::release_thread_logger release_logger;
+    caf::scoped_actor self{impl_->rt->system()};
+    self->request(impl_->actor, caf::infinite, shutdown_atom::value).receive([](bool) {}, [](caf::error&) {});
+    caf::anon_send_exit(impl_->actor, caf::exit_reason::user_shutdown);
+  }
+  for (auto& e : impl_->executors)
+    e->join();
+}
+
+job_handle scheduler::submit(job_spec job) {
+  auto order = impl_->validate(job);
+  auto shared = std::make_shared<detail::job_shared>();
+  shared->id = impl_->next_id++;
+  shared->scheduler = impl_->actor;
+  order.id = shared->id;
+  auto submission = std::make_shared<job_submission>();
+  submission->spec = std::move(job);
+  submission->order = std::move(order);
+  submission->shared = shared;
+  caf::anon_send(impl_->actor, submit_atom::value, std::move(submission));
+  job_handle h;
+  h.shared_ = std::move(shared);
+  return h;
+}
+
+} // namespace mcache

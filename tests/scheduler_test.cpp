@@ -1,0 +1,349 @@
+// The scheduler over a real runtime (simulated devices): Note [Job lifecycle] (runtime/scheduler.hpp).
+
+#include "runtime/runtime.hpp"
+#include "runtime/scheduler.hpp"
+
+#include "support/catch.hpp"
+#include "support/temp_dir.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <condition_variable>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+using namespace mcache;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr int64_t kib_floats = 256;  // 1 KiB of float32
+constexpr bytes_t kib = 1024;
+
+runtime_options options(bytes_t ram = 64 * kib, bytes_t device = 32 * kib, size_t devices = 1) {
+  runtime_options o;
+  o.ram_budget_bytes = ram;
+  for (size_t d = 0; d < devices; ++d)
+    o.devices.push_back({device_kind::simulated, device, 0, 0});
+  o.check_invariants = true;
+  o.default_wait = 2s;
+  return o;
+}
+
+/// A gate that stage work waits on until the test opens it.
+struct gate {
+  std::mutex m;
+  std::condition_variable cv;
+  bool open_ = false;
+  int arrived = 0;
+  void wait() {
+    std::unique_lock<std::mutex> lock{m};
+    ++arrived;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open_; });
+  }
+  void wait_arrived(int n) {
+    std::unique_lock<std::mutex> lock{m};
+    cv.wait(lock, [&] { return arrived >= n; });
+  }
+  void open() {
+    std::lock_guard<std::mutex> lock{m};
+    open_ = true;
+    cv.notify_all();
+  }
+};
+
+stage_spec stage(std::vector<model_id> models, std::function<void(stage_context&)> work,
+                 stage_target target = stage_target::any_gpu(), bytes_t working = 0) {
+  stage_spec s;
+  s.models = std::move(models);
+  s.work = std::move(work);
+  s.target = target;
+  s.working_bytes = working;
+  return s;
+}
+
+job_spec one_stage(std::vector<model_id> models, std::function<void(stage_context&)> work) {
+  job_spec j;
+  j.stages.push_back(stage(std::move(models), std::move(work)));
+  return j;
+}
+
+errc submit_error(scheduler& s, job_spec j) {
+  try {
+    s.submit(std::move(j));
+  } catch (const request_error& e) {
+    return e.code();
+  }
+  FAIL("the plan was accepted");
+  return errc::invalid_argument;
+}
+
+/// Waits until every lease and pin of the runtime is released (releases are asynchronous).
+void expect_nothing_held(runtime& rt) {
+  for (int i = 0; i < 200; ++i) {
+    auto s = rt.stats();
+    if (s.ram.leases_active == 0 && s.devices[0].pins_active == 0 && s.cpu.pins_active == 0)
+      return;
+    std::this_thread::sleep_for(5ms);
+  }
+  auto s = rt.stats();
+  CHECK(s.ram.leases_active == 0);
+  CHECK(s.devices[0].pins_active == 0);
+  CHECK(s.cpu.pins_active == 0);
+}
+
+} // namespace
+
+TEST_CASE("a job runs its stages in order with every model of a stage pinned on the stage's device") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("enc", {kib_floats}));
+  rt.models().add(synthetic_model("unet", {4 * kib_floats, 4 * kib_floats}));
+  rt.models().add(synthetic_model("vae", {kib_floats}));
+  scheduler sched{rt};
+  std::vector<std::string> seen;
+  std::mutex m;
+  job_spec j;
+  j.name = "sd";
+  j.stages.push_back(stage({"enc"}, [&](stage_context& c) {
+    std::lock_guard<std::mutex> g{m};
+    seen.push_back("enc on " + std::to_string(c.device()) + (c.pin("enc").tensor("t0").defined() ? " pinned" : ""));
+  }, stage_target::cpu()));
+  j.stages.push_back(stage({"unet", "vae"}, [&](stage_context& c) {
+    std::lock_guard<std::mutex> g{m};
+    CHECK(c.pin("unet").tensor("t1").equal(c.host("unet").find("t1")));
+    CHECK(c.pin("vae").device() == 0);
+    CHECK(rt.stats().devices[0].working_bytes == 2 * kib);
+    seen.push_back("unet+vae on " + std::to_string(c.device()));
+  }, stage_target::any_gpu(), 2 * kib));
+  auto h = sched.submit(std::move(j));
+  auto st = h.wait();
+  CHECK(st.state == job_state::done);
+  CHECK(st.stage == 2);
+  CHECK(seen == std::vector<std::string>{"enc on -1 pinned", "unet+vae on 0"});
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("fifo runs queued jobs in submission order, higher priority first") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  gate g;
+  std::vector<int> order;
+  std::mutex m;
+  auto blocker = sched.submit(one_stage({"a"}, [&](stage_context&) { g.wait(); }));
+  g.wait_arrived(1);  // the only GPU worker is busy: the rest queue
+  std::vector<job_handle> hs;
+  for (int i = 0; i < 4; ++i) {
+    auto j = one_stage({"a"}, [&, i](stage_context&) {
+      std::lock_guard<std::mutex> l{m};
+      order.push_back(i);
+    });
+    j.priority = i == 3 ? 1 : 0;
+    hs.push_back(sched.submit(std::move(j)));
+  }
+  CHECK(hs[0].status().state == job_state::queued);
+  g.open();
+  for (auto& h : hs)
+    CHECK(h.wait().state == job_state::done);
+  CHECK(order == std::vector<int>{3, 0, 1, 2});
+}
+
+TEST_CASE("warm_first runs first the queued job whose model is already on the device, within K passes") {
+  auto o = options(64 * kib, 8 * kib);
+  runtime rt{o};
+  rt.models().add(synthetic_model("cold", {4 * kib_floats}));
+  rt.models().add(synthetic_model("warm", {4 * kib_floats}));
+  scheduler_options so;
+  so.order.order = order_options::policy::warm_first;
+  so.order.window = 4;
+  so.order.max_passes = 1;
+  scheduler sched{rt, so};
+  gate g;
+  std::vector<std::string> order;
+  std::mutex m;
+  auto record = [&](std::string what) {
+    return [&, what](stage_context&) {
+      std::lock_guard<std::mutex> l{m};
+      order.push_back(what);
+    };
+  };
+  auto blocker = sched.submit(one_stage({"warm"}, [&](stage_context&) { g.wait(); }));  // 'warm' on device 0
+  g.wait_arrived(1);
+  auto c1 = sched.submit(one_stage({"cold"}, record("cold 1")));
+  auto w1 = sched.submit(one_stage({"warm"}, record("warm 1")));
+  auto w2 = sched.submit(one_stage({"warm"}, record("warm 2")));
+  g.open();
+  CHECK(c1.wait().state == job_state::done);
+  CHECK(w1.wait().state == job_state::done);
+  CHECK(w2.wait().state == job_state::done);
+  // 'warm 1' goes ahead of 'cold 1' once; K = 1 then makes 'cold 1' run before 'warm 2'.
+  CHECK(order == std::vector<std::string>{"warm 1", "cold 1", "warm 2"});
+  CHECK(c1.status().passed_over == 1);
+  CHECK(w2.status().passed_over == 0);
+}
+
+TEST_CASE("a cancelled queued job ends at once and a cancelled running job ends after its step, releasing all") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  gate g;
+  bool saw_cancel = false;
+  auto running = sched.submit(one_stage({"a"}, [&](stage_context& c) {
+    g.wait();
+    saw_cancel = c.cancelled();
+  }));
+  g.wait_arrived(1);
+  bool second_ran = false;
+  auto queued = sched.submit(one_stage({"a"}, [&](stage_context&) { second_ran = true; }));
+  queued.cancel();
+  auto q = queued.wait();
+  CHECK(q.state == job_state::cancelled);
+  REQUIRE(q.error);
+  CHECK(q.error->code == errc::cancelled);
+  running.cancel();
+  // The cancel reaches the running job's flag before the work goes on.
+  for (int i = 0; i < 200 && !running.status().ended(); ++i) {
+    std::this_thread::sleep_for(1ms);
+    if (i == 20)
+      g.open();
+  }
+  auto r = running.wait();
+  CHECK(r.state == job_state::cancelled);
+  CHECK(saw_cancel);
+  CHECK_FALSE(second_ran);
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("a stage that cannot lease its model fails the job with the typed error, and the next job runs") {
+  runtime rt{options()};
+  auto broken = synthetic_model("broken", {kib_floats});
+  broken.loader = [](const model_descriptor&) -> std::shared_ptr<const host_model> {
+    throw std::runtime_error("disk on fire");
+  };
+  rt.models().add(broken);
+  rt.models().add(synthetic_model("fine", {kib_floats}));
+  scheduler sched{rt};
+  job_spec j;
+  j.stages.push_back(stage({"fine"}, [](stage_context&) {}));
+  j.stages.push_back(stage({"broken"}, [](stage_context&) { FAIL("ran without its model"); }));
+  auto bad = sched.submit(std::move(j));
+  auto next = sched.submit(one_stage({"fine"}, [](stage_context&) {}));
+  auto b = bad.wait();
+  CHECK(b.state == job_state::failed);
+  CHECK(b.stage == 1);  // the first stage finished
+  REQUIRE(b.error);
+  CHECK(b.error->code == errc::load_failed);
+  CHECK(b.error->detail.find("disk on fire") != std::string::npos);
+  CHECK(next.wait().state == job_state::done);
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("work that throws fails its job with work_failed and the exception's text, and frees its worker") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  auto bad = sched.submit(one_stage({"a"}, [](stage_context&) { throw std::runtime_error("NaN in the latents"); }));
+  auto next = sched.submit(one_stage({"a"}, [](stage_context&) {}));
+  auto b = bad.wait();
+  CHECK(b.state == job_state::failed);
+  REQUIRE(b.error);
+  CHECK(b.error->code == errc::work_failed);
+  CHECK(b.error->detail.find("NaN in the latents") != std::string::npos);
+  CHECK(next.wait().state == job_state::done);
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("a job still queued at its deadline fails with deadline_exceeded; one that ends in time is done") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  gate g;
+  auto blocker = sched.submit(one_stage({"a"}, [&](stage_context&) { g.wait(); }));
+  g.wait_arrived(1);
+  auto late = one_stage({"a"}, [](stage_context&) { FAIL("ran after its deadline"); });
+  late.deadline = 20ms;
+  auto in_time = one_stage({"a"}, [](stage_context&) {});
+  in_time.deadline = 60s;
+  auto l = sched.submit(std::move(late));
+  auto t = sched.submit(std::move(in_time));
+  auto ls = l.wait();
+  CHECK(ls.state == job_state::failed);
+  REQUIRE(ls.error);
+  CHECK(ls.error->code == errc::deadline_exceeded);
+  g.open();
+  CHECK(t.wait().state == job_state::done);
+  CHECK(blocker.wait().state == job_state::done);
+}
+
+TEST_CASE("bad plans fail at submit with a typed error and queue nothing") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  rt.models().add(synthetic_model("huge", {128 * kib_floats}));
+  scheduler sched{rt};
+  CHECK(submit_error(sched, job_spec{}) == errc::invalid_argument);
+  CHECK(submit_error(sched, one_stage({"nope"}, [](stage_context&) {})) == errc::unknown_model);
+  CHECK(submit_error(sched, one_stage({"a"}, nullptr)) == errc::invalid_argument);
+  CHECK(submit_error(sched, one_stage({"a", "a"}, [](stage_context&) {})) == errc::invalid_argument);
+  CHECK(submit_error(sched, one_stage({"huge"}, [](stage_context&) {})) == errc::model_too_large);
+  auto too_much_working = one_stage({"a"}, [](stage_context&) {});
+  too_much_working.stages[0].working_bytes = 1 << 30;
+  CHECK(submit_error(sched, std::move(too_much_working)) == errc::model_too_large);
+  auto elsewhere = one_stage({"a"}, [](stage_context&) {});
+  elsewhere.stages[0].target = stage_target::on(3);
+  CHECK(submit_error(sched, std::move(elsewhere)) == errc::invalid_device);
+  auto negative = one_stage({"a"}, [](stage_context&) {});
+  negative.deadline = -1s;
+  CHECK(submit_error(sched, std::move(negative)) == errc::invalid_argument);
+  CHECK(sched.submit(one_stage({"a"}, [](stage_context&) {})).wait().state == job_state::done);
+}
+
+TEST_CASE("the timeline is valid Chrome trace JSON with a track per tier and worker and balanced events") {
+  test::temp_dir dir;
+  auto path = (dir.path() / "trace.json").string();
+  {
+    auto o = options();
+    o.trace_path = path;
+    runtime rt{o};
+    rt.models().add(synthetic_model("a", {kib_floats}));
+    rt.models().add(synthetic_model("b", {kib_floats}));
+    scheduler sched{rt};
+    job_spec j;
+    j.name = "job";
+    j.stages.push_back(stage({"a"}, [](stage_context&) {}, stage_target::cpu()));
+    j.stages.push_back(stage({"b"}, [](stage_context&) {}));
+    CHECK(sched.submit(std::move(j)).wait().state == job_state::done);
+  }
+  std::ifstream in{path};
+  REQUIRE(in);
+  auto doc = nlohmann::json::parse(in);
+  std::map<int, std::string> tracks;
+  std::map<std::string, int> names;
+  int begins = 0, ends = 0;
+  for (const auto& e : doc.at("traceEvents")) {
+    auto ph = e.at("ph").get<std::string>();
+    if (ph == "M" && e.at("name") == "thread_name")
+      tracks[e.at("tid").get<int>()] = e.at("args").at("name").get<std::string>();
+    if (ph == "X") {
+      CHECK(e.at("dur").get<double>() >= 0);
+      ++names[e.at("name").get<std::string>()];
+    }
+    begins += ph == "B";
+    ends += ph == "E";
+  }
+  CHECK(begins == ends);
+  for (const auto& e : doc.at("traceEvents"))
+    if (e.at("ph") != "M")
+      CHECK(tracks.count(e.at("tid").get<int>()) == 1);
+  auto has_track = [&](const std::string& n) {
+    return std::any_of(tracks.begin(), tracks.end(), [&](const auto& kv) { return kv.second == n; });
+  };
+  CHECK(has_track("RAM"));
+  CHECK(has_track("device 0"));
+  CHECK(has_track("device 0 worker 0"));
+  CHECK(names["job: stage 0"] == 1);
+  CHECK(names["job: stage 1"] == 1);
+  CHECK(names["load a"] == 1);
+  CHECK(names["copy b"] == 1);
+}
