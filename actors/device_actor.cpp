@@ -20,6 +20,7 @@ namespace {
 struct borrowing {
   holder_id holder;
   bool holder_gone = false;
+  bool prefetch = false;
 };
 
 struct device_state {
@@ -183,6 +184,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   auto b = self->state.borrowing_.find(id);
   bool gone = b == self->state.borrowing_.end() || b->second.holder_gone;
   auto holder = b == self->state.borrowing_.end() ? 0 : b->second.holder;
+  bool prefetch = b != self->state.borrowing_.end() && b->second.prefetch;
   if (b != self->state.borrowing_.end())
     self->state.borrowing_.erase(b);
   device_effects fx;
@@ -214,10 +216,37 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   }
   r.host = std::move(host);
   r.working_bytes = working;
+  r.prefetch = prefetch;
   self->state.tier->pin(std::move(r), wait > caf::timespan::zero(), fx);
   apply(self, fx);
   if (self->state.requests.is_open(id) && wait != caf::timespan::max())
     self->delayed_send(caf::actor_cast<device_actor>(self), wait, expire_atom::value, id);
+}
+
+// A pin, or a prefetch (Note [Eviction with known next uses]): borrows a RAM lease, then asks the tier.
+caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working, caf::timespan wait, bool prefetch) {
+  if (self->state.stopping)
+    return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
+  auto holder = watch_sender(self, self->state.watched);
+  if (holder == 0)
+    return make_error(errc::invalid_argument, "pin needs a sender to hold the pin");
+  // Before the promise: making it takes the sender out of the current message.
+  auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
+  auto promise = self->make_response_promise<device_pin>();
+  auto id = self->state.next_request++;
+  self->state.requests.open(id, promise);
+  self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch});
+  // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
+  // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
+  self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
+    .then([self, id, working, wait](ram_lease& host) { on_borrowed(self, id, std::move(host), working, wait); },
+          [self, id](caf::error& err) {
+            self->state.borrowing_.erase(id);
+            device_effects fx;
+            fx.replies.push_back({id, to_failure(err)});
+            apply(self, fx);
+          });
+  return promise;
 }
 
 device_actor::behavior_type device_impl(self_ptr self, device_actor_config config) {
@@ -239,28 +268,13 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
   });
   return {
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
-      if (self->state.stopping)
-        return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
-      auto holder = watch_sender(self, self->state.watched);
-      if (holder == 0)
-        return make_error(errc::invalid_argument, "pin needs a sender to hold the pin");
-      // Before the promise: making it takes the sender out of the current message.
-      auto owner = caf::actor_cast<caf::actor_addr>(self->current_sender());
-      auto promise = self->make_response_promise<device_pin>();
-      auto id = self->state.next_request++;
-      self->state.requests.open(id, promise);
-      self->state.borrowing_.emplace(id, borrowing{holder});
-      // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
-      // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
-      self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
-        .then([self, id, working, wait](ram_lease& host) { on_borrowed(self, id, std::move(host), working, wait); },
-              [self, id](caf::error& err) {
-                self->state.borrowing_.erase(id);
-                device_effects fx;
-                fx.replies.push_back({id, to_failure(err)});
-                apply(self, fx);
-              });
-      return promise;
+      return begin_pin(self, lease, working, wait, false);
+    },
+    [self](prefetch_atom, lease_id lease) -> caf::result<device_pin> {
+      return begin_pin(self, lease, 0, caf::timespan::zero(), true);
+    },
+    [self](hint_atom, const std::vector<model_id>& soonest_first) {
+      self->state.tier->set_next_uses(soonest_first);
     },
     [self](release_atom, pin_id pin) -> caf::result<void> {
       device_effects fx;

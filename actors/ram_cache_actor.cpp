@@ -112,7 +112,7 @@ void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
 // must be loaded and can be prechecked are checked first, off this thread, so that a load bound to fail
 // evicts nothing; meanwhile the request holds its place in the tier's FIFO, and its deadline runs from now.
 void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> models, holder_id holder,
-                   caf::timespan wait, bool single) {
+                   caf::timespan wait, bool single, bool prefetch = false) {
   std::vector<descriptor_ptr> to_check;
   for (const auto& m : models)
     if (m->precheck && self->state.tier->residency(m->id) == ram_residency::absent)
@@ -120,7 +120,9 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
   ram_effects fx;
   auto may_wait = wait > caf::timespan::zero();
   bool checking = !to_check.empty();
-  if (single)
+  if (prefetch)
+    self->state.tier->prefetch(id, models, holder, fx, checking);
+  else if (single)
     self->state.tier->acquire(id, models.front(), holder, may_wait, fx, checking);
   else
     self->state.tier->acquire_all(id, models, holder, may_wait, fx, checking);
@@ -147,6 +149,28 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
     }
     caf::anon_send(reply_to, checked_atom::value, std::move(done));
   });
+}
+
+// acquire_all, or a prefetch (Note [Eviction with known next uses]).
+caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vector<model_id>& models,
+                                                  caf::timespan wait, bool prefetch) {
+  if (self->state.stopping)
+    return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
+  std::vector<descriptor_ptr> descriptors;
+  for (const auto& model : models) {
+    auto descriptor = self->state.config.models->find(model);
+    if (!descriptor)
+      return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
+    descriptors.push_back(std::move(descriptor));
+  }
+  auto holder = watch_sender(self, self->state.watched);
+  if (holder == 0)
+    return make_error(errc::invalid_argument, "acquire needs a sender to hold the leases");
+  auto promise = self->make_response_promise<std::vector<ram_lease>>();
+  auto id = self->state.next_request++;
+  self->state.groups.open(id, promise);
+  begin_acquire(self, id, std::move(descriptors), holder, wait, false, prefetch);
+  return promise;
 }
 
 ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config config) {
@@ -180,23 +204,13 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](acquire_atom, const std::vector<model_id>& models,
            caf::timespan wait) -> caf::result<std::vector<ram_lease>> {
-      if (self->state.stopping)
-        return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
-      std::vector<descriptor_ptr> descriptors;
-      for (const auto& model : models) {
-        auto descriptor = self->state.config.models->find(model);
-        if (!descriptor)
-          return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
-        descriptors.push_back(std::move(descriptor));
-      }
-      auto holder = watch_sender(self, self->state.watched);
-      if (holder == 0)
-        return make_error(errc::invalid_argument, "acquire needs a sender to hold the leases");
-      auto promise = self->make_response_promise<std::vector<ram_lease>>();
-      auto id = self->state.next_request++;
-      self->state.groups.open(id, promise);
-      begin_acquire(self, id, std::move(descriptors), holder, wait, false);
-      return promise;
+      return acquire_group(self, models, wait, false);
+    },
+    [self](prefetch_atom, const std::vector<model_id>& models) -> caf::result<std::vector<ram_lease>> {
+      return acquire_group(self, models, caf::timespan::zero(), true);
+    },
+    [self](hint_atom, const std::vector<model_id>& soonest_first) {
+      self->state.tier->set_next_uses(soonest_first);
     },
     [self](release_atom, lease_id lease) -> caf::result<void> {
       ram_effects fx;

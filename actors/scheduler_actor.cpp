@@ -45,6 +45,7 @@ struct scheduler_state {
   bool refresh_again = false;
   bool stopping = false;
   std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
+  std::vector<model_id> hinted;  // the next uses the tiers were last told (Note [Prefetch])
   int ram_track = 0;
 };
 
@@ -54,6 +55,7 @@ using self_ptr = scheduler_actor::stateful_pointer<scheduler_state>;
 
 void dispatch(self_ptr self);
 void begin_stage(self_ptr self, job_id id);
+void send_next_uses(self_ptr self);
 
 device_actor device_for(self_ptr self, device_index device) {
   if (device == cpu_device)
@@ -129,6 +131,7 @@ void finish(self_ptr self, job_id id, std::optional<failure> why) {
   ++self->state.idle[run.worker];
   self->state.free_tracks[run.worker].push_back(run.track);
   dispatch(self);
+  send_next_uses(self);
   answer_shutdown_if_idle(self);
 }
 
@@ -161,8 +164,82 @@ void stop_job(self_ptr self, job_id id, failure why) {
   r->second.job->shared->stop_flag->store(true);
 }
 
+/// Note [Prefetch]: the models every running and queued job will use, soonest first, to the tiers.
+void send_next_uses(self_ptr self) {
+  auto& st = self->state;
+  if (!st.config.options.prefetch)
+    return;
+  std::vector<model_id> soon;
+  auto add_stages = [&](const job_spec& spec, std::size_t from) {
+    for (auto k = from; k < spec.stages.size(); ++k)
+      soon.insert(soon.end(), spec.stages[k].models.begin(), spec.stages[k].models.end());
+  };
+  for (const auto& kv : st.running)
+    add_stages(kv.second.job->spec, kv.second.stage);
+  constexpr std::size_t looked_at = 64;  // the queue's head decides what is needed soon
+  for (std::size_t k = 0; k < st.queue.jobs().size() && k < looked_at; ++k)
+    add_stages(st.queued.at(st.queue.jobs()[k].id)->spec, 0);
+  if (soon == st.hinted)
+    return;
+  st.hinted = soon;
+  self->send(st.config.ram, hint_atom::value, soon);
+  for (auto& d : st.config.devices)
+    self->send(d, hint_atom::value, soon);
+}
+
+/// Note [Prefetch]: brings `models` into RAM, then onto `device` (a GPU), as ordinary cache.
+void prefetch(self_ptr self, std::vector<model_id> models, device_index device, int track) {
+  if (models.empty())
+    return;
+  auto start = clock::now();
+  auto ram = self->state.config.ram;
+  auto release_lease = [self, ram](lease_id lease) {
+    self->request(ram, caf::infinite, release_atom::value, lease).then([] {}, [](caf::error&) {});
+  };
+  self->request(ram, caf::infinite, prefetch_atom::value, models)
+    .then(
+      [self, device, track, start, release_lease](std::vector<ram_lease>& leases) {
+        if (device == cpu_device) {
+          for (const auto& l : leases)
+            release_lease(l.lease);
+          return;
+        }
+        auto target = device_for(self, device);
+        for (const auto& l : leases)
+          self->request(target, caf::infinite, prefetch_atom::value, l.lease)
+            .then(
+              [self, target, lease = l.lease, model = l.model, track, start, release_lease](device_pin& pin) {
+                trace_span(self, track, "prefetch " + model, "prefetch", start, pin.resident_bytes);
+                self->request(target, caf::infinite, release_atom::value, pin.pin).then([] {}, [](caf::error&) {});
+                release_lease(lease);
+              },
+              [lease = l.lease, release_lease](caf::error&) { release_lease(lease); });
+      },
+      [](caf::error&) {});  // no room without evicting what is needed soon: loaded when needed
+}
+
+/// Note [Prefetch]: what the worker of `run` will need after its current stage.
+void prefetch_after(self_ptr self, const running_job& run) {
+  auto& st = self->state;
+  if (!st.config.options.prefetch)
+    return;
+  const auto& stages = run.job->spec.stages;
+  if (run.stage + 1 < stages.size()) {
+    const auto& next = stages[run.stage + 1];
+    prefetch(self, next.models, stage_device(next, run.worker), run.track);
+    return;
+  }
+  for (const auto& q : st.queue.jobs())
+    if (q.target.allows(run.worker)) {
+      const auto& first = st.queued.at(q.id)->spec.stages.front();
+      prefetch(self, first.models, stage_device(first, run.worker), run.track);
+      return;
+    }
+}
+
 void start_work(self_ptr self, job_id id) {
   auto& run = self->state.running.at(id);
+  prefetch_after(self, run);
   run.now = running_job::phase::working;
   run.step_start = clock::now();
   auto stage = run.stage;
@@ -248,6 +325,7 @@ void begin_stage(self_ptr self, job_id id) {
   });
   run.now = running_job::phase::acquiring;
   run.step_start = clock::now();
+  send_next_uses(self);
   const auto& models = run.job->spec.stages[stage].models;
   if (models.empty()) {
     start_work(self, id);
@@ -373,6 +451,7 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
       self->state.queued.emplace(id, job);
       self->state.queue.push(job->order);
       check(self);
+      send_next_uses(self);
       if (deadline != clock::time_point::max()) {
         auto in = std::max(clock::duration::zero(), deadline - clock::now());
         self->delayed_send(caf::actor_cast<scheduler_actor>(self), in, expire_atom::value, id);

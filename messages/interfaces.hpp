@@ -49,6 +49,11 @@ using ram_cache_actor = caf::typed_actor<
   // Note [Copy back instead of a kept RAM copy], from device actors: the sender (device index) holds the
   // model whole (true) or no longer (false); may the sender copy its only copy back (true: room reserved)?
   caf::reacts_to<whole_atom, model_id, device_index, bool>,
+  // Note [Eviction with known next uses] (the scheduler): lease these models together if room can be made
+  // at once without evicting a model with a known next use; never waits (budget_exhausted otherwise).
+  caf::replies_to<prefetch_atom, std::vector<model_id>>::with<std::vector<ram_lease>>,
+  // The models the scheduler will use next, soonest first: eviction takes the others first.
+  caf::reacts_to<hint_atom, std::vector<model_id>>,
   // The models resident in RAM now (not loading), for the scheduler's order.
   caf::replies_to<residency_atom>::with<std::vector<model_id>>,
   caf::replies_to<return_atom, model_id, device_index>::with<bool>,
@@ -75,6 +80,10 @@ using device_actor = caf::typed_actor<
   // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
   // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).
   caf::reacts_to<hand_over_atom, model_id>,
+  // As pin with no working memory and no wait, evicting no model with a known next use (a prefetch: the
+  // caller releases the pin at once and the copy stays as cache).
+  caf::replies_to<prefetch_atom, lease_id>::with<device_pin>,
+  caf::reacts_to<hint_atom, std::vector<model_id>>,
   // The models resident on this device now, with their device bytes.
   caf::replies_to<residency_atom>::with<residency_report>,
   caf::reacts_to<fetch_atom, model_id>,

@@ -19,6 +19,14 @@
 //   deadline. Then everything the stage holds (pins, then leases, including grants that arrive later) is
 //   released, the job ends with the typed error, and its worker takes the next job.
 //
+// Note [Prefetch]: with `scheduler_options::prefetch`, when a stage's work starts the scheduler asks the RAM
+// tier to lease the next stage's models (or, after a job's last stage, the first stage's models of the job
+// that worker would run next) without waiting and without evicting any model a running or queued job will
+// use, then asks their device to copy them the same way, and lets both go at once: what arrived is
+// ordinary cache that the next acquire and pin find resident, and what could not arrive is simply loaded
+// when needed. After every change of the running and queued jobs it sends the tiers the models they will
+// use, soonest first, so that eviction takes the others first.
+//
 // A stage leases its models together (`acquire_all`: never some while waiting for the others), pins each
 // on the stage's device (the worker's GPU for `any_gpu`, the CPU tier for `cpu`), the first pin carrying
 // the stage's working memory, and then runs the stage's work on the worker's thread, never an actor's.
@@ -132,6 +140,10 @@ struct scheduler_options {
   /// How long each acquire and pin waits for room before the job fails with budget_exhausted.
   std::chrono::nanoseconds wait_for_room = std::chrono::seconds(60);
   bool check_invariants = true;        // check the queue's order after every step
+  /// Note [Prefetch]: while a stage runs, bring the next stage's models (or the next queued job's) into
+  /// RAM and onto its device early, and tell the tiers which models are needed next (Note [Eviction with
+  /// known next uses]). Never evicts a model with a known next use, never waits, never fails a job.
+  bool prefetch = false;
 };
 
 class scheduler {

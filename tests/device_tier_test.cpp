@@ -635,3 +635,36 @@ TEST_CASE("an explicit offload of the only copy hands it out whole to be copied 
   CHECK(std::get<bytes_t>(freed) == 60);
   CHECK(h.tier.take_copy_backs().size() == 1);
 }
+
+TEST_CASE("a prefetch pin evicts only models with no known next use, and an ordinary pin evicts the farthest needed first") {
+  device_harness h{100};
+  REQUIRE_FALSE(h.release(h.pinned("a", 40, alice), alice));
+  REQUIRE_FALSE(h.release(h.pinned("b", 40, alice), alice));
+  h.tier.set_next_uses({"b", "a"});
+  auto prefetch = [&](const model_id& m) {
+    auto id = h.next_request++;
+    pin_request r;
+    r.request = id;
+    r.holder = alice;
+    r.tensor_bytes = {40};
+    auto host = std::make_shared<host_model>();
+    host->id = m;
+    host->tensors.push_back({"t0", at::zeros({1})});
+    r.host = ram_lease{h.next_lease++, m, 40, host};
+    h.leases_out.insert(r.host.lease);
+    r.prefetch = true;
+    device_effects fx;
+    h.tier.pin(std::move(r), /*may_wait=*/false, fx);
+    h.absorb(fx);
+    return id;
+  };
+  auto r = prefetch("c");
+  REQUIRE(h.answered(r));
+  CHECK_FALSE(h.granted(r));
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  CHECK(h.tier.residency("b") == device_residency::resident);
+  // An ordinary pin still gets room: it takes 'a', whose next use is farther away than 'b''s.
+  h.pinned("c", 40, bob);
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  CHECK(h.tier.residency("b") == device_residency::resident);
+}

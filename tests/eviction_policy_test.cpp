@@ -37,3 +37,17 @@ TEST_CASE("an erased model is no longer a candidate and touching an absent one c
   CHECK(lru.size() == 1);
   CHECK(lru.victims() == std::vector<model_id>{"b"});
 }
+
+// Note [Eviction with known next uses]
+
+TEST_CASE("with known next uses, models never needed again go first, then the one needed farthest ahead") {
+  lru_policy lru;
+  for (auto m : {"a", "b", "c", "d", "e"})
+    lru.insert(m);
+  lru.set_next_uses({"c", "a", "x", "c"});  // soonest first; 'x' is not a candidate, 'c' repeats
+  CHECK(lru.has_next_use("a"));
+  CHECK_FALSE(lru.has_next_use("b"));
+  CHECK(lru.victims() == std::vector<model_id>{"b", "d", "e", "a", "c"});
+  lru.set_next_uses({});
+  CHECK(lru.victims() == std::vector<model_id>{"a", "b", "c", "d", "e"});
+}

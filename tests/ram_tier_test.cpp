@@ -658,3 +658,30 @@ TEST_CASE("a device that no longer holds a model whole takes back the hand over,
     CHECK(h.tier.stats().hand_overs == 0);
   }
 }
+
+TEST_CASE("a prefetch never waits and never evicts a model with a known next use") {
+  group_harness h{100};
+  auto a = fake_model("a", 40), b = fake_model("b", 40), c = fake_model("c", 40);
+  REQUIRE_FALSE(h.release(h.lease(a, alice), alice));
+  REQUIRE_FALSE(h.release(h.lease(b, alice), alice));
+  h.tier.set_next_uses({"a", "b"});
+  auto prefetch = [&](const model_descriptor& d) {
+    auto id = h.next++;
+    h.descriptors[d.id] = d;
+    ram_effects fx;
+    h.tier.prefetch(id, {std::make_shared<const model_descriptor>(d)}, alice, fx);
+    h.test_answers::record(fx.group_replies);
+    h.absorb(fx);
+    return id;
+  };
+  auto r = prefetch(c);  // room only by evicting 'a' or 'b', both needed soon: refused at once
+  REQUIRE(h.group_answered(r));
+  CHECK(std::get<failure>(h.test_answers::answers.at(r)).code == errc::budget_exhausted);
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+  h.tier.set_next_uses({"b", "c"});  // 'a' has no known next use any more
+  auto r2 = prefetch(c);
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  h.finish("c");
+  CHECK(h.group_granted(r2));
+}

@@ -11,7 +11,9 @@
 #include <condition_variable>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
+#include <thread>
 
 using namespace mcache;
 using namespace std::chrono_literals;
@@ -346,4 +348,85 @@ TEST_CASE("the timeline is valid Chrome trace JSON with a track per tier and wor
   CHECK(names["job: stage 1"] == 1);
   CHECK(names["load a"] == 1);
   CHECK(names["copy b"] == 1);
+}
+
+// -- Note [Prefetch] --------------------------------------------------------------------------------------
+
+TEST_CASE("with prefetch, the next stage's model reaches its device while the current stage runs") {
+  runtime rt{options(64 * kib, 32 * kib)};
+  rt.models().add(synthetic_model("first", {4 * kib_floats}));
+  rt.models().add(synthetic_model("second", {4 * kib_floats}));
+  scheduler_options so;
+  so.prefetch = true;
+  scheduler sched{rt, so};
+  bool arrived_early = false;
+  job_spec j;
+  j.stages.push_back(stage({"first"}, [&](stage_context&) {
+    for (int i = 0; i < 400 && !arrived_early; ++i) {
+      auto d = rt.stats().devices[0];
+      arrived_early = d.resident_bytes == 8 * kib && d.loads == 2;
+      std::this_thread::sleep_for(1ms);
+    }
+  }));
+  j.stages.push_back(stage({"second"}, [](stage_context&) {}));
+  CHECK(sched.submit(std::move(j)).wait().state == job_state::done);
+  CHECK(arrived_early);
+  auto d = rt.stats().devices[0];
+  CHECK(d.loads == 2);  // the second stage's pin found it resident: no second copy
+  CHECK(d.hits >= 1);
+  expect_nothing_held(rt);
+}
+
+namespace {
+struct workload_result {
+  std::size_t failed = 0;
+  bytes_t loaded = 0;
+  bytes_t copied = 0;
+};
+
+/// The same seeded jobs on a tight budget: RAM for about three models, the device for about two.
+workload_result run_seeded_workload(bool with_prefetch, order_options::policy order) {
+  runtime rt{options(14 * kib, 9 * kib)};
+  const std::vector<int64_t> sizes{4, 3, 4, 2, 3, 4};
+  for (std::size_t m = 0; m < sizes.size(); ++m)
+    rt.models().add(synthetic_model("m" + std::to_string(m), {sizes[m] * kib_floats}));
+  scheduler_options so;
+  so.prefetch = with_prefetch;
+  so.order.order = order;
+  so.order.window = 4;
+  so.order.max_passes = 2;
+  so.wait_for_room = 5s;
+  scheduler sched{rt, so};
+  std::mt19937 rng{2026};
+  std::vector<job_handle> jobs;
+  for (int j = 0; j < 30; ++j) {
+    job_spec spec;
+    auto stages = 1 + rng() % 3;
+    for (std::size_t k = 0; k < stages; ++k)
+      spec.stages.push_back(stage({"m" + std::to_string(rng() % sizes.size())},
+                                  [](stage_context&) { std::this_thread::sleep_for(200us); },
+                                  rng() % 4 == 0 ? stage_target::cpu() : stage_target::any_gpu()));
+    jobs.push_back(sched.submit(std::move(spec)));
+  }
+  workload_result r;
+  for (auto& h : jobs)
+    r.failed += h.wait().state != job_state::done;
+  auto s = rt.stats();
+  r.loaded = s.ram.bytes_loaded;
+  r.copied = s.devices[0].bytes_copied_in;
+  return r;
+}
+} // namespace
+
+TEST_CASE("prefetch is never harmful: on a tight budget it gives no more failures and moves no more bytes") {
+  for (auto order : {order_options::policy::fifo, order_options::policy::warm_first}) {
+    auto off = run_seeded_workload(false, order);
+    auto on = run_seeded_workload(true, order);
+    INFO("order " << (order == order_options::policy::fifo ? "fifo" : "warm_first") << ": loaded " << off.loaded
+                  << " -> " << on.loaded << ", copied " << off.copied << " -> " << on.copied);
+    CHECK(off.failed == 0);
+    CHECK(on.failed <= off.failed);
+    CHECK(on.loaded <= off.loaded);
+    CHECK(on.copied <= off.copied);
+  }
 }

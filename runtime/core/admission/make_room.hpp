@@ -41,6 +41,8 @@ bool make_room(bytes_t need, bytes_t free_bytes, bytes_t evictable, const evicti
     found += bytes_of(m);
     return free_bytes + found < need;
   });
+  if (free_bytes + found < need)
+    return false;  // `excluded` hid more than the running sum knew of: still evict nothing for nothing
   for (const auto& v : victims) {
     if (free_bytes >= need)
       break;

@@ -22,9 +22,21 @@ void lru_policy::touch(const model_id& model) {
     order_.splice(order_.end(), order_, i->second);
 }
 
+void eviction_policy::set_next_uses(const std::vector<model_id>& soonest_first) {
+  next_uses_.clear();
+  rank_.clear();
+  for (const auto& m : soonest_first)
+    if (rank_.emplace(m, next_uses_.size()).second)
+      next_uses_.push_back(m);
+}
+
 void lru_policy::visit_victims(const std::function<bool(const model_id&)>& visit) const {
+  // Candidates with no known next use, least recently used first; then those with one, latest use first.
   for (const auto& m : order_)
-    if (!visit(m))
+    if (!rank_.count(m) && !visit(m))
+      return;
+  for (auto m = next_uses_.rbegin(); m != next_uses_.rend(); ++m)
+    if (where_.count(*m) && !visit(*m))
       return;
 }
 

@@ -38,9 +38,21 @@ public:
   }
   virtual bool contains(const model_id& model) const = 0;
   virtual size_t size() const = 0;
+
+  /// Note [Eviction with known next uses]: the scheduler knows which models its running and queued jobs
+  /// will use, and in what order. Given that list (soonest first), a policy evicts first the candidates
+  /// with no known next use (in its own order), then those with one, the latest use first: an online
+  /// approximation of evicting the model needed farthest in the future. A prefetch never evicts a
+  /// candidate with a known next use (the tiers ask `has_next_use`). Replaces the previous list.
+  void set_next_uses(const std::vector<model_id>& soonest_first);
+  bool has_next_use(const model_id& model) const { return rank_.count(model) > 0; }
+
+protected:
+  std::vector<model_id> next_uses_;                // soonest first, each model once
+  std::unordered_map<model_id, std::size_t> rank_; // position in next_uses_
 };
 
-/// Least recently used first.
+/// Least recently used first (after Note [Eviction with known next uses]).
 class lru_policy final : public eviction_policy {
 public:
   void insert(const model_id& model) override;

@@ -200,7 +200,7 @@ std::vector<model_id> device_tier::whole_models() const {
   return whole;  // sorted: entries_ is a std::map
 }
 
-bool device_tier::make_room_for(bytes_t need, const model_id& excluded) {
+bool device_tier::make_room_for(bytes_t need, const model_id& excluded, bool prefetch) {
   return make_room(
     need, free_bytes(), evictable_bytes(excluded), *policy_, [this](const model_id& m) { return entries_.at(m).bytes; },
     [this](const model_id& m, bytes_t wanted) {
@@ -212,7 +212,7 @@ bool device_tier::make_room_for(bytes_t need, const model_id& excluded) {
       counters_.evicted_bytes += freed;
       return freed;
     },
-    [&](const model_id& m) { return m == excluded; });
+    [&](const model_id& m) { return m == excluded || (prefetch && policy_->has_next_use(m)); });
 }
 
 device_pin device_tier::grant(const model_id& model, const admitted& a) {
@@ -293,7 +293,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
     fresh.tensors = r.tensors();
   const entry& e = present ? i->second : fresh;
   auto p = admission_plan(e, present, r.working_bytes, room);
-  if (!p || p->need() + r.working_bytes > room || !make_room_for(p->need() + r.working_bytes, model))
+  if (!p || p->need() + r.working_bytes > room || !make_room_for(p->need() + r.working_bytes, model, r.prefetch))
     return false;
   auto reserve = r.working_bytes + p->staging_bytes;
   working_reserved_ += reserve;

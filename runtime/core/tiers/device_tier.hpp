@@ -77,6 +77,8 @@ struct pin_request {
   std::vector<bytes_t> tensor_bytes;  // device bytes of each host tensor, in execution order
   std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
   bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
+  bool prefetch = false;              // never evicts a model with a known next use (Note [Eviction with
+                                      // known next uses]); the caller does not let it wait
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
@@ -148,6 +150,9 @@ public:
   };
   std::vector<copy_back> take_copy_backs() { return std::move(copy_backs_); }
 
+  /// Note [Eviction with known next uses]: the models the scheduler will use next, soonest first.
+  void set_next_uses(const std::vector<model_id>& soonest_first) { policy_->set_next_uses(soonest_first); }
+
   device_residency residency(const model_id& model) const;
   /// Device bytes of `model`'s resident tensors (0 when absent).
   bytes_t resident_bytes(const model_id& model) const;
@@ -200,7 +205,7 @@ private:
                   std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
   bytes_t trim(const model_id& model, bytes_t wanted);
-  bool make_room_for(bytes_t need, const model_id& excluded);
+  bool make_room_for(bytes_t need, const model_id& excluded, bool prefetch = false);
   void drop_copying(entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);
   template <class Whose>

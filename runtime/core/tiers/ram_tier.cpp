@@ -100,7 +100,7 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
       evict(m);
       return freed;
     },
-    [&](const model_id& m) { return is_member(g, m); });
+    [&](const model_id& m) { return is_member(g, m) || (g.prefetch && policy_->has_next_use(m)); });
 }
 
 void ram_tier::evict(const model_id& model) {
@@ -172,6 +172,13 @@ bool ram_tier::reserve_return(const model_id& model, device_index device) {
 void ram_tier::acquire(request_id request, descriptor_ptr model, holder_id holder, bool may_wait,
                        ram_effects& out, bool checking) {
   start(request, group{holder, {std::move(model)}, /*single=*/true, may_wait, checking}, out);
+}
+
+void ram_tier::prefetch(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
+                        ram_effects& out, bool checking) {
+  group g{holder, std::move(models), /*single=*/false, /*wait=*/false, checking};
+  g.prefetch = true;
+  start(request, std::move(g), out);
 }
 
 void ram_tier::acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,

@@ -96,6 +96,12 @@ public:
   /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
   void acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                    bool may_wait, ram_effects& out, bool checking = false);
+  /// A prefetch: acquire_all that never waits and never evicts a model with a known next use (Note
+  /// [Eviction with known next uses]); refused quietly when that leaves no room.
+  void prefetch(request_id request, std::vector<descriptor_ptr> models, holder_id holder, ram_effects& out,
+                bool checking = false);
+  /// Note [Eviction with known next uses]: the models the scheduler will use next, soonest first.
+  void set_next_uses(const std::vector<model_id>& soonest_first) { policy_->set_next_uses(soonest_first); }
   /// The precheck of a `checking` request ended: `failed` fails it (nothing was evicted for it); else it
   /// may be admitted in its turn. No-op if the request was answered meanwhile (expired, holder gone).
   void precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out);
@@ -152,6 +158,7 @@ private:
     bool single = true;               // answered in `replies` with one lease, else in `group_replies`
     bool may_wait = true;
     bool checking = false;            // queued, but its precheck has not passed yet: not admissible
+    bool prefetch = false;            // evicts no model with a known next use
     bool admitted = false;
     std::vector<ram_lease> granted;   // per model, once admitted (lease 0: still loading)
     size_t pending = 0;               // loads still to finish before it is answered
