@@ -218,23 +218,19 @@ void prefetch(self_ptr self, std::vector<model_id> models, device_index device, 
       [](caf::error&) {});  // no room without evicting what is needed soon: loaded when needed
 }
 
-/// Note [Prefetch]: what the worker of `run` will need after its current stage.
+/// Note [Prefetch]: what the worker of `run` will need after its current stage: the job's later stages,
+/// then the stages of the job the order would give this worker next. Sooner uses are asked for first, and
+/// a tier never evicts a model needed sooner than the one it prefetches.
 void prefetch_after(self_ptr self, const running_job& run) {
   auto& st = self->state;
   if (!st.config.options.prefetch)
     return;
   const auto& stages = run.job->spec.stages;
-  if (run.stage + 1 < stages.size()) {
-    const auto& next = stages[run.stage + 1];
-    prefetch(self, next.models, stage_device(next, run.worker), run.track);
-    return;
-  }
-  for (const auto& q : st.queue.jobs())
-    if (q.target.allows(run.worker)) {
-      const auto& first = st.queued.at(q.id)->spec.stages.front();
-      prefetch(self, first.models, stage_device(first, run.worker), run.track);
-      return;
-    }
+  for (auto k = run.stage + 1; k < stages.size(); ++k)
+    prefetch(self, stages[k].models, stage_device(stages[k], run.worker), run.track);
+  if (const auto* next = st.queue.peek(run.worker, st.view, st.config.options.order))
+    for (const auto& s : st.queued.at(next->id)->spec.stages)
+      prefetch(self, s.models, stage_device(s, run.worker), run.track);
 }
 
 void start_work(self_ptr self, job_id id) {

@@ -65,7 +65,7 @@ TEST_CASE("warm_first prefers the job whose models are already on the free devic
   where.in_ram = {"in_ram", "on_gpu"};
   where.on_device[0] = {{"on_gpu", 100}};
   auto o = warm(16, 8);
-  CHECK(job_queue::cost(q.jobs()[0], 0, where, o) == Approx(500));  // a disk load (4x) and a copy
+  CHECK(job_queue::cost(q.jobs()[0], 0, where, o) == Approx(900));  // a disk load (8x) and a copy
   CHECK(job_queue::cost(q.jobs()[1], 0, where, o) == Approx(100));
   CHECK(job_queue::cost(q.jobs()[2], 0, where, o) == Approx(0));
   CHECK(q.pick(0, where, o)->id == 3);
@@ -149,4 +149,19 @@ TEST_CASE("jobs past their deadline are taken out, the others keep their order")
   CHECK(q.remove(3));
   CHECK_FALSE(q.remove(3));
   CHECK(q.jobs().front().id == 2);
+}
+
+TEST_CASE("peek names the job pick would take, and changes nothing") {
+  job_queue q;
+  q.push(job(1, {{"cold", 100}}));
+  q.push(job(2, {{"hot", 100}}));
+  residency_view where;
+  where.on_device[0] = {{"hot", 100}};
+  auto o = warm(16, 8);
+  REQUIRE(q.peek(0, where, o));
+  CHECK(q.peek(0, where, o)->id == 2);
+  CHECK(q.jobs()[0].passed_over == 0);
+  CHECK(q.size() == 2);
+  CHECK(q.pick(0, where, o)->id == 2);
+  CHECK(q.peek(cpu_device, where, o) == nullptr);
 }

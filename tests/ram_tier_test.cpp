@@ -685,3 +685,21 @@ TEST_CASE("a prefetch never waits and never evicts a model with a known next use
   h.finish("c");
   CHECK(h.group_granted(r2));
 }
+
+TEST_CASE("a prefetch may evict a model needed later than the one it brings, never one needed sooner") {
+  group_harness h{100};
+  auto a = fake_model("a", 40), b = fake_model("b", 40), c = fake_model("c", 40);
+  REQUIRE_FALSE(h.release(h.lease(a, alice), alice));
+  REQUIRE_FALSE(h.release(h.lease(b, alice), alice));
+  h.tier.set_next_uses({"b", "c", "a"});  // 'c' is needed before 'a', after 'b'
+  auto id = h.next++;
+  h.descriptors["c"] = c;
+  ram_effects fx;
+  h.tier.prefetch(id, {std::make_shared<const model_descriptor>(c)}, alice, fx);
+  h.test_answers::record(fx.group_replies);
+  h.absorb(fx);
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.residency("b") == ram_residency::resident);
+  h.finish("c");
+  CHECK(h.group_granted(id));
+}

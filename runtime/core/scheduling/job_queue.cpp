@@ -55,8 +55,9 @@ double job_queue::cost(const queued_job& job, device_index device, const residen
   return cost;
 }
 
-std::optional<queued_job> job_queue::pick(device_index device, const residency_view& where,
-                                          const order_options& options) {
+std::optional<std::pair<std::vector<size_t>, size_t>> job_queue::choose(device_index device,
+                                                                       const residency_view& where,
+                                                                       const order_options& options) const {
   std::vector<size_t> eligible;  // positions in jobs_, in order
   for (size_t i = 0; i < jobs_.size(); ++i)
     if (jobs_[i].target.allows(device))
@@ -83,6 +84,20 @@ std::optional<queued_job> job_queue::pick(device_index device, const residency_v
       }
     }
   }
+  return std::make_pair(std::move(eligible), chosen);
+}
+
+const queued_job* job_queue::peek(device_index device, const residency_view& where, const order_options& options) const {
+  auto c = choose(device, where, options);
+  return c ? &jobs_[c->first[c->second]] : nullptr;
+}
+
+std::optional<queued_job> job_queue::pick(device_index device, const residency_view& where,
+                                          const order_options& options) {
+  auto c = choose(device, where, options);
+  if (!c)
+    return std::nullopt;
+  const auto& [eligible, chosen] = *c;
   for (size_t k = 0; k < chosen; ++k)
     ++jobs_[eligible[k]].passed_over;
   auto job = std::move(jobs_[eligible[chosen]]);

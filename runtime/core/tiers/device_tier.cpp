@@ -212,7 +212,9 @@ bool device_tier::make_room_for(bytes_t need, const model_id& excluded, bool pre
       counters_.evicted_bytes += freed;
       return freed;
     },
-    [&](const model_id& m) { return m == excluded || (prefetch && policy_->has_next_use(m)); });
+    [&](const model_id& m) {
+      return m == excluded || (prefetch && policy_->needed_by(m, policy_->next_use(excluded)));
+    });
 }
 
 device_pin device_tier::grant(const model_id& model, const admitted& a) {

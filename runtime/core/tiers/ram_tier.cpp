@@ -93,6 +93,9 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
   for (const auto& m : g.models)
     if (policy_->contains(m->id))
       evictable -= m->bytes;
+  auto use = eviction_policy::no_next_use;  // a prefetch's soonest use (Note [Eviction with known next uses])
+  for (const auto& m : g.models)
+    use = std::min(use, policy_->next_use(m->id));
   return make_room(
     bytes, free_bytes(), evictable, *policy_, [this](const model_id& m) { return entries_.at(m).descriptor->bytes; },
     [this](const model_id& m, bytes_t) {
@@ -100,7 +103,7 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
       evict(m);
       return freed;
     },
-    [&](const model_id& m) { return is_member(g, m) || (g.prefetch && policy_->has_next_use(m)); });
+    [&](const model_id& m) { return is_member(g, m) || (g.prefetch && policy_->needed_by(m, use)); });
 }
 
 void ram_tier::evict(const model_id& model) {

@@ -96,8 +96,8 @@ public:
   /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
   void acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                    bool may_wait, ram_effects& out, bool checking = false);
-  /// A prefetch: acquire_all that never waits and never evicts a model with a known next use (Note
-  /// [Eviction with known next uses]); refused quietly when that leaves no room.
+  /// A prefetch: acquire_all that never waits and never evicts a model needed as soon as these or sooner
+  /// (Note [Eviction with known next uses]); refused when that leaves no room.
   void prefetch(request_id request, std::vector<descriptor_ptr> models, holder_id holder, ram_effects& out,
                 bool checking = false);
   /// Note [Eviction with known next uses]: the models the scheduler will use next, soonest first.
