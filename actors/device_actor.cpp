@@ -329,6 +329,7 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       self->state.tier->expire(id, fx);
       apply(self, fx);
     },
+    [self](status_atom) -> tier_report { return self->state.tier->report(); },
     [self](residency_atom) -> residency_report {
       return residency_report{self->state.config.tier.device, self->state.tier->resident_models()};
     },

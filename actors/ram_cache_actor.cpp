@@ -296,6 +296,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);
     },
     [self](residency_atom) -> std::vector<model_id> { return self->state.tier->resident_models(); },
+    [self](status_atom) -> tier_report { return self->state.tier->report(); },
     [self](return_atom, const model_id& model, device_index device) -> bool {
       auto granted = self->state.tier->reserve_return(model, device);
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);

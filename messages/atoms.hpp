@@ -30,6 +30,7 @@ using cancel_atom = caf::atom_constant<caf::atom("cancel")>;        // stop a jo
 using stage_done_atom = caf::atom_constant<caf::atom("stage_done")>;  // internal: a worker ran a stage's work
 using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  // bring models closer, evicting nothing needed soon
 using hint_atom = caf::atom_constant<caf::atom("hint")>;          // the models needed next, soonest first
+using status_atom = caf::atom_constant<caf::atom("status")>;      // every model a tier holds, with holders
 using residency_atom = caf::atom_constant<caf::atom("residency")>;  // which models a tier holds now
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
 

@@ -54,6 +54,8 @@ using ram_cache_actor = caf::typed_actor<
   caf::replies_to<prefetch_atom, std::vector<model_id>>::with<std::vector<ram_lease>>,
   // The models the scheduler will use next, soonest first: eviction takes the others first.
   caf::reacts_to<hint_atom, std::vector<model_id>>,
+  // Every model in RAM with its state, bytes and leases, for operators.
+  caf::replies_to<status_atom>::with<tier_report>,
   // The models resident in RAM now (not loading), for the scheduler's order.
   caf::replies_to<residency_atom>::with<std::vector<model_id>>,
   caf::replies_to<return_atom, model_id, device_index>::with<bool>,
@@ -84,6 +86,8 @@ using device_actor = caf::typed_actor<
   // caller releases the pin at once and the copy stays as cache).
   caf::replies_to<prefetch_atom, lease_id>::with<device_pin>,
   caf::reacts_to<hint_atom, std::vector<model_id>>,
+  // Every model on this device with its state, bytes and pins, for operators.
+  caf::replies_to<status_atom>::with<tier_report>,
   // The models resident on this device now, with their device bytes.
   caf::replies_to<residency_atom>::with<residency_report>,
   caf::reacts_to<fetch_atom, model_id>,
@@ -103,3 +107,4 @@ using scheduler_actor = caf::typed_actor<
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<mcache::job_submission>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::residency_report)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::tier_report)

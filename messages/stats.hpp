@@ -5,6 +5,8 @@
 #include "messages/ids.hpp"
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace mcache {
 
@@ -87,6 +89,27 @@ struct placement_view {
   device_index device = 0;
   bytes_t free_bytes = 0;            // usable bytes not in use now (room could also be made by evicting)
   bytes_t model_resident_bytes = 0;  // bytes of the model already on this device
+};
+
+/// Who holds a claim on a model, and for how long (the `status` message; names come from the runtime).
+struct holder_report {
+  std::uint64_t holder = 0;   // the holder's actor id
+  std::uint64_t held_ns = 0;  // since the claim was granted
+};
+
+/// One model in one tier, for operators (`status`).
+struct model_report {
+  model_id model;
+  std::string state;        // RAM: "resident" or "loading"; device: "resident", "partial" or "copying"
+  bytes_t bytes = 0;        // what it costs this tier now (a device: its resident or arriving bytes)
+  bytes_t model_bytes = 0;  // the whole model
+  std::vector<holder_report> holders;  // leases (RAM) or pins (device)
+};
+
+/// What a tier holds, model by model, and how many requests wait for room.
+struct tier_report {
+  std::vector<model_report> models;
+  std::uint64_t waiting = 0;
 };
 
 } // namespace mcache

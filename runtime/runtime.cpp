@@ -1,5 +1,7 @@
 #include "runtime/runtime.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include "actors/device_actor.hpp"
 #include "actors/ram_cache_actor.hpp"
 #include "messages/errors.hpp"
@@ -182,6 +184,10 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
                format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, 1,
                options_.scheduler_threads);
   cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
+  // Devices hold RAM leases for their pins: the status page names them.
+  for (std::size_t i = 0; i < devices_.size(); ++i)
+    name_holder(devices_[i]->id(), "device " + std::to_string(i));
+  name_holder(cpu_->id(), "CPU pins");
 }
 
 bool runtime::shutdown(std::chrono::nanoseconds grace) {
@@ -252,7 +258,64 @@ device_actor runtime::device(device_index index) const {
   return devices_[static_cast<size_t>(index)];
 }
 
-session runtime::open_session() { return session{*this}; }
+session runtime::open_session(std::string name) {
+  session s{*this};
+  if (name.empty())
+    name = "session " + std::to_string(++sessions_opened_);
+  name_holder(s.self()->id(), std::move(name));
+  return s;
+}
+
+void runtime::name_holder(std::uint64_t actor_id, std::string name) {
+  std::lock_guard<std::mutex> guard{names_mutex_};
+  holder_names_[actor_id] = std::move(name);
+}
+
+std::string runtime::holder_name(std::uint64_t actor_id) const {
+  std::lock_guard<std::mutex> guard{names_mutex_};
+  auto i = holder_names_.find(actor_id);
+  return i == holder_names_.end() ? "actor " + std::to_string(actor_id) : i->second;
+}
+
+std::string runtime::status_json() {
+  detail::release_thread_logger release_logger;
+  caf::scoped_actor self{*system_};
+  auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
+  auto models = [&](const tier_report& r) {
+    auto all = nlohmann::json::array();
+    for (const auto& m : r.models) {
+      auto holders = nlohmann::json::array();
+      for (const auto& h : m.holders)
+        holders.push_back({{"holder", holder_name(h.holder)}, {"held_s", static_cast<double>(h.held_ns) / 1e9}});
+      all.push_back({{"model", m.model}, {"state", m.state}, {"bytes", m.bytes}, {"model_bytes", m.model_bytes},
+                     {"holders", std::move(holders)}});
+    }
+    return all;
+  };
+  nlohmann::json doc;
+  self->request(ram_, caf::infinite, stats_atom::value).receive([&](ram_stats& s) {
+    doc["ram"] = {{"name", "RAM"}, {"budget_bytes", s.budget_bytes}, {"used_bytes", s.used_bytes},
+                  {"leased_bytes", s.leased_bytes}, {"loading_bytes", s.loading_bytes}, {"waiting", s.waiting_now},
+                  {"hits", s.hits}, {"loads", s.loads}, {"evictions", s.evictions}};
+  }, fail);
+  self->request(ram_, caf::infinite, status_atom::value).receive([&](tier_report& r) { doc["ram"]["models"] = models(r); }, fail);
+  auto device = [&](const device_actor& d, const std::string& name) {
+    nlohmann::json j;
+    self->request(d, caf::infinite, stats_atom::value).receive([&](device_stats& s) {
+      j = {{"name", name}, {"device", s.device}, {"budget_bytes", s.budget_bytes}, {"reserve_bytes", s.reserve_bytes},
+           {"used_bytes", s.used_bytes}, {"pinned_bytes", s.pinned_bytes}, {"working_bytes", s.working_bytes},
+           {"waiting", s.waiting_now}, {"hits", s.hits}, {"loads", s.loads}, {"evictions", s.evictions}};
+    }, fail);
+    self->request(d, caf::infinite, status_atom::value).receive([&](tier_report& r) { j["models"] = models(r); }, fail);
+    return j;
+  };
+  doc["devices"] = nlohmann::json::array();
+  for (std::size_t i = 0; i < devices_.size(); ++i)
+    doc["devices"].push_back(device(devices_[i], "device " + std::to_string(i)));
+  doc["cpu"] = device(cpu_, "CPU pins");
+  doc["catalog_models"] = catalog_->size();
+  return doc.dump();
+}
 
 runtime_stats runtime::stats() {
   runtime_stats out;

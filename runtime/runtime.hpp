@@ -19,6 +19,8 @@
 #include "runtime/session.hpp"
 
 #include <atomic>
+#include <map>
+#include <string>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -57,8 +59,16 @@ public:
   /// The placement policy of `session::pin_anywhere`.
   const placement_policy& placement() const { return *placement_; }
 
-  /// A blocking client. One per thread; it must not outlive the runtime.
-  session open_session();
+  /// A blocking client. One per thread; it must not outlive the runtime. `name` is how errors, logs and
+  /// the status page call it ("session N" when empty).
+  session open_session(std::string name = {});
+  /// Names a holder (an actor holding leases or pins: a session, a scheduler, an actor session) for the
+  /// status page and errors. Thread-safe.
+  void name_holder(std::uint64_t actor_id, std::string name);
+  /// The holder's name, or "actor <id>" if it has none.
+  std::string holder_name(std::uint64_t actor_id) const;
+  /// Every tier's stats and models with their holders, as JSON (blocking; what `/status` serves).
+  std::string status_json();
   /// A snapshot of every tier (blocking).
   runtime_stats stats();
 
@@ -87,6 +97,9 @@ private:
   std::vector<device_actor> devices_;
   device_actor cpu_;
   std::shared_ptr<timeline> trace_;
+  mutable std::mutex names_mutex_;
+  std::map<std::uint64_t, std::string> holder_names_;
+  std::atomic<std::uint64_t> sessions_opened_{0};
   std::atomic<bool> stopped_{false};
   std::mutex shutdown_mutex_;   // one shutdown at a time; guards shutdown_clean_
   bool shutdown_clean_ = true;

@@ -185,6 +185,7 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
   config.worker_count[cpu_device] = options.cpu_workers;
   config.trace = rt.trace();
   impl_->actor = spawn_scheduler(rt.system(), std::move(config));
+  rt.name_holder(impl_->actor->id(), "scheduler");
 }
 
 scheduler::~scheduler() {

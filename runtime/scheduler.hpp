@@ -21,8 +21,8 @@
 //
 // Note [Prefetch]: with `scheduler_options::prefetch`, when a stage's work starts the scheduler asks the RAM
 // tier to lease the next stage's models (or, after a job's last stage, the first stage's models of the job
-// that worker would take next) without waiting and without evicting any model needed as soon or sooner,
-// then asks their device to copy them the same way, and lets both go at once: what arrived is
+// that worker would take next) without waiting and without evicting any model a running or queued job
+// will use, then asks their device to copy them the same way, and lets both go at once: what arrived is
 // ordinary cache that the next acquire and pin find resident, and what could not arrive is simply loaded
 // when needed. After every change of the running and queued jobs it sends the tiers the models they will
 // use, soonest first, so that eviction takes the others first.

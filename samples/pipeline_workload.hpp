@@ -5,6 +5,7 @@
 // all sped up by `speedup`. Sessions submit their jobs concurrently; each session mostly runs its own
 // favourite pipeline, as users of one server do.
 
+#include "runtime/http_endpoint.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/scheduler.hpp"
 
@@ -160,11 +161,19 @@ struct outcome_of_run {
 /// them round-robin over the sessions, so that every order sees the same queue. `progress` prints a line
 /// every half second.
 inline outcome_of_run run(const settings& s, const scheduler_options& order, const std::string& trace_path = {},
-                          bool progress = false, bool same_order = false) {
+                          bool progress = false, bool same_order = false, int http_port = -1) {
   auto options = runtime_for(s);
   options.trace_path = trace_path;
   runtime rt{options};
   add_models(rt, s);
+  std::unique_ptr<http_endpoint> http;  // the status page, when asked for (--http)
+  if (http_port >= 0) {
+    http_options ho;
+    ho.port = static_cast<std::uint16_t>(http_port);
+    http = std::make_unique<http_endpoint>(rt, ho);
+    std::printf("status page at %s\n", http->url().c_str());
+    std::fflush(stdout);
+  }
   auto sessions = plan(s);
   outcome_of_run out;
   auto start = std::chrono::steady_clock::now();

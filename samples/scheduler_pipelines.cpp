@@ -4,7 +4,7 @@
 // runs and a summary table, and writes each run's timeline (open it in ui.perfetto.dev).
 //
 //   scheduler_pipelines [--sessions N] [--jobs J] [--devices D] [--speedup X] [--mib-per-gb M]
-//                       [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet]
+//                       [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet] [--http PORT]
 
 #include "samples/pipeline_workload.hpp"
 
@@ -38,7 +38,7 @@ std::vector<order_choice> orders() {
 [[noreturn]] void usage(const char* self) {
   std::fprintf(stderr,
                "usage: %s [--sessions N] [--jobs J] [--devices D] [--speedup X] [--mib-per-gb M]\n"
-               "          [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet]\n",
+               "          [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet] [--http PORT]\n",
                self);
   std::exit(2);
 }
@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   std::string only = "all";
   std::string timelines;
   bool progress = true;
+  int http_port = -1;  // --http PORT: serve the status page while it runs (0: any free port)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -73,6 +74,8 @@ int main(int argc, char** argv) {
       timelines = value();
     else if (a == "--quiet")
       progress = false;
+    else if (a == "--http")
+      http_port = std::stoi(value());
     else
       usage(argv[0]);
   }
@@ -97,7 +100,7 @@ int main(int argc, char** argv) {
       continue;
     auto path = timelines + "/timeline-" + o.name + ".json";
     std::printf("\n%s:\n", o.name);
-    rows.push_back({o.name, workload::run(s, o.options, path, progress)});
+    rows.push_back({o.name, workload::run(s, o.options, path, progress, false, http_port)});
     std::printf("  timeline: %s\n", path.c_str());
   }
   if (rows.empty())

@@ -257,7 +257,7 @@ TEST_CASE("work that throws fails its job with work_failed and the exception's t
   expect_nothing_held(rt);
 }
 
-TEST_CASE("a job still queued at its deadline fails with deadline_exceeded; one that ends in time is done") {
+TEST_CASE("a job still queued at its deadline fails with deadline_exceeded, and one that ends in time is done") {
   runtime rt{options()};
   rt.models().add(synthetic_model("a", {kib_floats}));
   scheduler sched{rt};
@@ -397,6 +397,13 @@ workload_result run_seeded_workload(bool with_prefetch, order_options::policy or
   so.order.max_passes = 2;
   so.wait_for_room = 5s;
   scheduler sched{rt, so};
+  // The whole workload is queued before anything runs (a job on an empty model list holds the worker),
+  // and every job runs on the one GPU worker, so both runs see the same queue in the same order.
+  gate g;
+  job_spec hold;
+  hold.stages.push_back(stage({}, [&](stage_context&) { g.wait(); }));
+  auto holder = sched.submit(std::move(hold));
+  g.wait_arrived(1);
   std::mt19937 rng{2026};
   std::vector<job_handle> jobs;
   for (int j = 0; j < 30; ++j) {
@@ -405,9 +412,11 @@ workload_result run_seeded_workload(bool with_prefetch, order_options::policy or
     for (std::size_t k = 0; k < stages; ++k)
       spec.stages.push_back(stage({"m" + std::to_string(rng() % sizes.size())},
                                   [](stage_context&) { std::this_thread::sleep_for(200us); },
-                                  rng() % 4 == 0 ? stage_target::cpu() : stage_target::any_gpu()));
+                                  k > 0 && rng() % 4 == 0 ? stage_target::cpu() : stage_target::any_gpu()));
     jobs.push_back(sched.submit(std::move(spec)));
   }
+  g.open();  // the submissions are in the scheduler's mailbox before the holder's end: all are queued first
+  CHECK(holder.wait().state == job_state::done);
   workload_result r;
   for (auto& h : jobs)
     r.failed += h.wait().state != job_state::done;

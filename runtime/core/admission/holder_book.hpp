@@ -6,6 +6,7 @@
 #include "messages/errc.hpp"
 #include "messages/ids.hpp"
 
+#include <chrono>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -28,8 +29,11 @@ public:
     auto id = next_++;
     by_holder_[record.holder].insert(id);
     records_.emplace(id, std::move(record));
+    issued_at_.emplace(id, std::chrono::steady_clock::now());
     return id;
   }
+  /// When claim `id` was issued (for "held by 'worker-3' since 12 s").
+  std::chrono::steady_clock::time_point issued_at(uint64_t id) const { return issued_at_.at(id); }
 
   /// Whether `holder` may end claim `id`: an error naming what is wrong, or nothing.
   std::optional<failure> check(uint64_t id, holder_id holder) const {
@@ -55,6 +59,7 @@ public:
       throw std::logic_error(noun_ + " " + std::to_string(id) + " taken but not held");
     auto record = std::move(i->second);
     records_.erase(i);
+    issued_at_.erase(id);
     auto h = by_holder_.find(record.holder);
     h->second.erase(id);
     if (h->second.empty())
@@ -101,6 +106,7 @@ private:
   errc never_issued_;
   errc foreign_;
   std::unordered_map<uint64_t, Record> records_;
+  std::unordered_map<uint64_t, std::chrono::steady_clock::time_point> issued_at_;
   std::unordered_map<holder_id, std::set<uint64_t>> by_holder_;
   uint64_t next_ = 1;
 };

@@ -42,22 +42,13 @@ public:
   /// Note [Eviction with known next uses]: the scheduler knows which models its running and queued jobs
   /// will use, and in what order. Given that list (soonest first), a policy evicts first the candidates
   /// with no known next use (in its own order), then those with one, the latest use first: an online
-  /// approximation of evicting the model needed farthest in the future. A prefetch of a model never
-  /// evicts a candidate needed as soon as it or sooner (`needed_by`): it only trades a model needed later
-  /// for one needed earlier, as evicting the farthest next use would. Replaces the previous list.
+  /// approximation of evicting the model needed farthest in the future. A prefetch never evicts a
+  /// candidate with a known next use (`has_next_use`), not even one needed later than what it brings:
+  /// it runs while the current stage's models are held, and once they are let go a demand load would
+  /// have evicted them instead (measured: trading "needed later" for "needed sooner" moved up to 25%
+  /// more bytes). Replaces the previous list.
   void set_next_uses(const std::vector<model_id>& soonest_first);
   bool has_next_use(const model_id& model) const { return rank_.count(model) > 0; }
-  /// The position of `model` in the next uses (0: soonest), or `no_next_use`.
-  static constexpr std::size_t no_next_use = static_cast<std::size_t>(-1);
-  std::size_t next_use(const model_id& model) const {
-    auto i = rank_.find(model);
-    return i == rank_.end() ? no_next_use : i->second;
-  }
-  /// Whether a prefetch for a use at position `use` (no_next_use: none known) must keep `candidate`.
-  bool needed_by(const model_id& candidate, std::size_t use) const {
-    auto c = next_use(candidate);
-    return c != no_next_use && (use == no_next_use || c <= use);
-  }
 
 protected:
   std::vector<model_id> next_uses_;                // soonest first, each model once

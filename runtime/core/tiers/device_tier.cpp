@@ -5,6 +5,7 @@
 #include "runtime/core/format.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <limits>
 #include <stdexcept>
 
@@ -184,6 +185,29 @@ std::shared_ptr<const device_model> device_tier::fetch(const model_id& model) {
   return i->second.view;
 }
 
+tier_report device_tier::report() const {
+  tier_report r;
+  std::map<model_id, std::vector<holder_report>> holders;
+  auto now = std::chrono::steady_clock::now();
+  pins_.for_each([&](pin_id id, const pin_record& p) {
+    holders[p.model].push_back(
+      {p.holder, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - pins_.issued_at(id)).count())});
+  });
+  for (const auto& kv : entries_) {
+    const auto& e = kv.second;
+    model_report m;
+    m.model = kv.first;
+    m.bytes = e.bytes;
+    m.model_bytes = e.model_bytes();
+    m.state = e.state == device_residency::copying ? "copying" : is_whole(e.tensors) ? "resident" : "partial";
+    if (auto h = holders.find(kv.first); h != holders.end())
+      m.holders = std::move(h->second);
+    r.models.push_back(std::move(m));
+  }
+  r.waiting = queue_.size();
+  return r;
+}
+
 std::vector<std::pair<model_id, bytes_t>> device_tier::resident_models() const {
   std::vector<std::pair<model_id, bytes_t>> resident;
   for (const auto& kv : entries_)
@@ -212,9 +236,7 @@ bool device_tier::make_room_for(bytes_t need, const model_id& excluded, bool pre
       counters_.evicted_bytes += freed;
       return freed;
     },
-    [&](const model_id& m) {
-      return m == excluded || (prefetch && policy_->needed_by(m, policy_->next_use(excluded)));
-    });
+    [&](const model_id& m) { return m == excluded || (prefetch && policy_->has_next_use(m)); });
 }
 
 device_pin device_tier::grant(const model_id& model, const admitted& a) {

@@ -77,8 +77,8 @@ struct pin_request {
   std::vector<bytes_t> tensor_bytes;  // device bytes of each host tensor, in execution order
   std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
   bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
-  bool prefetch = false;              // never evicts a model needed as soon as this one or sooner (Note
-                                      // [Eviction with known next uses]); the caller does not let it wait
+  bool prefetch = false;              // never evicts a model with a known next use (Note [Eviction with
+                                      // known next uses]); the caller does not let it wait
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
@@ -138,6 +138,8 @@ public:
   /// The RAM tier copies `model` back: the copy to read from, or null unless it is resident here whole.
   /// The RAM will hold it again, so this copy is no longer the only one.
   std::shared_ptr<const device_model> fetch(const model_id& model);
+  /// Every model here, with its state, bytes and pins (for operators).
+  tier_report report() const;
   /// Models resident here (in part or whole), with their device bytes, sorted.
   std::vector<std::pair<model_id, bytes_t>> resident_models() const;
   /// Models resident here whole (every tensor on the device), sorted.

@@ -5,6 +5,7 @@
 #include "runtime/core/format.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 namespace mcache {
@@ -93,9 +94,6 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
   for (const auto& m : g.models)
     if (policy_->contains(m->id))
       evictable -= m->bytes;
-  auto use = eviction_policy::no_next_use;  // a prefetch's soonest use (Note [Eviction with known next uses])
-  for (const auto& m : g.models)
-    use = std::min(use, policy_->next_use(m->id));
   return make_room(
     bytes, free_bytes(), evictable, *policy_, [this](const model_id& m) { return entries_.at(m).descriptor->bytes; },
     [this](const model_id& m, bytes_t) {
@@ -103,7 +101,7 @@ bool ram_tier::make_room_for(const group& g, bytes_t bytes) {
       evict(m);
       return freed;
     },
-    [&](const model_id& m) { return is_member(g, m) || (g.prefetch && policy_->needed_by(m, use)); });
+    [&](const model_id& m) { return is_member(g, m) || (g.prefetch && policy_->has_next_use(m)); });
 }
 
 void ram_tier::evict(const model_id& model) {
@@ -136,6 +134,27 @@ std::vector<model_id> ram_tier::resident_models() const {
     if (kv.second.state == ram_residency::resident)
       resident.push_back(kv.first);
   return resident;
+}
+
+tier_report ram_tier::report() const {
+  tier_report r;
+  std::map<model_id, std::vector<holder_report>> holders;
+  auto now = std::chrono::steady_clock::now();
+  leases_.for_each([&](lease_id id, const lease_record& l) {
+    holders[l.model].push_back(
+      {l.holder, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - leases_.issued_at(id)).count())});
+  });
+  for (const auto& kv : entries_) {
+    model_report m;
+    m.model = kv.first;
+    m.state = to_string(kv.second.state);
+    m.bytes = m.model_bytes = kv.second.descriptor->bytes;
+    if (auto h = holders.find(kv.first); h != holders.end())
+      m.holders = std::move(h->second);
+    r.models.push_back(std::move(m));
+  }
+  r.waiting = queue_.size();
+  return r;
 }
 
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {

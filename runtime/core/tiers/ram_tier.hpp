@@ -96,8 +96,8 @@ public:
   /// such pipelines cannot deadlock. Answered in `group_replies`, leases in the order of `models`.
   void acquire_all(request_id request, std::vector<descriptor_ptr> models, holder_id holder,
                    bool may_wait, ram_effects& out, bool checking = false);
-  /// A prefetch: acquire_all that never waits and never evicts a model needed as soon as these or sooner
-  /// (Note [Eviction with known next uses]); refused when that leaves no room.
+  /// A prefetch: acquire_all that never waits and never evicts a model with a known next use (Note
+  /// [Eviction with known next uses]); refused when that leaves no room.
   void prefetch(request_id request, std::vector<descriptor_ptr> models, holder_id holder, ram_effects& out,
                 bool checking = false);
   /// Note [Eviction with known next uses]: the models the scheduler will use next, soonest first.
@@ -143,6 +143,8 @@ public:
   ram_residency residency(const model_id& model) const;
   /// Models resident now (not loading), sorted.
   std::vector<model_id> resident_models() const;
+  /// Every model here, with its state, bytes and leases (for operators).
+  tier_report report() const;
   size_t leases_of(holder_id holder) const;
   ram_stats stats() const;
   /// Throws std::logic_error naming the first broken invariant.
