@@ -1,5 +1,6 @@
 #include "actors/device_actor.hpp"
 
+#include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
 
 #include <caf/all.hpp>
@@ -36,6 +37,7 @@ struct device_state {
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
   int track = 0;                         // its timeline track
+  idle_ticks ticks;                      // Note [Keep-alive]
 };
 
 const char* device_state::name = "mcache.device";
@@ -180,6 +182,11 @@ void apply(self_ptr self, device_effects& fx) {
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
+void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
+  if (self->state.ticks.use(keep_alive))
+    self->delayed_send(caf::actor_cast<device_actor>(self), self->state.ticks.period(), tick_atom::value);
+}
+
 void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, caf::timespan wait) {
   auto b = self->state.borrowing_.find(id);
   bool gone = b == self->state.borrowing_.end() || b->second.holder_gone;
@@ -217,6 +224,12 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.host = std::move(host);
   r.working_bytes = working;
   r.prefetch = prefetch;
+  if (self->state.config.models)
+    if (auto d = self->state.config.models->find(r.host.model)) {
+      r.keep_alive = d->keep_alive;
+      if (d->keep_alive)
+        start_idle_ticks(self, *d->keep_alive);
+    }
   self->state.tier->pin(std::move(r), wait > caf::timespan::zero(), fx);
   apply(self, fx);
   if (self->state.requests.is_open(id) && wait != caf::timespan::max())
@@ -252,6 +265,7 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
 device_actor::behavior_type device_impl(self_ptr self, device_actor_config config) {
   self->state.tier = std::make_unique<device_tier>(config.tier, config.policy());
   self->state.config = std::move(config);
+  start_idle_ticks(self, self->state.config.tier.keep_alive);
   if (self->state.config.trace) {
     auto d = self->state.config.tier.device;
     self->state.track = self->state.config.trace->track(d == cpu_device ? "cpu" : "device " + std::to_string(d));
@@ -332,6 +346,12 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](status_atom) -> tier_report { return self->state.tier->report(); },
     [self](residency_atom) -> residency_report {
       return residency_report{self->state.config.tier.device, self->state.tier->resident_models()};
+    },
+    [self](tick_atom) {
+      device_effects fx;
+      self->state.tier->drop_idle(fx);
+      apply(self, fx);
+      self->delayed_send(caf::actor_cast<device_actor>(self), self->state.ticks.period(), tick_atom::value);
     },
     [self](hand_over_atom, const model_id& model) {
       self->state.tier->hand_over(model);  // false: no longer whole here, and the RAM has been told so

@@ -1,5 +1,6 @@
 #include "actors/ram_cache_actor.hpp"
 
+#include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
 
 #include <caf/all.hpp>
@@ -24,6 +25,7 @@ struct ram_cache_state {
   std::map<device_index, caf::actor> devices;  // device actors that reported whole copies (keep_ram_copy = false)
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
   int track = 0;          // its timeline track
+  idle_ticks ticks;       // Note [Keep-alive]
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -102,6 +104,11 @@ void apply(self_ptr self, ram_effects& fx) {
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
+void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
+  if (self->state.ticks.use(keep_alive))
+    self->delayed_send(caf::actor_cast<ram_cache_actor>(self), self->state.ticks.period(), tick_atom::value);
+}
+
 void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
   bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
   if (open && wait != caf::timespan::max())
@@ -114,9 +121,12 @@ void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
 void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> models, holder_id holder,
                    caf::timespan wait, bool single, bool prefetch = false) {
   std::vector<descriptor_ptr> to_check;
-  for (const auto& m : models)
+  for (const auto& m : models) {
     if (m->precheck && self->state.tier->residency(m->id) == ram_residency::absent)
       to_check.push_back(m);
+    if (m->keep_alive)
+      start_idle_ticks(self, *m->keep_alive);
+  }
   ram_effects fx;
   auto may_wait = wait > caf::timespan::zero();
   bool checking = !to_check.empty();
@@ -178,6 +188,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
   self->state.config = std::move(config);
   if (self->state.config.trace)
     self->state.track = self->state.config.trace->track("RAM");
+  start_idle_ticks(self, self->state.config.tier.keep_alive);
   self->set_down_handler([self](caf::down_msg& dm) {
     auto id = dm.source.id();
     self->state.watched.erase(id);
@@ -306,6 +317,12 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       ram_effects fx;
       self->state.tier->expire(id, fx);
       apply(self, fx);
+    },
+    [self](tick_atom) {
+      ram_effects fx;
+      self->state.tier->drop_idle(fx);
+      apply(self, fx);
+      self->delayed_send(caf::actor_cast<ram_cache_actor>(self), self->state.ticks.period(), tick_atom::value);
     },
   };
 }

@@ -32,6 +32,7 @@ using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  // bring model
 using hint_atom = caf::atom_constant<caf::atom("hint")>;          // the models needed next, soonest first
 using status_atom = caf::atom_constant<caf::atom("status")>;      // every model a tier holds, with holders
 using residency_atom = caf::atom_constant<caf::atom("residency")>;  // which models a tier holds now
+using tick_atom = caf::atom_constant<caf::atom("tick")>;          // internal: time to drop what outlived its keep-alive
 using expire_atom = caf::atom_constant<caf::atom("expire")>;    // internal: a request's deadline passed
 
 } // namespace mcache

@@ -46,6 +46,7 @@ using ram_cache_actor = caf::typed_actor<
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<checked_atom, checked_model>,
   caf::reacts_to<loaded_atom, loaded_model>,
+  caf::reacts_to<tick_atom>,
   // Note [Copy back instead of a kept RAM copy], from device actors: the sender (device index) holds the
   // model whole (true) or no longer (false); may the sender copy its only copy back (true: room reserved)?
   caf::reacts_to<whole_atom, model_id, device_index, bool>,
@@ -79,6 +80,7 @@ using device_actor = caf::typed_actor<
   caf::replies_to<shutdown_atom>::with<void>,
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<copied_atom, copied_model>,
+  caf::reacts_to<tick_atom>,
   // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
   // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).
   caf::reacts_to<hand_over_atom, model_id>,

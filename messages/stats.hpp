@@ -28,6 +28,7 @@ struct ram_stats {
   std::uint64_t load_ns = 0;         // wall time of successful loads, summed
   std::uint64_t evictions = 0;
   bytes_t evicted_bytes = 0;
+  std::uint64_t idle_drops = 0;      // models dropped after their keep-alive (Note [Keep-alive])
   std::uint64_t trims = 0;           // models dropped by an explicit trim
   bytes_t trimmed_bytes = 0;
   std::uint64_t waits = 0;           // requests that had to queue for room
@@ -76,6 +77,7 @@ struct device_stats {
   std::uint64_t partial_evictions = 0;  // models evicted in part, tensor by tensor, to make room (the
                                         // rest stays resident); "trim" means an explicit RAM drop only
   bytes_t evicted_bytes = 0;         // bytes freed by evictions, whole and partial
+  std::uint64_t idle_drops = 0;      // models dropped after their keep-alive (Note [Keep-alive])
   std::uint64_t offloads = 0;        // models dropped by an explicit offload
   bytes_t offloaded_bytes = 0;
   std::uint64_t waits = 0;

@@ -50,6 +50,9 @@ struct runtime_options {
                                  // (not the disk), and the GPU copies it back when it drops it, if RAM has
                                  // free room (Note [Copy back instead of a kept RAM copy]). For machines
                                  // whose RAM is tighter than their VRAM.
+  std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive]: a model nobody holds for this long is dropped
+                                           // from RAM and every device; 0 = kept until room is needed. A
+                                           // model's own `model_descriptor::keep_alive` overrides it.
   size_t loader_threads = 2;     // threads running model loads (disk, decode), >= 1
   size_t scheduler_threads = 0;  // CAF scheduler threads; 0 = hardware threads (at least 2)
   scheduler_policy scheduler = scheduler_policy::sharing;

@@ -55,6 +55,8 @@ runtime_options resolve(runtime_options o) {
                + format_bytes(available) + "; that budget could never be honoured");
   if (o.loader_threads == 0)
     bad_option("loader_threads must be at least 1");
+  if (o.keep_alive < std::chrono::nanoseconds::zero())
+    bad_option("keep_alive must not be negative (0 keeps models until room is needed)");
   if (o.pinned_budget_bytes > o.ram_budget_bytes)
     bad_option("pinned_budget_bytes " + format_bytes(o.pinned_budget_bytes) + " is larger than the RAM budget "
                + format_bytes(o.ram_budget_bytes) + ": pinned buffers hold host copies inside the RAM budget");
@@ -139,6 +141,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   ram_cache_config rc;
   rc.tier.budget_bytes = options_.ram_budget_bytes;
   rc.tier.keep_ram_copy = options_.keep_ram_copy;
+  rc.tier.keep_alive = options_.keep_alive;
   rc.models = catalog_;
   rc.loaders = loaders_;
   // Note [Reuse, do not re-fault]: buffers in use plus those kept for reuse stay within each budget.
@@ -150,6 +153,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   ram_ = spawn_ram_cache(*system_, std::move(rc));
   auto make_device = [&](device_tier_options tier, std::shared_ptr<device_backend> backend) {
     device_actor_config dc;
+    tier.keep_alive = options_.keep_alive;
     // The CPU pin tier aliases the RAM copy: it never holds a copy of its own to hand back.
     dc.report_whole_copies = !options_.keep_ram_copy && tier.device != cpu_device;
     dc.memory = host_buffers;
@@ -275,6 +279,37 @@ std::string runtime::holder_name(std::uint64_t actor_id) const {
   std::lock_guard<std::mutex> guard{names_mutex_};
   auto i = holder_names_.find(actor_id);
   return i == holder_names_.end() ? "actor " + std::to_string(actor_id) : i->second;
+}
+
+empty_cache_report runtime::empty_cache() {
+  detail::release_thread_logger release_logger;
+  caf::scoped_actor self{*system_};
+  auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
+  empty_cache_report out;
+  for (auto& d : devices_)
+    self->request(d, caf::infinite, offload_atom::value, model_id{}, bytes_t{0})
+      .receive([&](bytes_t freed) { out.device_freed_bytes.push_back(freed); }, fail);
+  self->request(ram_, caf::infinite, trim_atom::value, model_id{}, bytes_t{0})
+    .receive([&](bytes_t freed) { out.ram_freed_bytes = freed; }, fail);
+  auto explain = [&](const std::string& tier, const tier_report& r, const char* held_as) {
+    for (const auto& m : r.models) {
+      auto line = tier + ": '" + m.model + "' (" + format_bytes(m.bytes) + ") ";
+      if (m.holders.empty()) {
+        line += "is still " + m.state + " (it arrived or was asked for meanwhile)";
+      } else {
+        line += "is " + std::string{held_as} + " by ";
+        for (std::size_t k = 0; k < m.holders.size(); ++k)
+          line += (k ? ", '" : "'") + holder_name(m.holders[k].holder) + "' for "
+                  + format_seconds(static_cast<double>(m.holders[k].held_ns) / 1e9);
+      }
+      out.kept.push_back(std::move(line));
+    }
+  };
+  for (std::size_t i = 0; i < devices_.size(); ++i)
+    self->request(devices_[i], caf::infinite, status_atom::value)
+      .receive([&](tier_report& r) { explain("device " + std::to_string(i), r, "pinned"); }, fail);
+  self->request(ram_, caf::infinite, status_atom::value).receive([&](tier_report& r) { explain("RAM", r, "leased"); }, fail);
+  return out;
 }
 
 std::string runtime::status_json() {

@@ -33,6 +33,13 @@ class actor_system_config;
 
 namespace mcache {
 
+/// What `empty_cache` freed and what it kept, with why.
+struct empty_cache_report {
+  bytes_t ram_freed_bytes = 0;
+  std::vector<bytes_t> device_freed_bytes;  // index i is device i
+  std::vector<std::string> kept;            // "RAM: 'unet' (1.7 GiB) is leased by 'worker-3' for 12.0 s", ...
+};
+
 struct runtime_stats {
   ram_stats ram;
   std::vector<device_stats> devices;  // index i is device i
@@ -67,6 +74,9 @@ public:
   void name_holder(std::uint64_t actor_id, std::string name);
   /// The holder's name, or "actor <id>" if it has none.
   std::string holder_name(std::uint64_t actor_id) const;
+  /// Drops everything unheld from every tier: unpinned device copies, then unleased RAM copies (blocking).
+  /// What is held (leased, pinned, still loading or copying) stays, and the report says which and why.
+  empty_cache_report empty_cache();
   /// Every tier's stats and models with their holders, as JSON (blocking; what `/status` serves).
   std::string status_json();
   /// A snapshot of every tier (blocking).

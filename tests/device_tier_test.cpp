@@ -668,3 +668,26 @@ TEST_CASE("a prefetch pin evicts only models with no known next use, and an ordi
   CHECK(h.tier.residency("a") == device_residency::absent);
   CHECK(h.tier.residency("b") == device_residency::resident);
 }
+
+TEST_CASE("a device drops a model unused for its keep-alive whole, and never a pinned one") {
+  auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  device_tier_options o{0, 100, 0, true, 2, std::chrono::seconds(5), [&] { return now; }};
+  device_harness h{100};
+  h.tier = device_tier{o, make_lru_policy()};
+  auto r = h.pin("a", 60, alice, 0, true, {20, 20, 20});
+  h.finish_copy("a");
+  REQUIRE_FALSE(h.release(std::get<device_pin>(h.answers.at(r)).pin, alice));
+  auto pb = h.pinned("b", 30, bob);
+  now += std::chrono::seconds(4);
+  device_effects fx;
+  CHECK(h.tier.drop_idle(fx) == 0);
+  now += std::chrono::seconds(1);
+  CHECK(h.tier.drop_idle(fx) == 1);
+  h.absorb(fx);
+  CHECK(h.tier.residency("a") == device_residency::absent);
+  now += std::chrono::hours(1);
+  CHECK(h.tier.drop_idle(fx) == 0);
+  CHECK(h.tier.residency("b") == device_residency::resident);
+  CHECK(h.tier.stats().idle_drops == 1);
+  (void)pb;
+}

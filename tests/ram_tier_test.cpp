@@ -703,3 +703,43 @@ TEST_CASE("a prefetch does not evict a model needed later than the one it brings
   CHECK(h.tier.residency("a") == ram_residency::resident);
   CHECK(h.tier.residency("b") == ram_residency::resident);
 }
+
+// -- Note [Keep-alive] ---------------------------------------------------------------------------------------
+
+TEST_CASE("a model unused for its keep-alive is dropped, a held one never is, and zero keeps it until room is needed") {
+  auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
+  ram_tier_options o{100, true, std::chrono::seconds(10), [&] { return now; }};
+  ram_tier tier{o, make_lru_policy()};
+  auto add = [&](model_descriptor d, request_id r) {
+    ram_effects fx;
+    tier.acquire(r, std::make_shared<const model_descriptor>(d), alice, true, fx);
+    tier.load_finished(d.id, d.loader(d), 1, fx);
+    REQUIRE(fx.replies.size() == 1);
+    return std::get<ram_lease>(fx.replies.front().result).lease;
+  };
+  auto idle = fake_model("idle", 10);
+  auto held = fake_model("held", 10);
+  auto forever = fake_model("forever", 10);
+  forever.keep_alive = std::chrono::nanoseconds::zero();  // its own: kept until room is needed
+  auto quick = fake_model("quick", 10);
+  quick.keep_alive = std::chrono::seconds(1);
+  ram_effects fx;
+  REQUIRE_FALSE(tier.release(add(idle, 1), alice, fx));
+  add(held, 2);
+  REQUIRE_FALSE(tier.release(add(forever, 3), alice, fx));
+  REQUIRE_FALSE(tier.release(add(quick, 4), alice, fx));
+  now += std::chrono::seconds(2);
+  CHECK(tier.drop_idle(fx) == 1);  // 'quick' only
+  CHECK(tier.residency("quick") == ram_residency::absent);
+  now += std::chrono::seconds(7);
+  CHECK(tier.drop_idle(fx) == 0);  // 'idle' has been unused 9 s
+  now += std::chrono::seconds(1);
+  CHECK(tier.drop_idle(fx) == 1);
+  CHECK(tier.residency("idle") == ram_residency::absent);
+  now += std::chrono::hours(100);
+  CHECK(tier.drop_idle(fx) == 0);
+  CHECK(tier.residency("held") == ram_residency::resident);
+  CHECK(tier.residency("forever") == ram_residency::resident);
+  CHECK(tier.stats().idle_drops == 2);
+  tier.check_invariants();
+}

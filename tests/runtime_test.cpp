@@ -5,6 +5,8 @@
 
 #include "support/catch.hpp"
 
+#include <thread>
+
 using namespace mcache;
 using namespace std::chrono_literals;
 
@@ -204,4 +206,58 @@ TEST_CASE("a pinned budget larger than the RAM budget is refused at start") {
   auto o = small_options();
   o.pinned_budget_bytes = o.ram_budget_bytes + 1;
   CHECK(code_of([&] { runtime rt{o}; }) == errc::invalid_argument);
+}
+
+TEST_CASE("empty_cache drops everything unheld from every tier and says what it kept and why") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("kept", {mib_floats}));
+  rt.models().add(synthetic_model("dropped", {mib_floats}));
+  auto s = rt.open_session("worker-3");
+  {
+    auto l = s.acquire("dropped");
+    s.pin(l, 0);
+  }
+  auto l = s.acquire("kept");
+  auto p = s.pin(l, 0);
+  auto report = rt.empty_cache();
+  CHECK(report.ram_freed_bytes == mib);
+  REQUIRE(report.device_freed_bytes.size() == 2);
+  CHECK(report.device_freed_bytes[0] == mib);
+  CHECK(report.device_freed_bytes[1] == 0);
+  auto st = rt.stats();
+  CHECK(st.ram.used_bytes == mib);
+  CHECK(st.devices[0].used_bytes == mib);
+  REQUIRE(report.kept.size() == 2);
+  CHECK_THAT(report.kept[0], Catch::StartsWith("device 0: 'kept'") && Catch::Contains("is pinned by 'worker-3' for"));
+  CHECK_THAT(report.kept[1], Catch::StartsWith("RAM: 'kept'") && Catch::Contains("'worker-3'")
+                               && Catch::Contains("'device 0'"));
+}
+
+TEST_CASE("with a keep-alive, the runtime's timers drop an unused model from RAM and the device, never a held one") {
+  auto o = small_options();
+  o.keep_alive = 100ms;
+  runtime rt{o};
+  rt.models().add(synthetic_model("unused", {mib_floats}));
+  rt.models().add(synthetic_model("held", {mib_floats}));
+  auto s = rt.open_session();
+  {
+    auto l = s.acquire("unused");
+    s.pin(l, 0);
+  }
+  auto l = s.acquire("held");
+  auto p = s.pin(l, 0);
+  runtime_stats st;
+  for (int i = 0; i < 300; ++i) {  // at most 3 s
+    st = rt.stats();
+    if (st.ram.idle_drops == 1 && st.devices[0].idle_drops == 1)
+      break;
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(st.ram.idle_drops == 1);
+  CHECK(st.devices[0].idle_drops == 1);
+  CHECK(st.ram.used_bytes == mib);
+  CHECK(st.devices[0].used_bytes == mib);
+  auto bad = small_options();
+  bad.keep_alive = -1s;
+  CHECK_THROWS_AS(runtime{bad}, request_error);
 }

@@ -21,4 +21,10 @@ std::string format_bytes(bytes_t bytes) {
   return buf;
 }
 
+std::string format_seconds(double seconds) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.1f s", seconds);
+  return buf;
+}
+
 } // namespace mcache

@@ -6,6 +6,7 @@
 #include "messages/ids.hpp"
 #include "runtime/core/models/host_model.hpp"
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -41,6 +42,9 @@ struct model_descriptor {
   std::vector<std::string> tensor_names;     // in execution order when known (else declaration order)
   std::vector<std::string> required_tensors; // always resident when pinned (norms, embeddings)
   std::optional<device_index> preferred_device;  // a placement hint from the manifest
+  /// Note [Keep-alive]: unused (unheld) this long, the model is dropped from RAM and from every device.
+  /// None: the runtime's default (`runtime_options::keep_alive`); zero: kept until room is needed.
+  std::optional<std::chrono::nanoseconds> keep_alive;
   /// Optional, cheap validation run on a loader thread before room is made for a load (for files: their
   /// size and mtime are unchanged), so that a load bound to fail evicts nothing.
   std::function<std::optional<failure>(const model_descriptor&)> precheck;

@@ -108,10 +108,31 @@ void device_tier::update_candidacy(const model_id& model) {
   evictable_ += e.counted_evictable;
   if (candidate == policy_->contains(model))
     return;  // unchanged: keep its place in the eviction order
-  if (candidate)
+  if (candidate) {
     policy_->insert(model);
-  else
+    e.idle_since = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+  } else {
     policy_->erase(model);
+  }
+}
+
+size_t device_tier::drop_idle(device_effects& out) {
+  auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+  std::vector<model_id> idle;
+  policy_->visit_victims([&](const model_id& m) {
+    const auto& e = entries_.at(m);
+    auto keep = e.keep_alive.value_or(options_.keep_alive);
+    if (keep > std::chrono::nanoseconds::zero() && now - e.idle_since >= keep)
+      idle.push_back(m);
+    return true;
+  });
+  for (const auto& m : idle) {
+    ++counters_.idle_drops;
+    trim(m, std::numeric_limits<bytes_t>::max());
+  }
+  if (!idle.empty())
+    serve_queue(out);
+  return idle.size();
 }
 
 bytes_t device_tier::evictable_bytes(const model_id& excluded) const {
@@ -326,6 +347,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   if (!present) {
     auto& created = entries_[model];
     created.tensors = std::move(fresh.tensors);
+    created.keep_alive = r.keep_alive;
     ++counters_.loads;
     if (p->copy_bytes < created.model_bytes())
       ++counters_.partial_loads;

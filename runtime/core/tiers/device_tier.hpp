@@ -67,6 +67,8 @@ struct device_tier_options {
   bytes_t reserve_bytes = 0;    // of the budget, kept free for work outside pins, in bytes; < budget
   bool partial_loading = true;  // load what fits and stream the rest when a model does not fit whole
   size_t staging_slots = 2;     // staging buffers per streaming pin (>= 2, so copies overlap use)
+  std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive] (ram_tier.hpp): for models without their own
+  tier_clock clock;                        // null: std::chrono::steady_clock::now
 };
 
 /// A pin request as the device actor hands it to the tier, after borrowing a RAM lease for it.
@@ -77,6 +79,7 @@ struct pin_request {
   std::vector<bytes_t> tensor_bytes;  // device bytes of each host tensor, in execution order
   std::vector<bool> required;         // per tensor: must be resident (norms, embeddings)
   bytes_t working_bytes = 0;          // working memory the caller needs on the device while pinned
+  std::optional<std::chrono::nanoseconds> keep_alive;  // the model's own (Note [Keep-alive])
   bool prefetch = false;              // never evicts a model with a known next use (Note [Eviction with
                                       // known next uses]); the caller does not let it wait
   bytes_t model_bytes() const;
@@ -127,6 +130,8 @@ public:
   /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
 
+  /// Note [Keep-alive]: drops (whole) the candidates unused for at least their keep-alive. Returns how many.
+  size_t drop_idle(device_effects& out);
   /// Device copies this tier let go of since the last call. Freeing a large copy can take milliseconds
   /// (unmapping memory), so the actor frees them on a worker thread instead of its own.
   std::vector<std::shared_ptr<const device_model>> take_released() { return std::move(released_); }
@@ -180,6 +185,8 @@ private:
     std::shared_ptr<const host_model> host;  // while copying: the source, for an OOM retry
     int oom_attempts = 0;
     bool only_copy = false;  // handed over by the RAM tier: never trimmed in part, copied back when dropped
+    std::optional<std::chrono::nanoseconds> keep_alive;  // the model's own (Note [Keep-alive])
+    std::chrono::steady_clock::time_point idle_since;    // when it last became a candidate
     std::vector<admitted> waiters;          // pins waiting for the copy in flight
     std::vector<lease_id> orphaned_leases;  // leases of waiters whose holder died mid-copy: the copy
                                             // still reads the host copy, so they are returned when it ends

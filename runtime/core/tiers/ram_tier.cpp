@@ -64,13 +64,14 @@ void ram_tier::transition(const model_id& model, ram_residency to) {
 
 // A model is an eviction candidate exactly when it is resident and unleased.
 void ram_tier::update_candidacy(const model_id& model) {
-  const auto& e = entries_.at(model);
+  auto& e = entries_.at(model);
   bool candidate = e.state == ram_residency::resident && e.leases == 0;
   if (candidate == policy_->contains(model))
     return;  // unchanged: keep its place in the eviction order
   if (candidate) {
     policy_->insert(model);
     evictable_ += e.descriptor->bytes;
+    e.idle_since = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
   } else {
     policy_->erase(model);
     evictable_ -= e.descriptor->bytes;
@@ -460,6 +461,25 @@ outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id bo
   if (auto err = leases_.check(lease, owner))
     return *err;
   return grant(entries_.at(leases_.find(lease)->model), borrower);
+}
+
+size_t ram_tier::drop_idle(ram_effects& out) {
+  auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+  std::vector<model_id> idle;
+  policy_->visit_victims([&](const model_id& m) {
+    const auto& e = entries_.at(m);
+    auto keep = e.descriptor->keep_alive.value_or(options_.keep_alive);
+    if (keep > std::chrono::nanoseconds::zero() && now - e.idle_since >= keep)
+      idle.push_back(m);
+    return true;
+  });
+  for (const auto& m : idle) {
+    ++counters_.idle_drops;
+    let_go(m);
+  }
+  if (!idle.empty())
+    serve_queue(out);
+  return idle.size();
 }
 
 outcome<bytes_t> ram_tier::trim(const model_id& model, bytes_t bytes, ram_effects& out) {

@@ -39,7 +39,9 @@
 #include "runtime/core/policies/eviction_policy.hpp"
 #include "runtime/core/outcome.hpp"
 
+#include <chrono>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -48,9 +50,18 @@
 
 namespace mcache {
 
+/// Note [Keep-alive]: a model that nobody holds is an eviction candidate, kept until room is needed. With a
+/// keep-alive (per model, else the tier's default; zero: none) a candidate unused for that long is dropped
+/// by `drop_idle`, which the owning actor calls from a timer. A held model is never a candidate, so it is
+/// never dropped; its idle time starts when its last lease (or pin) ends. The clock is injectable, so tests
+/// drive it by hand.
+using tier_clock = std::function<std::chrono::steady_clock::time_point()>;
+
 struct ram_tier_options {
   bytes_t budget_bytes = 0;  // RAM budget for model host copies, in bytes; must be > 0
   bool keep_ram_copy = true; // false: Note [Copy back instead of a kept RAM copy]
+  std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive]: the default for models without their own
+  tier_clock clock;                        // null: std::chrono::steady_clock::now
 };
 
 /// A model and a device that holds it (Note [Copy back instead of a kept RAM copy]).
@@ -123,6 +134,8 @@ public:
   /// Issues a second lease on the model of `lease` (held by `owner`) to `borrower`: a device pin uses it to
   /// keep the host copy alive for as long as the pin lasts.
   outcome<ram_lease> share(lease_id lease, holder_id owner, holder_id borrower);
+  /// Note [Keep-alive]: drops the candidates unused for at least their keep-alive. Returns how many.
+  size_t drop_idle(ram_effects& out);
   /// Drops unleased resident models: `model` alone (empty: any, in policy order) until at least `bytes` are
   /// freed (0: all it can). Returns the bytes freed; requests waiting for room are served after.
   outcome<bytes_t> trim(const model_id& model, bytes_t bytes, ram_effects& out);
@@ -171,6 +184,7 @@ private:
     std::shared_ptr<const host_model> payload;
     size_t leases = 0;
     std::vector<request_id> waiters;  // admitted groups sharing the load in flight
+    std::chrono::steady_clock::time_point idle_since;  // when it last became a candidate
   };
   struct lease_record {
     model_id model;
