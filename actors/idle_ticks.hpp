@@ -1,5 +1,5 @@
 #pragma once
-// Note [Keep-alive] (ram_tier.hpp): the timer that has a tier drop what sat unused past its keep-alive.
+// Note [Keep-alive] (runtime/core/admission/keep_alive.hpp): the timer that has a tier drop what sat unused past its keep-alive.
 // Both tier actors use it. It ticks only once some keep-alive is in use (no timer at all otherwise), every
 // quarter of the shortest keep-alive seen, between 10 ms and 1 s, so a model goes at most a quarter late.
 

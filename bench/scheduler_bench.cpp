@@ -27,12 +27,17 @@ double median(std::vector<double> v) {
 
 /// Between two stages of one job on a resident model: the time from the end of one stage's work to the
 /// start of the next's (release, acquire and pin through the actors), in microseconds, median.
-double stage_gap_us(std::size_t jobs) {
+/// A runtime with room for everything, for the latency measurements.
+runtime_options roomy() {
   runtime_options o;
   o.ram_budget_bytes = 64 << 20;
   o.devices = {{device_kind::simulated, 64 << 20, 0, 0}};
   o.check_invariants = false;
-  runtime rt{o};
+  return o;
+}
+
+double stage_gap_us(std::size_t jobs) {
+  runtime rt{roomy()};
   rt.models().add(synthetic_model("m", {1024}));
   scheduler sched{rt};
   std::vector<double> gaps;
@@ -54,11 +59,7 @@ double stage_gap_us(std::size_t jobs) {
 
 /// The baseline: one blocking acquire + pin + two releases from a session, in microseconds, median.
 double blocking_cycle_us(std::size_t cycles) {
-  runtime_options o;
-  o.ram_budget_bytes = 64 << 20;
-  o.devices = {{device_kind::simulated, 64 << 20, 0, 0}};
-  o.check_invariants = false;
-  runtime rt{o};
+  runtime rt{roomy()};
   rt.models().add(synthetic_model("m", {1024}));
   auto s = rt.open_session();
   std::vector<double> t;

@@ -5,8 +5,10 @@
 
 #include "messages/errc.hpp"
 #include "messages/ids.hpp"
+#include "messages/stats.hpp"
 
 #include <chrono>
+#include <map>
 #include <optional>
 #include <set>
 #include <stdexcept>
@@ -34,6 +36,16 @@ public:
   }
   /// When claim `id` was issued (for "held by 'worker-3' since 12 s").
   std::chrono::steady_clock::time_point issued_at(uint64_t id) const { return issued_at_.at(id); }
+  /// Every claim's holder and age, by model (for operators' reports).
+  std::map<model_id, std::vector<holder_report>> holders_by_model() const {
+    std::map<model_id, std::vector<holder_report>> out;
+    auto now = std::chrono::steady_clock::now();
+    for (const auto& kv : records_)
+      out[kv.second.model].push_back(
+        {kv.second.holder, static_cast<std::uint64_t>(
+                             std::chrono::duration_cast<std::chrono::nanoseconds>(now - issued_at_.at(kv.first)).count())});
+    return out;
+  }
 
   /// Whether `holder` may end claim `id`: an error naming what is wrong, or nothing.
   std::optional<failure> check(uint64_t id, holder_id holder) const {

@@ -110,22 +110,17 @@ void device_tier::update_candidacy(const model_id& model) {
     return;  // unchanged: keep its place in the eviction order
   if (candidate) {
     policy_->insert(model);
-    e.idle_since = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+    e.idle_since = now_of(options_.clock);
   } else {
     policy_->erase(model);
   }
 }
 
 size_t device_tier::drop_idle(device_effects& out) {
-  auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
-  std::vector<model_id> idle;
-  policy_->visit_victims([&](const model_id& m) {
-    const auto& e = entries_.at(m);
-    auto keep = e.keep_alive.value_or(options_.keep_alive);
-    if (keep > std::chrono::nanoseconds::zero() && now - e.idle_since >= keep)
-      idle.push_back(m);
-    return true;
-  });
+  auto idle = idle_candidates(
+    *policy_, now_of(options_.clock),
+    [&](const model_id& m) { return entries_.at(m).keep_alive.value_or(options_.keep_alive); },
+    [&](const model_id& m) { return entries_.at(m).idle_since; });
   for (const auto& m : idle) {
     ++counters_.idle_drops;
     trim(m, std::numeric_limits<bytes_t>::max());
@@ -208,12 +203,7 @@ std::shared_ptr<const device_model> device_tier::fetch(const model_id& model) {
 
 tier_report device_tier::report() const {
   tier_report r;
-  std::map<model_id, std::vector<holder_report>> holders;
-  auto now = std::chrono::steady_clock::now();
-  pins_.for_each([&](pin_id id, const pin_record& p) {
-    holders[p.model].push_back(
-      {p.holder, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - pins_.issued_at(id)).count())});
-  });
+  auto holders = pins_.holders_by_model();
   for (const auto& kv : entries_) {
     const auto& e = kv.second;
     model_report m;

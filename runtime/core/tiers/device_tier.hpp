@@ -67,7 +67,7 @@ struct device_tier_options {
   bytes_t reserve_bytes = 0;    // of the budget, kept free for work outside pins, in bytes; < budget
   bool partial_loading = true;  // load what fits and stream the rest when a model does not fit whole
   size_t staging_slots = 2;     // staging buffers per streaming pin (>= 2, so copies overlap use)
-  std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive] (ram_tier.hpp): for models without their own
+  std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive] (admission/keep_alive.hpp): for models without their own
   tier_clock clock;                        // null: std::chrono::steady_clock::now
 };
 

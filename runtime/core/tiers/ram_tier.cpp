@@ -71,7 +71,7 @@ void ram_tier::update_candidacy(const model_id& model) {
   if (candidate) {
     policy_->insert(model);
     evictable_ += e.descriptor->bytes;
-    e.idle_since = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
+    e.idle_since = now_of(options_.clock);
   } else {
     policy_->erase(model);
     evictable_ -= e.descriptor->bytes;
@@ -139,12 +139,7 @@ std::vector<model_id> ram_tier::resident_models() const {
 
 tier_report ram_tier::report() const {
   tier_report r;
-  std::map<model_id, std::vector<holder_report>> holders;
-  auto now = std::chrono::steady_clock::now();
-  leases_.for_each([&](lease_id id, const lease_record& l) {
-    holders[l.model].push_back(
-      {l.holder, static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(now - leases_.issued_at(id)).count())});
-  });
+  auto holders = leases_.holders_by_model();
   for (const auto& kv : entries_) {
     model_report m;
     m.model = kv.first;
@@ -464,15 +459,10 @@ outcome<ram_lease> ram_tier::share(lease_id lease, holder_id owner, holder_id bo
 }
 
 size_t ram_tier::drop_idle(ram_effects& out) {
-  auto now = options_.clock ? options_.clock() : std::chrono::steady_clock::now();
-  std::vector<model_id> idle;
-  policy_->visit_victims([&](const model_id& m) {
-    const auto& e = entries_.at(m);
-    auto keep = e.descriptor->keep_alive.value_or(options_.keep_alive);
-    if (keep > std::chrono::nanoseconds::zero() && now - e.idle_since >= keep)
-      idle.push_back(m);
-    return true;
-  });
+  auto idle = idle_candidates(
+    *policy_, now_of(options_.clock),
+    [&](const model_id& m) { return entries_.at(m).descriptor->keep_alive.value_or(options_.keep_alive); },
+    [&](const model_id& m) { return entries_.at(m).idle_since; });
   for (const auto& m : idle) {
     ++counters_.idle_drops;
     let_go(m);

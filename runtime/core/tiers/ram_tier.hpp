@@ -34,6 +34,7 @@
 #include "messages/grants.hpp"
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
+#include "runtime/core/admission/keep_alive.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/policies/eviction_policy.hpp"
@@ -49,13 +50,6 @@
 #include <vector>
 
 namespace mcache {
-
-/// Note [Keep-alive]: a model that nobody holds is an eviction candidate, kept until room is needed. With a
-/// keep-alive (per model, else the tier's default; zero: none) a candidate unused for that long is dropped
-/// by `drop_idle`, which the owning actor calls from a timer. A held model is never a candidate, so it is
-/// never dropped; its idle time starts when its last lease (or pin) ends. The clock is injectable, so tests
-/// drive it by hand.
-using tier_clock = std::function<std::chrono::steady_clock::time_point()>;
 
 struct ram_tier_options {
   bytes_t budget_bytes = 0;  // RAM budget for model host copies, in bytes; must be > 0
