@@ -164,6 +164,11 @@ void apply(self_ptr self, device_effects& fx) {
       grant.streamed_bytes = self->state.streamed_bytes;
     }
   self->state.requests.deliver(fx.replies);
+  // Only copies being dropped go back to RAM first, on the copy queue, before any copy this step makes
+  // room for (a copy posted ahead of them would find their memory still taken). Their room requests reach
+  // the RAM-cache actor before the reports below.
+  for (auto& cb : self->state.tier->take_copy_backs())
+    copy_back(self, std::move(cb));
   // Frees go to the copy queue with (before) the copies they make room for, never after them.
   auto released = self->state.tier->take_released();
   for (const auto& order : fx.copies)
@@ -174,9 +179,6 @@ void apply(self_ptr self, device_effects& fx) {
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
-  // Copy-back requests go before the reports, which the RAM-cache actor reads in this order.
-  for (auto& cb : self->state.tier->take_copy_backs())
-    copy_back(self, std::move(cb));
   if (self->state.config.report_whole_copies)
     report_whole(self);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);

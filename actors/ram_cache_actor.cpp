@@ -109,9 +109,11 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), self->state.ticks.period(), tick_atom::value);
 }
 
+// A request that may not wait has no deadline: the tier answers it at once, or when its precheck ends (a
+// zero-delay expiry would fail it before its precheck could run).
 void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
   bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
-  if (open && wait != caf::timespan::max())
+  if (open && wait > caf::timespan::zero() && wait != caf::timespan::max())
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
 }
 

@@ -467,12 +467,13 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
       if (!error.empty() && !run.stop)
         run.stop = failure{errc::work_failed, "stage " + std::to_string(stage) + " of job " + std::to_string(id)
                                                 + " threw: " + error};
-      run.stage = stage + 1;
+      if (error.empty())
+        run.stage = stage + 1;  // how many stages finished
       if (run.stop) {
         finish(self, id, run.stop);
         return;
       }
-      if (run.stage == run.job->spec.stages.size()) {
+      if (run.stage == run.job->spec.stages.size()) {  // (a stage that threw has set stop)
         finish(self, id, std::nullopt);
         return;
       }

@@ -260,7 +260,9 @@ runtime_options runtime_flags::finish(runtime_options o) const {
       static const std::regex number{R"(^[0-9]{1,3}$)"};
       if (!std::regex_match(devices_, number))
         bad("--devices", "'" + devices_ + "' is neither 'all' nor a number of simulated devices");
-      o.devices.assign(std::stoul(devices_), device_options{});
+      // N devices like the first one configured (a sample's derived budget), or default ones.
+      auto like = o.devices.empty() ? device_options{} : o.devices.front();
+      o.devices.assign(std::stoul(devices_), like);
     }
   }
   for (auto& d : o.devices) {

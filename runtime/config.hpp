@@ -41,7 +41,7 @@ bytes_t parse_size(const std::string& text, const std::string& key);
 std::chrono::nanoseconds parse_duration(const std::string& text, const std::string& key);
 
 /// Command-line flags for every runtime option (--config FILE, --ram-budget, --vram-budget, --devices,
-/// ...), on `app`. After `app.parse`, `finish()` applies the file first, then the flags given, and
+/// ...), on `app`. `--devices N` makes N devices like the first one configured so far (or default ones). After `app.parse`, `finish()` applies the file first, then the flags given, and
 /// validates; errors name the flag or key.
 class runtime_flags {
 public:

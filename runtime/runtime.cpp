@@ -88,7 +88,7 @@ runtime_options resolve(runtime_options o) {
       }
     }
     device_tier_options t{static_cast<device_index>(i), o.devices[i].budget_bytes, o.devices[i].reserve_bytes,
-                          o.devices[i].partial_loading, o.devices[i].staging_slots};
+                          o.devices[i].partial_loading, o.devices[i].staging_slots, o.keep_alive, {}};
     if (auto err = device_tier::validate(t))
       bad_option(err->detail);
     if (o.devices[i].simulated_bandwidth_bytes_per_s < 0)
@@ -153,7 +153,6 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
   ram_ = spawn_ram_cache(*system_, std::move(rc));
   auto make_device = [&](device_tier_options tier, std::shared_ptr<device_backend> backend) {
     device_actor_config dc;
-    tier.keep_alive = options_.keep_alive;
     // The CPU pin tier aliases the RAM copy: it never holds a copy of its own to hand back.
     dc.report_whole_copies = !options_.keep_ram_copy && tier.device != cpu_device;
     dc.memory = host_buffers;
@@ -181,13 +180,15 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
       backend = make_torch_backend(torch_device_of(d));
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
                + ", reserve " + format_bytes(d.reserve_bytes);
-    devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots},
+    devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots,
+                                    options_.keep_alive, {}},
                                    std::move(backend)));
   }
   spdlog::info("mcache: RAM budget {}{}; {} loader threads, {} copy queue per device, {} scheduler threads",
                format_bytes(options_.ram_budget_bytes), devices, options_.loader_threads, 1,
                options_.scheduler_threads);
-  cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2}, make_host_backend());
+  cpu_ = make_device({cpu_device, options_.cpu_working_budget_bytes, 0, false, 2, options_.keep_alive, {}},
+                     make_host_backend());
   // Devices hold RAM leases for their pins: the status page names them.
   for (std::size_t i = 0; i < devices_.size(); ++i)
     name_holder(devices_[i]->id(), "device " + std::to_string(i));

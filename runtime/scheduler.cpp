@@ -164,6 +164,9 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
     impl::refuse(errc::invalid_argument, "workers_per_device is 0: jobs on GPUs could never run");
   if (options.cpu_workers == 0)
     impl::refuse(errc::invalid_argument, "cpu_workers is 0: jobs without GPU stages could never run");
+  if (options.wait_for_room <= std::chrono::nanoseconds::zero() || options.wait_for_room > std::chrono::hours(24))
+    impl::refuse(errc::invalid_argument, "wait_for_room must be more than 0 and at most 24 h: a job waiting for room "
+                                         "holds its worker, and a cancel takes effect when the wait ends");
   if (options.order.window == 0)
     impl::refuse(errc::invalid_argument, "the warm_first window is 0 jobs; it must be at least 1");
   impl_->rt = &rt;

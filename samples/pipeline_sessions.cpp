@@ -7,11 +7,15 @@
 // demo-models/, one of them sharded); --models DIR uses your own folder (a manifest.json there, or a scan:
 // a pipeline is a folder holding a text_encoder, a vae and a denoiser); --synthetic loads from memory.
 //
-//   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]
-//                     [--models DIR | --synthetic]
+//   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--scale F] [--sim-bandwidth GBps]
+//                     [--models DIR | --synthetic] [every runtime flag: --config FILE, --devices N|all,
+//                     --ram-budget, --vram-budget, --keep-alive, ...]   (--help lists them)
 
 #include "runtime/core/models/model_files.hpp"
+#include "runtime/config.hpp"
 #include "runtime/runtime.hpp"
+
+#include <CLI/CLI.hpp>
 
 #include <ATen/ATen.h>
 
@@ -202,37 +206,18 @@ std::string mib(bytes_t b) {
 
 int main(int argc, char** argv) {
   settings cfg;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&] { return i + 1 < argc ? std::stod(argv[++i]) : 0.0; };
-    if (a == "--sessions")
-      cfg.sessions = static_cast<int>(value());
-    else if (a == "--jobs")
-      cfg.jobs = static_cast<int>(value());
-    else if (a == "--steps")
-      cfg.steps = static_cast<int>(value());
-    else if (a == "--devices")
-      cfg.devices = static_cast<int>(value());
-    else if (a == "--scale")
-      cfg.scale = value();
-    else if (a == "--bandwidth")
-      cfg.bandwidth_gbps = value();
-    else if (a == "--models" && i + 1 < argc)
-      cfg.models_dir = argv[++i];
-    else if (a == "--synthetic")
-      cfg.synthetic = true;
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--sessions N] [--jobs J] [--steps S] [--devices D] [--scale F] [--bandwidth GBps]\n"
-                   "          [--models DIR | --synthetic]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
-  if (cfg.sessions < 1 || cfg.jobs < 1 || cfg.devices < 1 || cfg.scale <= 0) {
-    std::fprintf(stderr, "sessions, jobs and devices must be >= 1 and scale > 0\n");
-    return 2;
-  }
+  CLI::App app{"mcache sample: sessions running text encoder -> denoiser -> decoder jobs on one runtime"};
+  app.add_option("--sessions", cfg.sessions, "sessions, each on its own thread")->check(CLI::PositiveNumber);
+  app.add_option("--jobs", cfg.jobs, "jobs per session")->check(CLI::PositiveNumber);
+  app.add_option("--steps", cfg.steps, "denoiser steps per job")->check(CLI::PositiveNumber);
+  app.add_option("--scale", cfg.scale, "model sizes relative to the built-in ones")->check(CLI::PositiveNumber);
+  app.add_option("--sim-bandwidth", cfg.bandwidth_gbps, "simulated devices' copy speed, GB/s")->check(CLI::PositiveNumber);
+  auto* models_flag = app.add_option("--models", cfg.models_dir, "a folder of safetensors models (manifest.json or a scan)");
+  app.add_flag("--synthetic", cfg.synthetic, "in-memory synthetic models instead of files")->excludes(models_flag);
+  // Every runtime option too (--config FILE, --ram-budget, --devices N|all, --vram-budget, --keep-alive, ...):
+  // they override what the sample derives from its models.
+  runtime_flags runtime_options_flags{app};
+  CLI11_PARSE(app, argc, argv);
 
   // Sizes in MiB at scale 1, in the proportions of real pipelines.
   std::vector<demo_spec> specs = {{"sdxl/text_encoder", 1600, 1}, {"sdxl/unet", 5000, 1},
@@ -302,6 +287,17 @@ int main(int argc, char** argv) {
       o.devices.push_back(each);
   }
   o.default_wait = 60s;
+  try {
+    o = runtime_options_flags.finish(o);
+  } catch (const request_error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 2;
+  }
+  cfg.devices = static_cast<int>(o.devices.size());
+  if (cfg.devices == 0) {
+    std::fprintf(stderr, "the sample needs at least one device\n");
+    return 2;
+  }
   runtime rt{o};
   if (auto err = register_all(rt.models(), models)) {
     std::fprintf(stderr, "%s\n", err->detail.c_str());

@@ -5,8 +5,11 @@
 //
 //   scheduler_pipelines [--sessions N] [--jobs J] [--devices D] [--speedup X] [--mib-per-gb M]
 //                       [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet] [--http PORT]
+//                       (--help lists every flag)
 
 #include "samples/pipeline_workload.hpp"
+
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -35,50 +38,34 @@ std::vector<order_choice> orders() {
   return {{"fifo", fifo}, {"warm4", warm4}, {"warm16", warm16}, {"prefetch", prefetch}};
 }
 
-[[noreturn]] void usage(const char* self) {
-  std::fprintf(stderr,
-               "usage: %s [--sessions N] [--jobs J] [--devices D] [--speedup X] [--mib-per-gb M]\n"
-               "          [--order fifo|warm4|warm16|prefetch|all] [--timelines DIR] [--quiet] [--http PORT]\n",
-               self);
-  std::exit(2);
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
   workload::settings s;
   std::string only = "all";
   std::string timelines;
-  bool progress = true;
+  bool quiet = false;
   int http_port = -1;  // --http PORT: serve the status page while it runs (0: any free port)
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc)
-        usage(argv[0]);
-      return argv[++i];
-    };
-    if (a == "--sessions")
-      s.sessions = std::stoul(value());
-    else if (a == "--jobs")
-      s.jobs_per_session = std::stoul(value());
-    else if (a == "--devices")
-      s.devices = std::stoul(value());
-    else if (a == "--speedup")
-      s.speedup = std::stod(value());
-    else if (a == "--mib-per-gb")
-      s.bytes_per_gb = std::stod(value()) * (1 << 20);
-    else if (a == "--order")
-      only = value();
-    else if (a == "--timelines")
-      timelines = value();
-    else if (a == "--quiet")
-      progress = false;
-    else if (a == "--http")
-      http_port = std::stoi(value());
-    else
-      usage(argv[0]);
-  }
+  double mib_per_gb = s.bytes_per_gb / (1 << 20);
+  CLI::App app{"mcache scheduler sample: a mixed SD1.5 / SDXL / FLUX.1 / LLM workload under each order"};
+  app.add_option("--sessions", s.sessions, "sessions submitting at once")->check(CLI::PositiveNumber);
+  app.add_option("--jobs", s.jobs_per_session, "jobs per session")->check(CLI::PositiveNumber);
+  app.add_option("--devices", s.devices, "simulated devices")->check(CLI::PositiveNumber);
+  app.add_option("--speedup", s.speedup, "how much faster than real everything runs")->check(CLI::PositiveNumber);
+  app.add_option("--compute-scale", s.compute_scale, "compute time relative to real")->check(CLI::PositiveNumber);
+  app.add_option("--mib-per-gb", mib_per_gb, "MiB that stand for 1 GB of the real models")->check(CLI::PositiveNumber);
+  app.add_option("--ram-gb", s.ram_gb, "RAM budget, in real GB")->check(CLI::PositiveNumber);
+  app.add_option("--device-gb", s.device_gb, "each device's budget, in real GB")->check(CLI::PositiveNumber);
+  app.add_option("--copy-gbps", s.copy_gb_per_s, "host-to-device copy speed, real GB/s")->check(CLI::PositiveNumber);
+  app.add_option("--disk-gbps", s.disk_gb_per_s, "disk read speed, real GB/s")->check(CLI::PositiveNumber);
+  app.add_option("--seed", s.seed, "the workload's seed");
+  app.add_option("--order", only, "which order to run")->check(CLI::IsMember({"fifo", "warm4", "warm16", "prefetch", "all"}));
+  app.add_option("--timelines", timelines, "where the timelines go (default: next to the binary)");
+  app.add_flag("--quiet", quiet, "no progress lines");
+  app.add_option("--http", http_port, "serve the status page on this port while it runs (0: any free port)");
+  CLI11_PARSE(app, argc, argv);
+  s.bytes_per_gb = mib_per_gb * (1 << 20);
+  bool progress = !quiet;
   if (timelines.empty()) {
     std::error_code ec;
     auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
@@ -103,8 +90,6 @@ int main(int argc, char** argv) {
     rows.push_back({o.name, workload::run(s, o.options, path, progress, false, http_port)});
     std::printf("  timeline: %s\n", path.c_str());
   }
-  if (rows.empty())
-    usage(argv[0]);
   auto mib = [](bytes_t b) { return static_cast<double>(b) / (1 << 20); };
   std::printf("\n%-10s %10s %14s %14s %6s %7s %12s\n", "order", "makespan s", "to devices MiB", "from disk MiB",
               "jobs", "failed", "max passed");

@@ -213,3 +213,43 @@ TEST_CASE("a pin used on one stream and released on another thread keeps its mem
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   CHECK(fake_accelerator::allocated_bytes(1) == before);
 }
+
+TEST_CASE("an only copy dropped to make room goes back to RAM before the copy it makes room for, so the device never overflows") {
+  fake_accelerator::install({2, 256ull << 20, 0});  // capacity: the budget below, nothing more
+  constexpr int64_t big = 25ll << 18;                // 25 MiB of floats per tensor, 4 tensors: 100 MiB a model
+  auto add = [](runtime& rt, const model_id& id) {
+    rt.models().add(synthetic_model(id, {big, big, big, big}));
+  };
+  runtime_options o;
+  o.ram_budget_bytes = 220ull << 20;
+  o.keep_ram_copy = false;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.index = 1;
+  d.budget_bytes = 256ull << 20;
+  o.devices = {d};
+  runtime rt{o};
+  add(rt, "a");
+  add(rt, "b");
+  add(rt, "c");
+  auto s = rt.open_session();
+  for (auto m : {"a", "b"}) {
+    auto l = s.acquire(m);
+    s.pin(l, 0).release();
+  }
+  s.trim_ram("a");  // device 1 now holds the only copy of 'a'
+  s.trim_ram("b");
+  REQUIRE(rt.stats().ram.hand_overs == 2);
+  {
+    auto l = s.acquire("c");
+    auto p = s.pin(l, 0);  // room: 'a' (least recently used) goes back to RAM, then 'c' is copied in
+    CHECK(p.resident_bytes() == 100ull << 20);
+  }
+  auto st = rt.stats();
+  CHECK(st.devices[0].oom_retries == 0);
+  CHECK(st.devices[0].copy_failures == 0);
+  for (int i = 0; i < 200 && rt.stats().ram.copy_backs == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(rt.stats().ram.copy_backs == 1);
+}

@@ -344,3 +344,20 @@ TEST_CASE("the deadline of an acquire runs from its arrival, its precheck includ
   CHECK(rt.ram_snapshot().loads == 0);
   rt.check_all();
 }
+
+TEST_CASE("an acquire that may not wait is not failed by a deadline while its file is prechecked") {
+  deterministic_runtime rt{3 * mib, {}};
+  int checks = 0;
+  rt.add(prechecked("checked", 2 * mib_floats, &checks));
+  client s{rt.sys};
+  rt.send_acquire(s, "checked", 0s);  // room exists: it is granted once the precheck passes
+  rt.deliver();
+  CHECK_FALSE(rt.sched.has_pending_timeout());
+  rt.settle();
+  auto r = s.poll<ram_lease>();
+  REQUIRE(r);
+  CHECK(succeeded(*r));
+  CHECK(checks == 1);
+  CHECK(rt.ram_snapshot().timeouts == 0);
+  rt.check_all();
+}

@@ -123,6 +123,8 @@ size_t device_tier::drop_idle(device_effects& out) {
     [&](const model_id& m) { return entries_.at(m).idle_since; });
   for (const auto& m : idle) {
     ++counters_.idle_drops;
+    // Unused past its keep-alive: dropped, not copied back to RAM (where it would idle again).
+    entries_.at(m).only_copy = false;
     trim(m, std::numeric_limits<bytes_t>::max());
   }
   if (!idle.empty())

@@ -402,6 +402,11 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
       ++counters_.reloads;
       out.loads.push_back(e.descriptor);
       return;
+    } else {
+      // A copy back nobody waits for did not arrive: nothing failed, the disk has the model.
+      transition(model, ram_residency::absent);
+      serve_queue(out);
+      return;
     }
   }
   if (succeeded(payload)) {

@@ -104,6 +104,8 @@ struct device_state {
   std::array<std::unique_ptr<stream_worker>, pool_streams + 1> streams;
   std::atomic<int> next_pool{0};
   std::mutex memory;
+  std::condition_variable freed;  // a free that waited for streams has run
+  uint64_t pending_frees = 0;     // frees posted to streams, not run yet
   uint64_t allocated = 0;
   uint64_t capacity = 1ull << 30;
   int fail_next = 0;
@@ -235,13 +237,16 @@ struct fake_guard final : c10::impl::DeviceGuardImplInterface {
 
 // -- memory ------------------------------------------------------------------------------------------
 
-void free_block(memory_block* b) {
+void free_block(memory_block* b, bool was_pending = false) {
   auto& d = state().devices.at(static_cast<size_t>(b->device));
+  std::free(b->data);
   {
     std::lock_guard<std::mutex> guard{d.memory};
     d.allocated -= b->bytes;
+    if (was_pending)
+      --d.pending_frees;
   }
-  std::free(b->data);
+  d.freed.notify_all();
   delete b;
 }
 
@@ -254,10 +259,15 @@ void release_block(void* context) {
   }
   auto left = std::make_shared<std::atomic<size_t>>(b->used_on.size());
   auto streams = b->used_on;
+  {
+    auto& d = state().devices.at(static_cast<size_t>(b->device));
+    std::lock_guard<std::mutex> guard{d.memory};
+    ++d.pending_frees;
+  }
   for (const auto& s : streams)
     worker(s).post([b, left] {
       if (--*left == 0)
-        free_block(b);
+        free_block(b, /*was_pending=*/true);
     });
 }
 
@@ -278,10 +288,15 @@ struct fake_allocator final : c10::Allocator {
     auto index = current_device;
     auto& d = state().devices.at(static_cast<size_t>(index));
     {
-      std::lock_guard<std::mutex> guard{d.memory};
+      std::unique_lock<std::mutex> lock{d.memory};
       bool injected = d.fail_next > 0;
       if (injected)
         --d.fail_next;
+      // As CUDA's caching allocator does before it reports out-of-memory, wait for the frees whose streams
+      // have not reached them yet (bounded: a stream blocked for good must not hang the allocation).
+      if (!injected && d.allocated + bytes > d.capacity && d.pending_frees > 0)
+        d.freed.wait_for(lock, std::chrono::seconds(2),
+                         [&] { return d.allocated + bytes <= d.capacity || d.pending_frees == 0; });
       TORCH_CHECK_WITH(OutOfMemoryError, !injected && d.allocated + bytes <= d.capacity,
                        "fake accelerator ", index, ": out of memory allocating ", bytes, " bytes (", d.allocated,
                        " of ", d.capacity, " in use", injected ? ", failure injected" : "", ")");
