@@ -6,7 +6,9 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
 #include <utility>
 
 namespace mcache {
@@ -19,7 +21,7 @@ using clock = std::chrono::steady_clock;
 /// any time (an acquire, the pins of a stage, or the stage's work), and it ends only when none is, so no
 /// grant can arrive for a job that has ended.
 struct running_job {
-  enum class phase { acquiring, pinning, working };
+  enum class phase { acquiring, awaiting_pin_turn, pinning, working };
   std::shared_ptr<job_submission> job;
   device_index worker = 0;  // the device whose worker runs it (cpu_device for CPU jobs)
   std::size_t stage = 0;
@@ -46,6 +48,9 @@ struct scheduler_state {
   bool stopping = false;
   std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
   std::vector<model_id> hinted;  // the next uses the tiers were last told (Note [Prefetch])
+  // Note [One stage pins at a time per device]
+  std::map<device_index, job_id> pinning_on;                // the job whose pin requests are out there
+  std::map<device_index, std::deque<job_id>> pin_turns;     // jobs with their leases, waiting for their turn
   int ram_track = 0;
 };
 
@@ -162,6 +167,13 @@ void stop_job(self_ptr self, job_id id, failure why) {
   if (!r->second.stop)
     r->second.stop = std::move(why);
   r->second.job->shared->stop_flag->store(true);
+  if (r->second.now == running_job::phase::awaiting_pin_turn) {
+    // Nothing of it is outstanding: it ends now, and leaves the line for its device's pin turn.
+    auto device = stage_device(r->second.job->spec.stages[r->second.stage], r->second.worker);
+    auto& turns = self->state.pin_turns[device];
+    turns.erase(std::remove(turns.begin(), turns.end(), id), turns.end());
+    finish(self, id, r->second.stop);
+  }
 }
 
 /// Note [Prefetch]: the models every running and queued job will use, soonest first, to the tiers.
@@ -263,6 +275,31 @@ void start_work(self_ptr self, job_id id) {
   });
 }
 
+// Note [One stage pins at a time per device]: a stage's leases are all-or-none (acquire_all), but its pins
+// are separate requests. Were two stages to pin on one device at once, each could get some of its pins and
+// wait for room the other holds, until both time out. So on each device one stage at a time has pin
+// requests out; the others wait here, holding their leases. The stage whose turn it is waits only for
+// room held by stages that already have all their pins and are working: they release without waiting
+// for anything on that device, so no two jobs ever wait on each other.
+void request_pins(self_ptr self, job_id id);
+
+void next_pin_turn(self_ptr self, device_index device) {
+  auto& st = self->state;
+  st.pinning_on.erase(device);
+  auto& turns = st.pin_turns[device];
+  while (!turns.empty()) {
+    auto id = turns.front();
+    turns.pop_front();
+    auto& run = st.running.at(id);
+    if (run.stop) {  // stopped while waiting for its turn: nothing of it is outstanding
+      finish(self, id, run.stop);
+      continue;
+    }
+    request_pins(self, id);
+    return;
+  }
+}
+
 void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> result) {
   auto& run = self->state.running.at(id);
   if (succeeded(result))
@@ -272,11 +309,30 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
   if (--run.pins_pending > 0)
     return;
   trace_span(self, run.track, "pin " + stage_name(run), "wait", run.step_start);
-  if (run.stop) {
+  auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
+  if (run.stop)
     finish(self, id, run.stop);
-    return;
+  else
+    start_work(self, id);
+  next_pin_turn(self, device);
+}
+
+void request_pins(self_ptr self, job_id id) {
+  auto& run = self->state.running.at(id);
+  const auto& stage = run.job->spec.stages[run.stage];
+  auto device = stage_device(stage, run.worker);
+  self->state.pinning_on[device] = id;
+  auto target = device_for(self, device);
+  run.now = running_job::phase::pinning;
+  run.pins.assign(run.leases.size(), device_pin{});
+  run.pins_pending = run.leases.size();
+  auto wait = caf::timespan{self->state.config.options.wait_for_room};
+  for (std::size_t k = 0; k < run.leases.size(); ++k) {
+    auto working = k == 0 ? stage.working_bytes : 0;
+    self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait)
+      .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
+            [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
   }
-  start_work(self, id);
 }
 
 void on_leased(self_ptr self, job_id id, outcome<std::vector<ram_lease>> result) {
@@ -291,20 +347,14 @@ void on_leased(self_ptr self, job_id id, outcome<std::vector<ram_lease>> result)
     finish(self, id, run.stop);
     return;
   }
-  const auto& stage = run.job->spec.stages[run.stage];
-  auto device = stage_device(stage, run.worker);
-  auto target = device_for(self, device);
-  run.now = running_job::phase::pinning;
+  auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
   run.step_start = clock::now();
-  run.pins.assign(run.leases.size(), device_pin{});
-  run.pins_pending = run.leases.size();
-  auto wait = caf::timespan{self->state.config.options.wait_for_room};
-  for (std::size_t k = 0; k < run.leases.size(); ++k) {
-    auto working = k == 0 ? stage.working_bytes : 0;
-    self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait)
-      .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
-            [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
+  if (self->state.pinning_on.count(device)) {
+    run.now = running_job::phase::awaiting_pin_turn;
+    self->state.pin_turns[device].push_back(id);
+    return;
   }
+  request_pins(self, id);
 }
 
 void begin_stage(self_ptr self, job_id id) {
@@ -486,8 +536,11 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
         queued.push_back(kv.first);
       for (auto id : queued)
         finish_queued(self, id, failure{errc::cancelled, "the scheduler is shutting down"});
-      for (auto& kv : self->state.running)
-        stop_job(self, kv.first, failure{errc::cancelled, "the scheduler is shutting down"});
+      std::vector<job_id> running;  // stop_job may end a job (and erase it) at once
+      for (const auto& kv : self->state.running)
+        running.push_back(kv.first);
+      for (auto id : running)
+        stop_job(self, id, failure{errc::cancelled, "the scheduler is shutting down"});
       if (self->state.running.empty())
         return true;
       auto promise = self->make_response_promise<bool>();

@@ -439,3 +439,27 @@ TEST_CASE("prefetch is never harmful: on a tight budget it gives no more failure
     CHECK(on.copied <= off.copied);
   }
 }
+
+TEST_CASE("two workers on one device never hold part of their stages' pins each: stages pin one at a time per device") {
+  auto o = options(64 * kib, 8 * kib);  // the device holds two of these models, no more
+  o.devices[0].partial_loading = false;
+  runtime rt{o};
+  for (auto m : {"a1", "a2", "b1", "b2"})
+    rt.models().add(synthetic_model(m, {kib_floats * 4}));
+  scheduler_options so;
+  so.workers_per_device = 2;
+  so.wait_for_room = 3s;
+  scheduler sched{rt, so};
+  std::vector<job_handle> jobs;
+  for (int round = 0; round < 6; ++round) {
+    jobs.push_back(sched.submit(one_stage({"a1", "a2"}, [](stage_context&) { std::this_thread::sleep_for(2ms); })));
+    jobs.push_back(sched.submit(one_stage({"b2", "b1"}, [](stage_context&) { std::this_thread::sleep_for(2ms); })));
+  }
+  for (auto& j : jobs) {
+    auto st = j.wait();
+    CHECK(st.state == job_state::done);
+    if (st.error)
+      FAIL_CHECK(st.error->detail);
+  }
+  expect_nothing_held(rt);
+}
