@@ -7,7 +7,7 @@
 // demo-models/, one of them sharded); --models DIR uses your own folder (a manifest.json there, or a scan:
 // a pipeline is a folder holding a text_encoder, a vae and a denoiser); --synthetic loads from memory.
 //
-//   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--scale F] [--sim-bandwidth GBps]
+//   pipeline_sessions [--sessions N] [--jobs J] [--steps S] [--scale F] [--bandwidth 16GB]
 //                     [--models DIR | --synthetic] [every runtime flag: --config FILE, --devices N|all,
 //                     --ram-budget, --vram-budget, --keep-alive, ...]   (--help lists them)
 
@@ -92,7 +92,7 @@ struct settings {
   int steps = 6;
   int devices = 2;
   double scale = 1.0 / 16;   // model sizes below are multiplied by this
-  double bandwidth_gbps = 16; // simulated host-to-device copy speed
+  double bandwidth_gbps = 16; // simulated host-to-device copy speed (the runtime flag --bandwidth overrides it)
   std::string models_dir;     // safetensors files to use; empty: demo files written on first run
   bool synthetic = false;     // use in-memory synthetic models instead of files
 };
@@ -211,7 +211,6 @@ int main(int argc, char** argv) {
   app.add_option("--jobs", cfg.jobs, "jobs per session")->check(CLI::PositiveNumber);
   app.add_option("--steps", cfg.steps, "denoiser steps per job")->check(CLI::PositiveNumber);
   app.add_option("--scale", cfg.scale, "model sizes relative to the built-in ones")->check(CLI::PositiveNumber);
-  app.add_option("--sim-bandwidth", cfg.bandwidth_gbps, "simulated devices' copy speed, GB/s")->check(CLI::PositiveNumber);
   auto* models_flag = app.add_option("--models", cfg.models_dir, "a folder of safetensors models (manifest.json or a scan)");
   app.add_flag("--synthetic", cfg.synthetic, "in-memory synthetic models instead of files")->excludes(models_flag);
   // Every runtime option too (--config FILE, --ram-budget, --devices N|all, --vram-budget, --keep-alive, ...):
@@ -305,7 +304,7 @@ int main(int argc, char** argv) {
   }
   std::printf("mcache sample: %d sessions x %d jobs (text encoder on CPU -> denoiser x%d -> decoder), %d %s\n",
               cfg.sessions, cfg.jobs, cfg.steps, cfg.devices,
-              on_gpus ? "GPU(s) through LibTorch" : ("simulated device(s) at " + std::to_string(static_cast<int>(cfg.bandwidth_gbps)) + " GB/s").c_str());
+              on_gpus ? "GPU(s) through LibTorch" : ("simulated device(s) at " + std::to_string(static_cast<int>(o.devices[0].simulated_bandwidth_bytes_per_s / 1e9)) + " GB/s").c_str());
   std::printf("models: %zu from %s, %s MiB in all; RAM budget %s MiB; each device %s MiB (reserve 4 MiB)\n\n",
               models.size(), origin.c_str(), mib(all).c_str(), mib(o.ram_budget_bytes).c_str(),
               mib(o.devices[0].budget_bytes).c_str());
