@@ -91,7 +91,7 @@ std::string stage_name(const running_job& run) {
 }
 
 void check(self_ptr self) {
-  if (self->state.config.options.check_invariants)
+  if (self->state.config.options.check_invariants.value_or(false))
     self->state.queue.check_invariants(self->state.config.options.order);
 }
 

@@ -94,6 +94,13 @@ std::string string_of(const json& v, const std::string& key) {
   return v.get<std::string>();
 }
 
+/// Sets `field` from `object[key]`, read by `read` (whose errors name the key), when the key is there.
+template <class T, class Read>
+void take(const json& object, const std::string& where, const char* key, T& field, Read read) {
+  if (object.contains(key))
+    field = static_cast<T>(read(object[key], where.empty() ? std::string{key} : where + "." + key));
+}
+
 device_options device_of(const json& d, const std::string& where) {
   check_keys(d, where, {"kind", "index", "vram_budget", "working_memory", "partial_loading", "staging_slots", "bandwidth"});
   device_options o;
@@ -113,16 +120,11 @@ device_options device_of(const json& d, const std::string& where) {
       bad(where + ".index", "expected a device index");
     o.index = d["index"].get<int>();
   }
-  if (d.contains("vram_budget"))
-    o.budget_bytes = size_of(d["vram_budget"], where + ".vram_budget");
-  if (d.contains("working_memory"))
-    o.reserve_bytes = size_of(d["working_memory"], where + ".working_memory");
-  if (d.contains("partial_loading"))
-    o.partial_loading = bool_of(d["partial_loading"], where + ".partial_loading");
-  if (d.contains("staging_slots"))
-    o.staging_slots = count_of(d["staging_slots"], where + ".staging_slots");
-  if (d.contains("bandwidth"))
-    o.simulated_bandwidth_bytes_per_s = static_cast<double>(size_of(d["bandwidth"], where + ".bandwidth"));
+  take(d, where, "vram_budget", o.budget_bytes, size_of);
+  take(d, where, "working_memory", o.reserve_bytes, size_of);
+  take(d, where, "partial_loading", o.partial_loading, bool_of);
+  take(d, where, "staging_slots", o.staging_slots, count_of);
+  take(d, where, "bandwidth", o.simulated_bandwidth_bytes_per_s, size_of);
   return o;
 }
 
@@ -166,26 +168,16 @@ runtime_options options_from_json(const std::string& json_text, runtime_options 
   }
   check_keys(doc, "", {"ram_budget", "ram_fraction", "pinned_budget", "keep_ram_copy", "keep_alive", "default_wait",
                        "loader_threads", "scheduler_threads", "cpu_working_budget", "trace_path", "devices"});
-  if (doc.contains("ram_budget"))
-    o.ram_budget_bytes = size_of(doc["ram_budget"], "ram_budget");
-  if (doc.contains("ram_fraction"))
-    o.ram_fraction = number_of(doc["ram_fraction"], "ram_fraction");
-  if (doc.contains("pinned_budget"))
-    o.pinned_budget_bytes = size_of(doc["pinned_budget"], "pinned_budget");
-  if (doc.contains("keep_ram_copy"))
-    o.keep_ram_copy = bool_of(doc["keep_ram_copy"], "keep_ram_copy");
-  if (doc.contains("keep_alive"))
-    o.keep_alive = duration_of(doc["keep_alive"], "keep_alive");
-  if (doc.contains("default_wait"))
-    o.default_wait = duration_of(doc["default_wait"], "default_wait");
-  if (doc.contains("loader_threads"))
-    o.loader_threads = count_of(doc["loader_threads"], "loader_threads");
-  if (doc.contains("scheduler_threads"))
-    o.scheduler_threads = count_of(doc["scheduler_threads"], "scheduler_threads");
-  if (doc.contains("cpu_working_budget"))
-    o.cpu_working_budget_bytes = size_of(doc["cpu_working_budget"], "cpu_working_budget");
-  if (doc.contains("trace_path"))
-    o.trace_path = string_of(doc["trace_path"], "trace_path");
+  take(doc, "", "ram_budget", o.ram_budget_bytes, size_of);
+  take(doc, "", "ram_fraction", o.ram_fraction, number_of);
+  take(doc, "", "pinned_budget", o.pinned_budget_bytes, size_of);
+  take(doc, "", "keep_ram_copy", o.keep_ram_copy, bool_of);
+  take(doc, "", "keep_alive", o.keep_alive, duration_of);
+  take(doc, "", "default_wait", o.default_wait, duration_of);
+  take(doc, "", "loader_threads", o.loader_threads, count_of);
+  take(doc, "", "scheduler_threads", o.scheduler_threads, count_of);
+  take(doc, "", "cpu_working_budget", o.cpu_working_budget_bytes, size_of);
+  take(doc, "", "trace_path", o.trace_path, string_of);
   if (doc.contains("devices")) {
     const auto& d = doc["devices"];
     if (d.is_string()) {

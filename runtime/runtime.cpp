@@ -282,11 +282,22 @@ std::string runtime::holder_name(std::uint64_t actor_id) const {
   return i == holder_names_.end() ? "actor " + std::to_string(actor_id) : i->second;
 }
 
+runtime::tier_reports runtime::reports(caf::scoped_actor& self) {
+  tier_reports out;
+  auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
+  self->request(ram_, caf::infinite, status_atom::value).receive([&](tier_report& r) { out.ram = std::move(r); }, fail);
+  for (auto& d : devices_)
+    self->request(d, caf::infinite, status_atom::value)
+      .receive([&](tier_report& r) { out.devices.push_back(std::move(r)); }, fail);
+  self->request(cpu_, caf::infinite, status_atom::value).receive([&](tier_report& r) { out.cpu = std::move(r); }, fail);
+  return out;
+}
+
 empty_cache_report runtime::empty_cache() {
+  empty_cache_report out;
   detail::release_thread_logger release_logger;
   caf::scoped_actor self{*system_};
   auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
-  empty_cache_report out;
   for (auto& d : devices_)
     self->request(d, caf::infinite, offload_atom::value, model_id{}, bytes_t{0})
       .receive([&](bytes_t freed) { out.device_freed_bytes.push_back(freed); }, fail);
@@ -306,17 +317,14 @@ empty_cache_report runtime::empty_cache() {
       out.kept.push_back(std::move(line));
     }
   };
-  for (std::size_t i = 0; i < devices_.size(); ++i)
-    self->request(devices_[i], caf::infinite, status_atom::value)
-      .receive([&](tier_report& r) { explain("device " + std::to_string(i), r, "pinned"); }, fail);
-  self->request(ram_, caf::infinite, status_atom::value).receive([&](tier_report& r) { explain("RAM", r, "leased"); }, fail);
+  auto kept = reports(self);
+  for (std::size_t i = 0; i < kept.devices.size(); ++i)
+    explain("device " + std::to_string(i), kept.devices[i], "pinned");
+  explain("RAM", kept.ram, "leased");
   return out;
 }
 
 std::string runtime::status_json() {
-  detail::release_thread_logger release_logger;
-  caf::scoped_actor self{*system_};
-  auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
   auto models = [&](const tier_report& r) {
     auto all = nlohmann::json::array();
     for (const auto& m : r.models) {
@@ -328,35 +336,38 @@ std::string runtime::status_json() {
     }
     return all;
   };
-  nlohmann::json doc;
-  self->request(ram_, caf::infinite, stats_atom::value).receive([&](ram_stats& s) {
-    doc["ram"] = {{"name", "RAM"}, {"budget_bytes", s.budget_bytes}, {"used_bytes", s.used_bytes},
-                  {"leased_bytes", s.leased_bytes}, {"loading_bytes", s.loading_bytes}, {"waiting", s.waiting_now},
-                  {"hits", s.hits}, {"loads", s.loads}, {"evictions", s.evictions}};
-  }, fail);
-  self->request(ram_, caf::infinite, status_atom::value).receive([&](tier_report& r) { doc["ram"]["models"] = models(r); }, fail);
-  auto device = [&](const device_actor& d, const std::string& name) {
-    nlohmann::json j;
-    self->request(d, caf::infinite, stats_atom::value).receive([&](device_stats& s) {
-      j = {{"name", name}, {"device", s.device}, {"budget_bytes", s.budget_bytes}, {"reserve_bytes", s.reserve_bytes},
-           {"used_bytes", s.used_bytes}, {"pinned_bytes", s.pinned_bytes}, {"working_bytes", s.working_bytes},
-           {"waiting", s.waiting_now}, {"hits", s.hits}, {"loads", s.loads}, {"evictions", s.evictions}};
-    }, fail);
-    self->request(d, caf::infinite, status_atom::value).receive([&](tier_report& r) { j["models"] = models(r); }, fail);
-    return j;
+  auto device = [&](const device_stats& s, const tier_report& r, const std::string& name) {
+    return nlohmann::json{{"name", name}, {"device", s.device}, {"budget_bytes", s.budget_bytes},
+                          {"reserve_bytes", s.reserve_bytes}, {"used_bytes", s.used_bytes},
+                          {"pinned_bytes", s.pinned_bytes}, {"working_bytes", s.working_bytes},
+                          {"waiting", s.waiting_now}, {"hits", s.hits}, {"loads", s.loads},
+                          {"evictions", s.evictions}, {"models", models(r)}};
   };
+  detail::release_thread_logger release_logger;
+  caf::scoped_actor self{*system_};  // one for both snapshots: a poll pays for one, not two
+  auto st = stats(self);
+  auto held = reports(self);
+  nlohmann::json doc;
+  doc["ram"] = {{"name", "RAM"}, {"budget_bytes", st.ram.budget_bytes}, {"used_bytes", st.ram.used_bytes},
+                {"leased_bytes", st.ram.leased_bytes}, {"loading_bytes", st.ram.loading_bytes},
+                {"waiting", st.ram.waiting_now}, {"hits", st.ram.hits}, {"loads", st.ram.loads},
+                {"evictions", st.ram.evictions}, {"models", models(held.ram)}};
   doc["devices"] = nlohmann::json::array();
-  for (std::size_t i = 0; i < devices_.size(); ++i)
-    doc["devices"].push_back(device(devices_[i], "device " + std::to_string(i)));
-  doc["cpu"] = device(cpu_, "CPU pins");
+  for (std::size_t i = 0; i < st.devices.size(); ++i)
+    doc["devices"].push_back(device(st.devices[i], held.devices[i], "device " + std::to_string(i)));
+  doc["cpu"] = device(st.cpu, held.cpu, "CPU pins");
   doc["catalog_models"] = catalog_->size();
   return doc.dump();
 }
 
 runtime_stats runtime::stats() {
-  runtime_stats out;
   detail::release_thread_logger release_logger;
   caf::scoped_actor self{*system_};
+  return stats(self);
+}
+
+runtime_stats runtime::stats(caf::scoped_actor& self) {
+  runtime_stats out;
   auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };
   self->request(ram_, caf::infinite, stats_atom::value).receive([&](ram_stats& s) { out.ram = s; }, fail);
   for (auto& d : devices_)

@@ -96,6 +96,15 @@ public:
   caf::actor_system& system() { return *system_; }
 
 private:
+  /// Every tier's models with their holders (blocking): what `status_json` and `empty_cache` report.
+  struct tier_reports {
+    tier_report ram;
+    std::vector<tier_report> devices;  // index i is device i
+    tier_report cpu;
+  };
+  tier_reports reports(caf::scoped_actor& self);
+  runtime_stats stats(caf::scoped_actor& self);
+
   runtime_options options_;
   std::shared_ptr<catalog> catalog_;
   std::unique_ptr<placement_policy> placement_;

@@ -170,6 +170,8 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
   if (options.order.window == 0)
     impl::refuse(errc::invalid_argument, "the warm_first window is 0 jobs; it must be at least 1");
   impl_->rt = &rt;
+  if (!options.check_invariants)
+    options.check_invariants = rt.options().check_invariants;
   impl_->options = options;
   scheduler_actor_config config;
   config.options = options;

@@ -139,7 +139,9 @@ struct scheduler_options {
   std::size_t cpu_workers = 1;         // threads running jobs that use no GPU
   /// How long each acquire and pin waits for room before the job fails with budget_exhausted.
   std::chrono::nanoseconds wait_for_room = std::chrono::seconds(60);
-  bool check_invariants = true;        // check the queue's order after every step
+  /// Check the queue's order after every step; unset: as the runtime does (`runtime_options::check_invariants`,
+  /// off in release builds), so a production scheduler does not pay O(queue) per event.
+  std::optional<bool> check_invariants;
   /// Note [Prefetch]: while a stage runs, bring the next stage's models (or the next queued job's) into
   /// RAM and onto its device early, and tell the tiers which models are needed next (Note [Eviction with
   /// known next uses]). Never evicts a model with a known next use, never waits, never fails a job.
