@@ -29,6 +29,8 @@ struct running_job {
   std::vector<ram_lease> leases;
   std::vector<device_pin> pins;
   std::size_t pins_pending = 0;
+  bool trying_at_once = false;  // pins asked for without waiting, out of turn (Note [One stage pins ...])
+  bool refused_at_once = false; // one of those needed room it could not have at once
   std::optional<failure> stop;  // why it ends after the current step (cancel, deadline, a failure)
   clock::time_point step_start = clock::now();
   int track = 0;  // its worker's timeline track
@@ -96,16 +98,20 @@ void check(self_ptr self) {
 }
 
 /// Ends the pins and leases the current stage holds (asynchronously: nothing waits for the answers).
-void release_held(self_ptr self, running_job& run) {
+void release_pins(self_ptr self, running_job& run) {
   for (const auto& pin : run.pins)
     if (pin.pin != 0)
       self->request(device_for(self, pin.device), caf::infinite, release_atom::value, pin.pin)
         .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a pin release failed: {}", to_failure(e).detail); });
+  run.pins.clear();
+}
+
+void release_held(self_ptr self, running_job& run) {
+  release_pins(self, run);
   for (const auto& lease : run.leases)
     if (lease.lease != 0)
       self->request(self->state.config.ram, caf::infinite, release_atom::value, lease.lease)
         .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a lease release failed: {}", to_failure(e).detail); });
-  run.pins.clear();
   run.leases.clear();
 }
 
@@ -281,7 +287,11 @@ void start_work(self_ptr self, job_id id) {
 // requests out; the others wait here, holding their leases. The stage whose turn it is waits only for
 // room held by stages that already have all their pins and are working: they release without waiting
 // for anything on that device, so no two jobs ever wait on each other.
-void request_pins(self_ptr self, job_id id);
+// A stage that needs no new room (its models resident, no working memory) must not wait behind that turn:
+// out of turn, a stage without working memory asks for its pins without waiting. A pin that needs no room,
+// or room free at once, is granted; one that would have to wait is refused at once, and then the stage
+// lets go of what it got and waits for its turn. A request that never waits cannot be part of a cycle.
+void request_pins(self_ptr self, job_id id, bool at_once = false);
 
 void next_pin_turn(self_ptr self, device_index device) {
   auto& st = self->state;
@@ -304,29 +314,48 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
   auto& run = self->state.running.at(id);
   if (succeeded(result))
     run.pins[k] = std::move(std::get<device_pin>(result));
+  else if (run.trying_at_once && std::get<failure>(result).code == errc::budget_exhausted)
+    run.refused_at_once = true;
   else if (!run.stop)
     run.stop = std::move(std::get<failure>(result));
   if (--run.pins_pending > 0)
     return;
-  trace_span(self, run.track, "pin " + stage_name(run), "wait", run.step_start);
   auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
+  bool had_turn = !run.trying_at_once;
+  if (run.trying_at_once && run.refused_at_once && !run.stop) {
+    // It needed room after all: it lets go of what it got and waits for its turn, leases kept.
+    run.trying_at_once = run.refused_at_once = false;
+    release_pins(self, run);
+    if (self->state.pinning_on.count(device)) {
+      run.now = running_job::phase::awaiting_pin_turn;
+      self->state.pin_turns[device].push_back(id);
+    } else {
+      request_pins(self, id);
+    }
+    return;
+  }
+  run.trying_at_once = run.refused_at_once = false;
+  trace_span(self, run.track, "pin " + stage_name(run), "wait", run.step_start);
   if (run.stop)
     finish(self, id, run.stop);
   else
     start_work(self, id);
-  next_pin_turn(self, device);
+  if (had_turn)
+    next_pin_turn(self, device);
 }
 
-void request_pins(self_ptr self, job_id id) {
+void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];
   auto device = stage_device(stage, run.worker);
-  self->state.pinning_on[device] = id;
+  if (!at_once)
+    self->state.pinning_on[device] = id;
+  run.trying_at_once = at_once;
   auto target = device_for(self, device);
   run.now = running_job::phase::pinning;
   run.pins.assign(run.leases.size(), device_pin{});
   run.pins_pending = run.leases.size();
-  auto wait = caf::timespan{self->state.config.options.wait_for_room};
+  auto wait = at_once ? caf::timespan::zero() : caf::timespan{self->state.config.options.wait_for_room};
   for (std::size_t k = 0; k < run.leases.size(); ++k) {
     auto working = k == 0 ? stage.working_bytes : 0;
     self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait)
@@ -350,6 +379,10 @@ void on_leased(self_ptr self, job_id id, outcome<std::vector<ram_lease>> result)
   auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
   run.step_start = clock::now();
   if (self->state.pinning_on.count(device)) {
+    if (run.job->spec.stages[run.stage].working_bytes == 0) {
+      request_pins(self, id, /*at_once=*/true);  // it may need no room: it does not wait behind the turn
+      return;
+    }
     run.now = running_job::phase::awaiting_pin_turn;
     self->state.pin_turns[device].push_back(id);
     return;

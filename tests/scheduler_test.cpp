@@ -463,3 +463,31 @@ TEST_CASE("two workers on one device never hold part of their stages' pins each:
   }
   expect_nothing_held(rt);
 }
+
+TEST_CASE("a stage whose model is resident is pinned at once while another stage waits for room on its device") {
+  auto o = options(64 * kib, 8 * kib);
+  o.devices[0].partial_loading = false;
+  runtime rt{o};
+  rt.models().add(synthetic_model("resident", {kib_floats * 4}));  // 4 KiB
+  rt.models().add(synthetic_model("big", {kib_floats * 8}));       // 8 KiB: needs the whole device
+  scheduler_options so;
+  so.workers_per_device = 3;
+  so.wait_for_room = 30s;
+  scheduler sched{rt, so};
+  gate g;
+  auto holder = sched.submit(one_stage({"resident"}, [&](stage_context&) { g.wait(); }));
+  g.wait_arrived(1);  // 'resident' is pinned: 'big' cannot have the device until it is released
+  auto waiting = sched.submit(one_stage({"big"}, [](stage_context&) {}));
+  for (int i = 0; i < 200 && rt.stats().devices[0].waiting_now == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  CHECK(rt.stats().devices[0].waiting_now == 1);  // its turn to pin, waiting for room
+  auto hit = sched.submit(one_stage({"resident"}, [](stage_context&) {}));
+  auto st = hit.wait_for(5s);  // needs no new room: it does not wait behind 'big'
+  CHECK(st.has_value());
+  CHECK((st && st->state == job_state::done));
+  CHECK(waiting.status().state == job_state::running);
+  g.open();  // in every case, so that the jobs end and the scheduler can stop
+  CHECK(waiting.wait().state == job_state::done);
+  CHECK(holder.wait().state == job_state::done);
+  expect_nothing_held(rt);
+}
