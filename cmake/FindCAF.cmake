@@ -20,7 +20,10 @@ if(CAF_FOUND AND NOT TARGET CAF::core)
   find_package(Threads REQUIRED)
   add_library(CAF::core SHARED IMPORTED)
   set_target_properties(CAF::core PROPERTIES IMPORTED_LOCATION "${CAF_CORE_LIBRARY}"
-    INTERFACE_INCLUDE_DIRECTORIES "${CAF_INCLUDE_DIR}" INTERFACE_LINK_LIBRARIES Threads::Threads)
+    INTERFACE_INCLUDE_DIRECTORIES "${CAF_INCLUDE_DIR}" INTERFACE_LINK_LIBRARIES Threads::Threads
+    # CAF 0.17's headers use uint64_t without including <cstdint>; libstdc++ 13 (the GPU machine's g++)
+    # no longer brings it in through other headers, so every file that sees CAF gets it first.
+    INTERFACE_COMPILE_OPTIONS "SHELL:-include cstdint")
   add_library(CAF::io SHARED IMPORTED)
   set_target_properties(CAF::io PROPERTIES IMPORTED_LOCATION "${CAF_IO_LIBRARY}"
     INTERFACE_LINK_LIBRARIES CAF::core)

@@ -11,6 +11,7 @@
 //                     [--models DIR | --synthetic] [every runtime flag: --config FILE, --devices N|all,
 //                     --ram-budget, --vram-budget, --keep-alive, ...]   (--help lists them)
 
+#include "runtime/core/models/folder_walk.hpp"
 #include "runtime/core/models/model_files.hpp"
 #include "runtime/config.hpp"
 #include "runtime/runtime.hpp"
@@ -54,7 +55,7 @@ void write_demo_models(const std::string& dir, const std::vector<demo_spec>& spe
   auto marker = fs::path(dir) / (".complete-" + std::to_string(scale));
   if (fs::exists(marker))
     return;
-  fs::remove_all(dir);
+  remove_tree(dir);  // not fs::remove_all, which a pip LibTorch breaks (folder_walk.hpp)
   std::printf("writing demo models to %s (first run only) ...\n", dir.c_str());
   for (const auto& spec : specs) {
     auto path = fs::path(dir) / spec.id;

@@ -1,11 +1,14 @@
 // Models from files: sharded checkpoints, manifests, folder scans, and acquiring them through the actors.
 
+#include "runtime/core/models/folder_walk.hpp"
 #include "runtime/core/models/model_files.hpp"
 
 #include "support/deterministic.hpp"
 #include "support/temp_dir.hpp"
 
 #include <ATen/ATen.h>
+
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -82,6 +85,34 @@ TEST_CASE("scanning a folder finds single-file and sharded models, and shards ar
     ids.push_back(d.id);
   std::sort(ids.begin(), ids.end());
   CHECK(ids == std::vector<model_id>{"sdxl/text_encoder", "sdxl/unet", "sdxl/vae"});
+}
+
+TEST_CASE("a folder walk lists regular files at any depth relative to the folder, sorted, without entering linked folders") {
+  temp_dir dir;
+  write_text(dir.file("b/deep/x.safetensors"), "x");
+  write_text(dir.file("a.txt"), "a");
+  write_text(dir.file("b/c.safetensors"), "c");
+  std::filesystem::create_directories(dir.path() / "empty");
+  ::symlink(dir.file("b").c_str(), dir.file("link-to-b").c_str());            // a linked folder: not entered
+  ::symlink(dir.file("a.txt").c_str(), dir.file("link-to-a").c_str());        // a linked file: listed
+  std::error_code ec;
+  auto files = regular_files_under(dir.path().string() + "/", ec);
+  CHECK_FALSE(ec);
+  CHECK(files == std::vector<std::string>{"a.txt", "b/c.safetensors", "b/deep/x.safetensors", "link-to-a"});
+  regular_files_under(dir.file("missing"), ec);
+  CHECK(ec == std::errc::no_such_file_or_directory);
+}
+
+TEST_CASE("removing a tree removes every file and folder under it but not what its links point to") {
+  temp_dir dir, outside;
+  write_text(outside.file("kept.txt"), "kept");
+  write_text(dir.file("tree/a/b/c.txt"), "c");
+  write_text(dir.file("tree/d.txt"), "d");
+  ::symlink(outside.path().c_str(), dir.file("tree/a/link").c_str());
+  CHECK_FALSE(remove_tree(dir.file("tree")));
+  CHECK_FALSE(std::filesystem::exists(dir.file("tree")));
+  CHECK(std::filesystem::exists(outside.file("kept.txt")));
+  CHECK_FALSE(remove_tree(dir.file("tree")));  // already gone: not an error
 }
 
 TEST_CASE("a manifest declares models with execution order, required tensors and a device preference") {

@@ -1,6 +1,8 @@
 #pragma once
 // A fresh folder under $TMPDIR (or /tmp), removed with everything in it when the object goes away.
 
+#include "runtime/core/models/folder_walk.hpp"
+
 #include <cstdlib>
 #include <filesystem>
 #include <stdexcept>
@@ -17,10 +19,7 @@ public:
       throw std::runtime_error("mkdtemp failed");
     path_ = pattern;
   }
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~temp_dir() { remove_tree(path_.string()); }  // not std::filesystem::remove_all: see folder_walk.hpp
   temp_dir(const temp_dir&) = delete;
   temp_dir& operator=(const temp_dir&) = delete;
   std::string file(const std::string& name) const { return (path_ / name).string(); }

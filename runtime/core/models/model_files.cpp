@@ -1,5 +1,7 @@
 #include "runtime/core/models/model_files.hpp"
 
+#include "runtime/core/models/folder_walk.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -184,25 +186,23 @@ outcome<std::vector<model_descriptor>> scan_folder(const std::string& folder, co
   if (!fs::is_directory(folder, ec))
     return failure{errc::file_missing, folder + ": not a folder"};
   const std::string index_suffix = ".safetensors.index.json";
-  std::vector<fs::path> files, indexes;
-  for (auto it = fs::recursive_directory_iterator(folder, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    if (!it->is_regular_file())
-      continue;
-    auto name = it->path().filename().string();
-    if (name.size() > index_suffix.size() && name.compare(name.size() - index_suffix.size(), index_suffix.size(), index_suffix) == 0)
-      indexes.push_back(it->path());
-    else if (it->path().extension() == ".safetensors")
-      files.push_back(it->path());
+  // Relative paths, sorted; the walk is POSIX, not fs::recursive_directory_iterator (see folder_walk.hpp).
+  std::vector<std::string> files, indexes;
+  for (auto& rel : regular_files_under(folder, ec)) {
+    auto ends_with = [&](const std::string& suffix) {
+      return rel.size() > suffix.size() && rel.compare(rel.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with(index_suffix))
+      indexes.push_back(std::move(rel));
+    else if (fs::path(rel).extension() == ".safetensors")
+      files.push_back(std::move(rel));
   }
   if (ec)
     return failure{errc::file_missing, folder + ": " + ec.message()};
-  std::sort(files.begin(), files.end());
-  std::sort(indexes.begin(), indexes.end());
   std::vector<model_descriptor> out;
   std::set<std::string> shards;
-  for (const auto& index : indexes) {
-    auto rel = fs::relative(index, folder).string();
+  for (const auto& rel : indexes) {
+    auto index = fs::path(folder) / rel;
     auto id = rel.substr(0, rel.size() - index_suffix.size());
     auto d = describe_sharded(id, index.string(), options);
     if (!succeeded(d))
@@ -214,10 +214,11 @@ outcome<std::vector<model_descriptor>> scan_folder(const std::string& folder, co
         shards.insert(fs::weakly_canonical(index.parent_path() / it.value().get<std::string>()).string());
     out.push_back(std::move(desc));
   }
-  for (const auto& f : files) {
+  for (const auto& file : files) {
+    auto f = fs::path(folder) / file;
     if (shards.count(fs::weakly_canonical(f).string()))
       continue;
-    auto rel = fs::relative(f, folder);
+    auto rel = fs::path(file);
     file_model_spec spec;
     spec.id = (rel.parent_path() / rel.stem()).generic_string();
     spec.files = {f.string()};
