@@ -92,7 +92,10 @@ TEST_CASE("an allocation failure on the accelerator becomes device_oom_error and
 TEST_CASE("a device that LibTorch does not have is refused with the count it has") {
   install_slow_fake();
   CHECK_THROWS_AS(make_torch_backend(fake_accelerator::device(7)), std::invalid_argument);
-  CHECK_THROWS_AS(make_torch_backend(c10::Device(c10::DeviceType::CUDA, 0)), std::invalid_argument);
+  // One past the GPUs this LibTorch sees: cuda:0 where it has no CUDA, the GPU after the last where it has.
+  auto gpus = torch_device_count(c10::DeviceType::CUDA);
+  CHECK_THROWS_AS(make_torch_backend(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(gpus))),
+                  std::invalid_argument);
 }
 
 TEST_CASE("streaming through two slots: every fake kernel reads its own layer, whichever side is slower") {
