@@ -268,7 +268,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         s.pinned_peak_bytes = m.pinned_peak_bytes;
         s.pageable_fallbacks = m.pageable_fallbacks;
         s.pageable_fallback_bytes = m.pageable_fallback_bytes;
-        s.host_cached_bytes = m.pageable_cached_bytes;
+        s.host_cached_bytes = m.cached_bytes;
       }
       return s;
     },

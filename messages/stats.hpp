@@ -42,11 +42,11 @@ struct ram_stats {
   bytes_t bytes_from_devices = 0;       // bytes brought into RAM from devices (fetches and copy backs)
   // Note [Pinned host memory]: buffers loads read into, pinned up to a budget within the RAM budget.
   bytes_t pinned_budget_bytes = 0;
-  bytes_t pinned_bytes = 0;             // in pinned buffers now
+  bytes_t pinned_bytes = 0;             // pinned now (slabs buffers are carved from), at most the budget
   bytes_t pinned_peak_bytes = 0;
   std::uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
-  bytes_t host_cached_bytes = 0;        // freed load buffers kept for reuse, beyond used_bytes
+  bytes_t host_cached_bytes = 0;        // host slab bytes (pinned and pageable) no buffer uses: kept for reuse
 };
 
 /// One device tier (a GPU, a simulated GPU, or the CPU pin tier).

@@ -43,11 +43,11 @@ const metric<ram_stats> ram_metrics[] = {
   {"copy_backs_refused_total", "counter", "Device evictions dropped for lack of free RAM.", MCACHE_FIELD(ram_stats, copy_backs_refused)},
   {"bytes_from_devices_total", "counter", "Bytes brought into RAM from devices.", MCACHE_FIELD(ram_stats, bytes_from_devices)},
   {"pinned_budget_bytes", "gauge", "Budget of pinned host buffers.", MCACHE_FIELD(ram_stats, pinned_budget_bytes)},
-  {"pinned_bytes", "gauge", "Bytes in pinned host buffers now.", MCACHE_FIELD(ram_stats, pinned_bytes)},
+  {"pinned_bytes", "gauge", "Pinned host memory held now (slabs load buffers are carved from).", MCACHE_FIELD(ram_stats, pinned_bytes)},
   {"pinned_peak_bytes", "gauge", "Highest pinned_bytes seen.", MCACHE_FIELD(ram_stats, pinned_peak_bytes)},
   {"pageable_fallbacks_total", "counter", "Host buffers that wanted pinning and got pageable memory.", MCACHE_FIELD(ram_stats, pageable_fallbacks)},
   {"pageable_fallback_bytes_total", "counter", "Bytes of those buffers.", MCACHE_FIELD(ram_stats, pageable_fallback_bytes)},
-  {"host_cached_bytes", "gauge", "Freed load buffers kept for reuse, beyond used_bytes.", MCACHE_FIELD(ram_stats, host_cached_bytes)},
+  {"host_cached_bytes", "gauge", "Host slab memory (pinned and pageable) no buffer uses, kept for reuse.", MCACHE_FIELD(ram_stats, host_cached_bytes)},
 };
 
 const metric<device_stats> device_metrics[] = {

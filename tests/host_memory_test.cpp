@@ -4,6 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <random>
+#include <thread>
+#include <vector>
+
 #include "support/catch.hpp"
 
 using namespace mcache;
@@ -17,15 +21,58 @@ TEST_CASE("host buffers are pinned within the budget where LibTorch can pin, els
   auto s = memory->stats();
   CHECK(s.pinned_budget_bytes == 1 << 20);
   if (a.is_pinned()) {
-    CHECK(s.pinned_bytes == 256 << 10);
+    // One power-of-two slab as large as the budget: `a` is carved from it, `b` does not fit beside it.
+    CHECK(s.pinned_bytes == 1 << 20);
+    CHECK(s.pinned_in_use_bytes == 256 << 10);
     CHECK(s.pageable_fallbacks == 1);  // only b
     a = at::Tensor();
-    CHECK(memory->stats().pinned_bytes == 0);  // the budget gets the bytes back
+    CHECK(memory->stats().pinned_in_use_bytes == 0);  // the slab gets the bytes back
+    auto c = memory->allocate(768 << 10);
+    CHECK(c.is_pinned());
+    CHECK(memory->stats().pinned_bytes == 1 << 20);  // the same slab: pinned once
   } else {
     CHECK(s.pinned_bytes == 0);  // a CPU-only LibTorch: both fell back
     CHECK(s.pageable_fallbacks == 2);
     CHECK(s.pageable_fallback_bytes == (256 << 10) + (1 << 20));
   }
+}
+
+namespace {
+/// A pinned slab source for machines that cannot pin: pageable memory, with every slab's size recorded.
+struct counting_source {
+  std::shared_ptr<std::vector<bytes_t>> sizes = std::make_shared<std::vector<bytes_t>>();
+  at::Tensor operator()(bytes_t bytes) const {
+    sizes->push_back(bytes);
+    return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  }
+};
+} // namespace
+
+TEST_CASE("pinned slabs are powers of two and buffers carved from them keep the pinned budget byte-exact") {
+  // Five 96 KiB buffers in a 512 KiB budget: pinned one by one, each would cost a 128 KiB block and only
+  // four would fit.
+  counting_source source;
+  auto memory = std::make_shared<host_memory>(512 << 10, 0, source);
+  std::vector<at::Tensor> buffers;
+  for (int i = 0; i < 5; ++i)
+    buffers.push_back(memory->allocate(96 << 10));
+  auto s = memory->stats();
+  CHECK(s.pageable_fallbacks == 0);
+  CHECK(s.pinned_buffers == 5);
+  CHECK(s.pinned_in_use_bytes == 5 * (96 << 10));
+  CHECK(s.pinned_bytes <= 512 << 10);
+  bytes_t slabs = 0;
+  for (auto size : *source.sizes) {
+    CHECK((size & (size - 1)) == 0);
+    slabs += size;
+  }
+  CHECK(slabs == s.pinned_bytes);
+  buffers.push_back(memory->allocate(96 << 10));  // no room left in the budget: pageable, counted
+  CHECK(memory->stats().pageable_fallbacks == 1);
+  buffers.clear();
+  buffers.push_back(memory->allocate(400 << 10));  // freed ranges merge: reused, nothing pinned anew
+  CHECK(source.sizes->size() == 1);
+  CHECK(memory->stats().pageable_fallbacks == 1);
 }
 
 TEST_CASE("with no pinned budget nothing is pinned and nothing counts as a fallback") {
@@ -51,45 +98,128 @@ TEST_CASE("a loader thread takes its buffers from the host memory made current t
 
 #include "runtime/core/transfer/buffer_cache.hpp"
 
-TEST_CASE("a freed buffer is handed out again for a request of its size or a little smaller, within the bound") {
+namespace {
+void* address(const at::Tensor& t) { return t.data_ptr(); }
+uint8_t* at_byte(const at::Tensor& t, bytes_t offset) { return static_cast<uint8_t*>(t.data_ptr()) + offset; }
+} // namespace
+
+TEST_CASE("a freed range is handed out again for any size that fits, split from its front, without fresh memory") {
   auto cache = std::make_shared<buffer_cache>(8 << 20);
   void* first;
   {
     auto a = cache->take(4 << 20);
-    first = a.data_ptr();
+    first = address(a);
   }
-  CHECK(cache->cached_bytes() == 4 << 20);
-  {
-    auto b = cache->take((4 << 20) - 4096);  // a little smaller: the same buffer
-    CHECK(b.data_ptr() == first);
-    CHECK(b.numel() == (4 << 20) - 4096);
-    CHECK(cache->cached_bytes() == 0);
-  }
-  auto small = cache->take(1 << 20);  // a quarter of it: not worth tying up the large one
-  CHECK(small.data_ptr() != first);
-  CHECK(cache->reuses() == 1);
-  CHECK(cache->allocations() == 2);
+  cache->check();
+  CHECK(cache->slab_bytes() == 8 << 20);  // one slab, as large as the limit allows
+  CHECK(cache->cached_bytes() == 8 << 20);
+  auto b = cache->take((4 << 20) - 4096);
+  CHECK(address(b) == first);
+  CHECK(b.numel() == (4 << 20) - 4096);
+  auto small = cache->take(1 << 20);  // split from what is left
+  CHECK(at_byte(small, 0) == static_cast<uint8_t*>(first) + (4 << 20) - 4096);
+  cache->check();
+  CHECK(cache->allocations() == 1);
+  CHECK(cache->reuses() == 2);
+  CHECK(cache->live_bytes() == (5 << 20) - 4096);
 }
 
-TEST_CASE("the buffer cache keeps no more than its bound") {
-  auto cache = std::make_shared<buffer_cache>(3 << 20);
-  {
-    auto a = cache->take(2 << 20);
-    auto b = cache->take(2 << 20);
-  }
-  CHECK(cache->cached_bytes() == 2 << 20);  // the second did not fit under the bound and was freed
-}
-
-TEST_CASE("a fresh buffer frees cached ones first, so buffers in use plus those kept stay within the limit") {
+TEST_CASE("neighbouring free ranges merge, so a request as large as both fits where they were") {
   auto cache = std::make_shared<buffer_cache>(4 << 20);
-  { auto a = cache->take(2 << 20); }
-  CHECK(cache->cached_bytes() == 2 << 20);
-  auto b = cache->take(3 << 20);  // no fit: 3 MiB in use + 2 MiB kept would pass the 4 MiB limit
-  CHECK(cache->cached_bytes() == 0);
-  CHECK(cache->live_bytes() == 3 << 20);
-  auto c = cache->take(1 << 20);
-  CHECK(cache->live_bytes() + cache->cached_bytes() <= 4 << 20);
+  auto a = cache->take(1 << 20);
+  auto b = cache->take(1 << 20);
+  auto c = cache->take(2 << 20);  // the slab is full
+  void* where = address(a);
+  a = at::Tensor();
   b = at::Tensor();
-  CHECK(cache->cached_bytes() == 3 << 20);  // room under the limit: kept
-  CHECK(cache->live_bytes() == 1 << 20);
+  cache->check();
+  auto d = cache->take(2 << 20);
+  CHECK(address(d) == where);
+  CHECK(cache->allocations() == 1);
+  cache->check();
+}
+
+TEST_CASE("slabs never pass the limit: a request that no slab can hold gets memory of its own, freed when it goes") {
+  auto cache = std::make_shared<buffer_cache>(3 << 20);
+  auto a = cache->take(2 << 20);
+  auto b = cache->take(2 << 20);  // 1 MiB left under the limit, and the only slab is in use
+  CHECK(cache->slab_bytes() <= 3 << 20);
+  CHECK(cache->overflows() == 1);
+  CHECK(cache->live_bytes() == 4 << 20);
+  CHECK_FALSE(cache->try_take(2 << 20).defined());
+  b = at::Tensor();
+  CHECK(cache->live_bytes() == 2 << 20);
+  CHECK(cache->slab_count() == 1);
+  cache->check();
+}
+
+TEST_CASE("slabs with nothing in use are let go to make room for the slab a request needs") {
+  auto cache = std::make_shared<buffer_cache>(buffer_cache_options{6 << 20, pageable_slab, false, 2 << 20});
+  auto a = cache->take(2 << 20);
+  auto b = cache->take(2 << 20);
+  auto c = cache->take(2 << 20);
+  CHECK(cache->slab_count() == 3);
+  a = at::Tensor();
+  b = at::Tensor();
+  auto d = cache->take(4 << 20);  // two idle 2 MiB slabs go; one slab of 4 MiB comes
+  CHECK(cache->overflows() == 0);
+  CHECK(cache->slab_count() == 2);
+  CHECK(cache->slab_bytes() == 6 << 20);
+  cache->check();
+}
+
+TEST_CASE("a buffer outlives its cache and keeps its memory") {
+  auto cache = std::make_shared<buffer_cache>(1 << 20);
+  auto a = cache->take(4096);
+  a.fill_(7);
+  cache.reset();
+  CHECK(a[4095].item<uint8_t>() == 7);
+}
+
+TEST_CASE("after any sequence of takes and frees, buffers never overlap and free ranges tile the rest of the slabs") {
+  // Each buffer holds its own byte; a buffer that shared memory with another would lose it.
+  auto cache = std::make_shared<buffer_cache>(buffer_cache_options{8 << 20, pageable_slab, false, 2 << 20});
+  std::mt19937 random{20261128};
+  std::vector<std::pair<at::Tensor, uint8_t>> live;
+  uint8_t next_mark = 1;
+  for (int step = 0; step < 3000; ++step) {
+    if (!live.empty() && random() % 2 == 0) {
+      auto i = random() % live.size();
+      auto& [buffer, mark] = live[i];
+      CHECK((buffer == mark).all().item<bool>());
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      auto bytes = static_cast<bytes_t>(1 + random() % (768 << 10));
+      auto buffer = cache->take(bytes);
+      REQUIRE(static_cast<bytes_t>(buffer.numel()) == bytes);
+      buffer.fill_(next_mark);
+      live.emplace_back(buffer, next_mark);
+      next_mark = static_cast<uint8_t>(next_mark % 250 + 1);
+    }
+    cache->check();
+    REQUIRE(cache->slab_bytes() <= 8 << 20);
+  }
+  for (auto& [buffer, mark] : live)
+    CHECK((buffer == mark).all().item<bool>());
+  CHECK(cache->reuses() > cache->allocations());
+}
+
+TEST_CASE("buffers taken and freed on several threads at once keep the books straight") {
+  auto cache = std::make_shared<buffer_cache>(buffer_cache_options{16 << 20, pageable_slab, false, 4 << 20});
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([cache, t] {
+      std::mt19937 random{static_cast<unsigned>(t)};
+      std::vector<at::Tensor> mine;
+      for (int i = 0; i < 500; ++i) {
+        if (mine.size() > 4 || (!mine.empty() && random() % 3 == 0))
+          mine.erase(mine.begin());
+        mine.push_back(cache->take(static_cast<bytes_t>(1 + random() % (512 << 10))));
+      }
+    });
+  for (auto& t : threads)
+    t.join();
+  cache->check();
+  CHECK(cache->live_bytes() == 0);
+  CHECK(cache->cached_bytes() == cache->slab_bytes());
 }

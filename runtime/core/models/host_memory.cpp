@@ -15,9 +15,16 @@ namespace {
 thread_local std::shared_ptr<host_memory> current;
 }
 
-host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes)
+at::Tensor pinned_slab(bytes_t bytes) {
+  return at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+}
+
+host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes, slab_source pinned_source)
   : budget_(pinned_budget_bytes),
-    pageable_cache_(std::make_shared<buffer_cache>(pageable_cache_bytes, /*huge_pages=*/true)) {}
+    // LibTorch's pinned allocator rounds each block up to a power of two: slabs are powers of two.
+    pinned_cache_(std::make_shared<buffer_cache>(
+      buffer_cache_options{pinned_budget_bytes, std::move(pinned_source), /*power_of_two_slabs=*/true})),
+    pageable_cache_(std::make_shared<buffer_cache>(buffer_cache_options{pageable_cache_bytes})) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {
   current = std::move(memory);
@@ -38,7 +45,7 @@ at::Tensor host_memory::pageable(bytes_t bytes, bool fallback) {
       std::fprintf(stderr, "mcache: host buffers fall back to pageable memory (%s); copies from them to a GPU run "
                            "at a fraction of the link's speed. Counted in ram_stats::pageable_fallbacks.\n",
                    cannot_pin_ ? "this LibTorch cannot pin memory"
-                               : ("the pinned budget of " + format_bytes(budget_) + " is used up").c_str());
+                               : ("no pinned slab holds it within the pinned budget of " + format_bytes(budget_)).c_str());
   }
   return bytes == 0 ? at::empty({0}, at::kByte) : pageable_cache_->take(bytes);
 }
@@ -48,41 +55,34 @@ at::Tensor host_memory::allocate(bytes_t bytes) {
     return pageable(bytes, false);
   if (cannot_pin_)
     return pageable(bytes, true);
-  // LibTorch's pinned allocator hands out blocks of a power of two: that is what pinning costs, and what
-  // the budget counts. Reserve first, so that concurrent loads never overshoot the budget together.
-  auto charged = bytes_t{1};
-  while (charged < bytes)
-    charged <<= 1;
-  auto before = pinned_.fetch_add(charged);
-  if (before + charged > budget_) {
-    pinned_ -= charged;
-    return pageable(bytes, true);
-  }
   at::Tensor pinned;
   try {
-    pinned = at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    pinned = pinned_cache_->try_take(bytes);
   } catch (const std::exception&) {
-    pinned_ -= charged;
     cannot_pin_ = true;  // a CPU-only LibTorch (or a failing driver): not retried
     return pageable(bytes, true);
   }
+  if (!pinned.defined())
+    return pageable(bytes, true);  // no slab holds it within the budget
   ++buffers_;
-  auto now = before + charged;
+  auto now = pinned_cache_->slab_bytes();
   auto peak = peak_.load();
   while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
   }
-  // The budget gets the bytes back when the last view of the buffer goes.
-  auto self = shared_from_this();
-  auto keep = pinned;
-  return at::from_blob(
-    pinned.data_ptr(), {static_cast<int64_t>(bytes)},
-    [self, keep, charged](void*) { self->pinned_ -= charged; }, pinned.options());
+  return pinned;
 }
 
 host_memory_stats host_memory::stats() const {
-  return host_memory_stats{budget_,           pinned_.load(),         peak_.load(),
-                           buffers_.load(),   fallbacks_.load(),      fallback_bytes_.load(),
-                           pageable_cache_->cached_bytes()};
+  host_memory_stats s;
+  s.pinned_budget_bytes = budget_;
+  s.pinned_bytes = pinned_cache_->slab_bytes();
+  s.pinned_peak_bytes = peak_.load();
+  s.pinned_in_use_bytes = pinned_cache_->live_bytes();
+  s.pinned_buffers = buffers_.load();
+  s.pageable_fallbacks = fallbacks_.load();
+  s.pageable_fallback_bytes = fallback_bytes_.load();
+  s.cached_bytes = pinned_cache_->cached_bytes() + pageable_cache_->cached_bytes();
+  return s;
 }
 
 } // namespace mcache

@@ -3,9 +3,11 @@
 // ("pinned") buffers, so that the copy engine moves them at the link's speed (55 GB/s on the H200's PCIe
 // Gen5 x16, against 8 GB/s from pageable memory). Pinning costs about 0.5 s per GiB and pinned memory is
 // taken from the OS for good, so it has a budget of its own (`pinned_budget_bytes`, within the RAM
-// budget). LibTorch's pinned allocator caches and reuses the blocks it pins, so the cost is paid once per
-// buffer, not per load. When the budget is used up, or this LibTorch cannot pin (a CPU-only build), a
-// buffer is pageable instead: counted in the stats, and logged once.
+// budget). Buffers are carved out of a few pinned slabs (Note [Reuse, do not re-fault]): the cost is paid
+// once per slab, not per load, and the budget counts what is really pinned, byte for byte, where pinning
+// each buffer on its own would round it up to a power of two. When no slab can hold a buffer within the
+// budget, or this LibTorch cannot pin (a CPU-only build), the buffer is pageable instead: counted in the
+// stats, and logged once.
 //
 // The loaders run on loader threads; the RAM-cache actor makes its host_memory current on the loader
 // thread while a load runs (`host_memory::scope`), and loaders take their buffers from
@@ -24,20 +26,25 @@ namespace mcache {
 
 struct host_memory_stats {
   bytes_t pinned_budget_bytes = 0;
-  bytes_t pinned_bytes = 0;        // in pinned buffers now, as pinned (rounded up to a power of two)
+  bytes_t pinned_bytes = 0;        // pinned now: the slabs buffers are carved from, at most the budget
   bytes_t pinned_peak_bytes = 0;
+  bytes_t pinned_in_use_bytes = 0; // of which buffers in use take
   uint64_t pinned_buffers = 0;     // pinned buffers handed out, in all
   uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
-  bytes_t pageable_cached_bytes = 0; // freed pageable buffers kept for reuse, beyond the RAM budget's count
+  bytes_t cached_bytes = 0;        // slab bytes (pinned and pageable) not in use: kept for reuse
 };
+
+/// Pinned memory from LibTorch's pinned allocator; throws where this LibTorch cannot pin.
+at::Tensor pinned_slab(bytes_t bytes);
 
 class host_memory : public std::enable_shared_from_this<host_memory> {
 public:
   /// `pinned_budget_bytes` 0: never pin (every buffer is pageable and nothing is counted as a fallback).
-  /// Pageable buffers are reused through a cache: those in use plus those kept stay within
-  /// `pageable_cache_bytes` (the RAM budget; Note [Reuse, do not re-fault]).
-  explicit host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes = 0);
+  /// Pageable buffers come from slabs too, within `pageable_cache_bytes` (the RAM budget). `pinned_source`
+  /// is where pinned slabs come from (tests give one that counts).
+  explicit host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_bytes = 0,
+                       slab_source pinned_source = pinned_slab);
 
   /// A byte buffer of `bytes`: pinned while the budget allows and LibTorch can pin, else pageable.
   at::Tensor allocate(bytes_t bytes);
@@ -61,8 +68,8 @@ private:
   at::Tensor pageable(bytes_t bytes, bool fallback);
 
   bytes_t budget_;
+  std::shared_ptr<buffer_cache> pinned_cache_;
   std::shared_ptr<buffer_cache> pageable_cache_;
-  std::atomic<bytes_t> pinned_{0};
   std::atomic<bytes_t> peak_{0};
   std::atomic<uint64_t> buffers_{0};
   std::atomic<uint64_t> fallbacks_{0};

@@ -7,6 +7,8 @@
 #include <sys/mman.h>
 
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
 
 namespace mcache {
 
@@ -14,12 +16,30 @@ namespace {
 
 constexpr bytes_t huge_page = 2 << 20;
 
-/// A large buffer on transparent huge pages where the kernel allows them (`madvise` mode is the common
-/// default): one fault per 2 MiB instead of one per 4 KiB the first time it is touched.
-at::Tensor fresh_buffer(bytes_t bytes, bool huge_pages) {
-  if (!huge_pages || bytes < huge_page)
+bytes_t round_up(bytes_t n, bytes_t to) { return (n + to - 1) / to * to; }
+
+bytes_t power_of_two_at_least(bytes_t n) {
+  bytes_t p = 1;
+  while (p < n)
+    p <<= 1;
+  return p;
+}
+
+bytes_t power_of_two_at_most(bytes_t n) {
+  if (n == 0)
+    return 0;
+  bytes_t p = 1;
+  while (p <= n / 2)
+    p <<= 1;
+  return p;
+}
+
+} // namespace
+
+at::Tensor pageable_slab(bytes_t bytes) {
+  if (bytes < huge_page)
     return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
-  auto rounded = (bytes + huge_page - 1) / huge_page * huge_page;
+  auto rounded = round_up(bytes, huge_page);
   void* p = std::aligned_alloc(huge_page, rounded);
   if (!p)
     return at::empty({static_cast<int64_t>(bytes)}, at::kByte);
@@ -27,69 +47,156 @@ at::Tensor fresh_buffer(bytes_t bytes, bool huge_pages) {
   return at::from_blob(p, {static_cast<int64_t>(bytes)}, [](void* q) { std::free(q); }, at::kByte);
 }
 
-} // namespace
+buffer_cache::buffer_cache(buffer_cache_options options) : options_(std::move(options)) {
+  if (!options_.source)
+    options_.source = pageable_slab;
+}
 
-buffer_cache::buffer_cache(bytes_t limit_bytes, bool huge_pages)
-  : limit_(limit_bytes), huge_pages_(huge_pages) {}
-
-std::vector<at::Tensor> buffer_cache::shrink_locked() {
-  std::vector<at::Tensor> dropped;
-  while (live_ + cached_ > limit_ && !free_.empty()) {
-    auto largest = std::prev(free_.end());
-    cached_ -= largest->first;
-    dropped.push_back(std::move(largest->second.back()));
-    largest->second.pop_back();
-    if (largest->second.empty())
-      free_.erase(largest);
+bytes_t buffer_cache::new_slab_size(bytes_t aligned, bytes_t room) const {
+  auto largest = std::min(options_.max_slab_bytes, room);
+  if (options_.power_of_two_slabs) {
+    auto needed = power_of_two_at_least(aligned);
+    return needed > room ? 0 : std::max(needed, power_of_two_at_most(largest));
   }
-  return dropped;
+  // Both terms are within `room`.
+  return aligned > room ? 0 : std::max(largest / huge_page * huge_page, aligned);
+}
+
+void buffer_cache::add_free_locked(slab& s, bytes_t offset, bytes_t size) {
+  auto next = s.free.lower_bound(offset);
+  if (next != s.free.begin()) {
+    auto previous = std::prev(next);
+    if (previous->first + previous->second == offset) {
+      offset = previous->first;
+      size += previous->second;
+      remove_free_locked(s, previous);
+    }
+  }
+  if (next != s.free.end() && offset + size == next->first) {
+    size += next->second;
+    remove_free_locked(s, next);
+  }
+  s.free.emplace(offset, size);
+  free_by_size_.emplace(size, s.id, offset);
+}
+
+void buffer_cache::remove_free_locked(slab& s, std::map<bytes_t, bytes_t>::iterator range) {
+  free_by_size_.erase({range->second, s.id, range->first});
+  s.free.erase(range);
+}
+
+at::Tensor buffer_cache::carve_locked(slab& s, bytes_t offset, bytes_t range, bytes_t aligned, bytes_t bytes) {
+  remove_free_locked(s, s.free.find(offset));
+  if (range > aligned)
+    add_free_locked(s, offset + aligned, range - aligned);
+  s.used += aligned;
+  carved_ += aligned;
+  live_ += bytes;
+  std::weak_ptr<buffer_cache> cache = shared_from_this();
+  auto owner = slabs_.at(s.id);  // the buffer keeps its slab's memory alive, even past the cache
+  auto* base = static_cast<uint8_t*>(s.memory.data_ptr()) + offset;
+  return at::from_blob(
+    base, {static_cast<int64_t>(bytes)},
+    [cache, owner, offset, aligned, bytes](void*) {
+      if (auto c = cache.lock())
+        c->give_back(owner->id, offset, aligned, bytes);
+    },
+    s.memory.options());
+}
+
+void buffer_cache::give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, bytes_t bytes) {
+  std::lock_guard<std::mutex> guard{mutex_};
+  auto& s = *slabs_.at(slab_id);  // a slab with buffers out is never let go
+  s.used -= aligned;
+  carved_ -= aligned;
+  live_ -= bytes;
+  add_free_locked(s, offset, aligned);
+}
+
+std::vector<at::Tensor> buffer_cache::release_idle_locked(bytes_t aligned) {
+  std::vector<at::Tensor> released;
+  while (new_slab_size(aligned, options_.limit_bytes - held_) == 0) {
+    std::shared_ptr<slab> largest_idle;
+    for (const auto& [id, s] : slabs_)
+      if (s->used == 0 && (!largest_idle || s->size > largest_idle->size))
+        largest_idle = s;
+    if (!largest_idle)
+      break;
+    remove_free_locked(*largest_idle, largest_idle->free.begin());  // idle: one free range, the whole slab
+    held_ -= largest_idle->size;
+    released.push_back(std::move(largest_idle->memory));
+    slabs_.erase(largest_idle->id);
+  }
+  return released;
+}
+
+at::Tensor buffer_cache::try_take(bytes_t bytes) {
+  if (bytes == 0)
+    return at::empty({0}, at::kByte);
+  const auto aligned = round_up(bytes, alignment);
+  std::vector<at::Tensor> released;  // freed after the lock is let go (declared first: destroyed last)
+  bytes_t size = 0;
+  {
+    std::lock_guard<std::mutex> guard{mutex_};
+    auto fit = free_by_size_.lower_bound({aligned, 0, 0});
+    if (fit != free_by_size_.end()) {
+      auto [range, id, offset] = *fit;
+      ++reuses_;
+      return carve_locked(*slabs_.at(id), offset, range, aligned, bytes);
+    }
+    if (held_ > options_.limit_bytes)
+      return {};
+    size = new_slab_size(aligned, options_.limit_bytes - held_);
+    if (size == 0) {
+      released = release_idle_locked(aligned);
+      size = new_slab_size(aligned, options_.limit_bytes - held_);
+    }
+    if (size == 0)
+      return {};
+    held_ += size;  // reserved: concurrent requests never take more slabs than the limit together
+  }
+  released.clear();
+  at::Tensor memory;
+  try {
+    memory = options_.source(size);  // pinning costs about 0.5 s per GiB: not under the lock
+  } catch (...) {
+    std::lock_guard<std::mutex> guard{mutex_};
+    held_ -= size;
+    throw;
+  }
+  std::lock_guard<std::mutex> guard{mutex_};
+  auto s = std::make_shared<slab>();
+  s->id = next_slab_id_++;
+  s->memory = std::move(memory);
+  s->size = size;
+  slabs_.emplace(s->id, s);
+  add_free_locked(*s, 0, size);
+  ++allocations_;
+  return carve_locked(*s, 0, size, aligned, bytes);
 }
 
 at::Tensor buffer_cache::take(bytes_t bytes) {
-  at::Tensor raw;
-  std::vector<at::Tensor> dropped;  // freed after the lock is let go
+  auto buffer = try_take(bytes);
+  if (buffer.defined())
+    return buffer;
+  // No slab can hold it within the limit: memory of its own, freed when it goes.
+  auto raw = options_.source(bytes);
+  ++overflows_;
+  ++allocations_;
   {
-    // Best fit among buffers at most a quarter larger: models of similar layer sizes share buffers, and
-    // no request ties up a much larger one.
     std::lock_guard<std::mutex> guard{mutex_};
-    auto i = free_.lower_bound(bytes);
-    if (i != free_.end() && i->first <= bytes + bytes / 4) {
-      raw = std::move(i->second.back());
-      i->second.pop_back();
-      cached_ -= i->first;
-      if (i->second.empty())
-        free_.erase(i);
-      live_ += static_cast<bytes_t>(raw.numel());
-    } else {
-      live_ += bytes;
-      dropped = shrink_locked();  // make the fresh buffer's room under the limit first
-    }
-  }
-  dropped.clear();
-  if (raw.defined())
-    ++reuses_;
-  else {
-    raw = fresh_buffer(bytes, huge_pages_);
-    ++allocations_;
+    live_ += bytes;
   }
   std::weak_ptr<buffer_cache> cache = shared_from_this();
   return at::from_blob(
     raw.data_ptr(), {static_cast<int64_t>(bytes)},
-    [cache, raw](void*) {
-      if (auto c = cache.lock())
-        c->put_back(raw);
+    [cache, raw, bytes](void*) {
+      if (auto c = cache.lock()) {
+        std::lock_guard<std::mutex> guard{c->mutex_};
+        c->live_ -= bytes;
+      }
     },
     raw.options());
-}
-
-void buffer_cache::put_back(at::Tensor raw) {
-  auto bytes = static_cast<bytes_t>(raw.numel());
-  std::lock_guard<std::mutex> guard{mutex_};
-  live_ -= bytes;
-  if (live_ + cached_ + bytes > limit_)
-    return;  // over the limit: freed (the lambda holding `raw` goes)
-  free_[bytes].push_back(std::move(raw));
-  cached_ += bytes;
 }
 
 bytes_t buffer_cache::live_bytes() const {
@@ -97,9 +204,58 @@ bytes_t buffer_cache::live_bytes() const {
   return live_;
 }
 
+bytes_t buffer_cache::slab_bytes() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  bytes_t total = 0;
+  for (const auto& [id, s] : slabs_)
+    total += s->size;
+  return total;
+}
+
 bytes_t buffer_cache::cached_bytes() const {
   std::lock_guard<std::mutex> guard{mutex_};
-  return cached_;
+  bytes_t total = 0;
+  for (const auto& [id, s] : slabs_)
+    total += s->size;
+  return total - carved_;
+}
+
+size_t buffer_cache::slab_count() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  return slabs_.size();
+}
+
+void buffer_cache::check() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  auto fail = [](const std::string& what) { throw std::logic_error("buffer_cache: " + what); };
+  bytes_t total = 0, used = 0;
+  size_t ranges = 0;
+  for (const auto& [id, s] : slabs_) {
+    total += s->size;
+    used += s->used;
+    bytes_t free = 0, end = 0;
+    bool first = true;
+    for (const auto& [offset, size] : s->free) {
+      if (size == 0 || offset + size > s->size)
+        fail("slab " + std::to_string(id) + " has a free range outside it");
+      if (!first && offset <= end)
+        fail("slab " + std::to_string(id) + " has free ranges that overlap or touch (not merged)");
+      if (!free_by_size_.count({size, id, offset}))
+        fail("slab " + std::to_string(id) + " has a free range missing from the size index");
+      free += size;
+      end = offset + size;
+      first = false;
+      ++ranges;
+    }
+    if (free + s->used != s->size)
+      fail("slab " + std::to_string(id) + ": free + used != size");
+  }
+  if (ranges != free_by_size_.size())
+    fail("the size index holds ranges no slab has");
+  if (used != carved_)
+    fail("carved bytes do not add up");
+  if (total > held_ || held_ > options_.limit_bytes)
+    fail("slabs held pass the limit");
 }
 
 } // namespace mcache

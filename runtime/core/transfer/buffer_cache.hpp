@@ -1,58 +1,119 @@
 #pragma once
 // Note [Reuse, do not re-fault]: memory that a simulated device or a load takes again and again is
-// reused, not freshly allocated: a fresh allocation of gigabytes is a fresh page fault per 4 KiB page,
-// and the sample spent most of its time in the kernel doing exactly that. A GPU's memory comes from a
-// caching allocator and pinned host memory must be reused anyway; this cache gives the simulated device
-// and pageable load buffers the same discipline, as a caching allocator with a limit: the buffers in use
-// plus those kept for reuse never exceed the limit (the budget of the tier the buffers serve), so what
-// is cached is memory the budget allows anyway, and the process's memory stays within its budgets. A
-// fresh allocation first frees cached buffers (largest first) to stay within the limit. It hands out the
-// best fit that is at most a quarter larger than asked. What is cached is reported in the stats. It does
-// not split blocks, so a request of a size that nothing cached fits still faults in a fresh buffer: in the
-// default sample 59% of CPU time (perf) is the kernel zeroing such fresh huge pages.
+// reused, not freshly allocated: a fresh allocation of gigabytes is a fresh page fault per page (and, on
+// huge pages, the kernel zeroing 2 MiB per fault), and the sample once spent most of its time in the
+// kernel doing exactly that. A GPU's memory comes from a caching allocator and pinned host memory must be
+// reused anyway; this cache gives simulated devices, staging and host load buffers the same discipline.
+//
+// It is a block-splitting allocator over a few large slabs, as GPU caching allocators are:
+//  - A slab is fresh memory from a `slab_source` (pageable on transparent huge pages, or pinned). The
+//    slabs held never exceed the limit (the budget of the tier the buffers serve), so what is cached is
+//    memory the budget allows anyway, and the process stays within its budgets.
+//  - A request takes the best-fitting free range of any slab, split off its front (512-byte aligned); a
+//    freed range merges with its free neighbours. So any size reuses memory that was touched before, and
+//    a page is faulted once per slab, not once per buffer.
+//  - A new slab is as large as the limit allows (at most `max_slab_bytes`), at least the request. Where
+//    that would pass the limit, slabs with nothing in use are let go first. Where it still would, `take`
+//    hands out a buffer of its own, uncached and freed when it goes (`overflows`), and `try_take` none.
+//  - Pinned slabs are powers of two: LibTorch's pinned allocator rounds every block up to one, so that is
+//    what pinning costs. Carving buffers out of them is what keeps a pinned budget byte-exact: a 600 MiB
+//    load buffer pinned on its own costs a 1 GiB block, and five 96 KiB buffers pinned one by one need
+//    640 KiB where carved from one slab they fit in 512 KiB. (The default sample on the H200, pinning
+//    each buffer on its own, fell back to pageable memory with a pinned budget as large as its RAM's.)
+// A buffer keeps its slab alive (the cache may go first). What the slabs hold beyond the buffers in use
+// is reported (`cached_bytes`): reserved, though pageable slab pages not yet touched cost no memory.
 
 #include "messages/ids.hpp"
 
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
+#include <tuple>
 #include <vector>
 
 namespace mcache {
 
+/// Fresh memory for a slab: a byte tensor of exactly `bytes`. May throw (a pinned source on a LibTorch
+/// that cannot pin); the cache then holds nothing more and the exception reaches the caller.
+using slab_source = std::function<at::Tensor(bytes_t bytes)>;
+
+/// Pageable memory; large slabs on transparent huge pages where the kernel allows them (one fault per
+/// 2 MiB; where memory is fragmented the kernel may compact it first, which pays since slabs are reused).
+at::Tensor pageable_slab(bytes_t bytes);
+
+struct buffer_cache_options {
+  bytes_t limit_bytes = 0;           // slabs held never exceed it; 0: nothing is cached
+  slab_source source = pageable_slab;
+  bool power_of_two_slabs = false;   // pinned memory: LibTorch's pinned allocator rounds blocks up to one
+  bytes_t max_slab_bytes = bytes_t{1} << 30;
+};
+
 class buffer_cache : public std::enable_shared_from_this<buffer_cache> {
 public:
-  /// Keeps freed buffers while the buffers in use plus those kept stay within `limit_bytes`. `huge_pages`:
-  /// place large buffers on transparent huge pages (one fault per 2 MiB; but where memory is fragmented
-  /// the kernel may compact it first, so it pays where buffers are reused many times, as device copies are).
-  explicit buffer_cache(bytes_t limit_bytes, bool huge_pages = false);
+  static constexpr bytes_t alignment = 512;
 
-  /// A byte buffer of `bytes`, reused when one of that size is cached; it comes back to the cache when
-  /// the last tensor viewing it goes.
+  explicit buffer_cache(buffer_cache_options options);
+  /// Pageable slabs within `limit_bytes`.
+  explicit buffer_cache(bytes_t limit_bytes) : buffer_cache(buffer_cache_options{limit_bytes}) {}
+
+  /// A byte buffer of `bytes` from a slab, or, where no slab can hold it within the limit, one of its own
+  /// (uncached: freed when it goes). It comes back to the cache when the last tensor viewing it goes.
   at::Tensor take(bytes_t bytes);
+  /// As `take`, but an undefined tensor where no slab can hold it within the limit.
+  at::Tensor try_take(bytes_t bytes);
 
+  /// Slab bytes not in use: memory kept for reuse beyond what the buffers in use take.
   bytes_t cached_bytes() const;
-  /// Bytes of the buffers handed out and not yet back.
+  /// Bytes of the buffers handed out and not yet back, as asked (overflows included).
   bytes_t live_bytes() const;
-  uint64_t reuses() const { return reuses_; }
-  uint64_t allocations() const { return allocations_; }
+  /// Bytes in slabs: what the cache holds, at most the limit.
+  bytes_t slab_bytes() const;
+  bytes_t limit_bytes() const { return options_.limit_bytes; }
+  uint64_t reuses() const { return reuses_; }          // buffers carved from slabs that were already there
+  uint64_t allocations() const { return allocations_; } // fresh memory: slabs and overflows
+  uint64_t overflows() const { return overflows_; }
+  size_t slab_count() const;
+
+  /// Checks the bookkeeping (free ranges cover exactly what no buffer uses, merged, indexed); throws
+  /// std::logic_error naming what is wrong. For tests and debug builds.
+  void check() const;
 
 private:
-  void put_back(at::Tensor raw);
-  /// Frees cached buffers, largest first, until live + cached fit the limit. Returns them, to be freed
-  /// outside the lock.
-  std::vector<at::Tensor> shrink_locked();
+  struct slab {
+    uint64_t id = 0;
+    at::Tensor memory;
+    bytes_t size = 0;
+    bytes_t used = 0;                     // aligned bytes of the buffers carved from it
+    std::map<bytes_t, bytes_t> free;      // offset -> size, merged
+  };
+  /// Free ranges of all slabs, best fit first: (size, slab id, offset).
+  using range_key = std::tuple<bytes_t, uint64_t, bytes_t>;
 
-  bytes_t limit_;
-  bool huge_pages_;
+  at::Tensor carve_locked(slab& s, bytes_t offset, bytes_t range, bytes_t aligned, bytes_t bytes);
+  void give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, bytes_t bytes);
+  /// The size of a new slab for a request of `aligned` bytes with `room` left under the limit; 0: none fits.
+  bytes_t new_slab_size(bytes_t aligned, bytes_t room) const;
+  /// Lets slabs with nothing in use go, largest first, until `wanted` fits under the limit. Returns their
+  /// memory, to be freed outside the lock.
+  std::vector<at::Tensor> release_idle_locked(bytes_t wanted);
+  void add_free_locked(slab& s, bytes_t offset, bytes_t size);
+  void remove_free_locked(slab& s, std::map<bytes_t, bytes_t>::iterator range);
+
+  buffer_cache_options options_;
   mutable std::mutex mutex_;
-  std::map<bytes_t, std::vector<at::Tensor>> free_;  // by exact size
-  bytes_t cached_ = 0;
-  bytes_t live_ = 0;
-  std::atomic<uint64_t> reuses_{0}, allocations_{0};
+  std::map<uint64_t, std::shared_ptr<slab>> slabs_;
+  std::set<range_key> free_by_size_;
+  uint64_t next_slab_id_ = 1;
+  bytes_t held_ = 0;      // slab bytes, including slabs being allocated outside the lock
+  bytes_t live_ = 0;      // bytes asked of buffers in use
+  bytes_t carved_ = 0;    // aligned bytes of buffers in use from slabs
+  std::atomic<uint64_t> reuses_{0}, allocations_{0}, overflows_{0};
 };
 
 } // namespace mcache

@@ -43,7 +43,7 @@ namespace {
 class simulated_backend final : public device_backend {
 public:
   simulated_backend(device_index device, simulated_device_options options)
-    : device_(device), options_(std::move(options)), cache_(std::make_shared<buffer_cache>(options_.cache_bytes, /*huge_pages=*/true)) {}
+    : device_(device), options_(std::move(options)), cache_(std::make_shared<buffer_cache>(options_.cache_bytes)) {}
 
   bytes_t cached_bytes() const override { return cache_->cached_bytes(); }
 
