@@ -1,0 +1,173 @@
+"""mcache: a model cache over disk, host RAM and GPUs, for PyTorch servers.
+
+Catalog lookup is separate from loading, and "in use" is explicit:
+
+    import mcache
+    with mcache.Runtime(ram_budget="24GiB", devices="all") as rt:
+        rt.models.add_folder("/models/flux")
+        s = rt.session("worker-1")
+        with s.acquire("flux/t5") as te, s.acquire("flux/transformer") as tr, \\
+             s.pin(te, "cpu") as p1, s.pin(tr, 0, working=2 << 30) as p2:
+            weights = p2.state_dict()        # torch.Tensors: the cache's own memory, no copy
+
+A lease keeps a model in RAM until it is released; a pin keeps it on a device (fully or partly resident)
+until it is released. Both are context managers and release themselves on exit, exceptions included.
+Every failure is an `mcache.Error` subclass named after its code (`mcache.BudgetExhausted`, ...), with
+`.code` and an actionable message. Ownership, threads and tensor lifetimes: Note [The Python binding] in
+python/module.cpp (a tensor keeps the memory it views alive; a streamed tensor is valid until the stream
+has moved two tensors on).
+"""
+
+import json as _json
+
+import torch as _torch  # noqa: F401  (the extension needs LibTorch's Python side loaded first)
+
+from . import _core
+
+__all__ = ["Runtime", "Session", "Lease", "Pin", "Stream", "Error", "load_module"]
+
+
+class Error(Exception):
+    """A request failed. `code` is the error's name (e.g. "budget_exhausted"); str(e) says what was
+    asked, what was free, and what to change."""
+
+    def __init__(self, message, code):
+        super().__init__(message)
+        self.code = code
+
+
+def _class_name(code):
+    return "".join(part.capitalize() for part in code.split("_"))
+
+
+_error_classes = {}
+for _code in _core.error_codes:
+    _cls = type(_class_name(_code), (Error,), {"__doc__": "mcache error `%s`." % _code, "__module__": __name__})
+    globals()[_cls.__name__] = _cls
+    __all__.append(_cls.__name__)
+    _error_classes[_code] = _cls
+_core._set_error_classes(_error_classes)
+
+Session = _core.Session
+Lease = _core.Lease
+Pin = _core.Pin
+Stream = _core.Stream
+
+
+class Models:
+    """The runtime's catalog. Registering reads file headers only; nothing loads until an acquire."""
+
+    def __init__(self, core):
+        self._core = core
+
+    def add_synthetic(self, id, sizes, seed=0):
+        """A model of float32 tensors with `sizes` elements each, filled from `seed` (tests, demos)."""
+        return self._core.add_synthetic(id, [int(n) for n in sizes], seed)
+
+    def add_file(self, id, files, execution_order=(), required=(), device=None):
+        """A model from one safetensors file or several shards."""
+        if isinstance(files, str):
+            files = [files]
+        return self._core.add_file(id, list(files), list(execution_order), list(required), device)
+
+    def add_folder(self, folder):
+        """Every model in a folder (single files and sharded checkpoints); returns their ids."""
+        return self._core.add_folder(str(folder))
+
+    def add_manifest(self, path):
+        """The models a manifest.json declares; returns their ids."""
+        return self._core.add_manifest(str(path))
+
+    def ids(self):
+        return self._core.model_ids()
+
+    def describe(self, id):
+        return self._core.describe(id)
+
+    def __contains__(self, id):
+        return id in self._core.model_ids()
+
+    def __len__(self):
+        return len(self._core.model_ids())
+
+
+class Runtime:
+    """One RAM tier and one tier per device. Options are the config file's keys (runtime/config.hpp):
+    ram_budget, pinned_budget, keep_ram_copy, keep_alive, default_wait, devices ("all" or a list of
+    {"kind": "cuda"|"simulated"|"accelerator", "vram_budget": ..., "working_memory": ...}), ...
+    Sizes are bytes or strings like "8GiB"; durations are seconds or strings like "30s"."""
+
+    def __init__(self, config=None, **options):
+        merged = dict(config or {})
+        merged.update(options)
+        self._core = _core.Runtime(_json.dumps(merged))
+        self.models = Models(self._core)
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        with open(path) as f:
+            return cls(_json.load(f), **overrides)
+
+    def session(self, name=""):
+        """A holder: what it acquires and pins is released by it. Threads may share one."""
+        return self._core.session(name)
+
+    @property
+    def device_count(self):
+        return self._core.device_count
+
+    def stats(self):
+        """Every tier's stats and models with their holders, as the HTTP endpoint's /status serves."""
+        return _json.loads(self._core.status_json())
+
+    def prometheus_text(self):
+        return self._core.prometheus_text()
+
+    def close(self):
+        """Shuts down now: later acquires and pins fail with ShuttingDown, later releases do nothing."""
+        self._core.close()
+
+    @property
+    def closed(self):
+        return self._core.closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def load_module(module, pin, strict=True):
+    """Points `module`'s parameters and buffers at a full pin's device tensors, without a copy, so the
+    model runs where the cache placed it. Names are the state dict's. Keep the pin held while the module
+    runs; the tensors stay valid after it (Note [The Python binding]), but then hold memory the cache has
+    already counted as free. Returns the names the pin lacked (missing) and those the module lacked
+    (unexpected), as load_state_dict does."""
+    tensors = pin.state_dict()
+    invalid = _error_classes["invalid_argument"]
+    plan, missing = [], []
+    for name, current in list(module.named_parameters()) + list(module.named_buffers()):
+        if name not in tensors:
+            missing.append(name)
+            continue
+        value = tensors[name]
+        if current is not None and tuple(current.shape) != tuple(value.shape):
+            raise invalid("tensor '%s' of model '%s' has shape %s, the module wants %s"
+                          % (name, pin.model, tuple(value.shape), tuple(current.shape)), "invalid_argument")
+        plan.append((name, value))
+    unexpected = sorted(set(tensors) - {name for name, _ in plan})
+    if strict and (missing or unexpected):
+        raise invalid("model '%s' does not match the module: missing %s, unexpected %s"
+                      % (pin.model, missing, unexpected), "invalid_argument")
+    for name, value in plan:  # checked first: a mismatch leaves the module as it was
+        owner = module
+        *path, leaf = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        if leaf in owner._parameters:
+            owner._parameters[leaf] = _torch.nn.Parameter(value, requires_grad=False)
+        else:
+            owner._buffers[leaf] = value
+    return missing, unexpected

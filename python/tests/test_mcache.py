@@ -1,0 +1,250 @@
+# The mcache Python package (Note [The Python binding], python/module.cpp): the API, errors, releases on
+# exceptions, threads and tensor lifetimes, over simulated devices.
+
+import gc
+import os
+import tempfile
+import threading
+
+import pytest
+import torch
+
+import mcache
+
+MiB = 1 << 20
+
+
+def layers(mib, count=4):
+    """Element counts of `count` float32 tensors making `mib` MiB in all."""
+    return [mib * MiB // 4 // count] * count
+
+
+@pytest.fixture
+def rt():
+    runtime = mcache.Runtime(ram_budget=64 * MiB, default_wait=0.2,
+                             devices=[{"kind": "simulated", "vram_budget": 32 * MiB}])
+    runtime.models.add_synthetic("te", layers(16), seed=1)
+    runtime.models.add_synthetic("tr", layers(24), seed=2)
+    runtime.models.add_synthetic("vae", layers(8), seed=3)
+    yield runtime
+    runtime.close()
+
+
+def test_a_lease_and_a_pin_hand_out_the_caches_own_tensors_without_a_copy(rt):
+    s = rt.session("worker")
+    with s.acquire("te") as te, s.pin(te, 0) as p:
+        host = te.state_dict()
+        device = p.state_dict()
+        assert set(host) == set(device) and len(host) == 4
+        name = sorted(host)[0]
+        assert p.tensor(name).data_ptr() == device[name].data_ptr()  # the same memory each time
+        assert te.tensor(name).data_ptr() == host[name].data_ptr()
+        assert torch.equal(host[name], device[name])
+        assert p.device == 0 and not p.partial and p.resident_bytes == 16 * MiB
+
+
+def test_the_image_servers_keyerror_cannot_happen_a_leased_model_stays_while_others_load(rt):
+    # The flaw this project fixes: load the text encoder, load the transformer into a nearly full cache,
+    # then lock both. A lease keeps the first in RAM; the cache evicts only what nobody holds.
+    s = rt.session()
+    with s.acquire("te") as te:
+        with s.acquire("tr") as tr:  # 16 + 24 of 64 MiB: fits beside te
+            with s.pin(te, "cpu") as p1, s.pin(tr, 0) as p2:
+                assert p1.device == "cpu" and p2.device == 0
+        with s.acquire("vae") as vae:  # the transformer may go now; the leased encoder may not
+            assert rt.stats()["ram"]["used_bytes"] <= 64 * MiB
+            with s.pin(te, 0) as again:
+                assert again.tensor(sorted(te.state_dict())[0]) is not None
+            del vae
+
+
+def test_leases_and_pins_are_released_when_their_with_block_raises(rt):
+    s = rt.session()
+    with pytest.raises(RuntimeError, match="boom"):
+        with s.acquire("te") as te, s.pin(te, 0):
+            raise RuntimeError("boom")
+    stats = rt.stats()
+    assert stats["ram"]["leased_bytes"] == 0
+    assert stats["devices"][0]["pinned_bytes"] == 0
+    assert not te.held
+
+
+def test_every_error_is_an_mcache_error_subclass_with_its_code_and_an_actionable_text(rt):
+    s = rt.session()
+    with pytest.raises(mcache.UnknownModel) as e:
+        s.acquire("nope")
+    assert e.value.code == "unknown_model" and "nope" in str(e.value)
+    assert isinstance(e.value, mcache.Error)
+    with s.acquire("te") as te:
+        with pytest.raises(mcache.InvalidDevice):
+            s.pin(te, 7)
+        with pytest.raises(mcache.InvalidDevice):
+            s.pin(te, "gpu")
+    with pytest.raises(mcache.InvalidLease):
+        s.pin(te, 0)  # released at the end of the with block
+    with pytest.raises(mcache.InvalidArgument, match="ram_budget"):
+        mcache.Runtime(ram_budget="lots")
+    with pytest.raises(mcache.InvalidArgument, match="unknown key"):
+        mcache.Runtime(ram_budgett=1)
+    with pytest.raises(mcache.FileMissing):
+        rt.models.add_file("ghost", "/nonexistent/model.safetensors")
+    with pytest.raises(mcache.InvalidArgument):  # already registered: the catalog is unchanged
+        rt.models.add_synthetic("te", layers(1))
+    assert rt.models.describe("te")["bytes"] == 16 * MiB
+
+
+def test_a_model_larger_than_the_device_is_pinned_partly_and_streamed_in_order():
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 12 * MiB}]) as rt:
+        rt.models.add_synthetic("big", layers(24, count=8), seed=5)
+        s = rt.session()
+        with s.acquire("big") as big, s.pin(big, 0) as p:
+            assert p.partial
+            with pytest.raises(mcache.InvalidArgument, match="partial"):
+                p.state_dict()
+            host = big.state_dict()
+            names = []
+            for name, tensor in p.stream():
+                assert torch.equal(tensor, host[name])
+                names.append(name)
+            assert sorted(names) == sorted(host)
+
+
+def test_a_budget_that_cannot_be_met_in_time_is_budget_exhausted_and_leaves_nothing_held(rt):
+    rt.models.add_synthetic("big", layers(32))
+    s, other = rt.session("a"), rt.session("b")
+    with s.acquire("te"), s.acquire("tr"):
+        # vae and big are 40 MiB more beside a's 40 in 64: all or none, and none it is.
+        with pytest.raises(mcache.BudgetExhausted) as e:
+            other.acquire_all(["vae", "big"], wait=0.05)
+        assert "MiB" in str(e.value) or "bytes" in str(e.value)
+        assert rt.stats()["ram"]["leased_bytes"] == 40 * MiB
+    assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_a_tensor_kept_past_its_pin_keeps_its_memory_and_its_values(rt):
+    s = rt.session()
+    with s.acquire("te") as te, s.pin(te, 0) as p:
+        name = sorted(p.state_dict())[0]
+        kept = p.tensor(name)
+        expected = kept.clone()
+    s.offload(0)  # the device copy is evicted and its memory counted free
+    s.trim_ram()
+    with s.acquire("tr") as tr, s.pin(tr, 0) as p2:  # new copies take the device's memory again
+        for t in p2.state_dict().values():
+            t.fill_(-1.0)
+    assert torch.equal(kept, expected)  # never reused under the tensor kept
+
+
+def test_sessions_on_many_threads_share_the_cache_without_errors(rt):
+    failures = []
+
+    def worker(i):
+        try:
+            s = rt.session("thread-%d" % i)
+            for _ in range(20):
+                model = ["te", "tr", "vae"][i % 3]
+                with s.acquire(model, wait=10) as l, s.pin(l, 0, wait=10) as p:
+                    if p.partial:  # the device was busy with others: the rest streams
+                        assert len([name for name, _ in p.stream()]) == 4
+                    else:
+                        assert len(p.state_dict()) == 4
+        except Exception as e:  # noqa: BLE001
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_threads_may_share_one_session(rt):
+    s = rt.session("shared")
+    failures = []
+
+    def worker():
+        try:
+            for _ in range(20):
+                with s.acquire("vae", wait=10) as l, s.pin(l, "cpu", wait=10):
+                    pass
+        except Exception as e:  # noqa: BLE001
+            failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_a_release_from_a_finalizer_or_after_close_is_safe():
+    rt = mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}])
+    rt.models.add_synthetic("m", layers(4))
+    s = rt.session()
+    lease = s.acquire("m")
+    pin = s.pin(lease, 0)
+    del lease  # dropped while pinned: released by its finalizer after the pin goes
+    gc.collect()
+    rt.close()
+    assert rt.closed
+    pin.release()  # after close: does nothing, raises nothing
+    pin.release()  # twice: the same
+    with pytest.raises(mcache.ShuttingDown):
+        rt.session()
+    with pytest.raises(mcache.ShuttingDown):
+        s.acquire("m")
+
+
+def test_stats_and_prometheus_text_describe_the_tiers(rt):
+    s = rt.session("stats")
+    with s.acquire("te"):
+        stats = rt.stats()
+        assert stats["ram"]["leased_bytes"] == 16 * MiB
+        assert any(m["model"] == "te" for m in stats["ram"]["models"])
+    text = rt.prometheus_text()
+    assert "mcache_ram_budget_bytes" in text
+
+
+def test_models_from_files_and_folders():
+    from safetensors_writer import write_safetensors
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_safetensors(os.path.join(folder, "a.safetensors"), {"w": torch.arange(12, dtype=torch.float32).view(3, 4)})
+        os.makedirs(os.path.join(folder, "sub"))
+        write_safetensors(os.path.join(folder, "sub", "b.safetensors"), {"x": torch.ones(5)})
+        with mcache.Runtime(ram_budget=16 * MiB, devices=[{"kind": "simulated", "vram_budget": 8 * MiB}]) as rt:
+            assert sorted(rt.models.add_folder(folder)) == ["a", "sub/b"]
+            assert "a" in rt.models and len(rt.models) == 2
+            s = rt.session()
+            with s.acquire("a") as a, s.pin(a, 0) as p:
+                assert torch.equal(p.tensor("w"), torch.arange(12, dtype=torch.float32).view(3, 4))
+
+
+def test_a_torch_module_runs_on_the_pins_tensors_without_a_copy(rt):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with tempfile.TemporaryDirectory() as folder:
+        from safetensors_writer import write_safetensors
+
+        reference = Net()
+        path = os.path.join(folder, "net.safetensors")
+        write_safetensors(path, {k: v.detach() for k, v in reference.state_dict().items()})
+        rt.models.add_file("net", path)
+        s = rt.session()
+        with s.acquire("net") as l, s.pin(l, 0) as p:
+            net = Net()
+            assert mcache.load_module(net, p) == ([], [])
+            assert net.fc.weight.data_ptr() == p.tensor("fc.weight").data_ptr()
+            x = torch.randn(2, 4)
+            assert torch.allclose(net(x), reference(x))
+            with pytest.raises(mcache.InvalidArgument, match="does not match"):
+                mcache.load_module(torch.nn.Linear(4, 3), p)
