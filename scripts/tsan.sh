@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs actor_tests, runtime_tests (the stress test included) the simulated backend contract and the scheduler under ThreadSanitizer, with CAF itself
+# Runs actor_tests, runtime_tests (the stress test included), the simulated backend contract, the scheduler
+# and the CAF-free core's tests under ThreadSanitizer, with CAF itself
 # instrumented too: Debian's libcaf is not, so TSan would not see the synchronisation inside its mailboxes
 # and scheduler. Usage: bash scripts/tsan.sh [CATCH_FILTER...] (the filters go to both test binaries).
 #  1. Takes CAF 0.17.6's source from Debian's source package (actor-framework), adding a deb-src entry
@@ -89,13 +90,14 @@ fi
 # NDEBUG as in the default RelWithDebInfo build, but -O1 (from CMAKE_CXX_FLAGS) instead of -O2.
 cmake -S "$root" -B "$build" -G Ninja "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS="$tsan_flags" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-DNDEBUG \
-  -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DMCACHE_BUILD_SAMPLES=OFF -DMCACHE_BUILD_BENCH=OFF \
+  -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DMCACHE_BUILD_SAMPLES=OFF -DMCACHE_BUILD_BENCH=OFF -DMCACHE_BUILD_PYTHON=OFF \
   -DCAF_INCLUDE_DIR="$caf_prefix/include" -DCAF_CORE_LIBRARY="$caf_prefix/lib/libcaf_core.so" \
   -DCAF_IO_LIBRARY="$caf_prefix/lib/libcaf_io.so" -DCMAKE_BUILD_RPATH="$caf_prefix/lib" >/dev/null
-cmake --build "$build" --parallel "$jobs" --target actor_tests runtime_tests contract_simulated_tests scheduler_tests
-tests=(actor_tests runtime_tests contract_simulated_tests scheduler_tests)
+cmake --build "$build" --parallel "$jobs" --target actor_tests runtime_tests contract_simulated_tests scheduler_tests core_tests
+caf_tests=(actor_tests runtime_tests contract_simulated_tests scheduler_tests)
+tests=("${caf_tests[@]}" core_tests)  # core_tests: the CAF-free core (the buffer cache's threads test)
 caf_lib=$(readlink -f "$caf_prefix/lib/libcaf_core.so")
-for t in "${tests[@]}"; do
+for t in "${caf_tests[@]}"; do
   caf_used=$(ldd "$build/tests/$t" | awk '$1 ~ /^libcaf_core/ {print $3}')
   if [ -z "$caf_used" ] || [ "$(readlink -f "$caf_used")" != "$caf_lib" ]; then
     echo "tsan: $t would load ${caf_used:-no libcaf_core}, not the instrumented $caf_lib" >&2
