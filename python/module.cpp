@@ -15,8 +15,12 @@
 // memory, no copy, and it keeps that memory alive: the buffer it views goes back to its tier's cache only
 // when the last tensor viewing it goes. So a tensor kept past its pin never reads freed or reused memory;
 // the price is that, while it lives, it holds memory the tier has already counted as free. The one
-// exception is a streamed tensor: it lives in one of the pin's staging slots, which the next steps of the
-// stream refill, so it is valid until the stream has moved two tensors on (clone it to keep it).
+// exception is a streamed tensor that was not resident: it lives in one of the pin's staging slots, which
+// the stream refills as it moves on, so it is valid until the next step of the stream (clone it to keep it).
+//
+// Sharing. Calls on one session take turns, waits included: a thread's release waits while another
+// thread's acquire on the same session waits for room. Give each thread its own session where they
+// should not wait on each other (sessions are cheap).
 
 #include "messages/errc.hpp"
 #include "runtime/config.hpp"
@@ -30,11 +34,13 @@
 
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace py = pybind11;
@@ -53,8 +59,8 @@ py::dict& error_classes() {
 std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds) {
   if (!seconds)
     return std::nullopt;
-  if (*seconds < 0)
-    fail(errc::invalid_argument, "wait must be at least 0 seconds, not " + std::to_string(*seconds));
+  if (!(*seconds >= 0) || *seconds > 86400.0)  // also NaN
+    fail(errc::invalid_argument, "wait must be from 0 to 86400 seconds, not " + std::to_string(*seconds));
   return std::chrono::nanoseconds(static_cast<int64_t>(*seconds * 1e9));
 }
 
@@ -62,7 +68,12 @@ std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds) {
 class without_gil {
 public:
   without_gil() {
-    if (!_Py_IsFinalizing() && PyGILState_Check())  // not held: a scope further out let it go already
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing();
+#else
+    const bool finalizing = _Py_IsFinalizing();
+#endif
+    if (!finalizing && PyGILState_Check())  // not held: a scope further out let it go already
       release_.emplace();
   }
 
@@ -89,97 +100,99 @@ struct session_box {
   }
 };
 
-class py_runtime;
-
-class py_lease {
+/// A lease or a pin held from Python. Every access to the C++ handle happens under its session's mutex
+/// with the GIL let go (Note [The Python binding]): another thread may release it at any time.
+template <class Handle>
+class py_handle {
 public:
-  py_lease(std::shared_ptr<session_box> box, lease l) : box_(std::move(box)), lease_(std::move(l)) {
-    model_ = lease_->model();
-    bytes_ = lease_->bytes();
+  py_handle(std::shared_ptr<session_box> box, Handle h, std::string what)
+    : box_(std::move(box)), handle_(std::move(h)), model_(handle_->model()), what_(std::move(what)) {}
+  ~py_handle() {
+    try {
+      release();
+    } catch (...) {  // a finalizer cannot report; the runtime logs what it refused
+    }
   }
-  ~py_lease() { release(); }
-  py_lease(const py_lease&) = delete;
-  py_lease& operator=(const py_lease&) = delete;
+  py_handle(const py_handle&) = delete;
+  py_handle& operator=(const py_handle&) = delete;
 
-  /// Ends the lease; a second call does nothing.
+  /// Ends the lease or pin; a second call does nothing.
   void release() {
     without_gil unlocked;
     std::lock_guard<std::mutex> guard{box_->mutex};
-    if (lease_) {
-      auto l = std::move(*lease_);
-      lease_.reset();
-      l.release();
+    if (handle_) {
+      auto h = std::move(*handle_);
+      handle_.reset();
+      held_ = false;
+      h.release();
     }
   }
-  bool held() const { return lease_.has_value(); }
-  const lease& get() const {
-    if (!lease_)
-      fail(errc::invalid_lease, "the lease on '" + model_ + "' was already released");
-    return *lease_;
+  bool held() const { return held_; }
+  /// Runs `f(handle)` under the session's mutex, the GIL let go; fails if the handle was released.
+  template <class F>
+  auto locked(F f) const {
+    without_gil unlocked;
+    std::lock_guard<std::mutex> guard{box_->mutex};
+    return f(get_locked());
+  }
+  /// The handle, for a caller that holds the session's mutex already.
+  const Handle& get_locked() const {
+    if (!handle_)
+      fail(std::is_same<Handle, lease>::value ? errc::invalid_lease : errc::invalid_pin,
+           "the " + what_ + " '" + model_ + "' was already released");
+    return *handle_;
   }
   const std::shared_ptr<session_box>& box() const { return box_; }
   const std::string& model() const { return model_; }
+
+private:
+  std::shared_ptr<session_box> box_;
+  std::optional<Handle> handle_;
+  std::atomic<bool> held_{true};
+  std::string model_;
+  std::string what_;
+};
+
+class py_lease : public py_handle<lease> {
+public:
+  py_lease(std::shared_ptr<session_box> box, lease l)
+    : py_handle(std::move(box), std::move(l), "lease on"), bytes_(get_locked().bytes()) {}  // not shared yet
   bytes_t bytes() const { return bytes_; }
 
 private:
-  std::shared_ptr<session_box> box_;
-  std::optional<lease> lease_;
-  std::string model_;
-  bytes_t bytes_ = 0;
+  bytes_t bytes_;
 };
 
-class py_stream;
-
-class py_pin {
+class py_pin : public py_handle<pin_handle> {
 public:
-  py_pin(std::shared_ptr<session_box> box, pin_handle p) : box_(std::move(box)), pin_(std::move(p)) {
-    model_ = pin_->model();
-    device_ = pin_->device();
-  }
-  ~py_pin() { release(); }
-  py_pin(const py_pin&) = delete;
-  py_pin& operator=(const py_pin&) = delete;
-
-  void release() {
-    without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box_->mutex};
-    if (pin_) {
-      auto p = std::move(*pin_);
-      pin_.reset();
-      p.release();
-    }
-  }
-  bool held() const { return pin_.has_value(); }
-  const pin_handle& get() const {
-    if (!pin_)
-      fail(errc::invalid_pin, "the pin of '" + model_ + "' was already released");
-    return *pin_;
-  }
-  const std::string& model() const { return model_; }
+  py_pin(std::shared_ptr<session_box> box, pin_handle p)
+    : py_handle(std::move(box), std::move(p), "pin of"), device_(get_locked().device()) {}  // not shared yet
   device_index device() const { return device_; }
 
 private:
-  std::shared_ptr<session_box> box_;
-  std::optional<pin_handle> pin_;
-  std::string model_;
-  device_index device_ = 0;
+  device_index device_;
 };
 
 /// `for name, tensor in pin.stream():` — resident tensors from the device copy, the rest through staging.
 class py_stream {
 public:
-  explicit py_stream(std::shared_ptr<py_pin> pin) : pin_(std::move(pin)), stream_(new tensor_stream(pin_->get().stream())) {}
+  explicit py_stream(std::shared_ptr<py_pin> pin)
+    : pin_(std::move(pin)), stream_(pin_->locked([](const pin_handle& h) { return new tensor_stream(h.stream()); })) {}
   py::tuple next() {
     if (!pin_->held())
       fail(errc::invalid_pin, "the pin of '" + pin_->model() + "' was released while its stream was in use");
-    if (next_ >= stream_->size())
-      throw py::stop_iteration();
-    auto i = next_++;
+    size_t i = 0;
     at::Tensor t;
     {
       without_gil unlocked;  // waits for the slot's copy
-      t = stream_->get(i);
+      std::lock_guard<std::mutex> guard{mutex_};  // threads sharing one stream take turns
+      if (next_ >= stream_->size())
+        i = stream_->size();
+      else
+        t = stream_->get(i = next_++);
     }
+    if (i >= stream_->size())
+      throw py::stop_iteration();
     return py::make_tuple(stream_->name(i), t);
   }
   size_t size() const { return stream_->size(); }
@@ -187,6 +200,7 @@ public:
 private:
   std::shared_ptr<py_pin> pin_;
   std::unique_ptr<tensor_stream> stream_;
+  std::mutex mutex_;
   size_t next_ = 0;
 };
 
@@ -237,7 +251,7 @@ public:
     {
       without_gil unlocked;
       std::lock_guard<std::mutex> guard{box_->mutex};
-      const auto& held = l.get();
+      const auto& held = l.get_locked();  // the same mutex: the lease is this session's
       if (where == anywhere)
         p.emplace(box_->s->pin_anywhere(held, working, w));
       else
@@ -271,47 +285,47 @@ public:
     box_->rt = std::make_unique<runtime>(options);
   }
 
-  runtime& rt() const {
-    if (!box_ || !box_->rt)
+  /// The runtime's box, shared: a call that lets the GIL go keeps the runtime alive through a close().
+  std::shared_ptr<runtime_box> box() const {
+    auto box = box_;
+    if (!box || !box->rt)
       fail(errc::shutting_down, "the runtime is closed");
-    return *box_->rt;
+    return box;
   }
+  runtime& rt() const { return *box()->rt; }  // only while the GIL is held
 
   py_session session(const std::string& name) {
-    auto& r = rt();
-    if (r.stopped())
+    auto owner = box();
+    if (owner->rt->stopped())
       fail(errc::shutting_down, "the runtime is closed");
     auto box = std::make_shared<session_box>();
-    box->owner = box_;
+    box->owner = owner;
     {
       without_gil unlocked;
-      box->s.emplace(r.open_session(name));
+      box->s.emplace(owner->rt->open_session(name));
     }
     return py_session{box};
   }
 
   /// Shuts the runtime down now; it is destroyed when the last object made from it goes.
   void close() {
-    if (!box_)
+    auto box = std::move(box_);  // under the GIL: a second close finds nothing to do
+    if (!box)
       return;
-    {
-      without_gil unlocked;
-      if (box_->rt)
-        box_->rt->shutdown();
-    }
-    box_.reset();
+    without_gil unlocked;
+    box->rt->shutdown();
   }
   bool closed() const { return !box_; }
 
   std::string status_json() {
-    auto& r = rt();
+    auto owner = box();
     without_gil unlocked;
-    return r.status_json();
+    return owner->rt->status_json();
   }
   std::string prometheus() {
-    auto& r = rt();
+    auto owner = box();
     without_gil unlocked;
-    return prometheus_text(r.stats());
+    return prometheus_text(owner->rt->stats());
   }
 
   // -- the catalog ------------------------------------------------------------------------------------
@@ -361,9 +375,9 @@ private:
 /// The C++ blocking client's cycle (acquire, pin, release both) on `model`, `n` times, in seconds per
 /// cycle: the baseline the Python bench compares itself with, in the same process.
 double cpp_cycle_seconds(py_runtime& r, const std::string& model, device_index device, int n) {
-  auto& rt = r.rt();
+  auto owner = r.box();
   without_gil unlocked;
-  auto s = rt.open_session("cpp-bench");
+  auto s = owner->rt->open_session("cpp-bench");
   auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < n; ++i) {
     auto l = s.acquire(model);
@@ -404,14 +418,14 @@ PYBIND11_MODULE(_core, m) {
     .def_property_readonly("held", &py_lease::held)
     .def("release", &py_lease::release, "Ends the lease; a second call does nothing.")
     .def("tensor", [](const py_lease& l, const std::string& name) {
-      for (const auto& t : l.get().host().tensors)
+      for (const auto& t : l.locked([](const lease& h) { return h.host().tensors; }))
         if (t.name == name)
           return t.tensor;
       fail(errc::invalid_argument, "model '" + l.model() + "' has no tensor '" + name + "'");
     }, "The RAM copy of a tensor: the cache's own memory, no copy.")
     .def("state_dict", [](const py_lease& l) {
       py::dict out;
-      for (const auto& t : l.get().host().tensors)
+      for (const auto& t : l.locked([](const lease& h) { return h.host().tensors; }))
         out[py::str(t.name)] = t.tensor;
       return out;
     })
@@ -429,23 +443,25 @@ PYBIND11_MODULE(_core, m) {
       return py::int_(p.device());
     })
     .def_property_readonly("held", &py_pin::held)
-    .def_property_readonly("partial", [](const py_pin& p) { return p.get().partial(); })
-    .def_property_readonly("resident_bytes", [](const py_pin& p) { return p.get().resident_bytes(); })
-    .def_property_readonly("working_bytes", [](const py_pin& p) { return p.get().working_bytes(); })
+    .def_property_readonly("partial", [](const py_pin& p) { return p.locked([](const pin_handle& h) { return h.partial(); }); })
+    .def_property_readonly("resident_bytes", [](const py_pin& p) { return p.locked([](const pin_handle& h) { return h.resident_bytes(); }); })
+    .def_property_readonly("working_bytes", [](const py_pin& p) { return p.locked([](const pin_handle& h) { return h.working_bytes(); }); })
     .def("release", &py_pin::release, "Ends the pin; a second call does nothing.")
     .def("tensor", [](const py_pin& p, const std::string& name) -> py::object {
-      auto t = p.get().tensor(name);
+      auto t = p.locked([&](const pin_handle& h) { return h.tensor(name); });
       if (!t.defined())
         return py::none();  // no such tensor, or it is not resident (stream it)
       return py::cast(t);
     }, "The device copy of a tensor (None if it is not resident: use stream()). No copy.")
     .def("state_dict", [](const py_pin& p) {
       py::dict out;
-      const auto& pin = p.get();
-      if (pin.partial())
-        fail(errc::invalid_argument, "the pin of '" + p.model() + "' is partial: its streamed tensors have no "
-                                     "lasting device copy; use stream(), or pin with more room");
-      for (const auto& t : pin.tensors().tensors)
+      auto tensors = p.locked([&](const pin_handle& h) {
+        if (h.partial())
+          fail(errc::invalid_argument, "the pin of '" + p.model() + "' is partial: its streamed tensors have no "
+                                       "lasting device copy; use stream(), or pin with more room");
+        return h.tensors().tensors;
+      });
+      for (const auto& t : tensors)
         out[py::str(t.name)] = t.tensor;
       return out;
     }, "Every tensor's device copy, by name (a full pin only). No copy.")

@@ -14,8 +14,9 @@ A lease keeps a model in RAM until it is released; a pin keeps it on a device (f
 until it is released. Both are context managers and release themselves on exit, exceptions included.
 Every failure is an `mcache.Error` subclass named after its code (`mcache.BudgetExhausted`, ...), with
 `.code` and an actionable message. Ownership, threads and tensor lifetimes: Note [The Python binding] in
-python/module.cpp (a tensor keeps the memory it views alive; a streamed tensor is valid until the stream
-has moved two tensors on).
+python/module.cpp (a tensor keeps the memory it views alive; a streamed tensor that was not resident is
+valid until the stream's next step; calls on one session take turns, so give each thread its own session
+where they should not wait on each other).
 """
 
 import json as _json
@@ -147,27 +148,48 @@ def load_module(module, pin, strict=True):
     (unexpected), as load_state_dict does."""
     tensors = pin.state_dict()
     invalid = _error_classes["invalid_argument"]
+    # Every place a tensor lives in the module, tied ones included (a shared Parameter is reachable under
+    # several names; each must get the same new one), without non-persistent buffers (not in a state dict).
+    places = []  # (name, owner, leaf, current)
+
+    def walk(owner, prefix):
+        for leaf, value in owner._parameters.items():
+            if value is not None:
+                places.append((prefix + leaf, owner, leaf, value))
+        for leaf, value in owner._buffers.items():
+            if value is not None and leaf not in owner._non_persistent_buffers_set:
+                places.append((prefix + leaf, owner, leaf, value))
+        for name, child in owner._modules.items():
+            if child is not None:
+                walk(child, prefix + name + ".")
+
+    walk(module, "")
+    by_original = {}
+    for name, owner, leaf, current in places:
+        by_original.setdefault(id(current), []).append((name, owner, leaf, current))
     plan, missing = [], []
-    for name, current in list(module.named_parameters()) + list(module.named_buffers()):
-        if name not in tensors:
-            missing.append(name)
+    for group in by_original.values():
+        found = [tensors[name] for name, _, _, _ in group if name in tensors]
+        if not found:
+            missing.extend(name for name, _, _, _ in group)
             continue
-        value = tensors[name]
-        if current is not None and tuple(current.shape) != tuple(value.shape):
-            raise invalid("tensor '%s' of model '%s' has shape %s, the module wants %s"
-                          % (name, pin.model, tuple(value.shape), tuple(current.shape)), "invalid_argument")
-        plan.append((name, value))
-    unexpected = sorted(set(tensors) - {name for name, _ in plan})
+        value, current = found[0], group[0][3]
+        if tuple(current.shape) != tuple(value.shape) or current.dtype != value.dtype:
+            raise invalid("tensor '%s' of model '%s' is %s %s, the module wants %s %s"
+                          % (group[0][0], pin.model, value.dtype, tuple(value.shape), current.dtype,
+                             tuple(current.shape)), "invalid_argument")
+        plan.append((group, value))
+    used = {name for group, _ in plan for name, _, _, _ in group}
+    unexpected = sorted(set(tensors) - used)
     if strict and (missing or unexpected):
         raise invalid("model '%s' does not match the module: missing %s, unexpected %s"
                       % (pin.model, missing, unexpected), "invalid_argument")
-    for name, value in plan:  # checked first: a mismatch leaves the module as it was
-        owner = module
-        *path, leaf = name.split(".")
-        for part in path:
-            owner = getattr(owner, part)
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = _torch.nn.Parameter(value, requires_grad=False)
-        else:
-            owner._buffers[leaf] = value
+    for group, value in plan:  # checked first: a mismatch leaves the module as it was
+        is_parameter = group[0][2] in group[0][1]._parameters
+        new = _torch.nn.Parameter(value, requires_grad=False) if is_parameter else value
+        for _, owner, leaf, _ in group:
+            if is_parameter:
+                owner._parameters[leaf] = new
+            else:
+                owner._buffers[leaf] = new
     return missing, unexpected

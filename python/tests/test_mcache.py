@@ -248,3 +248,52 @@ def test_a_torch_module_runs_on_the_pins_tensors_without_a_copy(rt):
             assert torch.allclose(net(x), reference(x))
             with pytest.raises(mcache.InvalidArgument, match="does not match"):
                 mcache.load_module(torch.nn.Linear(4, 3), p)
+
+
+def test_a_handle_released_on_one_thread_while_another_reads_it_fails_cleanly(rt):
+    s = rt.session()
+    for _ in range(20):
+        lease = s.acquire("vae")
+        pin = s.pin(lease, 0)
+        outcomes = []
+
+        def reader():
+            for _ in range(200):
+                try:
+                    assert len(pin.state_dict()) == 4 and len(lease.state_dict()) == 4
+                except (mcache.InvalidPin, mcache.InvalidLease):
+                    outcomes.append("released")
+                    return
+            outcomes.append("read")
+
+        t = threading.Thread(target=reader)
+        t.start()
+        pin.release()
+        lease.release()
+        t.join()
+        assert outcomes in (["read"], ["released"])
+    assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_load_module_gives_tied_parameters_one_tensor_and_skips_non_persistent_buffers(rt):
+    class Tied(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(4, 4)
+            self.b = torch.nn.Linear(4, 4)
+            self.b.weight = self.a.weight  # tied: stored once, as "a.weight"
+            self.register_buffer("scratch", torch.zeros(3), persistent=False)
+
+    from safetensors_writer import write_safetensors
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "tied.safetensors")
+        reference = Tied()
+        write_safetensors(path, {k: v.detach() for k, v in reference.state_dict().items() if k != "b.weight"})
+        rt.models.add_file("tied", path)
+        s = rt.session()
+        with s.acquire("tied") as l, s.pin(l, 0) as p:
+            net = Tied()
+            assert mcache.load_module(net, p) == ([], [])
+            assert net.a.weight is net.b.weight
+            assert net.b.weight.data_ptr() == p.tensor("a.weight").data_ptr()

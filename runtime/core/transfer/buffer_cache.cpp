@@ -58,8 +58,14 @@ bytes_t buffer_cache::new_slab_size(bytes_t aligned, bytes_t room) const {
     auto needed = power_of_two_at_least(aligned);
     return needed > room ? 0 : std::max(needed, power_of_two_at_most(largest));
   }
-  // Both terms are within `room`.
-  return aligned > room ? 0 : std::max(largest / huge_page * huge_page, aligned);
+  // Both terms are within `room`. A slab of at least a huge page is a whole number of them where room
+  // allows, as pageable_slab allocates it: what the cache counts is what it holds.
+  if (aligned > room)
+    return 0;
+  auto size = std::max(largest / huge_page * huge_page, aligned);
+  if (size >= huge_page && round_up(size, huge_page) <= room)
+    size = round_up(size, huge_page);
+  return size;
 }
 
 void buffer_cache::add_free_locked(slab& s, bytes_t offset, bytes_t size) {
@@ -115,7 +121,7 @@ void buffer_cache::give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, 
 
 std::vector<at::Tensor> buffer_cache::release_idle_locked(bytes_t aligned) {
   std::vector<at::Tensor> released;
-  while (new_slab_size(aligned, options_.limit_bytes - held_) == 0) {
+  while (options_.release_idle_slabs && new_slab_size(aligned, options_.limit_bytes - held_) == 0) {
     std::shared_ptr<slab> largest_idle;
     for (const auto& [id, s] : slabs_)
       if (s->used == 0 && (!largest_idle || s->size > largest_idle->size))
@@ -133,6 +139,8 @@ std::vector<at::Tensor> buffer_cache::release_idle_locked(bytes_t aligned) {
 at::Tensor buffer_cache::try_take(bytes_t bytes) {
   if (bytes == 0)
     return at::empty({0}, at::kByte);
+  if (bytes > (bytes_t{1} << 62))  // no machine has it; and no size arithmetic below may wrap
+    throw std::length_error("buffer_cache: a buffer of " + std::to_string(bytes) + " bytes");
   const auto aligned = round_up(bytes, alignment);
   std::vector<at::Tensor> released;  // freed after the lock is let go (declared first: destroyed last)
   bytes_t size = 0;

@@ -13,7 +13,8 @@
 //    freed range merges with its free neighbours. So any size reuses memory that was touched before, and
 //    a page is faulted once per slab, not once per buffer.
 //  - A new slab is as large as the limit allows (at most `max_slab_bytes`), at least the request. Where
-//    that would pass the limit, slabs with nothing in use are let go first. Where it still would, `take`
+//    that would pass the limit, slabs with nothing in use are let go first (not pinned ones: see
+//    `release_idle_slabs`). Where it still would, `take`
 //    hands out a buffer of its own, uncached and freed when it goes (`overflows`), and `try_take` none.
 //  - Pinned slabs are powers of two: LibTorch's pinned allocator rounds every block up to one, so that is
 //    what pinning costs. Carving buffers out of them is what keeps a pinned budget byte-exact: a 600 MiB
@@ -52,6 +53,10 @@ struct buffer_cache_options {
   slab_source source = pageable_slab;
   bool power_of_two_slabs = false;   // pinned memory: LibTorch's pinned allocator rounds blocks up to one
   bytes_t max_slab_bytes = bytes_t{1} << 30;
+  /// Whether idle slabs may be let go to make room for a new one. Not for pinned memory: LibTorch's
+  /// pinned allocator keeps a freed block pinned for reuse, so a slab let go and another of a different
+  /// size would together be pinned beyond the budget.
+  bool release_idle_slabs = true;
 };
 
 class buffer_cache : public std::enable_shared_from_this<buffer_cache> {
