@@ -10,6 +10,7 @@
 #include <chrono>
 #include <future>
 #include <iterator>
+#include <map>
 #include <utility>
 
 namespace mcache {
@@ -22,6 +23,7 @@ struct borrowing {
   holder_id holder;
   bool holder_gone = false;
   bool prefetch = false;
+  bool withdrawn = false;  // its holder withdrew it before the lease arrived
 };
 
 struct device_state {
@@ -33,6 +35,7 @@ struct device_state {
   std::unordered_map<model_id, std::vector<bool>> required_of;  // per model: which tensors are required
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
+  std::map<std::pair<holder_id, lease_id>, request_id> by_lease;  // pin requests by their caller's lease, for `withdraw`
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
@@ -192,14 +195,16 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
 void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, caf::timespan wait) {
   auto b = self->state.borrowing_.find(id);
   bool gone = b == self->state.borrowing_.end() || b->second.holder_gone;
+  bool withdrawn = b != self->state.borrowing_.end() && b->second.withdrawn;
   auto holder = b == self->state.borrowing_.end() ? 0 : b->second.holder;
   bool prefetch = b != self->state.borrowing_.end() && b->second.prefetch;
   if (b != self->state.borrowing_.end())
     self->state.borrowing_.erase(b);
   device_effects fx;
-  if (gone) {
+  if (gone || withdrawn) {
     fx.ram_leases_to_release.push_back(host.lease);
-    fx.replies.push_back({id, failure{errc::shutting_down, "the holder went away"}});
+    fx.replies.push_back({id, gone ? failure{errc::shutting_down, "the holder went away"}
+                                   : failure{errc::cancelled, "the pin was withdrawn by its holder"}});
     apply(self, fx);
     return;
   }
@@ -251,6 +256,11 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   auto id = self->state.next_request++;
   self->state.requests.open(id, promise);
   self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch});
+  auto& by_lease = self->state.by_lease;
+  if (by_lease.size() >= 256)  // forget requests answered since: the book stays small
+    for (auto r = by_lease.begin(); r != by_lease.end();)
+      r = self->state.requests.is_open(r->second) ? std::next(r) : by_lease.erase(r);
+  by_lease[{holder, lease}] = id;
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
   self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
@@ -285,6 +295,22 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
   return {
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
       return begin_pin(self, lease, working, wait, false);
+    },
+    [self](withdraw_atom, lease_id lease) {
+      auto holder = self->current_sender() ? self->current_sender()->id() : 0;
+      auto r = self->state.by_lease.find({holder, lease});
+      if (r == self->state.by_lease.end())
+        return;
+      auto id = r->second;
+      self->state.by_lease.erase(r);
+      auto b = self->state.borrowing_.find(id);
+      if (b != self->state.borrowing_.end()) {  // its own lease has not arrived: answered when it does
+        b->second.withdrawn = true;
+        return;
+      }
+      device_effects fx;
+      self->state.tier->withdraw(id, failure{errc::cancelled, "the pin was withdrawn by its holder"}, fx);
+      apply(self, fx);
     },
     [self](prefetch_atom, lease_id lease) -> caf::result<device_pin> {
       return begin_pin(self, lease, 0, caf::timespan::zero(), true);

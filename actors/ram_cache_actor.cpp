@@ -7,6 +7,8 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <map>
+#include <optional>
 #include <utility>
 #include <cstdio>
 
@@ -26,6 +28,7 @@ struct ram_cache_state {
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
   int track = 0;          // its timeline track
   idle_ticks ticks;       // Note [Keep-alive]
+  std::map<std::pair<holder_id, std::uint64_t>, request_id> tagged;  // tagged acquires, for `withdraw`
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -165,7 +168,8 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
 
 // acquire_all, or a prefetch (Note [Eviction with known next uses]).
 caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vector<model_id>& models,
-                                                  caf::timespan wait, bool prefetch) {
+                                                  caf::timespan wait, bool prefetch,
+                                                  std::optional<std::uint64_t> tag = std::nullopt) {
   if (self->state.stopping)
     return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
   std::vector<descriptor_ptr> descriptors;
@@ -181,6 +185,13 @@ caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vect
   auto promise = self->make_response_promise<std::vector<ram_lease>>();
   auto id = self->state.next_request++;
   self->state.groups.open(id, promise);
+  if (tag) {
+    auto& tagged = self->state.tagged;
+    if (tagged.size() >= 256)  // forget the tags of requests answered since: the book stays small
+      for (auto t = tagged.begin(); t != tagged.end();)
+        t = self->state.groups.is_open(t->second) ? std::next(t) : tagged.erase(t);
+    tagged[{holder, *tag}] = id;
+  }
   begin_acquire(self, id, std::move(descriptors), holder, wait, false, prefetch);
   return promise;
 }
@@ -218,6 +229,21 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     [self](acquire_atom, const std::vector<model_id>& models,
            caf::timespan wait) -> caf::result<std::vector<ram_lease>> {
       return acquire_group(self, models, wait, false);
+    },
+    [self](acquire_atom, const std::vector<model_id>& models, caf::timespan wait,
+           std::uint64_t tag) -> caf::result<std::vector<ram_lease>> {
+      return acquire_group(self, models, wait, false, tag);
+    },
+    [self](withdraw_atom, std::uint64_t tag) {
+      auto holder = self->current_sender() ? self->current_sender()->id() : 0;
+      auto t = self->state.tagged.find({holder, tag});
+      if (t == self->state.tagged.end())
+        return;
+      auto id = t->second;
+      self->state.tagged.erase(t);
+      ram_effects fx;
+      self->state.tier->withdraw(id, failure{errc::cancelled, "the acquire was withdrawn by its holder"}, fx);
+      apply(self, fx);
     },
     [self](prefetch_atom, const std::vector<model_id>& models) -> caf::result<std::vector<ram_lease>> {
       return acquire_group(self, models, caf::timespan::zero(), true);

@@ -173,12 +173,28 @@ void stop_job(self_ptr self, job_id id, failure why) {
   if (!r->second.stop)
     r->second.stop = std::move(why);
   r->second.job->shared->stop_flag->store(true);
-  if (r->second.now == running_job::phase::awaiting_pin_turn) {
-    // Nothing of it is outstanding: it ends now, and leaves the line for its device's pin turn.
-    auto device = stage_device(r->second.job->spec.stages[r->second.stage], r->second.worker);
-    auto& turns = self->state.pin_turns[device];
-    turns.erase(std::remove(turns.begin(), turns.end(), id), turns.end());
-    finish(self, id, r->second.stop);
+  auto& run = r->second;
+  auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
+  switch (run.now) {
+    case running_job::phase::awaiting_pin_turn: {
+      // Nothing of it is outstanding: it ends now, and leaves the line for its device's pin turn.
+      auto& turns = self->state.pin_turns[device];
+      turns.erase(std::remove(turns.begin(), turns.end(), id), turns.end());
+      finish(self, id, run.stop);
+      break;
+    }
+    case running_job::phase::acquiring:
+      // A request still queued for room is taken out of the tier's FIFO (answered `cancelled`, which
+      // ends the job), so the requests behind it do not wait for its deadline.
+      self->send(self->state.config.ram, withdraw_atom::value, std::uint64_t{id});
+      break;
+    case running_job::phase::pinning:
+      for (std::size_t k = 0; k < run.pins.size(); ++k)
+        if (run.pins[k].pin == 0)  // not answered yet
+          self->send(device_for(self, device), withdraw_atom::value, run.leases[k].lease);
+      break;
+    case running_job::phase::working:
+      break;  // the work sees the stop flag; what the stage holds is released when it returns
   }
 }
 
@@ -411,7 +427,8 @@ void begin_stage(self_ptr self, job_id id) {
     return;
   }
   auto wait = caf::timespan{self->state.config.options.wait_for_room};
-  self->request(self->state.config.ram, caf::infinite, acquire_atom::value, models, wait)
+  // Tagged with the job's id: a cancel withdraws it from the RAM tier's queue (see stop_job).
+  self->request(self->state.config.ram, caf::infinite, acquire_atom::value, models, wait, std::uint64_t{id})
     .then([self, id](std::vector<ram_lease>& leases) { on_leased(self, id, std::move(leases)); },
           [self, id](caf::error& e) { on_leased(self, id, to_failure(e)); });
 }

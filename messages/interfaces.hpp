@@ -28,6 +28,11 @@ using ram_cache_actor = caf::typed_actor<
   // Lease several models together, or none (see ram_tier::acquire_all): never holds some while waiting
   // for room for the others. Leases come in the order asked.
   caf::replies_to<acquire_atom, std::vector<model_id>, caf::timespan>::with<std::vector<ram_lease>>,
+  // The same, tagged by the sender (the scheduler tags a job's acquire with its id).
+  caf::replies_to<acquire_atom, std::vector<model_id>, caf::timespan, std::uint64_t>::with<std::vector<ram_lease>>,
+  // The sender no longer wants its acquire of this tag: if it still waits for room it is answered
+  // `cancelled` and leaves the queue (see ram_tier::withdraw); else nothing happens.
+  caf::reacts_to<withdraw_atom, std::uint64_t>,
   // End a lease held by the sender.
   caf::replies_to<release_atom, lease_id>::with<void>,
   // A device actor borrows a lease of its own on the model of the owner's lease, for the length of a pin.
@@ -67,6 +72,9 @@ using device_actor = caf::typed_actor<
   // Pin the model of a lease held by the sender on this device with this much working memory (bytes),
   // waiting up to the timespan for room (0: do not wait); a copy, once started, is waited for.
   caf::replies_to<pin_atom, lease_id, bytes_t, caf::timespan>::with<device_pin>,
+  // The sender no longer wants its pin of this lease: if it still waits for room it is answered
+  // `cancelled` and leaves the queue (see device_tier::withdraw); else nothing happens.
+  caf::reacts_to<withdraw_atom, lease_id>,
   // End a pin held by the sender.
   caf::replies_to<release_atom, pin_id>::with<void>,
   // Drop unpinned models: the named one (empty: any, by policy) until at least the bytes are freed

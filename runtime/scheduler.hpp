@@ -17,7 +17,10 @@
 //       └─ cancel / deadline ─▶ cancelled / failed(deadline_exceeded)
 //   Any step of a running job may end it: a failed acquire or pin, work that throws, a cancel or the
 //   deadline. Then everything the stage holds (pins, then leases, including grants that arrive later) is
-//   released, the job ends with the typed error, and its worker takes the next job.
+//   released, the job ends with the typed error, and its worker takes the next job. A cancel or deadline
+//   during an acquire or a pin that waits for room withdraws that request from its tier's queue (tagged by
+//   job id in RAM, by lease on a device): the queue is FIFO, so a stopped job at its head would otherwise
+//   hold up every request behind it until its own deadline.
 //
 // Note [Prefetch]: with `scheduler_options::prefetch`, when a stage's work starts the scheduler asks the RAM
 // tier to lease the next stage's models (or, after a job's last stage, the first stage's models of the job
@@ -124,8 +127,9 @@ public:
   job_status wait() const;
   /// Its final status, or nothing if it has not ended within `timeout`.
   std::optional<job_status> wait_for(std::chrono::nanoseconds timeout) const;
-  /// Asks the job to stop: a queued job ends at once, a running one when its current step ends (what it
-  /// holds is released). No-op on an ended job.
+  /// Asks the job to stop: a queued job ends at once; a running one that waits for room is withdrawn
+  /// from that wait and ends at once, one whose work runs ends when the work returns (the work can read
+  /// `cancelled()`). What it holds is released. No-op on an ended job.
   void cancel();
 
 private:

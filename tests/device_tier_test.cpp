@@ -19,6 +19,7 @@ namespace {
 
 constexpr holder_id alice = 11;
 constexpr holder_id bob = 22;
+constexpr holder_id carol = 33;
 
 /// Drives a device_tier like its actor does; RAM leases are faked with increasing ids.
 struct device_harness : test::answer_book<device_pin> {
@@ -40,6 +41,7 @@ struct device_harness : test::answer_book<device_pin> {
       host->tensors.push_back({"t" + std::to_string(k), at::zeros({1})});
     r.host = ram_lease{next_lease++, m, bytes, host};
     leases_out.insert(r.host.lease);
+    lease_of[id] = r.host.lease;
     r.required = required;
     r.working_bytes = working;
     device_effects fx;
@@ -85,6 +87,11 @@ struct device_harness : test::answer_book<device_pin> {
     tier.expire(r, fx);
     absorb(fx);
   }
+  void withdraw(request_id r) {
+    device_effects fx;
+    tier.withdraw(r, failure{errc::cancelled, "withdrawn"}, fx);
+    absorb(fx);
+  }
 
   void absorb(device_effects& fx) {
     record(fx.replies);
@@ -103,6 +110,7 @@ struct device_harness : test::answer_book<device_pin> {
   request_id next_request = 1;
   lease_id next_lease = 1000;
   std::set<lease_id> leases_out;  // RAM leases the tier still holds
+  std::map<request_id, lease_id> lease_of;  // each pin request's RAM lease
   std::vector<model_id> copies_started;
   std::map<model_id, std::vector<size_t>> last_order;  // the tensors of each model's latest copy
 };
@@ -255,6 +263,29 @@ TEST_CASE("a deadline passing in the queue returns budget_exhausted and the leas
   h.expire(rb);
   CHECK(h.error_of(rb) == errc::budget_exhausted);
   CHECK(h.leases_out.size() == 1);  // only alice's pin still holds one
+}
+
+TEST_CASE("a withdrawn pin request leaves the head of the queue at once, returns its lease, and the one behind it is served") {
+  device_harness h{100};
+  h.pinned("a", 70, alice);
+  auto rb = h.pin("b", 50, bob);
+  auto rc = h.pin("c", 20, carol);  // fits now, but waits behind b (FIFO)
+  CHECK_FALSE(h.answered(rc));
+  h.withdraw(rb);
+  CHECK(h.error_of(rb) == errc::cancelled);
+  CHECK(h.leases_out.count(h.lease_of.at(rb)) == 0);  // handed back
+  h.finish_copy("c");
+  CHECK(h.granted(rc));
+  CHECK(h.tier.stats().timeouts == 0);
+}
+
+TEST_CASE("withdrawing a pin whose copy is in flight changes nothing: it is answered when the copy ends") {
+  device_harness h{100};
+  auto r = h.pin("a", 40, alice);
+  h.withdraw(r);
+  CHECK_FALSE(h.answered(r));
+  h.finish_copy("a");
+  CHECK(h.granted(r));
 }
 
 TEST_CASE("a deadline bounds the wait for room, not a copy in flight") {

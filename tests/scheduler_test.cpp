@@ -491,3 +491,60 @@ TEST_CASE("a stage whose model is resident is pinned at once while another stage
   CHECK(holder.wait().state == job_state::done);
   expect_nothing_held(rt);
 }
+
+TEST_CASE("a cancelled job waiting for RAM leaves the queue at once, and the job behind it is not held up") {
+  runtime rt{options(16 * kib, 32 * kib)};
+  rt.models().add(synthetic_model("held", {kib_floats * 12}));  // 12 KiB, leased outside the scheduler
+  rt.models().add(synthetic_model("big", {kib_floats * 8}));    // 8 KiB: no room beside it
+  rt.models().add(synthetic_model("small", {kib_floats * 2}));  // 2 KiB: room, but queued behind 'big'
+  auto s = rt.open_session("outside");
+  auto held = s.acquire("held");
+  scheduler_options so;
+  so.workers_per_device = 2;
+  so.wait_for_room = 30s;  // far longer than the test waits: only the withdraw can end it in time
+  scheduler sched{rt, so};
+  auto waiting = sched.submit(one_stage({"big"}, [](stage_context&) { FAIL("ran without room"); }));
+  for (int i = 0; i < 500 && rt.stats().ram.waiting_now == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(rt.stats().ram.waiting_now == 1);
+  auto behind = sched.submit(one_stage({"small"}, [](stage_context&) {}));
+  for (int i = 0; i < 500 && rt.stats().ram.waiting_now < 2; ++i)
+    std::this_thread::sleep_for(1ms);
+  CHECK(rt.stats().ram.waiting_now == 2);  // FIFO: 'small' waits behind 'big'
+  waiting.cancel();
+  auto w = waiting.wait_for(5s);
+  REQUIRE(w.has_value());
+  CHECK(w->state == job_state::cancelled);
+  auto b = behind.wait_for(5s);
+  REQUIRE(b.has_value());
+  CHECK(b->state == job_state::done);
+  held.release();
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("a cancelled job waiting for room on its device leaves that queue at once and lets its leases go") {
+  auto o = options(64 * kib, 8 * kib);
+  o.devices[0].partial_loading = false;
+  runtime rt{o};
+  rt.models().add(synthetic_model("resident", {kib_floats * 4}));  // 4 KiB
+  rt.models().add(synthetic_model("big", {kib_floats * 8}));       // 8 KiB: needs the whole device
+  scheduler_options so;
+  so.workers_per_device = 2;
+  so.wait_for_room = 30s;
+  scheduler sched{rt, so};
+  gate g;
+  auto holder = sched.submit(one_stage({"resident"}, [&](stage_context&) { g.wait(); }));
+  g.wait_arrived(1);
+  auto waiting = sched.submit(one_stage({"big"}, [](stage_context&) { FAIL("ran without room"); }));
+  for (int i = 0; i < 500 && rt.stats().devices[0].waiting_now == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(rt.stats().devices[0].waiting_now == 1);
+  waiting.cancel();
+  auto w = waiting.wait_for(5s);
+  g.open();  // in every case, so that the jobs end and the scheduler can stop
+  REQUIRE(w.has_value());
+  CHECK(w->state == job_state::cancelled);
+  CHECK(rt.stats().devices[0].waiting_now == 0);
+  CHECK(holder.wait().state == job_state::done);
+  expect_nothing_held(rt);
+}

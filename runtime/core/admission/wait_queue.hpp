@@ -20,7 +20,8 @@
 //      copy ends, however long that takes.
 //   6. A holder that goes away has its queued requests withdrawn (answered `shutting_down`) before its
 //      claims are released, so its releases never admit work for it; at shutdown every queued request is
-//      answered `shutting_down`.
+//      answered `shutting_down`. A holder may also withdraw one queued request it no longer wants (a
+//      cancelled job's): answered `cancelled`, and the queue is served, since it may have been the head.
 //
 // What rule 1 does not cover: a job that holds a claim and then asks for one that needs room queues behind
 // requests that may be waiting for the claim it holds; both wait until one's deadline passes. Jobs that

@@ -483,6 +483,15 @@ void device_tier::holder_down(holder_id holder, device_effects& out) {
   serve_queue(out);
 }
 
+void device_tier::withdraw(request_id request, failure why, device_effects& out) {
+  auto q = queue_.take(request);
+  if (!q)
+    return;
+  out.ram_leases_to_release.push_back(q->host.lease);
+  out.replies.push_back({q->request, std::move(why)});
+  serve_queue(out);
+}
+
 void device_tier::shutdown(device_effects& out) {
   withdraw(failure{errc::shutting_down, "the runtime is shutting down"}, [](holder_id) { return true; }, out);
 }

@@ -129,6 +129,10 @@ public:
   /// A request's deadline for room passed: if it is still queued it fails with `budget_exhausted` and its
   /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
+  /// Its holder no longer wants the request (a cancelled job): if it is still queued for room it is
+  /// answered `why`, its RAM lease handed back, and the queue served (see ram_tier::withdraw). An admitted
+  /// request is answered when its copy ends. No-op if it was answered already.
+  void withdraw(request_id request, failure why, device_effects& out);
 
   /// Note [Keep-alive]: drops (whole) the candidates unused for at least their keep-alive. Returns how many.
   size_t drop_idle(device_effects& out);

@@ -516,6 +516,13 @@ void ram_tier::holder_down(holder_id holder, ram_effects& out) {
   serve_queue(out);
 }
 
+void ram_tier::withdraw(request_id request, failure why, ram_effects& out) {
+  if (!queue_.contains(request))
+    return;
+  fail_group(request, std::move(why), out);
+  serve_queue(out);
+}
+
 void ram_tier::shutdown(ram_effects& out) {
   std::vector<request_id> open;
   for (const auto& kv : groups_)

@@ -139,6 +139,11 @@ public:
   /// `budget_exhausted`. A request already admitted (its load in flight) is served when the load ends, so
   /// a deadline bounds the wait for room, never a load. No-op if it was answered already.
   void expire(request_id request, ram_effects& out);
+  /// Its holder no longer wants the request (a cancelled job): if it is still queued for room it is
+  /// answered `why` and leaves the queue, so the requests behind it are served without waiting for its
+  /// deadline (the queue is FIFO: a cancelled request at its head would hold up everyone). A request
+  /// already admitted is answered when its loads end, as usual. No-op if it was answered already.
+  void withdraw(request_id request, failure why, ram_effects& out);
   /// The runtime stops: every request not answered yet (queued, or waiting for a load) fails with
   /// `shutting_down`. Leases stay valid until released; loads in flight finish as usual.
   void shutdown(ram_effects& out);
