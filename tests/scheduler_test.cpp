@@ -548,3 +548,32 @@ TEST_CASE("a cancelled job waiting for room on its device leaves that queue at o
   CHECK(holder.wait().state == job_state::done);
   expect_nothing_held(rt);
 }
+
+TEST_CASE("a job whose deadline passes while it waits for RAM ends then with deadline_exceeded, not at wait_for_room") {
+  runtime rt{options(16 * kib, 32 * kib)};
+  rt.models().add(synthetic_model("held", {kib_floats * 12}));
+  rt.models().add(synthetic_model("big", {kib_floats * 8}));
+  rt.models().add(synthetic_model("small", {kib_floats * 2}));
+  auto s = rt.open_session("outside");
+  auto held = s.acquire("held");
+  scheduler_options so;
+  so.workers_per_device = 2;
+  so.wait_for_room = 30s;
+  scheduler sched{rt, so};
+  auto late = one_stage({"big"}, [](stage_context&) { FAIL("ran without room"); });
+  late.deadline = 200ms;
+  auto waiting = sched.submit(std::move(late));
+  for (int i = 0; i < 500 && rt.stats().ram.waiting_now == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  auto behind = sched.submit(one_stage({"small"}, [](stage_context&) {}));
+  auto w = waiting.wait_for(5s);
+  REQUIRE(w.has_value());
+  CHECK(w->state == job_state::failed);
+  REQUIRE(w->error);
+  CHECK(w->error->code == errc::deadline_exceeded);
+  auto b = behind.wait_for(5s);
+  REQUIRE(b.has_value());
+  CHECK(b->state == job_state::done);
+  held.release();
+  expect_nothing_held(rt);
+}

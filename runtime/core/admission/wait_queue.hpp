@@ -73,7 +73,7 @@ public:
     return i == items_.end() ? nullptr : &*i;
   }
 
-  /// Removes `request` (its deadline passed); nothing if it is not queued.
+  /// Removes `request` (its deadline passed, or its holder withdrew it); nothing if it is not queued.
   std::optional<Item> take(request_id request) {
     auto i = std::find_if(items_.begin(), items_.end(), [&](const Item& x) { return x.request == request; });
     if (i == items_.end())
