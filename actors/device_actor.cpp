@@ -296,6 +296,12 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
       return begin_pin(self, lease, working, wait, false);
     },
+    [self](retire_atom, const model_id& model) {
+      self->state.required_of.erase(model);
+      device_effects fx;
+      self->state.tier->retire(model, fx);
+      apply(self, fx);
+    },
     [self](withdraw_atom, lease_id lease) {
       auto holder = self->current_sender() ? self->current_sender()->id() : 0;
       auto r = self->state.by_lease.find({holder, lease});

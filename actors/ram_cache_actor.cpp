@@ -234,6 +234,11 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
            std::uint64_t tag) -> caf::result<std::vector<ram_lease>> {
       return acquire_group(self, models, wait, false, tag);
     },
+    [self](retire_atom, const model_id& model) {
+      ram_effects fx;
+      self->state.tier->retire(model, fx);
+      apply(self, fx);
+    },
     [self](withdraw_atom, std::uint64_t tag) {
       auto holder = self->current_sender() ? self->current_sender()->id() : 0;
       auto t = self->state.tagged.find({holder, tag});

@@ -28,6 +28,7 @@ using return_atom = caf::atom_constant<caf::atom("return")>;    // a device asks
 using submit_atom = caf::atom_constant<caf::atom("submit")>;        // queue a job
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;        // stop a job
 using withdraw_atom = caf::atom_constant<caf::atom("withdraw")>;    // a queued request is no longer wanted
+using retire_atom = caf::atom_constant<caf::atom("retire")>;        // a model generation left the catalog
 using stage_done_atom = caf::atom_constant<caf::atom("stage_done")>;  // internal: a worker ran a stage's work
 using prefetch_atom = caf::atom_constant<caf::atom("prefetch")>;  // bring models closer, evicting nothing needed soon
 using hint_atom = caf::atom_constant<caf::atom("hint")>;          // the models needed next, soonest first

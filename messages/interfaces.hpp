@@ -33,6 +33,8 @@ using ram_cache_actor = caf::typed_actor<
   // The sender no longer wants its acquire of this tag: if it still waits for room it is answered
   // `cancelled` and leaves the queue (see ram_tier::withdraw); else nothing happens.
   caf::reacts_to<withdraw_atom, std::uint64_t>,
+  // Note [Remove and replace]: this generation of a model left the catalog; its copy goes once unheld.
+  caf::reacts_to<retire_atom, model_id>,
   // End a lease held by the sender.
   caf::replies_to<release_atom, lease_id>::with<void>,
   // A device actor borrows a lease of its own on the model of the owner's lease, for the length of a pin.
@@ -75,6 +77,8 @@ using device_actor = caf::typed_actor<
   // The sender no longer wants its pin of this lease: if it still waits for room it is answered
   // `cancelled` and leaves the queue (see device_tier::withdraw); else nothing happens.
   caf::reacts_to<withdraw_atom, lease_id>,
+  // Note [Remove and replace]: this generation of a model left the catalog; its copy goes once unpinned.
+  caf::reacts_to<retire_atom, model_id>,
   // End a pin held by the sender.
   caf::replies_to<release_atom, pin_id>::with<void>,
   // Drop unpinned models: the named one (empty: any, by policy) until at least the bytes are freed

@@ -336,14 +336,21 @@ public:
   }
   std::string add_file(const std::string& id, const std::vector<std::string>& files,
                        const std::vector<std::string>& order, const std::vector<std::string>& required,
-                       std::optional<device_index> device) {
+                       std::optional<device_index> device, bool replace) {
     file_model_spec spec{id, files, order, required, device};
     auto d = describe_files(spec);
     if (!succeeded(d))
       throw request_error(std::get<failure>(d));
-    if (auto err = register_all(rt().models(), {std::get<model_descriptor>(d)}))
+    if (replace)
+      rt().replace_model(std::get<model_descriptor>(d));
+    else if (auto err = register_all(rt().models(), {std::get<model_descriptor>(d)}))
       throw request_error(*err);
     return id;
+  }
+  // Note [Remove and replace]: what is held stays valid until released.
+  void remove(const std::string& id) { rt().remove_model(id); }
+  void replace_synthetic(const std::string& id, const std::vector<int64_t>& numels, uint64_t seed) {
+    rt().replace_model(synthetic_model(id, numels, seed));
   }
   std::vector<std::string> register_found(outcome<std::vector<model_descriptor>> found) {
     if (!succeeded(found))
@@ -496,7 +503,9 @@ PYBIND11_MODULE(_core, m) {
     .def("prometheus_text", &py_runtime::prometheus)
     .def("add_synthetic", &py_runtime::add_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = 0)
     .def("add_file", &py_runtime::add_file, py::arg("id"), py::arg("files"), py::arg("order"), py::arg("required"),
-         py::arg("device"))
+         py::arg("device"), py::arg("replace") = false)
+    .def("remove", &py_runtime::remove, py::arg("id"))
+    .def("replace_synthetic", &py_runtime::replace_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = 0)
     .def("add_folder", [](py_runtime& r, const std::string& folder) { return r.register_found(scan_folder(folder)); })
     .def("add_manifest", [](py_runtime& r, const std::string& path) { return r.register_found(read_manifest(path)); })
     .def("model_ids", &py_runtime::ids)

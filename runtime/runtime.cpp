@@ -293,6 +293,21 @@ runtime::tier_reports runtime::reports(caf::scoped_actor& self) {
   return out;
 }
 
+void runtime::retire(const outcome<model_id>& retired) {
+  if (!succeeded(retired))
+    throw request_error(std::get<failure>(retired));
+  const auto& model = std::get<model_id>(retired);
+  // The catalog already answers new acquires; the tiers drop the old generation once nothing holds it.
+  caf::anon_send(ram_, retire_atom::value, model);
+  for (auto& d : devices_)
+    caf::anon_send(d, retire_atom::value, model);
+  caf::anon_send(cpu_, retire_atom::value, model);
+}
+
+void runtime::remove_model(const model_id& id) { retire(catalog_->remove(id)); }
+
+void runtime::replace_model(model_descriptor descriptor) { retire(catalog_->replace(std::move(descriptor))); }
+
 empty_cache_report runtime::empty_cache() {
   empty_cache_report out;
   detail::release_thread_logger release_logger;

@@ -74,6 +74,14 @@ public:
   void name_holder(std::uint64_t actor_id, std::string name);
   /// The holder's name, or "actor <id>" if it has none.
   std::string holder_name(std::uint64_t actor_id) const;
+  /// Note [Remove and replace] (catalog.hpp): `id` stops meaning a model. New acquires fail with
+  /// `unknown_model`; copies held now stay valid and counted until released, then go. Throws
+  /// `request_error` (unknown_model).
+  void remove_model(const model_id& id);
+  /// `descriptor.id` means `descriptor` from now on (a new file, or a file changed on disk registered
+  /// again). New acquires get the new model; copies of the old one held now stay valid and counted until
+  /// released, then go. Throws `request_error` (unknown_model, invalid_argument).
+  void replace_model(model_descriptor descriptor);
   /// Drops everything unheld from every tier: unpinned device copies, then unleased RAM copies (blocking).
   /// What is held (leased, pinned, still loading or copying) stays, and the report says which and why.
   empty_cache_report empty_cache();
@@ -96,6 +104,8 @@ public:
   caf::actor_system& system() { return *system_; }
 
 private:
+  /// Tells every tier that a generation left the catalog (Note [Remove and replace]), or throws.
+  void retire(const outcome<model_id>& retired);
   /// Every tier's models with their holders (blocking): what `status_json` and `empty_cache` report.
   struct tier_reports {
     tier_report ram;

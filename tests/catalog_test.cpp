@@ -52,3 +52,50 @@ TEST_CASE("a synthetic model loads exactly the bytes it declares, deterministica
   CHECK(a->tensors[0].tensor.equal(b->tensors[0].tensor));
   CHECK(a->find("t1").numel() == 3);
 }
+
+// -- Note [Remove and replace] ------------------------------------------------------------------------------
+
+TEST_CASE("replacing a model gives its id a new generation, and the old generation's id names nothing") {
+  catalog c;
+  REQUIRE_FALSE(c.add(synthetic_model("m", {16})));
+  CHECK(c.find("m")->id == "m");
+  auto retired = c.replace(synthetic_model("m", {32}));
+  REQUIRE(succeeded(retired));
+  CHECK(std::get<model_id>(retired) == "m");
+  auto now = c.find("m");
+  REQUIRE(now);
+  CHECK(now->id == "m#2");
+  CHECK(now->bytes == 32 * sizeof(float));
+  CHECK(c.find("m#2") == now);  // the generation's own id finds it too
+  CHECK(c.ids() == std::vector<model_id>{"m"});
+  CHECK(std::get<model_id>(c.replace(synthetic_model("m", {8}))) == "m#2");
+  CHECK_FALSE(c.find("m#2"));
+  CHECK(c.find("m")->id == "m#3");
+}
+
+TEST_CASE("a removed id is unknown, and registering it again never reuses an old generation's id") {
+  catalog c;
+  REQUIRE_FALSE(c.add(synthetic_model("m", {16})));
+  auto retired = c.remove("m");
+  REQUIRE(succeeded(retired));
+  CHECK(std::get<model_id>(retired) == "m");
+  CHECK_FALSE(c.find("m"));
+  CHECK(c.size() == 0);
+  REQUIRE_FALSE(c.add(synthetic_model("m", {16})));
+  CHECK(c.find("m")->id == "m#2");  // copies of the first "m" may still be held somewhere
+}
+
+TEST_CASE("remove and replace of an unknown id, and ids with '#', are refused and change nothing") {
+  catalog c;
+  REQUIRE_FALSE(c.add(synthetic_model("m", {16})));
+  CHECK(std::get<failure>(c.remove("x")).code == errc::unknown_model);
+  CHECK(std::get<failure>(c.replace(synthetic_model("x", {16}))).code == errc::unknown_model);
+  auto bad = c.add(synthetic_model("a#2", {16}));
+  REQUIRE(bad);
+  CHECK(bad->code == errc::invalid_argument);
+  auto empty = synthetic_model("m", {16});
+  empty.loader = nullptr;
+  CHECK(std::get<failure>(c.replace(empty)).code == errc::invalid_argument);
+  CHECK(c.find("m")->id == "m");
+  CHECK(c.size() == 1);
+}

@@ -87,6 +87,11 @@ struct device_harness : test::answer_book<device_pin> {
     tier.expire(r, fx);
     absorb(fx);
   }
+  void retire(const model_id& m) {
+    device_effects fx;
+    tier.retire(m, fx);
+    absorb(fx);
+  }
   void withdraw(request_id r) {
     device_effects fx;
     tier.withdraw(r, failure{errc::cancelled, "withdrawn"}, fx);
@@ -286,6 +291,31 @@ TEST_CASE("withdrawing a pin whose copy is in flight changes nothing: it is answ
   CHECK_FALSE(h.answered(r));
   h.finish_copy("a");
   CHECK(h.granted(r));
+}
+
+// -- Note [Remove and replace] ------------------------------------------------------------------------------
+
+TEST_CASE("a retired model is dropped from the device once unpinned, and at once if it is not pinned") {
+  device_harness h{100};
+  auto p = h.pinned("a", 40, alice);
+  REQUIRE_FALSE(h.release(h.pinned("b", 30, bob), bob));
+  h.retire("b");
+  CHECK(h.tier.stats().used_bytes == 40);  // b went at once
+  h.retire("a");
+  CHECK(h.tier.stats().used_bytes == 40);  // a is pinned: valid and counted
+  REQUIRE_FALSE(h.release(p, alice));
+  CHECK(h.tier.stats().used_bytes == 0);
+  CHECK(h.leases_out.empty());
+}
+
+TEST_CASE("a model retired while its copy is in flight is pinned for the requests made before, then goes") {
+  device_harness h{100};
+  auto r = h.pin("a", 40, alice);
+  h.retire("a");
+  h.finish_copy("a");
+  REQUIRE(h.granted(r));
+  REQUIRE_FALSE(h.release(std::get<device_pin>(h.answers.at(r)).pin, alice));
+  CHECK(h.tier.stats().used_bytes == 0);
 }
 
 TEST_CASE("a deadline bounds the wait for room, not a copy in flight") {

@@ -62,6 +62,11 @@ struct ram_harness : test::answer_book<ram_lease> {
     tier.expire(r, fx);
     absorb(fx);
   }
+  void retire(const model_id& m) {
+    ram_effects fx;
+    tier.retire(m, fx);
+    absorb(fx);
+  }
   void withdraw(request_id r) {
     ram_effects fx;
     tier.withdraw(r, failure{errc::cancelled, "withdrawn"}, fx);
@@ -252,6 +257,57 @@ TEST_CASE("withdrawing an admitted request changes nothing: it is answered when 
   CHECK(h.granted(r));
   h.withdraw(r);  // answered already: a no-op
   CHECK(h.granted(r));
+}
+
+// -- Note [Remove and replace] ------------------------------------------------------------------------------
+
+TEST_CASE("a retired model nothing holds is dropped at once") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  REQUIRE_FALSE(h.release(h.lease(a, alice), alice));
+  CHECK(h.tier.stats().used_bytes == 40);
+  h.retire("a");
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("a retired model stays valid and counted while leased, and goes with its last lease") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto l1 = h.lease(a, alice);
+  auto l2 = h.lease(a, bob);
+  h.retire("a");
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.stats().used_bytes == 40);
+  REQUIRE_FALSE(h.release(l1, alice));
+  CHECK(h.tier.stats().used_bytes == 40);
+  REQUIRE_FALSE(h.release(l2, bob));
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("a model retired while it loads serves the acquires made before, then goes when they release") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto r = h.acquire(a, alice);
+  h.retire("a");
+  h.finish_load("a");
+  REQUIRE(h.granted(r));
+  CHECK(h.tier.stats().used_bytes == 40);
+  REQUIRE_FALSE(h.release(std::get<ram_lease>(h.answers.at(r)).lease, alice));
+  CHECK(h.tier.stats().used_bytes == 0);
+}
+
+TEST_CASE("with no kept RAM copy, a retired model is never handed over to a device") {
+  ram_harness h{100, /*keep_ram_copy=*/false};
+  auto a = fake_model("a", 40);
+  auto l = h.lease(a, alice);
+  h.tier.device_copy("a", 0, true);
+  h.retire("a");
+  h.tier.device_copy("a", 0, true);  // a report that crossed the retirement
+  REQUIRE_FALSE(h.release(l, alice));
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.hand_overs.empty());
 }
 
 TEST_CASE("a deadline bounds the wait for room, not a load in flight") {

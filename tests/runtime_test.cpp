@@ -261,3 +261,56 @@ TEST_CASE("with a keep-alive, the runtime's timers drop an unused model from RAM
   bad.keep_alive = -1s;
   CHECK_THROWS_AS(runtime{bad}, request_error);
 }
+
+// -- Note [Remove and replace] ------------------------------------------------------------------------------
+
+namespace {
+/// Waits until the RAM tier uses `bytes` (releases and retirements are asynchronous).
+bool ram_used_becomes(runtime& rt, bytes_t bytes) {
+  for (int i = 0; i < 400; ++i) {
+    if (rt.stats().ram.used_bytes == bytes)
+      return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+} // namespace
+
+TEST_CASE("a model replaced while held stays valid for its holders, new acquires get the new one, and the old bytes count until released") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}, /*seed=*/1));
+  auto s = rt.open_session("worker");
+  auto old_lease = s.acquire("m");
+  auto old_pin = s.pin(old_lease, 0);
+  auto old_value = old_lease.host().tensors[0].tensor[0].item<float>();
+  rt.replace_model(synthetic_model("m", {mib_floats / 2}, /*seed=*/2));  // half the size, other values
+  auto new_lease = s.acquire("m");
+  CHECK(new_lease.model() == "m#2");
+  CHECK(new_lease.bytes() == mib / 2);
+  CHECK(new_lease.host().tensors[0].tensor[0].item<float>() != old_value);
+  CHECK(old_lease.host().tensors[0].tensor[0].item<float>() == old_value);  // the holder's copy is intact
+  CHECK(old_pin.tensors().tensors[0].tensor[0].item<float>() == old_value);
+  CHECK(rt.stats().ram.used_bytes == mib + mib / 2);  // both generations, counted
+  old_pin.release();
+  old_lease.release();
+  CHECK(ram_used_becomes(rt, mib / 2));  // the old generation went with its last holder
+  for (int i = 0; i < 400 && rt.stats().devices[0].used_bytes != 0; ++i)
+    std::this_thread::sleep_for(5ms);
+  CHECK(rt.stats().devices[0].used_bytes == 0);  // and its device copy, unpinned, too
+}
+
+TEST_CASE("a model removed while held is unknown to new acquires and goes when its holders release it") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  auto s = rt.open_session("worker");
+  auto held = s.acquire("m");
+  rt.remove_model("m");
+  CHECK(code_of([&] { s.acquire("m"); }) == errc::unknown_model);
+  CHECK(code_of([&] { rt.remove_model("m"); }) == errc::unknown_model);
+  CHECK(held.host().tensor_bytes() == mib);
+  CHECK(rt.stats().ram.used_bytes == mib);
+  held.release();
+  CHECK(ram_used_becomes(rt, 0));
+  rt.models().add(synthetic_model("m", {mib_floats}));  // registered again: a fresh generation
+  CHECK(s.acquire("m").model() == "m#2");
+}

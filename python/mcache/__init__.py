@@ -69,7 +69,21 @@ class Models:
         """A model from one safetensors file or several shards."""
         if isinstance(files, str):
             files = [files]
-        return self._core.add_file(id, list(files), list(execution_order), list(required), device)
+        return self._core.add_file(id, list(files), list(execution_order), list(required), device, False)
+
+    def replace_file(self, id, files, execution_order=(), required=(), device=None):
+        """Makes `id` mean these files from now on (a file changed on disk, registered again). Copies of the
+        old model held now stay valid until released; new acquires get the new one."""
+        if isinstance(files, str):
+            files = [files]
+        return self._core.add_file(id, list(files), list(execution_order), list(required), device, True)
+
+    def replace_synthetic(self, id, sizes, seed=0):
+        self._core.replace_synthetic(id, [int(n) for n in sizes], seed)
+
+    def remove(self, id):
+        """Unregisters `id`: new acquires raise UnknownModel; copies held now stay valid until released."""
+        self._core.remove(id)
 
     def add_folder(self, folder):
         """Every model in a folder (single files and sharded checkpoints); returns their ids."""

@@ -297,3 +297,22 @@ def test_load_module_gives_tied_parameters_one_tensor_and_skips_non_persistent_b
             assert mcache.load_module(net, p) == ([], [])
             assert net.a.weight is net.b.weight
             assert net.b.weight.data_ptr() == p.tensor("a.weight").data_ptr()
+
+
+def test_a_model_replaced_or_removed_while_held_stays_valid_for_its_holder(rt):
+    s = rt.session()
+    with s.acquire("te") as old:
+        before = old.state_dict()
+        first = sorted(before)[0]
+        value = float(before[first][0])
+        rt.models.replace_synthetic("te", layers(16), seed=9)
+        with s.acquire("te") as new:
+            assert new.model == "te#2"
+            assert float(new.tensor(first)[0]) != value
+        assert float(old.tensor(first)[0]) == value
+        rt.models.remove("vae")
+        with pytest.raises(mcache.UnknownModel):
+            s.acquire("vae")
+    with pytest.raises(mcache.UnknownModel):
+        rt.models.remove("vae")
+    assert "vae" not in rt.models

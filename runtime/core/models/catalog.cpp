@@ -9,9 +9,12 @@
 
 namespace mcache {
 
-std::optional<failure> catalog::add(model_descriptor descriptor) {
+std::optional<failure> catalog::check(const model_descriptor& descriptor) {
   if (descriptor.id.empty())
     return failure{errc::invalid_argument, "a model id must not be empty"};
+  if (descriptor.id.find('#') != model_id::npos)
+    return failure{errc::invalid_argument, "model id '" + descriptor.id
+                                             + "' contains '#', which names generations (Note [Remove and replace])"};
   if (descriptor.bytes == 0)
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' declares 0 bytes"};
   if (descriptor.bytes > max_plausible_bytes)
@@ -20,17 +23,63 @@ std::optional<failure> catalog::add(model_descriptor descriptor) {
                                              + format_bytes(max_plausible_bytes) + ")"};
   if (!descriptor.loader)
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' has no loader"};
-  std::unique_lock<std::shared_mutex> guard{mutex_};
-  auto id = descriptor.id;
-  if (!models_.emplace(id, std::make_shared<const model_descriptor>(std::move(descriptor))).second)
-    return failure{errc::invalid_argument, "model '" + id + "' is already registered"};
   return std::nullopt;
+}
+
+namespace {
+model_id generation_id(const model_id& registered, uint64_t generation) {
+  return generation <= 1 ? registered : registered + "#" + std::to_string(generation);
+}
+} // namespace
+
+std::optional<failure> catalog::add(model_descriptor descriptor) {
+  if (auto bad = check(descriptor))
+    return bad;
+  std::unique_lock<std::shared_mutex> guard{mutex_};
+  auto registered = descriptor.id;
+  if (models_.count(registered))
+    return failure{errc::invalid_argument, "model '" + registered + "' is already registered"};
+  // Registered before and removed: a new generation, since copies of the old one may still be held.
+  descriptor.id = generation_id(registered, ++generations_[registered]);
+  registered_of_[descriptor.id] = registered;
+  models_.emplace(registered, std::make_shared<const model_descriptor>(std::move(descriptor)));
+  return std::nullopt;
+}
+
+outcome<model_id> catalog::replace(model_descriptor descriptor) {
+  if (auto bad = check(descriptor))
+    return *bad;
+  std::unique_lock<std::shared_mutex> guard{mutex_};
+  auto registered = descriptor.id;
+  auto i = models_.find(registered);
+  if (i == models_.end())
+    return failure{errc::unknown_model, "model '" + registered + "' is not registered: add it instead"};
+  auto retired = i->second->id;
+  registered_of_.erase(retired);
+  descriptor.id = generation_id(registered, ++generations_[registered]);
+  registered_of_[descriptor.id] = registered;
+  i->second = std::make_shared<const model_descriptor>(std::move(descriptor));
+  return retired;
+}
+
+outcome<model_id> catalog::remove(const model_id& id) {
+  std::unique_lock<std::shared_mutex> guard{mutex_};
+  auto i = models_.find(id);
+  if (i == models_.end())
+    return failure{errc::unknown_model, "model '" + id + "' is not registered"};
+  auto retired = i->second->id;
+  registered_of_.erase(retired);
+  models_.erase(i);
+  return retired;
 }
 
 descriptor_ptr catalog::find(const model_id& id) const {
   std::shared_lock<std::shared_mutex> guard{mutex_};
   auto i = models_.find(id);
-  return i == models_.end() ? nullptr : i->second;
+  if (i != models_.end())
+    return i->second;
+  auto g = registered_of_.find(id);  // a current generation's own id
+  return g == registered_of_.end() ? nullptr : models_.at(g->second);
 }
 
 std::vector<model_id> catalog::ids() const {

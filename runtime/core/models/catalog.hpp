@@ -5,6 +5,7 @@
 #include "messages/errc.hpp"
 #include "messages/ids.hpp"
 #include "runtime/core/models/host_model.hpp"
+#include "runtime/core/outcome.hpp"
 
 #include <chrono>
 #include <functional>
@@ -53,20 +54,40 @@ struct model_descriptor {
 /// Descriptors are shared, never copied on the hot path: a file model's loader holds every tensor's layout.
 using descriptor_ptr = std::shared_ptr<const model_descriptor>;
 
+/// Note [Remove and replace]: an id may stop meaning a model (`remove`) or start meaning another one
+/// (`replace`: a new file, a changed file registered again) while copies of the old one are held. Holders
+/// keep what they hold, valid and counted in every tier's budget, until they release it; new acquires get
+/// the new model (or `unknown_model`). So that the tiers never confuse the two, each registration of an id
+/// is a generation with an id of its own, the one the tiers, leases and pins use: the first is the id
+/// itself, later ones are "id#2", "id#3", ... ('#' is therefore not allowed in ids). `remove` and
+/// `replace` return the id of the generation they retire; the runtime tells every tier, which drops that
+/// generation's copies as soon as nothing holds them (ram_tier::retire, device_tier::retire).
+///
 /// A thread-safe registry of model descriptors.
 class catalog {
 public:
-  /// Registers a model. Fails with `invalid_argument` on an empty id, zero bytes, no loader, or an id that
-  /// is already registered (the catalog stays as it was).
+  /// Registers a model. Fails with `invalid_argument` on an empty id, an id with '#', zero bytes, no
+  /// loader, or an id that is already registered (the catalog stays as it was).
   std::optional<failure> add(model_descriptor descriptor);
-  /// The descriptor of `id`, or null. Never loads.
+  /// Makes the registered id `descriptor.id` mean `descriptor` from now on. Returns the id of the
+  /// generation it retires. Fails (catalog unchanged) as `add` does, or with `unknown_model`.
+  outcome<model_id> replace(model_descriptor descriptor);
+  /// Unregisters `id`. Returns the id of the generation it retires; `unknown_model` if none.
+  outcome<model_id> remove(const model_id& id);
+  /// The current descriptor of `id` (a registered id, or its current generation's id), or null. Its `id`
+  /// is the generation's. Never loads.
   descriptor_ptr find(const model_id& id) const;
+  /// The registered ids (not generations).
   std::vector<model_id> ids() const;
   size_t size() const;
 
 private:
+  static std::optional<failure> check(const model_descriptor& descriptor);
+
   mutable std::shared_mutex mutex_;
-  std::map<model_id, descriptor_ptr> models_;
+  std::map<model_id, descriptor_ptr> models_;        // by registered id
+  std::map<model_id, model_id> registered_of_;       // current generation id -> registered id
+  std::map<model_id, uint64_t> generations_;         // last generation of every id ever registered
 };
 
 /// A synthetic model for samples, tests and benches: float32 tensors of the given element counts, filled

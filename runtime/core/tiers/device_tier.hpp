@@ -133,6 +133,10 @@ public:
   /// answered `why`, its RAM lease handed back, and the queue served (see ram_tier::withdraw). An admitted
   /// request is answered when its copy ends. No-op if it was answered already.
   void withdraw(request_id request, failure why, device_effects& out);
+  /// Note [Remove and replace] (catalog.hpp): `model` (a generation's id) no longer names a registered
+  /// model. Its device copy stays, valid and counted, while pins hold it or a copy for requests made
+  /// before is in flight, and is dropped (never copied back to RAM) as soon as nothing does.
+  void retire(const model_id& model, device_effects& out);
 
   /// Note [Keep-alive]: drops (whole) the candidates unused for at least their keep-alive. Returns how many.
   size_t drop_idle(device_effects& out);
@@ -217,6 +221,8 @@ private:
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
                   std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
+  /// Drops the retired models nothing pins any more, and forgets those gone with no request for them.
+  void drop_retired();
   bytes_t trim(const model_id& model, bytes_t wanted);
   bool make_room_for(bytes_t need, const model_id& excluded, bool prefetch = false);
   void drop_copying(entry& e);
@@ -237,6 +243,7 @@ private:
   bytes_t used_ = 0;              // entry bytes + working_reserved_
   bytes_t evictable_ = 0;         // bytes of the eviction candidates: a running sum
   bytes_t working_reserved_ = 0;  // working memory of pins and of admitted requests
+  std::set<model_id> retired_;    // Note [Remove and replace]: dropped once nothing pins them
   device_stats counters_;
   std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()
   std::vector<copy_back> copy_backs_;                            // see take_copy_backs()

@@ -154,6 +154,8 @@ tier_report ram_tier::report() const {
 }
 
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
+  if (whole && retired_.count(model))
+    return;  // a retired model is never handed over
   if (whole) {
     whole_on_[model].insert(device);
     return;
@@ -350,7 +352,39 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
 }
 
 void ram_tier::serve_queue(ram_effects& out) {
+  if (!retired_.empty())
+    drop_retired();  // every step that may let go of a lease or finish a load ends here
   queue_.serve([&](const waiting& w) { return try_admit(w.request, out); });
+}
+
+void ram_tier::retire(const model_id& model, ram_effects& out) {
+  retired_.insert(model);
+  whole_on_.erase(model);  // never a hand-over target again; the devices retire their own copies
+  auto h = handed_.find(model);
+  auto e = entries_.find(model);
+  if (h != handed_.end() && (e == entries_.end() || e->second.state != ram_residency::loading))
+    handed_.erase(h);  // (a copy back in flight still needs it: it ends in load_finished)
+  serve_queue(out);
+}
+
+void ram_tier::drop_retired() {
+  for (auto r = retired_.begin(); r != retired_.end();) {
+    auto e = entries_.find(*r);
+    if (e != entries_.end()) {
+      if (e->second.state == ram_residency::resident && e->second.leases == 0) {
+        ++counters_.evictions;
+        counters_.evicted_bytes += e->second.descriptor->bytes;
+        let_go(*r);
+      }
+      ++r;
+      continue;
+    }
+    // Gone. A request made before the retirement may still load it: remembered until none is left.
+    bool asked = false;
+    for (const auto& g : groups_)
+      asked = asked || is_member(g.second, *r);
+    r = asked || handed_.count(*r) ? std::next(r) : retired_.erase(r);
+  }
 }
 
 void ram_tier::precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out) {

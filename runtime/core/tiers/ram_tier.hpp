@@ -147,6 +147,10 @@ public:
   /// The runtime stops: every request not answered yet (queued, or waiting for a load) fails with
   /// `shutting_down`. Leases stay valid until released; loads in flight finish as usual.
   void shutdown(ram_effects& out);
+  /// Note [Remove and replace] (catalog.hpp): `model` (a generation's id) no longer names a registered
+  /// model. Its host copy stays, valid and counted, while leases hold it or a load for requests made
+  /// before is in flight, and is dropped as soon as nothing does; it is never handed over to a device.
+  void retire(const model_id& model, ram_effects& out);
 
   /// Host copies this tier let go of since the last call (evicted or trimmed). Freeing gigabytes takes
   /// milliseconds, so the actor frees them on a worker thread instead of its own.
@@ -206,6 +210,8 @@ private:
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
   void let_go(const model_id& model);
+  /// Drops the retired models nothing holds any more, and forgets those gone with no request for them.
+  void drop_retired();
   bool make_room_for(const group& g, bytes_t bytes);
   failure no_room(const group& g, size_t queued_ahead) const;
   bytes_t free_bytes() const { return options_.budget_bytes - used_; }
@@ -217,6 +223,7 @@ private:
   std::map<request_id, group> groups_;  // every acquire not answered yet
   wait_queue<waiting> queue_;           // of those, the ones waiting for room (Note [Admission])
   std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
+  std::set<model_id> retired_;        // Note [Remove and replace]: dropped once nothing holds them
   bytes_t used_ = 0;
   bytes_t evictable_ = 0;  // bytes of the eviction candidates (resident, unleased): a running sum
   std::vector<std::shared_ptr<const host_model>> released_;  // see take_released()
