@@ -217,7 +217,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
     if (required.empty()) {
       descriptor_ptr descriptor;
       if (self->state.config.models)
-        descriptor = self->state.config.models->find(host.model);
+        descriptor = self->state.config.models->find_generation(host.model);
       for (const auto& t : host.payload->tensors)
         required.push_back(descriptor
                            && std::find(descriptor->required_tensors.begin(), descriptor->required_tensors.end(),
@@ -232,7 +232,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.working_bytes = working;
   r.prefetch = prefetch;
   if (self->state.config.models)
-    if (auto d = self->state.config.models->find(r.host.model)) {
+    if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;
       if (d->keep_alive)
         start_idle_ticks(self, *d->keep_alive);

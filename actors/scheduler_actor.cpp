@@ -213,6 +213,11 @@ void send_next_uses(self_ptr self) {
   constexpr std::size_t looked_at = 64;  // the queue's head decides what is needed soon
   for (std::size_t k = 0; k < st.queue.jobs().size() && k < looked_at; ++k)
     add_stages(st.queued.at(st.queue.jobs()[k].id)->spec, 0);
+  // The tiers know models by generation (Note [Remove and replace]): "unet#2" once "unet" was replaced.
+  if (st.config.models)
+    for (auto& m : soon)
+      if (auto d = st.config.models->find(m))
+        m = d->id;
   if (soon == st.hinted)
     return;
   st.hinted = soon;
@@ -495,18 +500,25 @@ void refresh_then_pick(self_ptr self) {
     if (std::exchange(self->state.refresh_again, false))
       dispatch(self);
   };
+  // The tiers report generations; jobs name registered ids. A retired generation is no one's warm copy.
+  auto registered = [models = st.config.models](const model_id& generation) -> std::optional<model_id> {
+    return models ? models->registered_id(generation) : std::optional<model_id>{generation};
+  };
   self->request(st.config.ram, caf::infinite, residency_atom::value)
-    .then([fresh, done](std::vector<model_id>& models) {
-            fresh->in_ram.insert(models.begin(), models.end());
+    .then([fresh, done, registered](std::vector<model_id>& models) {
+            for (const auto& m : models)
+              if (auto id = registered(m))
+                fresh->in_ram.insert(*id);
             done();
           },
           [done](caf::error&) { done(); });
   for (auto& d : st.config.devices)
     self->request(d, caf::infinite, residency_atom::value)
-      .then([fresh, done](residency_report& r) {
+      .then([fresh, done, registered](residency_report& r) {
               auto& on = fresh->on_device[r.device];
               for (auto& [m, b] : r.models)
-                on[m] = b;
+                if (auto id = registered(m))
+                  on[*id] = b;
               done();
             },
             [done](caf::error&) { done(); });

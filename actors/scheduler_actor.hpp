@@ -4,6 +4,7 @@
 // the workers' executors, never on this actor's thread.
 
 #include "messages/interfaces.hpp"
+#include "runtime/core/models/catalog.hpp"
 #include "runtime/core/timeline.hpp"
 #include "runtime/core/transfer/executor.hpp"
 #include "runtime/scheduler.hpp"
@@ -52,6 +53,7 @@ struct scheduler_actor_config {
   std::map<device_index, std::shared_ptr<executor>> workers;  // per GPU, and cpu_device for CPU jobs
   std::map<device_index, std::size_t> worker_count;           // how many jobs each may run at once
   std::shared_ptr<timeline> trace;                            // may be null
+  const catalog* models = nullptr;  // maps registered ids to generations (Note [Remove and replace]); may be null
 };
 
 scheduler_actor spawn_scheduler(caf::actor_system& sys, scheduler_actor_config config);

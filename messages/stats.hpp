@@ -29,6 +29,7 @@ struct ram_stats {
   std::uint64_t evictions = 0;
   bytes_t evicted_bytes = 0;
   std::uint64_t idle_drops = 0;      // models dropped after their keep-alive (Note [Keep-alive])
+  std::uint64_t retired_drops = 0;   // removed or replaced models dropped once unheld (Note [Remove and replace])
   std::uint64_t trims = 0;           // models dropped by an explicit trim
   bytes_t trimmed_bytes = 0;
   std::uint64_t waits = 0;           // requests that had to queue for room
@@ -78,6 +79,7 @@ struct device_stats {
                                         // rest stays resident); "trim" means an explicit RAM drop only
   bytes_t evicted_bytes = 0;         // bytes freed by evictions, whole and partial
   std::uint64_t idle_drops = 0;      // models dropped after their keep-alive (Note [Keep-alive])
+  std::uint64_t retired_drops = 0;   // removed or replaced models dropped once unheld (Note [Remove and replace])
   std::uint64_t offloads = 0;        // models dropped by an explicit offload
   bytes_t offloaded_bytes = 0;
   std::uint64_t waits = 0;

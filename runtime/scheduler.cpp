@@ -4,6 +4,7 @@
 #include "runtime/core/format.hpp"
 #include "runtime/runtime.hpp"
 
+#include <map>
 #include <caf/all.hpp>
 
 #include <algorithm>
@@ -112,6 +113,7 @@ struct scheduler::impl {
     if (job.deadline)
       q.deadline = std::chrono::steady_clock::now() + *job.deadline;
     std::optional<stage_target> home;  // the first stage that needs a GPU decides the worker
+    std::map<model_id, bytes_t> sizes;
     const auto devices = static_cast<device_index>(rt->device_count());
     for (std::size_t k = 0; k < job.stages.size(); ++k) {
       const auto& s = job.stages[k];
@@ -128,6 +130,7 @@ struct scheduler::impl {
         auto d = rt->models().find(m);
         if (!d)
           refuse(errc::unknown_model, where + " needs '" + m + "', which is not in the catalog");
+        sizes[m] = d->bytes;  // looked up once: a concurrent remove_model must not change the answer
         if (std::count(s.models.begin(), s.models.end(), m) > 1)
           refuse(errc::invalid_argument, where + " names '" + m + "' twice");
         total += d->bytes;
@@ -153,7 +156,7 @@ struct scheduler::impl {
     q.models.clear();
     for (const auto& s : job.stages)
       for (const auto& m : s.models)
-        q.models.push_back({m, s.target.where == stage_target::kind::cpu ? 0 : rt->models().find(m)->bytes});
+        q.models.push_back({m, s.target.where == stage_target::kind::cpu ? 0 : sizes.at(m)});
     return q;
   }
 };
@@ -189,6 +192,7 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
   config.workers[cpu_device] = cpu_pool;
   config.worker_count[cpu_device] = options.cpu_workers;
   config.trace = rt.trace();
+  config.models = &rt.models();  // the scheduler ends before its runtime
   impl_->actor = spawn_scheduler(rt.system(), std::move(config));
   rt.name_holder(impl_->actor->id(), "scheduler");
 }

@@ -211,7 +211,7 @@ pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,
   for (size_t i = 0; i < rt.device_count(); ++i)
     core_->self->request(rt.device(static_cast<device_index>(i)), caf::infinite, place_atom::value, l.model())
       .receive([&](placement_view& v) { views.push_back(v); }, [&](caf::error& e) { raise(e); });
-  auto descriptor = rt.models().find(l.model());
+  auto descriptor = rt.models().find_generation(l.model());
   return pin(l, rt.placement().choose(descriptor ? *descriptor : model_descriptor{}, views), working_bytes, wait);
 }
 

@@ -308,6 +308,16 @@ TEST_CASE("a retired model is dropped from the device once unpinned, and at once
   CHECK(h.leases_out.empty());
 }
 
+TEST_CASE("a model retired before any pin of it, then pinned from a lease taken before, goes once unpinned") {
+  device_harness h{100};
+  h.retire("a");  // nothing of it here yet
+  auto p = h.pinned("a", 40, alice);
+  CHECK(h.tier.stats().used_bytes == 40);
+  REQUIRE_FALSE(h.release(p, alice));
+  CHECK(h.tier.stats().used_bytes == 0);
+  CHECK(h.tier.stats().retired_drops == 1);
+}
+
 TEST_CASE("a model retired while its copy is in flight is pinned for the requests made before, then goes") {
   device_harness h{100};
   auto r = h.pin("a", 40, alice);

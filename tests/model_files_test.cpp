@@ -154,6 +154,12 @@ TEST_CASE("registering a set of models is all or nothing") {
   auto err = register_all(c, found);
   REQUIRE(err);
   CHECK(c.size() == 1);
+  // A model the catalog would refuse ('#' names generations) is found before any other is added.
+  catalog fresh;
+  auto bad = register_all(fresh, {synthetic_model("ok", {4}), synthetic_model("bad#1", {4})});
+  REQUIRE(bad);
+  CHECK(bad->code == errc::invalid_argument);
+  CHECK(fresh.size() == 0);
 }
 
 SCENARIO("models acquired from files are read again after eviction, once however many ask") {

@@ -660,6 +660,21 @@ TEST_CASE("without a kept RAM copy, a model evicted while a device holds it whol
   CHECK(s.bytes_from_devices == 60);
 }
 
+TEST_CASE("a model retired while it is copied back from a device lands for the acquire waiting, then goes") {
+  ram_harness h{100, /*keep_ram_copy=*/false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));  // 'a' handed over to device 0
+  auto ra = h.acquire(a, alice);                    // copies 'a' back
+  REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
+  h.retire("a");
+  h.finish_copy_back("a");  // must still find what it needs to put the model back together
+  REQUIRE(h.granted(ra));
+  REQUIRE_FALSE(h.release(std::get<ram_lease>(h.answers.at(ra)).lease, alice));
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.stats().retired_drops == 1);
+}
+
 TEST_CASE("a copy back that fails while an acquire waits for it falls back to the disk") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);

@@ -9,7 +9,7 @@
 
 namespace mcache {
 
-std::optional<failure> catalog::check(const model_descriptor& descriptor) {
+std::optional<failure> catalog::validate(const model_descriptor& descriptor) {
   if (descriptor.id.empty())
     return failure{errc::invalid_argument, "a model id must not be empty"};
   if (descriptor.id.find('#') != model_id::npos)
@@ -33,7 +33,7 @@ model_id generation_id(const model_id& registered, uint64_t generation) {
 } // namespace
 
 std::optional<failure> catalog::add(model_descriptor descriptor) {
-  if (auto bad = check(descriptor))
+  if (auto bad = validate(descriptor))
     return bad;
   std::unique_lock<std::shared_mutex> guard{mutex_};
   auto registered = descriptor.id;
@@ -47,7 +47,7 @@ std::optional<failure> catalog::add(model_descriptor descriptor) {
 }
 
 outcome<model_id> catalog::replace(model_descriptor descriptor) {
-  if (auto bad = check(descriptor))
+  if (auto bad = validate(descriptor))
     return *bad;
   std::unique_lock<std::shared_mutex> guard{mutex_};
   auto registered = descriptor.id;
@@ -80,6 +80,18 @@ descriptor_ptr catalog::find(const model_id& id) const {
     return i->second;
   auto g = registered_of_.find(id);  // a current generation's own id
   return g == registered_of_.end() ? nullptr : models_.at(g->second);
+}
+
+descriptor_ptr catalog::find_generation(const model_id& generation) const {
+  std::shared_lock<std::shared_mutex> guard{mutex_};
+  auto g = registered_of_.find(generation);
+  return g == registered_of_.end() ? nullptr : models_.at(g->second);
+}
+
+std::optional<model_id> catalog::registered_id(const model_id& generation) const {
+  std::shared_lock<std::shared_mutex> guard{mutex_};
+  auto g = registered_of_.find(generation);
+  return g == registered_of_.end() ? std::nullopt : std::optional<model_id>{g->second};
 }
 
 std::vector<model_id> catalog::ids() const {

@@ -77,12 +77,18 @@ public:
   /// The current descriptor of `id` (a registered id, or its current generation's id), or null. Its `id`
   /// is the generation's. Never loads.
   descriptor_ptr find(const model_id& id) const;
+  /// The descriptor of the generation `generation` exactly (a lease's or pin's model), or null once that
+  /// generation is retired (removed or replaced).
+  descriptor_ptr find_generation(const model_id& generation) const;
+  /// The registered id whose current generation is `generation`, or none (retired, or never).
+  std::optional<model_id> registered_id(const model_id& generation) const;
+  /// What `add` checks of a descriptor alone (not whether its id is taken).
+  static std::optional<failure> validate(const model_descriptor& descriptor);
   /// The registered ids (not generations).
   std::vector<model_id> ids() const;
   size_t size() const;
 
 private:
-  static std::optional<failure> check(const model_descriptor& descriptor);
 
   mutable std::shared_mutex mutex_;
   std::map<model_id, descriptor_ptr> models_;        // by registered id

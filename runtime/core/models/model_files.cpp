@@ -235,6 +235,8 @@ std::optional<failure> register_all(catalog& c, const std::vector<model_descript
   for (const auto& d : models) {
     if (c.find(d.id) || !ids.insert(d.id).second)
       return failure{errc::invalid_argument, "model '" + d.id + "' is already registered"};
+    if (auto bad = catalog::validate(d))  // all checked before any is added: all or nothing
+      return bad;
   }
   for (const auto& d : models)
     if (auto err = c.add(d))

@@ -210,6 +210,8 @@ void ram_tier::start(request_id request, group g, ram_effects& out) {
   bytes_t total = 0;
   std::set<model_id> ids;
   for (const auto& m : g.models) {
+    if (retired_.count(m->id))
+      retiring_.insert(m->id);  // a request made before its retirement: its copy goes once unheld
     if (!ids.insert(m->id).second) {
       groups_.emplace(request, std::move(g));
       fail_group(request, failure{errc::invalid_argument, "model '" + m->id + "' is asked for twice"}, out);
@@ -352,13 +354,14 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
 }
 
 void ram_tier::serve_queue(ram_effects& out) {
-  if (!retired_.empty())
+  if (!retiring_.empty())
     drop_retired();  // every step that may let go of a lease or finish a load ends here
   queue_.serve([&](const waiting& w) { return try_admit(w.request, out); });
 }
 
 void ram_tier::retire(const model_id& model, ram_effects& out) {
   retired_.insert(model);
+  retiring_.insert(model);
   whole_on_.erase(model);  // never a hand-over target again; the devices retire their own copies
   auto h = handed_.find(model);
   auto e = entries_.find(model);
@@ -368,22 +371,22 @@ void ram_tier::retire(const model_id& model, ram_effects& out) {
 }
 
 void ram_tier::drop_retired() {
-  for (auto r = retired_.begin(); r != retired_.end();) {
+  for (auto r = retiring_.begin(); r != retiring_.end();) {
     auto e = entries_.find(*r);
     if (e != entries_.end()) {
       if (e->second.state == ram_residency::resident && e->second.leases == 0) {
-        ++counters_.evictions;
-        counters_.evicted_bytes += e->second.descriptor->bytes;
-        let_go(*r);
+        ++counters_.retired_drops;
+        let_go(*r);  // (whole_on_ forgot it: never handed over)
       }
       ++r;
       continue;
     }
-    // Gone. A request made before the retirement may still load it: remembered until none is left.
+    // Gone. A request made before the retirement may still load it: watched until none is left (a
+    // later request for it re-arms the watch, see start()).
     bool asked = false;
     for (const auto& g : groups_)
       asked = asked || is_member(g.second, *r);
-    r = asked || handed_.count(*r) ? std::next(r) : retired_.erase(r);
+    r = asked || handed_.count(*r) ? std::next(r) : retiring_.erase(r);
   }
 }
 

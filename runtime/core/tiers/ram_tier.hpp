@@ -210,7 +210,7 @@ private:
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
   void let_go(const model_id& model);
-  /// Drops the retired models nothing holds any more, and forgets those gone with no request for them.
+  /// Drops the retiring models nothing holds any more; stops watching those gone with no request for them.
   void drop_retired();
   bool make_room_for(const group& g, bytes_t bytes);
   failure no_room(const group& g, size_t queued_ahead) const;
@@ -223,7 +223,10 @@ private:
   std::map<request_id, group> groups_;  // every acquire not answered yet
   wait_queue<waiting> queue_;           // of those, the ones waiting for room (Note [Admission])
   std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
-  std::set<model_id> retired_;        // Note [Remove and replace]: dropped once nothing holds them
+  // Note [Remove and replace]: every retired generation (ids are never reused, so this is for good), and
+  // those of them that may still have a copy here to drop once nothing holds it.
+  std::set<model_id> retired_;
+  std::set<model_id> retiring_;
   bytes_t used_ = 0;
   bytes_t evictable_ = 0;  // bytes of the eviction candidates (resident, unleased): a running sum
   std::vector<std::shared_ptr<const host_model>> released_;  // see take_released()
