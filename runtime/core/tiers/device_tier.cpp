@@ -370,8 +370,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
 }
 
 void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
-  if (retired_.count(r.host.model))
-    retiring_.insert(r.host.model);  // from a lease taken before the retirement: dropped once unpinned
+  retirements_.asked_for(r.host.model);  // from a lease taken before a retirement: dropped once unpinned
   auto refuse = [&](failure why) {
     out.ram_leases_to_release.push_back(r.host.lease);
     out.replies.push_back({r.request, std::move(why)});
@@ -429,36 +428,33 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
 }
 
 void device_tier::serve_queue(device_effects& out) {
-  if (!retiring_.empty())
+  if (retirements_.watching())
     drop_retired();  // every step that may end a pin or a copy ends here
   queue_.serve([&](const pin_request& r) { return try_admit(r, out); });
 }
 
 void device_tier::retire(const model_id& model, device_effects& out) {
-  retired_.insert(model);
-  retiring_.insert(model);
+  retirements_.retire(model);
   serve_queue(out);
 }
 
 void device_tier::drop_retired() {
-  for (auto r = retiring_.begin(); r != retiring_.end();) {
-    auto e = entries_.find(*r);
+  retirements_.sweep([&](const model_id& model) {
+    auto e = entries_.find(model);
     if (e != entries_.end()) {
-      if (e->second.state == device_residency::resident && e->second.pins == 0) {
-        e->second.only_copy = false;  // dropped, not copied back: no catalog entry would ever read it
-        ++counters_.retired_drops;
-        trim(*r, std::numeric_limits<bytes_t>::max());
-      }
-      ++r;
-      continue;
+      if (e->second.state != device_residency::resident || e->second.pins > 0)
+        return retired_copy::held;
+      e->second.only_copy = false;  // dropped, not copied back: no catalog entry would ever read it
+      ++counters_.retired_drops;
+      trim(model, std::numeric_limits<bytes_t>::max());
+      return retired_copy::dropped;
     }
-    // Gone. A pin request made before the retirement may still copy it: watched until none is left (a
-    // later pin of it, from a lease taken before, re-arms the watch, see pin()).
+    // A pin request made before the retirement may still copy it.
     bool asked = false;
     for (const auto& q : queue_)
-      asked = asked || q.host.model == *r;
-    r = asked ? std::next(r) : retiring_.erase(r);
-  }
+      asked = asked || q.host.model == model;
+    return asked ? retired_copy::awaited : retired_copy::gone;
+  });
 }
 
 std::optional<failure> device_tier::release(pin_id pin, holder_id holder, device_effects& out) {

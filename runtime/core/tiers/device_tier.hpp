@@ -42,6 +42,7 @@
 #include "messages/grants.hpp"
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
+#include "runtime/core/admission/retirements.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/policies/eviction_policy.hpp"
 #include "runtime/core/tiers/residency_plan.hpp"
@@ -221,7 +222,7 @@ private:
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
                   std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
-  /// Drops the retiring models nothing pins any more; stops watching those gone with no request for them.
+  /// Drops the watched retired models nothing pins any more (see retirements).
   void drop_retired();
   bytes_t trim(const model_id& model, bytes_t wanted);
   bool make_room_for(bytes_t need, const model_id& excluded, bool prefetch = false);
@@ -243,10 +244,7 @@ private:
   bytes_t used_ = 0;              // entry bytes + working_reserved_
   bytes_t evictable_ = 0;         // bytes of the eviction candidates: a running sum
   bytes_t working_reserved_ = 0;  // working memory of pins and of admitted requests
-  // Note [Remove and replace]: every retired generation (for good: ids are never reused), and those of
-  // them that may still have a copy here to drop once nothing pins it.
-  std::set<model_id> retired_;
-  std::set<model_id> retiring_;
+  retirements retirements_;  // Note [Remove and replace]
   device_stats counters_;
   std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()
   std::vector<copy_back> copy_backs_;                            // see take_copy_backs()

@@ -154,7 +154,7 @@ tier_report ram_tier::report() const {
 }
 
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
-  if (whole && retired_.count(model))
+  if (whole && retirements_.retired(model))
     return;  // a retired model is never handed over
   if (whole) {
     whole_on_[model].insert(device);
@@ -210,8 +210,7 @@ void ram_tier::start(request_id request, group g, ram_effects& out) {
   bytes_t total = 0;
   std::set<model_id> ids;
   for (const auto& m : g.models) {
-    if (retired_.count(m->id))
-      retiring_.insert(m->id);  // a request made before its retirement: its copy goes once unheld
+    retirements_.asked_for(m->id);  // made before a retirement: its copy goes once unheld
     if (!ids.insert(m->id).second) {
       groups_.emplace(request, std::move(g));
       fail_group(request, failure{errc::invalid_argument, "model '" + m->id + "' is asked for twice"}, out);
@@ -354,14 +353,13 @@ void ram_tier::fail_group(request_id request, failure why, ram_effects& out) {
 }
 
 void ram_tier::serve_queue(ram_effects& out) {
-  if (!retiring_.empty())
+  if (retirements_.watching())
     drop_retired();  // every step that may let go of a lease or finish a load ends here
   queue_.serve([&](const waiting& w) { return try_admit(w.request, out); });
 }
 
 void ram_tier::retire(const model_id& model, ram_effects& out) {
-  retired_.insert(model);
-  retiring_.insert(model);
+  retirements_.retire(model);
   whole_on_.erase(model);  // never a hand-over target again; the devices retire their own copies
   auto h = handed_.find(model);
   auto e = entries_.find(model);
@@ -371,23 +369,21 @@ void ram_tier::retire(const model_id& model, ram_effects& out) {
 }
 
 void ram_tier::drop_retired() {
-  for (auto r = retiring_.begin(); r != retiring_.end();) {
-    auto e = entries_.find(*r);
+  retirements_.sweep([&](const model_id& model) {
+    auto e = entries_.find(model);
     if (e != entries_.end()) {
-      if (e->second.state == ram_residency::resident && e->second.leases == 0) {
-        ++counters_.retired_drops;
-        let_go(*r);  // (whole_on_ forgot it: never handed over)
-      }
-      ++r;
-      continue;
+      if (e->second.state != ram_residency::resident || e->second.leases > 0)
+        return retired_copy::held;
+      ++counters_.retired_drops;
+      let_go(model);  // (whole_on_ forgot it: never handed over)
+      return retired_copy::dropped;
     }
-    // Gone. A request made before the retirement may still load it: watched until none is left (a
-    // later request for it re-arms the watch, see start()).
-    bool asked = false;
+    // A request made before the retirement (queued, or waiting for a copy back) may still load it.
+    bool asked = handed_.count(model) > 0;
     for (const auto& g : groups_)
-      asked = asked || is_member(g.second, *r);
-    r = asked || handed_.count(*r) ? std::next(r) : retiring_.erase(r);
-  }
+      asked = asked || is_member(g.second, model);
+    return asked ? retired_copy::awaited : retired_copy::gone;
+  });
 }
 
 void ram_tier::precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out) {

@@ -35,6 +35,7 @@
 #include "messages/stats.hpp"
 #include "runtime/core/admission/holder_book.hpp"
 #include "runtime/core/admission/keep_alive.hpp"
+#include "runtime/core/admission/retirements.hpp"
 #include "runtime/core/admission/wait_queue.hpp"
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/policies/eviction_policy.hpp"
@@ -210,7 +211,7 @@ private:
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
   void let_go(const model_id& model);
-  /// Drops the retiring models nothing holds any more; stops watching those gone with no request for them.
+  /// Drops the watched retired models nothing holds any more (see retirements).
   void drop_retired();
   bool make_room_for(const group& g, bytes_t bytes);
   failure no_room(const group& g, size_t queued_ahead) const;
@@ -223,10 +224,7 @@ private:
   std::map<request_id, group> groups_;  // every acquire not answered yet
   wait_queue<waiting> queue_;           // of those, the ones waiting for room (Note [Admission])
   std::set<model_id> loaded_before_;  // models loaded at least once, to count reloads after eviction
-  // Note [Remove and replace]: every retired generation (ids are never reused, so this is for good), and
-  // those of them that may still have a copy here to drop once nothing holds it.
-  std::set<model_id> retired_;
-  std::set<model_id> retiring_;
+  retirements retirements_;  // Note [Remove and replace]
   bytes_t used_ = 0;
   bytes_t evictable_ = 0;  // bytes of the eviction candidates (resident, unleased): a running sum
   std::vector<std::shared_ptr<const host_model>> released_;  // see take_released()
