@@ -18,6 +18,13 @@
 // exception is a streamed tensor that was not resident: it lives in one of the pin's staging slots, which
 // the stream refills as it moves on, so it is valid until the next step of the stream (clone it to keep it).
 //
+// The scheduler. A stage's work is a Python callable, run on a scheduler worker thread with the GIL taken
+// for it, and given a `StageContext` that is valid only while the stage runs (its calls raise afterwards).
+// A Python exception in the work fails the job with `work_failed` and the exception's text; it is turned
+// into text while the GIL is held, since the scheduler handles it on a thread that does not hold it.
+// `Scheduler.close()` (or leaving its `with`) waits for running jobs with the GIL let go, so their work
+// can finish.
+//
 // Sharing. Calls on one session take turns, waits included: a thread's release waits while another
 // thread's acquire on the same session waits for room. Give each thread its own session where they
 // should not wait on each other (sessions are cheap).
@@ -28,6 +35,7 @@
 #include "runtime/core/models/model_files.hpp"
 #include "runtime/metrics.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/scheduler.hpp"
 #include "runtime/session.hpp"
 
 #include <torch/extension.h>
@@ -276,6 +284,111 @@ private:
   std::shared_ptr<session_box> box_;
 };
 
+/// What a stage's Python work sees while the stage runs (Note [The Python binding]).
+class py_stage {
+public:
+  explicit py_stage(stage_context* context) : context_(context) {}
+  const stage_context& get() const {
+    if (!context_)
+      fail(errc::invalid_argument, "the stage has ended: its context is no longer valid");
+    return *context_;
+  }
+  void end() { context_ = nullptr; }
+
+private:
+  stage_context* context_;
+};
+
+py::dict tensors_of(const pin_handle& pin) {
+  if (pin.partial())
+    fail(errc::invalid_argument, "the pin of '" + pin.model() + "' is partial: use stream(model)");
+  py::dict out;
+  for (const auto& t : pin.tensors().tensors)
+    out[py::str(t.name)] = t.tensor;
+  return out;
+}
+
+class py_scheduler {
+public:
+  py_scheduler(std::shared_ptr<runtime_box> owner, scheduler_options options) : owner_(std::move(owner)) {
+    without_gil unlocked;
+    scheduler_ = std::make_unique<scheduler>(*owner_->rt, options);
+  }
+  ~py_scheduler() { close(); }
+
+  /// Cancels queued jobs and waits for the running ones, with the GIL let go (their work needs it).
+  void close() {
+    without_gil unlocked;
+    scheduler_.reset();
+  }
+
+  job_handle submit(const py::list& stages, const std::string& name, int priority, std::optional<double> deadline) {
+    if (!scheduler_)
+      fail(errc::shutting_down, "the scheduler is closed");
+    job_spec job;
+    job.name = name;
+    job.priority = priority;
+    if (deadline)
+      job.deadline = *wait_of(deadline);
+    for (const auto& item : stages) {
+      auto s = py::reinterpret_borrow<py::object>(item);
+      stage_spec spec;
+      spec.models = s.attr("models").cast<std::vector<std::string>>();
+      spec.working_bytes = s.attr("working").cast<bytes_t>();
+      spec.name = s.attr("name").cast<std::string>();
+      auto device = s.attr("device");
+      if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
+        spec.target = stage_target::any_gpu();
+      else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
+        spec.target = stage_target::cpu();
+      else if (py::isinstance<py::int_>(device))
+        spec.target = stage_target::on(device.cast<device_index>());
+      else
+        fail(errc::invalid_device, "a stage's device must be an index, \"cpu\" or \"any\"");
+      // Held by the job until it ends; taken and dropped with the GIL held.
+      auto work = std::shared_ptr<py::object>(new py::object(s.attr("work")), [](py::object* o) {
+        py::gil_scoped_acquire gil;
+        delete o;
+      });
+      spec.work = [work](stage_context& context) {
+        py::gil_scoped_acquire gil;
+        auto stage = std::make_shared<py_stage>(&context);
+        try {
+          (*work)(stage);
+        } catch (py::error_already_set& e) {
+          stage->end();
+          throw std::runtime_error(e.what());  // text now: the scheduler's thread does not hold the GIL
+        }
+        stage->end();
+      };
+      job.stages.push_back(std::move(spec));
+    }
+    without_gil unlocked;
+    return scheduler_->submit(std::move(job));
+  }
+
+private:
+  std::shared_ptr<runtime_box> owner_;  // declared first: the runtime outlives its scheduler
+  std::unique_ptr<scheduler> scheduler_;
+};
+
+py::dict status_dict(const job_status& s) {
+  static const char* states[] = {"queued", "running", "done", "failed", "cancelled"};
+  py::dict out;
+  out["state"] = states[static_cast<int>(s.state)];
+  out["stage"] = s.stage;
+  out["device"] = s.device == cpu_device ? py::object(py::str("cpu")) : py::object(py::int_(s.device));
+  out["passed_over"] = s.passed_over;
+  if (s.error) {
+    out["code"] = to_string(s.error->code);
+    out["error"] = s.error->detail;
+  } else {
+    out["code"] = py::none();
+    out["error"] = py::none();
+  }
+  return out;
+}
+
 class py_runtime {
 public:
   explicit py_runtime(const std::string& config_json) {
@@ -316,6 +429,20 @@ public:
     box->rt->shutdown();
   }
   bool closed() const { return !box_; }
+
+  std::shared_ptr<py_scheduler> make_scheduler(std::size_t workers_per_device, std::size_t cpu_workers,
+                                               const std::string& order, bool prefetch, double wait_for_room) {
+    scheduler_options o;
+    o.workers_per_device = workers_per_device;
+    o.cpu_workers = cpu_workers;
+    if (order == "warm_first")
+      o.order.order = order_options::policy::warm_first;
+    else if (order != "fifo")
+      fail(errc::invalid_argument, "order must be \"fifo\" or \"warm_first\", not \"" + order + "\"");
+    o.prefetch = prefetch;
+    o.wait_for_room = *wait_of(wait_for_room);
+    return std::make_shared<py_scheduler>(box(), o);
+  }
 
   std::string status_json() {
     auto owner = box();
@@ -493,6 +620,53 @@ PYBIND11_MODULE(_core, m) {
     .def("offload", &py_session::offload, py::arg("device"), py::arg("model") = "", py::arg("bytes") = 0)
     .def("trim_ram", &py_session::trim_ram, py::arg("model") = "", py::arg("bytes") = 0);
 
+  py::class_<py_stage, std::shared_ptr<py_stage>>(m, "StageContext")
+    .def_property_readonly("job", [](const py_stage& c) { return c.get().job(); })
+    .def_property_readonly("stage", [](const py_stage& c) { return c.get().stage(); })
+    .def_property_readonly("device", [](const py_stage& c) -> py::object {
+      auto d = c.get().device();
+      return d == cpu_device ? py::object(py::str("cpu")) : py::object(py::int_(d));
+    })
+    .def_property_readonly("cancelled", [](const py_stage& c) { return c.get().cancelled(); })
+    .def("state_dict", [](const py_stage& c, const std::string& model) { return tensors_of(c.get().pin(model)); },
+         "The stage's pinned tensors of `model`, by name (a full pin). No copy.")
+    .def("tensor", [](const py_stage& c, const std::string& model, const std::string& name) -> py::object {
+      auto t = c.get().pin(model).tensor(name);
+      return t.defined() ? py::cast(t) : py::none();
+    })
+    .def("partial", [](const py_stage& c, const std::string& model) { return c.get().pin(model).partial(); })
+    .def("stream", [](const py_stage& c, const std::string& model) {
+      // Streams on this thread, the GIL held: a stage's work runs on its worker, one stream at a time.
+      auto stream = c.get().pin(model).stream();
+      py::list out;
+      for (size_t i = 0; i < stream.size(); ++i)
+        out.append(py::make_tuple(stream.name(i), stream.get(i).clone()));
+      return out;
+    }, "Every tensor of `model` in order, streamed ones copied out of the staging slots (a list).");
+
+  py::class_<job_handle>(m, "Job")
+    .def_property_readonly("id", &job_handle::id)
+    .def("status", [](const job_handle& j) { return status_dict(j.status()); })
+    .def("wait", [](const job_handle& j, std::optional<double> timeout) -> py::object {
+      std::optional<job_status> s;
+      {
+        without_gil unlocked;  // its stages' work needs the GIL
+        if (timeout)
+          s = j.wait_for(*wait_of(timeout));
+        else
+          s = j.wait();
+      }
+      return s ? py::object(status_dict(*s)) : py::object(py::none());
+    }, py::arg("timeout") = py::none(), "The final status as a dict, or None if it did not end in time.")
+    .def("cancel", [](job_handle& j) { j.cancel(); });
+
+  py::class_<py_scheduler, std::shared_ptr<py_scheduler>>(m, "Scheduler")
+    .def("submit", &py_scheduler::submit, py::arg("stages"), py::arg("name") = "", py::arg("priority") = 0,
+         py::arg("deadline") = py::none())
+    .def("close", &py_scheduler::close)
+    .def("__enter__", [](std::shared_ptr<py_scheduler> s) { return s; })
+    .def("__exit__", [](py_scheduler& s, py::args) { s.close(); return false; });
+
   py::class_<py_runtime>(m, "Runtime")
     .def(py::init<const std::string&>(), py::arg("config_json"))
     .def("session", &py_runtime::session, py::arg("name") = "")
@@ -500,6 +674,8 @@ PYBIND11_MODULE(_core, m) {
     .def_property_readonly("closed", &py_runtime::closed)
     .def_property_readonly("device_count", [](py_runtime& r) { return r.rt().device_count(); })
     .def("status_json", &py_runtime::status_json)
+    .def("scheduler", &py_runtime::make_scheduler, py::arg("workers_per_device") = 1, py::arg("cpu_workers") = 1,
+         py::arg("order") = "fifo", py::arg("prefetch") = false, py::arg("wait_for_room") = 60.0)
     .def("prometheus_text", &py_runtime::prometheus)
     .def("add_synthetic", &py_runtime::add_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = 0)
     .def("add_file", &py_runtime::add_file, py::arg("id"), py::arg("files"), py::arg("order"), py::arg("required"),

@@ -25,7 +25,8 @@ import torch as _torch  # noqa: F401  (the extension needs LibTorch's Python sid
 
 from . import _core
 
-__all__ = ["Runtime", "Session", "Lease", "Pin", "Stream", "Error", "load_module"]
+__all__ = ["Runtime", "Session", "Lease", "Pin", "Stream", "Stage", "Scheduler", "Job", "StageContext", "Error",
+           "load_module"]
 
 
 class Error(Exception):
@@ -53,6 +54,22 @@ Session = _core.Session
 Lease = _core.Lease
 Pin = _core.Pin
 Stream = _core.Stream
+Scheduler = _core.Scheduler
+Job = _core.Job
+StageContext = _core.StageContext
+
+
+class Stage:
+    """One stage of a scheduled job: `models` leased together and pinned on `device` (an index, "cpu", or
+    "any" GPU), `working` bytes of working memory with the first pin, then `work(ctx)` runs on a worker
+    thread with ctx.state_dict(model) / ctx.tensor(model, name) / ctx.stream(model) / ctx.cancelled."""
+
+    def __init__(self, models, work, device="any", working=0, name=""):
+        self.models = [models] if isinstance(models, str) else list(models)
+        self.work = work
+        self.device = device
+        self.working = int(working)
+        self.name = name
 
 
 class Models:
@@ -130,6 +147,12 @@ class Runtime:
     @property
     def device_count(self):
         return self._core.device_count
+
+    def scheduler(self, workers_per_device=1, cpu_workers=1, order="fifo", prefetch=False, wait_for_room=60.0):
+        """Runs jobs of stages over the devices (Note [Job lifecycle]): `sched.submit([Stage(...), ...],
+        name=, priority=, deadline=)` returns a Job (`wait(timeout)` gives its final status as a dict,
+        `cancel()`). Close it (or use `with`) before the runtime; close waits for running jobs."""
+        return self._core.scheduler(workers_per_device, cpu_workers, order, prefetch, float(wait_for_room))
 
     def stats(self):
         """Every tier's stats and models with their holders, as the HTTP endpoint's /status serves."""

@@ -316,3 +316,57 @@ def test_a_model_replaced_or_removed_while_held_stays_valid_for_its_holder(rt):
     with pytest.raises(mcache.UnknownModel):
         rt.models.remove("vae")
     assert "vae" not in rt.models
+
+
+def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
+    seen = []
+
+    def encode(ctx):
+        seen.append(("encode", ctx.device, sorted(ctx.state_dict("te"))))
+
+    def denoise(ctx):
+        weights = ctx.state_dict("tr") if not ctx.partial("tr") else dict(ctx.stream("tr"))
+        seen.append(("denoise", ctx.device, len(weights)))
+
+    with rt.scheduler(workers_per_device=1) as sched:
+        jobs = [sched.submit([mcache.Stage("te", encode, device="cpu"), mcache.Stage(["tr"], denoise, device=0)],
+                             name="job-%d" % i) for i in range(3)]
+        results = [j.wait(timeout=30) for j in jobs]
+    assert [r["state"] for r in results] == ["done"] * 3
+    assert [s[0] for s in seen].count("encode") == 3 and [s[0] for s in seen].count("denoise") == 3
+    assert all(s[1] == "cpu" for s in seen if s[0] == "encode")
+    assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_a_stage_that_raises_fails_its_job_with_work_failed_and_the_text(rt):
+    kept = []
+
+    def broken(ctx):
+        kept.append(ctx)
+        raise ValueError("weights upside down")
+
+    with rt.scheduler() as sched:
+        status = sched.submit([mcache.Stage("vae", broken)]).wait(timeout=30)
+        assert status["state"] == "failed" and status["code"] == "work_failed"
+        assert "weights upside down" in status["error"]
+        with pytest.raises(mcache.UnknownModel):
+            sched.submit([mcache.Stage("nope", broken)])
+    with pytest.raises(mcache.InvalidArgument, match="ended"):
+        kept[0].state_dict("vae")  # the context is valid only while its stage runs
+
+
+def test_a_cancelled_scheduled_job_ends_cancelled(rt):
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(ctx):
+        started.set()
+        while not ctx.cancelled and not release.is_set():
+            release.wait(0.01)
+
+    with rt.scheduler() as sched:
+        job = sched.submit([mcache.Stage("vae", slow)])
+        assert started.wait(10)
+        job.cancel()
+        status = job.wait(timeout=30)
+        assert status["state"] == "cancelled" and status["code"] == "cancelled"
