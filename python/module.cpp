@@ -22,8 +22,12 @@
 // for it, and given a `StageContext` that is valid only while the stage runs (its calls raise afterwards).
 // A Python exception in the work fails the job with `work_failed` and the exception's text; it is turned
 // into text while the GIL is held, since the scheduler handles it on a thread that does not hold it.
+// The C++ jobs hold ids of their Python callables, never the callables: those stay in the scheduler's
+// `stage_works`, touched only with the GIL, so no Python object is dropped on an actor thread.
 // `Scheduler.close()` (or leaving its `with`) waits for running jobs with the GIL let go, so their work
-// can finish.
+// can finish; if the last reference to a scheduler goes inside one of its own stages, another thread
+// ends it once the stage has returned; schedulers still open at interpreter exit are closed by an
+// `atexit` hook, while threads can still take the GIL. A job handle keeps its runtime alive.
 //
 // Sharing. Calls on one session take turns, waits included: a thread's release waits while another
 // thread's acquire on the same session waits for room. Give each thread its own session where they
@@ -42,12 +46,15 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -284,6 +291,12 @@ private:
   std::shared_ptr<session_box> box_;
 };
 
+/// A job handle from Python; it keeps the runtime (and so the actor system its handle points into) alive.
+struct py_job_box {
+  job_handle job;
+  std::shared_ptr<runtime_box> owner;
+};
+
 /// What a stage's Python work sees while the stage runs (Note [The Python binding]).
 class py_stage {
 public:
@@ -308,69 +321,141 @@ py::dict tensors_of(const pin_handle& pin) {
   return out;
 }
 
+/// Python stage callables of a scheduler's jobs, by id. Touched only with the GIL held: the C++ jobs hold
+/// ids, never Python objects, so a job that ends or is dropped on a scheduler thread touches no Python
+/// object there. A stage takes its callable out when it runs; those of jobs that never ran go with the
+/// scheduler.
+struct stage_works {
+  std::map<uint64_t, py::object> works;
+  uint64_t next = 1;
+};
+
+thread_local bool on_scheduler_worker = false;  // set while a stage's Python work runs on this thread
+
 class py_scheduler {
 public:
-  py_scheduler(std::shared_ptr<runtime_box> owner, scheduler_options options) : owner_(std::move(owner)) {
+  py_scheduler(std::shared_ptr<runtime_box> owner, scheduler_options options)
+    : owner_(std::move(owner)), works_(std::make_shared<stage_works>()) {
     without_gil unlocked;
-    scheduler_ = std::make_unique<scheduler>(*owner_->rt, options);
+    scheduler_ = std::make_shared<scheduler>(*owner_->rt, options);
   }
   ~py_scheduler() { close(); }
 
   /// Cancels queued jobs and waits for the running ones, with the GIL let go (their work needs it).
   void close() {
+    auto s = std::move(scheduler_);  // under the GIL: a second close, or a submit after, finds none
+    if (!s)
+      return;
+#if PY_VERSION_HEX >= 0x030D0000
+    const bool finalizing = Py_IsFinalizing();
+#else
+    const bool finalizing = _Py_IsFinalizing();
+#endif
+    if (finalizing) {
+      // Its workers can no longer take the GIL to finish: leave it (the package closes schedulers at exit).
+      new std::shared_ptr<scheduler>(std::move(s));
+      return;
+    }
+    if (on_scheduler_worker) {
+      // The last reference went inside one of its own stages: waiting for its workers here would wait for
+      // this very thread. Another thread ends it once this stage has returned.
+      std::thread([s = std::move(s), owner = owner_]() mutable { s.reset(); }).detach();
+      return;
+    }
     without_gil unlocked;
-    scheduler_.reset();
+    s.reset();
   }
 
-  job_handle submit(const py::list& stages, const std::string& name, int priority, std::optional<double> deadline) {
-    if (!scheduler_)
+  std::shared_ptr<py_job_box> submit(const py::list& stages, const std::string& name, int priority,
+                                     std::optional<double> deadline) {
+    auto s = scheduler_;  // under the GIL: a concurrent close cannot destroy it under this call
+    if (!s)
       fail(errc::shutting_down, "the scheduler is closed");
     job_spec job;
     job.name = name;
     job.priority = priority;
     if (deadline)
       job.deadline = *wait_of(deadline);
-    for (const auto& item : stages) {
-      auto s = py::reinterpret_borrow<py::object>(item);
-      stage_spec spec;
-      spec.models = s.attr("models").cast<std::vector<std::string>>();
-      spec.working_bytes = s.attr("working").cast<bytes_t>();
-      spec.name = s.attr("name").cast<std::string>();
-      auto device = s.attr("device");
-      if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
-        spec.target = stage_target::any_gpu();
-      else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
-        spec.target = stage_target::cpu();
-      else if (py::isinstance<py::int_>(device))
-        spec.target = stage_target::on(device.cast<device_index>());
-      else
-        fail(errc::invalid_device, "a stage's device must be an index, \"cpu\" or \"any\"");
-      // Held by the job until it ends; taken and dropped with the GIL held.
-      auto work = std::shared_ptr<py::object>(new py::object(s.attr("work")), [](py::object* o) {
-        py::gil_scoped_acquire gil;
-        delete o;
-      });
-      spec.work = [work](stage_context& context) {
-        py::gil_scoped_acquire gil;
-        auto stage = std::make_shared<py_stage>(&context);
-        try {
-          (*work)(stage);
-        } catch (py::error_already_set& e) {
-          stage->end();
-          throw std::runtime_error(e.what());  // text now: the scheduler's thread does not hold the GIL
-        }
-        stage->end();
-      };
-      job.stages.push_back(std::move(spec));
+    std::vector<uint64_t> ids;
+    auto forget = [&] {  // a plan refused: its callables are not kept
+      for (auto id : ids)
+        works_->works.erase(id);
+    };
+    try {
+      for (const auto& item : stages) {
+        auto st = py::reinterpret_borrow<py::object>(item);
+        stage_spec spec;
+        spec.models = st.attr("models").cast<std::vector<std::string>>();
+        spec.working_bytes = st.attr("working").cast<bytes_t>();
+        spec.name = st.attr("name").cast<std::string>();
+        auto device = st.attr("device");
+        if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
+          spec.target = stage_target::any_gpu();
+        else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
+          spec.target = stage_target::cpu();
+        else if (py::isinstance<py::int_>(device))
+          spec.target = stage_target::on(device.cast<device_index>());
+        else
+          fail(errc::invalid_device, "a stage's device must be an index, \"cpu\" or \"any\"");
+        auto id = works_->next++;
+        works_->works[id] = st.attr("work");
+        ids.push_back(id);
+        std::weak_ptr<stage_works> works = works_;
+        spec.work = [works, id](stage_context& context) {
+          py::gil_scoped_acquire gil;
+          auto all = works.lock();  // the scheduler waits for running stages before its works go
+          if (!all)
+            throw std::runtime_error("the scheduler was closed");
+          auto found = all->works.find(id);
+          if (found == all->works.end())
+            throw std::runtime_error("the stage's work is gone");
+          auto work = std::move(found->second);
+          all->works.erase(found);
+          auto stage = std::make_shared<py_stage>(&context);
+          struct end_stage {  // on every way out, with the GIL held
+            std::shared_ptr<py_stage> stage;
+            bool& flag;
+            ~end_stage() {
+              stage->end();
+              flag = false;
+            }
+          } guard{stage, on_scheduler_worker};
+          on_scheduler_worker = true;
+          try {
+            work(stage);
+            work = py::object();  // dropped here, with the GIL, while this thread is marked
+          } catch (py::error_already_set& e) {
+            work = py::object();
+            throw std::runtime_error(e.what());  // text now: the scheduler's thread does not hold the GIL
+          }
+        };
+        job.stages.push_back(std::move(spec));
+      }
+    } catch (...) {
+      forget();
+      throw;
     }
-    without_gil unlocked;
-    return scheduler_->submit(std::move(job));
+    try {
+      without_gil unlocked;
+      return std::make_shared<py_job_box>(py_job_box{s->submit(std::move(job)), owner_});
+    } catch (...) {
+      forget();
+      throw;
+    }
   }
 
 private:
   std::shared_ptr<runtime_box> owner_;  // declared first: the runtime outlives its scheduler
-  std::unique_ptr<scheduler> scheduler_;
+  std::shared_ptr<stage_works> works_;
+  std::shared_ptr<scheduler> scheduler_;
 };
+
+/// Schedulers still open, closed at interpreter exit while threads can still take the GIL (touched only
+/// with the GIL held).
+std::vector<std::weak_ptr<py_scheduler>>& open_schedulers() {
+  static auto* all = new std::vector<std::weak_ptr<py_scheduler>>();
+  return *all;
+}
 
 py::dict status_dict(const job_status& s) {
   static const char* states[] = {"queued", "running", "done", "failed", "cancelled"};
@@ -441,7 +526,11 @@ public:
       fail(errc::invalid_argument, "order must be \"fifo\" or \"warm_first\", not \"" + order + "\"");
     o.prefetch = prefetch;
     o.wait_for_room = *wait_of(wait_for_room);
-    return std::make_shared<py_scheduler>(box(), o);
+    auto made = std::make_shared<py_scheduler>(box(), o);
+    auto& all = open_schedulers();
+    all.erase(std::remove_if(all.begin(), all.end(), [](const auto& w) { return w.expired(); }), all.end());
+    all.push_back(made);
+    return made;
   }
 
   std::string status_json() {
@@ -526,6 +615,13 @@ double cpp_cycle_seconds(py_runtime& r, const std::string& model, device_index d
 
 PYBIND11_MODULE(_core, m) {
   py::module_::import("torch");
+  // Close the schedulers still open before the interpreter finalizes (their stages need the GIL).
+  py::module_::import("atexit").attr("register")(py::cpp_function([] {
+    for (auto& w : open_schedulers())
+      if (auto s = w.lock())
+        s->close();
+    open_schedulers().clear();
+  }));
   m.doc() = "mcache's C++ core; use the `mcache` package.";
 
   m.def("_set_error_classes", [](py::dict classes) { error_classes() = classes; });
@@ -639,26 +735,42 @@ PYBIND11_MODULE(_core, m) {
       // Streams on this thread, the GIL held: a stage's work runs on its worker, one stream at a time.
       auto stream = c.get().pin(model).stream();
       py::list out;
-      for (size_t i = 0; i < stream.size(); ++i)
-        out.append(py::make_tuple(stream.name(i), stream.get(i).clone()));
+      for (size_t i = 0; i < stream.size(); ++i) {
+        auto t = stream.get(i);
+        // A resident tensor is the pin's own (no copy); a streamed one is copied out of its staging slot,
+        // which the next steps refill.
+        out.append(py::make_tuple(stream.name(i), stream.resident(i) ? t : t.clone()));
+      }
       return out;
     }, "Every tensor of `model` in order, streamed ones copied out of the staging slots (a list).");
 
-  py::class_<job_handle>(m, "Job")
-    .def_property_readonly("id", &job_handle::id)
-    .def("status", [](const job_handle& j) { return status_dict(j.status()); })
-    .def("wait", [](const job_handle& j, std::optional<double> timeout) -> py::object {
-      std::optional<job_status> s;
-      {
-        without_gil unlocked;  // its stages' work needs the GIL
-        if (timeout)
-          s = j.wait_for(*wait_of(timeout));
-        else
-          s = j.wait();
+  py::class_<py_job_box, std::shared_ptr<py_job_box>>(m, "Job")
+    .def_property_readonly("id", [](const py_job_box& j) { return j.job.id(); })
+    .def("status", [](const py_job_box& j) { return status_dict(j.job.status()); })
+    .def("wait", [](const py_job_box& j, std::optional<double> timeout) -> py::object {
+      // In slices, with the GIL let go (its stages' work needs it), so that Ctrl-C still interrupts.
+      auto until = timeout ? std::optional<std::chrono::steady_clock::time_point>(
+                               std::chrono::steady_clock::now() + *wait_of(timeout))
+                           : std::nullopt;
+      for (;;) {
+        auto slice = std::chrono::nanoseconds(std::chrono::milliseconds(100));
+        if (until)
+          slice = std::min(slice, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::max(*until - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
+        std::optional<job_status> s;
+        {
+          without_gil unlocked;
+          s = j.job.wait_for(slice);
+        }
+        if (s)
+          return status_dict(*s);
+        if (until && std::chrono::steady_clock::now() >= *until)
+          return py::none();
+        if (PyErr_CheckSignals() != 0)
+          throw py::error_already_set();
       }
-      return s ? py::object(status_dict(*s)) : py::object(py::none());
     }, py::arg("timeout") = py::none(), "The final status as a dict, or None if it did not end in time.")
-    .def("cancel", [](job_handle& j) { j.cancel(); });
+    .def("cancel", [](py_job_box& j) { j.job.cancel(); });
 
   py::class_<py_scheduler, std::shared_ptr<py_scheduler>>(m, "Scheduler")
     .def("submit", &py_scheduler::submit, py::arg("stages"), py::arg("name") = "", py::arg("priority") = 0,

@@ -370,3 +370,17 @@ def test_a_cancelled_scheduled_job_ends_cancelled(rt):
         job.cancel()
         status = job.wait(timeout=30)
         assert status["state"] == "cancelled" and status["code"] == "cancelled"
+
+
+def test_a_scheduler_whose_last_reference_goes_inside_its_own_stage_ends_without_hanging(rt):
+    holder = {}
+
+    def work(ctx):
+        holder.clear()  # the last reference to the scheduler goes here, on one of its own workers
+
+    sched = rt.scheduler()
+    job = sched.submit([mcache.Stage("vae", work)])
+    holder["scheduler"] = sched
+    del sched
+    status = job.wait(timeout=30)
+    assert status is not None and status["state"] == "done"
