@@ -35,7 +35,9 @@ struct device_state {
   std::unordered_map<model_id, std::vector<bool>> required_of;  // per model: which tensors are required
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
-  std::map<std::pair<holder_id, lease_id>, request_id> by_lease;  // pin requests by their caller's lease, for `withdraw`
+  // Pin requests still open by their caller's lease, for `withdraw`, both ways: an answer forgets it.
+  std::map<std::pair<holder_id, lease_id>, request_id> by_lease;
+  std::map<request_id, std::pair<holder_id, lease_id>> lease_of;
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
@@ -160,12 +162,17 @@ void report_whole(self_ptr self) {
 
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, device_effects& fx) {
-  for (auto& r : fx.replies)
+  for (auto& r : fx.replies) {
+    if (auto l = self->state.lease_of.find(r.request); l != self->state.lease_of.end()) {
+      self->state.by_lease.erase(l->second);
+      self->state.lease_of.erase(l);
+    }
     if (succeeded(r.result)) {
       auto& grant = std::get<device_pin>(r.result);
       grant.backend = self->state.config.backend;
       grant.streamed_bytes = self->state.streamed_bytes;
     }
+  }
   self->state.requests.deliver(fx.replies);
   // Only copies being dropped go back to RAM first, on the copy queue, before any copy this step makes
   // room for (a copy posted ahead of them would find their memory still taken). Their room requests reach
@@ -257,10 +264,10 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   self->state.requests.open(id, promise);
   self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch});
   auto& by_lease = self->state.by_lease;
-  if (by_lease.size() >= 256)  // forget requests answered since: the book stays small
-    for (auto r = by_lease.begin(); r != by_lease.end();)
-      r = self->state.requests.is_open(r->second) ? std::next(r) : by_lease.erase(r);
+  if (auto old = by_lease.find({holder, lease}); old != by_lease.end())
+    self->state.lease_of.erase(old->second);  // the same lease pinned again: the newest request has it
   by_lease[{holder, lease}] = id;
+  self->state.lease_of[id] = {holder, lease};
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
   self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
@@ -308,6 +315,7 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       if (r == self->state.by_lease.end())
         return;
       auto id = r->second;
+      self->state.lease_of.erase(id);
       self->state.by_lease.erase(r);
       auto b = self->state.borrowing_.find(id);
       if (b != self->state.borrowing_.end()) {  // its own lease has not arrived: answered when it does

@@ -28,7 +28,9 @@ struct ram_cache_state {
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
   int track = 0;          // its timeline track
   idle_ticks ticks;       // Note [Keep-alive]
-  std::map<std::pair<holder_id, std::uint64_t>, request_id> tagged;  // tagged acquires, for `withdraw`
+  // Tagged acquires still open, for `withdraw`, both ways: an answer forgets its tag.
+  std::map<std::pair<holder_id, std::uint64_t>, request_id> tagged;
+  std::map<request_id, std::pair<holder_id, std::uint64_t>> tag_of;
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -71,6 +73,11 @@ void start_load(self_ptr self, const descriptor_ptr& model, released_copies free
 
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, ram_effects& fx) {
+  for (const auto& r : fx.group_replies)
+    if (auto t = self->state.tag_of.find(r.request); t != self->state.tag_of.end()) {
+      self->state.tagged.erase(t->second);
+      self->state.tag_of.erase(t);
+    }
   self->state.requests.deliver(fx.replies);
   self->state.groups.deliver(fx.group_replies);
   // Evicted host copies are freed off this thread (gigabytes of frees would stall every request), by the
@@ -187,10 +194,10 @@ caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vect
   self->state.groups.open(id, promise);
   if (tag) {
     auto& tagged = self->state.tagged;
-    if (tagged.size() >= 256)  // forget the tags of requests answered since: the book stays small
-      for (auto t = tagged.begin(); t != tagged.end();)
-        t = self->state.groups.is_open(t->second) ? std::next(t) : tagged.erase(t);
+    if (auto old = tagged.find({holder, *tag}); old != tagged.end())
+      self->state.tag_of.erase(old->second);  // a tag used again: the newest request has it
     tagged[{holder, *tag}] = id;
+    self->state.tag_of[id] = {holder, *tag};
   }
   begin_acquire(self, id, std::move(descriptors), holder, wait, false, prefetch);
   return promise;
@@ -245,6 +252,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       if (t == self->state.tagged.end())
         return;
       auto id = t->second;
+      self->state.tag_of.erase(id);
       self->state.tagged.erase(t);
       ram_effects fx;
       self->state.tier->withdraw(id, failure{errc::cancelled, "the acquire was withdrawn by its holder"}, fx);
