@@ -10,7 +10,6 @@
 #include <chrono>
 #include <future>
 #include <iterator>
-#include <map>
 #include <utility>
 
 namespace mcache {
@@ -35,9 +34,7 @@ struct device_state {
   std::unordered_map<model_id, std::vector<bool>> required_of;  // per model: which tensors are required
   std::set<holder_id> watched;
   std::unordered_map<request_id, borrowing> borrowing_;
-  // Pin requests still open by their caller's lease, for `withdraw`, both ways: an answer forgets it.
-  std::map<std::pair<holder_id, lease_id>, request_id> by_lease;
-  std::map<request_id, std::pair<holder_id, lease_id>> lease_of;
+  withdraw_book by_lease;  // pin requests still open, by their caller's lease, for `withdraw`
   std::shared_ptr<std::atomic<uint64_t>> streamed_bytes = std::make_shared<std::atomic<uint64_t>>(0);
   bool stopping = false;  // after `shutdown`: new pins are refused, releases still work
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
@@ -163,10 +160,7 @@ void report_whole(self_ptr self) {
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, device_effects& fx) {
   for (auto& r : fx.replies) {
-    if (auto l = self->state.lease_of.find(r.request); l != self->state.lease_of.end()) {
-      self->state.by_lease.erase(l->second);
-      self->state.lease_of.erase(l);
-    }
+    self->state.by_lease.answered(r.request);
     if (succeeded(r.result)) {
       auto& grant = std::get<device_pin>(r.result);
       grant.backend = self->state.config.backend;
@@ -263,11 +257,7 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   auto id = self->state.next_request++;
   self->state.requests.open(id, promise);
   self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch});
-  auto& by_lease = self->state.by_lease;
-  if (auto old = by_lease.find({holder, lease}); old != by_lease.end())
-    self->state.lease_of.erase(old->second);  // the same lease pinned again: the newest request has it
-  by_lease[{holder, lease}] = id;
-  self->state.lease_of[id] = {holder, lease};
+  self->state.by_lease.remember(holder, lease, id);
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
   self->request(self->state.config.ram, caf::infinite, share_atom::value, lease, owner)
@@ -311,19 +301,16 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     },
     [self](withdraw_atom, lease_id lease) {
       auto holder = self->current_sender() ? self->current_sender()->id() : 0;
-      auto r = self->state.by_lease.find({holder, lease});
-      if (r == self->state.by_lease.end())
+      auto id = self->state.by_lease.take(holder, lease);
+      if (!id)
         return;
-      auto id = r->second;
-      self->state.lease_of.erase(id);
-      self->state.by_lease.erase(r);
-      auto b = self->state.borrowing_.find(id);
+      auto b = self->state.borrowing_.find(*id);
       if (b != self->state.borrowing_.end()) {  // its own lease has not arrived: answered when it does
         b->second.withdrawn = true;
         return;
       }
       device_effects fx;
-      self->state.tier->withdraw(id, failure{errc::cancelled, "the pin was withdrawn by its holder"}, fx);
+      self->state.tier->withdraw(*id, failure{errc::cancelled, "the pin was withdrawn by its holder"}, fx);
       apply(self, fx);
     },
     [self](prefetch_atom, lease_id lease) -> caf::result<device_pin> {

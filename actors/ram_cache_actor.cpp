@@ -28,9 +28,7 @@ struct ram_cache_state {
   bool stopping = false;  // after `shutdown`: new acquires are refused, releases still work
   int track = 0;          // its timeline track
   idle_ticks ticks;       // Note [Keep-alive]
-  // Tagged acquires still open, for `withdraw`, both ways: an answer forgets its tag.
-  std::map<std::pair<holder_id, std::uint64_t>, request_id> tagged;
-  std::map<request_id, std::pair<holder_id, std::uint64_t>> tag_of;
+  withdraw_book tagged;  // tagged acquires still open, by tag, for `withdraw`
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -74,10 +72,7 @@ void start_load(self_ptr self, const descriptor_ptr& model, released_copies free
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, ram_effects& fx) {
   for (const auto& r : fx.group_replies)
-    if (auto t = self->state.tag_of.find(r.request); t != self->state.tag_of.end()) {
-      self->state.tagged.erase(t->second);
-      self->state.tag_of.erase(t);
-    }
+    self->state.tagged.answered(r.request);
   self->state.requests.deliver(fx.replies);
   self->state.groups.deliver(fx.group_replies);
   // Evicted host copies are freed off this thread (gigabytes of frees would stall every request), by the
@@ -192,13 +187,8 @@ caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vect
   auto promise = self->make_response_promise<std::vector<ram_lease>>();
   auto id = self->state.next_request++;
   self->state.groups.open(id, promise);
-  if (tag) {
-    auto& tagged = self->state.tagged;
-    if (auto old = tagged.find({holder, *tag}); old != tagged.end())
-      self->state.tag_of.erase(old->second);  // a tag used again: the newest request has it
-    tagged[{holder, *tag}] = id;
-    self->state.tag_of[id] = {holder, *tag};
-  }
+  if (tag)
+    self->state.tagged.remember(holder, *tag, id);
   begin_acquire(self, id, std::move(descriptors), holder, wait, false, prefetch);
   return promise;
 }
@@ -248,14 +238,11 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](withdraw_atom, std::uint64_t tag) {
       auto holder = self->current_sender() ? self->current_sender()->id() : 0;
-      auto t = self->state.tagged.find({holder, tag});
-      if (t == self->state.tagged.end())
+      auto id = self->state.tagged.take(holder, tag);
+      if (!id)
         return;
-      auto id = t->second;
-      self->state.tag_of.erase(id);
-      self->state.tagged.erase(t);
       ram_effects fx;
-      self->state.tier->withdraw(id, failure{errc::cancelled, "the acquire was withdrawn by its holder"}, fx);
+      self->state.tier->withdraw(*id, failure{errc::cancelled, "the acquire was withdrawn by its holder"}, fx);
       apply(self, fx);
     },
     [self](prefetch_atom, const std::vector<model_id>& models) -> caf::result<std::vector<ram_lease>> {

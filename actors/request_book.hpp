@@ -7,8 +7,11 @@
 
 #include <caf/typed_response_promise.hpp>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <optional>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -40,6 +43,43 @@ public:
 
 private:
   std::unordered_map<request_id, caf::typed_response_promise<T>> open_;
+};
+
+/// Open requests by what their holder knows them by (the RAM tier: a tag such as a job id; a device: the
+/// holder's lease), so that the holder can withdraw one (Note [Admission], rule 6). An answer forgets it;
+/// a key used again belongs to the newest request.
+class withdraw_book {
+public:
+  void remember(holder_id holder, std::uint64_t key, request_id request) {
+    auto [i, fresh] = by_key_.try_emplace({holder, key}, request);
+    if (!fresh) {
+      key_of_.erase(i->second);
+      i->second = request;
+    }
+    key_of_[request] = {holder, key};
+  }
+  /// The request was answered.
+  void answered(request_id request) {
+    auto k = key_of_.find(request);
+    if (k == key_of_.end())
+      return;
+    by_key_.erase(k->second);
+    key_of_.erase(k);
+  }
+  /// The holder's request of `key`, now forgotten; none if it was answered already.
+  std::optional<request_id> take(holder_id holder, std::uint64_t key) {
+    auto i = by_key_.find({holder, key});
+    if (i == by_key_.end())
+      return std::nullopt;
+    auto request = i->second;
+    key_of_.erase(request);
+    by_key_.erase(i);
+    return request;
+  }
+
+private:
+  std::map<std::pair<holder_id, std::uint64_t>, request_id> by_key_;
+  std::map<request_id, std::pair<holder_id, std::uint64_t>> key_of_;
 };
 
 /// Monitors the sender of the current message once, so its leases or pins end when it terminates.

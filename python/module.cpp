@@ -312,11 +312,18 @@ private:
   stage_context* context_;
 };
 
-py::dict tensors_of(const pin_handle& pin) {
+/// Every tensor of a full pin (a partial one's streamed tensors have no lasting device copy).
+std::vector<named_tensor> full_pin_tensors(const pin_handle& pin) {
   if (pin.partial())
-    fail(errc::invalid_argument, "the pin of '" + pin.model() + "' is partial: use stream(model)");
+    fail(errc::invalid_argument, "the pin of '" + pin.model() + "' is partial: its streamed tensors have no "
+                                 "lasting device copy; use stream(), or pin with more room");
+  return pin.tensors().tensors;
+}
+
+/// A state dict: the tensors by name, the cache's own memory (no copy). Built with the GIL held.
+py::dict state_dict_of(const std::vector<named_tensor>& tensors) {
   py::dict out;
-  for (const auto& t : pin.tensors().tensors)
+  for (const auto& t : tensors)
     out[py::str(t.name)] = t.tensor;
   return out;
 }
@@ -654,10 +661,7 @@ PYBIND11_MODULE(_core, m) {
       fail(errc::invalid_argument, "model '" + l.model() + "' has no tensor '" + name + "'");
     }, "The RAM copy of a tensor: the cache's own memory, no copy.")
     .def("state_dict", [](const py_lease& l) {
-      py::dict out;
-      for (const auto& t : l.locked([](const lease& h) { return h.host().tensors; }))
-        out[py::str(t.name)] = t.tensor;
-      return out;
+      return state_dict_of(l.locked([](const lease& h) { return h.host().tensors; }));
     })
     .def("__enter__", [](std::shared_ptr<py_lease> l) { return l; })
     .def("__exit__", [](py_lease& l, py::args) { l.release(); return false; })
@@ -684,16 +688,7 @@ PYBIND11_MODULE(_core, m) {
       return py::cast(t);
     }, "The device copy of a tensor (None if it is not resident: use stream()). No copy.")
     .def("state_dict", [](const py_pin& p) {
-      py::dict out;
-      auto tensors = p.locked([&](const pin_handle& h) {
-        if (h.partial())
-          fail(errc::invalid_argument, "the pin of '" + p.model() + "' is partial: its streamed tensors have no "
-                                       "lasting device copy; use stream(), or pin with more room");
-        return h.tensors().tensors;
-      });
-      for (const auto& t : tensors)
-        out[py::str(t.name)] = t.tensor;
-      return out;
+      return state_dict_of(p.locked([](const pin_handle& h) { return full_pin_tensors(h); }));
     }, "Every tensor's device copy, by name (a full pin only). No copy.")
     .def("stream", [](std::shared_ptr<py_pin> p) { return std::make_shared<py_stream>(p); })
     .def("__enter__", [](std::shared_ptr<py_pin> p) { return p; })
@@ -724,7 +719,9 @@ PYBIND11_MODULE(_core, m) {
       return d == cpu_device ? py::object(py::str("cpu")) : py::object(py::int_(d));
     })
     .def_property_readonly("cancelled", [](const py_stage& c) { return c.get().cancelled(); })
-    .def("state_dict", [](const py_stage& c, const std::string& model) { return tensors_of(c.get().pin(model)); },
+    .def("state_dict", [](const py_stage& c, const std::string& model) {
+      return state_dict_of(full_pin_tensors(c.get().pin(model)));
+    },
          "The stage's pinned tensors of `model`, by name (a full pin). No copy.")
     .def("tensor", [](const py_stage& c, const std::string& model, const std::string& name) -> py::object {
       auto t = c.get().pin(model).tensor(name);

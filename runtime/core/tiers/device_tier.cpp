@@ -123,13 +123,16 @@ size_t device_tier::drop_idle(device_effects& out) {
     [&](const model_id& m) { return entries_.at(m).idle_since; });
   for (const auto& m : idle) {
     ++counters_.idle_drops;
-    // Unused past its keep-alive: dropped, not copied back to RAM (where it would idle again).
-    entries_.at(m).only_copy = false;
-    trim(m, std::numeric_limits<bytes_t>::max());
+    discard(m);  // unused past its keep-alive: not copied back to RAM, where it would idle again
   }
   if (!idle.empty())
     serve_queue(out);
   return idle.size();
+}
+
+void device_tier::discard(const model_id& model) {
+  entries_.at(model).only_copy = false;  // even an only copy: the caller has decided nobody needs it back
+  trim(model, std::numeric_limits<bytes_t>::max());
 }
 
 bytes_t device_tier::evictable_bytes(const model_id& excluded) const {
@@ -444,9 +447,8 @@ void device_tier::drop_retired() {
     if (e != entries_.end()) {
       if (e->second.state != device_residency::resident || e->second.pins > 0)
         return retired_copy::held;
-      e->second.only_copy = false;  // dropped, not copied back: no catalog entry would ever read it
       ++counters_.retired_drops;
-      trim(model, std::numeric_limits<bytes_t>::max());
+      discard(model);  // not copied back: no catalog entry would ever read it
       return retired_copy::dropped;
     }
     // A pin request made before the retirement may still copy it.
@@ -516,7 +518,7 @@ void device_tier::withdraw(request_id request, failure why, device_effects& out)
     return;
   out.ram_leases_to_release.push_back(q->host.lease);
   out.replies.push_back({q->request, std::move(why)});
-  serve_queue(out);
+  serve_queue(out);  // it may have been the head, holding the others
 }
 
 void device_tier::shutdown(device_effects& out) {
@@ -550,14 +552,11 @@ void device_tier::withdraw(const failure& why, Whose whose, device_effects& out)
 
 void device_tier::expire(request_id request, device_effects& out) {
   // Only a request still waiting for room can expire: once admitted, it is served when its copy ends.
-  auto ahead = queue_.ahead_of(request);
-  auto q = queue_.take(request);
+  const auto* q = queue_.find(request);
   if (!q)
     return;
   ++counters_.timeouts;
-  out.ram_leases_to_release.push_back(q->host.lease);
-  out.replies.push_back({request, no_room(*q, ahead)});
-  serve_queue(out);  // the head may have been the one blocking the others
+  withdraw(request, no_room(*q, queue_.ahead_of(request)), out);
 }
 
 } // namespace mcache

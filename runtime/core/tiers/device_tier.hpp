@@ -222,6 +222,9 @@ private:
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,
                   std::shared_ptr<const host_model> host, device_effects& out);
   void serve_queue(device_effects& out);
+  /// Drops an unpinned resident model whole and never copies it back to RAM (idle past its keep-alive, or
+  /// retired), unlike an eviction of an only copy.
+  void discard(const model_id& model);
   /// Drops the watched retired models nothing pins any more (see retirements).
   void drop_retired();
   bytes_t trim(const model_id& model, bytes_t wanted);

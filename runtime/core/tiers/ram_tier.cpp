@@ -553,7 +553,7 @@ void ram_tier::withdraw(request_id request, failure why, ram_effects& out) {
   if (!queue_.contains(request))
     return;
   fail_group(request, std::move(why), out);
-  serve_queue(out);
+  serve_queue(out);  // it may have been the head, holding the others
 }
 
 void ram_tier::shutdown(ram_effects& out) {
@@ -569,8 +569,7 @@ void ram_tier::expire(request_id request, ram_effects& out) {
   if (!queue_.contains(request))
     return;
   ++counters_.timeouts;
-  fail_group(request, no_room(groups_.at(request), queue_.ahead_of(request)), out);
-  serve_queue(out);  // the head may have been the one blocking the others
+  withdraw(request, no_room(groups_.at(request), queue_.ahead_of(request)), out);
 }
 
 } // namespace mcache
