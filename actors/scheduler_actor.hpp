@@ -26,14 +26,24 @@ struct job_shared {
   job_status status;
   std::shared_ptr<std::atomic<bool>> stop_flag = std::make_shared<std::atomic<bool>>(false);
   scheduler_actor scheduler;  // where cancel goes
+  std::function<void(const job_status&)> on_end;  // job_spec::on_end, taken (under the mutex) when it fires
 
   template <class F>
   void update(F&& f) {
+    std::function<void(const job_status&)> ended;
+    job_status final_status;
     {
       std::lock_guard<std::mutex> guard{mutex};
       f(status);
+      if (status.ended() && on_end) {
+        ended = std::move(on_end);
+        on_end = nullptr;
+        final_status = status;
+      }
     }
     changed.notify_all();
+    if (ended)
+      ended(final_status);
   }
 };
 } // namespace detail

@@ -27,11 +27,14 @@ const char* to_string(errc code) noexcept {
     case errc::cancelled: return "cancelled";
     case errc::deadline_exceeded: return "deadline_exceeded";
     case errc::work_failed: return "work_failed";
+    case errc::unknown_pipeline: return "unknown_pipeline";
+    case errc::node_unavailable: return "node_unavailable";
   }
   return "unknown_error";
 }
 
 request_error::request_error(failure f)
-  : std::runtime_error(std::string{"mcache: "} + to_string(f.code) + ": " + f.detail), code_(f.code) {}
+  : std::runtime_error(std::string{"mcache: "} + to_string(f.code) + ": " + f.detail), code_(f.code),
+    detail_(std::move(f.detail)) {}
 
 } // namespace mcache

@@ -65,7 +65,15 @@ enum class errc : uint8_t {
   deadline_exceeded,
   /// A scheduled job's work threw; the text keeps the exception's message. What it held was released.
   work_failed,
+  /// A fleet node has no pipeline of that name (pipelines are functions registered on the node: code
+  /// does not travel). The text lists the node's pipelines.
+  unknown_pipeline,
+  /// No fleet node could run the job: none is up with the pipeline, or the node running it was lost and
+  /// the one node it was sent to again was lost too (Note [Exactly once], runtime/core/fleet/routing.hpp).
+  node_unavailable,
 };
+/// The last value (for code that walks every error).
+constexpr errc last_errc = errc::node_unavailable;
 
 /// The enum value's name, e.g. "budget_exhausted".
 const char* to_string(errc code) noexcept;
@@ -82,9 +90,12 @@ class request_error : public std::runtime_error {
 public:
   explicit request_error(failure f);
   errc code() const noexcept { return code_; }
+  /// The failure as thrown (its text without the "mcache: code: " prefix of `what()`).
+  failure as_failure() const { return {code_, detail_}; }
 
 private:
   errc code_;
+  std::string detail_;
 };
 
 

@@ -633,7 +633,7 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("_set_error_classes", [](py::dict classes) { error_classes() = classes; });
   py::list codes;
-  for (int c = 1; c <= static_cast<int>(errc::work_failed); ++c)
+  for (int c = 1; c <= static_cast<int>(last_errc); ++c)
     codes.append(to_string(static_cast<errc>(c)));
   m.attr("error_codes") = codes;
   py::register_exception_translator([](std::exception_ptr p) {

@@ -381,6 +381,12 @@ runtime_stats runtime::stats() {
   return stats(self);
 }
 
+runtime::tier_reports runtime::holdings() {
+  detail::release_thread_logger release_logger;
+  caf::scoped_actor self{*system_};
+  return reports(self);
+}
+
 runtime_stats runtime::stats(caf::scoped_actor& self) {
   runtime_stats out;
   auto fail = [](caf::error& e) { throw request_error(to_failure(e)); };

@@ -89,6 +89,15 @@ public:
   std::string status_json();
   /// A snapshot of every tier (blocking).
   runtime_stats stats();
+  /// Every tier's models with their holders.
+  struct tier_reports {
+    tier_report ram;
+    std::vector<tier_report> devices;  // index i is device i
+    tier_report cpu;
+  };
+  /// What every tier holds now, model by model (blocking): what `status_json` and a fleet node's summary
+  /// are made of.
+  tier_reports holdings();
 
   /// Stops taking work, within a bounded time: every request still waiting (for room, a load or a copy)
   /// is answered `shutting_down`, and so is every later acquire or pin; loads and copies not started are
@@ -106,12 +115,6 @@ public:
 private:
   /// Tells every tier that a generation left the catalog (Note [Remove and replace]), or throws.
   void retire(const outcome<model_id>& retired);
-  /// Every tier's models with their holders (blocking): what `status_json` and `empty_cache` report.
-  struct tier_reports {
-    tier_report ram;
-    std::vector<tier_report> devices;  // index i is device i
-    tier_report cpu;
-  };
   tier_reports reports(caf::scoped_actor& self);
   runtime_stats stats(caf::scoped_actor& self);
 

@@ -213,6 +213,7 @@ job_handle scheduler::submit(job_spec job) {
   auto shared = std::make_shared<detail::job_shared>();
   shared->id = impl_->next_id++;
   shared->scheduler = impl_->actor;
+  shared->on_end = std::move(job.on_end);
   order.id = shared->id;
   auto submission = std::make_shared<job_submission>();
   submission->spec = std::move(job);

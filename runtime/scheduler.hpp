@@ -85,6 +85,8 @@ private:
   std::shared_ptr<const std::atomic<bool>> cancelled_;
 };
 
+struct job_status;
+
 struct stage_spec {
   std::vector<model_id> models;                          // leased together, each pinned
   stage_target target = stage_target::any_gpu();         // where they are pinned
@@ -99,6 +101,9 @@ struct job_spec {
   int priority = 0;  // higher runs first
   /// From submit: a job not done by then fails with deadline_exceeded (queued or running). None: no limit.
   std::optional<std::chrono::nanoseconds> deadline;
+  /// Called once when the job ends (done, failed or cancelled), with its final status, on whichever
+  /// thread ended it (a worker or the scheduler actor's): it must not block. Not called if submit throws.
+  std::function<void(const job_status&)> on_end;
 };
 
 enum class job_state { queued, running, done, failed, cancelled };

@@ -1,0 +1,43 @@
+#pragma once
+// What a node and a router share about the network: the actor system CAF's middleman runs in, with TLS
+// through caf::openssl when certificates are configured (Note [Fleet security], router.hpp).
+
+#include "messages/errc.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/io/middleman_actor.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace mcache::fleet {
+
+/// Mutual TLS: this end's certificate chain and key, and the CA that a peer's certificate must be signed
+/// by. All three or none.
+struct tls_options {
+  std::string certificate;  // PEM certificate chain of this end
+  std::string key;          // PEM private key
+  std::string ca_file;      // PEM: the CA(s) that sign the fleet's certificates
+  std::string passphrase;   // of the key, if it has one
+  bool enabled() const { return !certificate.empty() || !key.empty() || !ca_file.empty(); }
+  /// Nothing, or invalid_argument naming the missing or unreadable file.
+  std::optional<failure> check() const;
+};
+
+/// 127.0.0.0/8, ::1 or "localhost".
+bool is_loopback(const std::string& host);
+
+/// An actor system with CAF's middleman (and caf::openssl with `tls`), the fleet's types registered.
+struct network_system {
+  network_system(const tls_options& tls, std::size_t threads);
+  ~network_system();
+  caf::actor_system_config config;
+  std::unique_ptr<caf::actor_system> system;
+  bool tls = false;
+  /// The middleman actor that connects and publishes: plain TCP, or TLS.
+  caf::io::middleman_actor connector();
+};
+
+} // namespace mcache::fleet
