@@ -130,6 +130,11 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
       for (auto i = self->state.watchers.begin(); i != self->state.watchers.end();)
         i = i->address() == dm.source ? self->state.watchers.erase(i) : std::next(i);
     });
+    // A message outside the interface (from anything on the network) is answered unexpected_message,
+    // quietly: CAF's default would print each one to stderr.
+    self->set_default_handler([](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
+      return caf::sec::unexpected_message;
+    });
     self->attach_functor([self] {
       if (self->state.journal >= 0)
         ::close(self->state.journal);
@@ -138,6 +143,7 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
       [self, shared](run_atom, job_request& req) -> caf::result<job_result> {
         if (auto f = check_request(req, shared->options.limits))
           return make_error(*f);
+        // Every answer from here goes through the promise: once it is made, a returned value is not sent.
         auto rp = self->make_response_promise<job_result>();
         const outcome<job_result>* kept = nullptr;
         switch (self->state.runs.look_up(req.key, rp, &kept)) {
@@ -145,20 +151,25 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
             return rp;  // joined the run in progress
           case run_book<job_result, result_promise>::seen::ended:
             if (succeeded(*kept))
-              return std::get<job_result>(*kept);
-            return make_error(std::get<failure>(*kept));
+              rp.deliver(std::get<job_result>(*kept));
+            else
+              rp.deliver(make_error(std::get<failure>(*kept)));
+            return rp;
           case run_book<job_result, result_promise>::seen::new_key:
             break;
         }
         auto job = build_job(shared, req);
-        if (!succeeded(job))
-          return make_error(std::get<failure>(job));
+        if (!succeeded(job)) {
+          rp.deliver(make_error(std::get<failure>(job)));
+          return rp;
+        }
         ++shared->queued;
         try {
           shared->sched->submit(std::move(std::get<job_spec>(job)));
         } catch (const request_error& e) {
           --shared->queued;
-          return make_error(e.as_failure());
+          rp.deliver(make_error(e.as_failure()));
+          return rp;
         }
         self->state.runs.start(req.key, rp);
         shared->changed();

@@ -77,6 +77,8 @@ void send_to(self_ptr self, const std::string& key, std::size_t i) {
     .then(
       [self, key, attempt, i](job_result& r) {
         auto& st = self->state;
+        if (const auto* e = st.book.find(key); e && e->attempt == attempt)
+          st.views[i].just_used.insert(e->request.models.begin(), e->request.models.end());
         if (!st.book.answered(key, attempt)) {
           ++st.counts.late_dropped;
           return;
@@ -217,6 +219,7 @@ void node_lost(self_ptr self, std::size_t i, const std::string& why) {
   link.report.up = false;
   link.report.last_error = why;
   st.views[i].up = false;
+  st.views[i].just_used.clear();
   auto lost = st.book.node_lost(i);
   link.report.lost += lost.resend.size() + lost.fail.size();
   spdlog::warn("mcache router: node '{}' at {}:{} is lost ({}); {} job(s) go to another node, {} fail", link.report.name,
@@ -291,6 +294,7 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
           st.links[i].report.last = s;
           st.views[i].summary = std::move(s);
           st.views[i].has_summary = true;
+          st.views[i].just_used.clear();
           if (!st.unplaced_until.empty())
             place_waiting(self);
           return;

@@ -29,9 +29,13 @@ bytes_t router_policy::bytes_to_move(const node_view& node, const std::vector<mo
                                      const std::map<model_id, bytes_t>& sizes) {
   bytes_t total = 0;
   for (const auto& m : models) {
+    if (node.arriving.count(m) > 0 || node.just_used.count(m) > 0)
+      continue;  // arriving or just used there: it will be there
     auto known = sizes.find(m);
-    if (known == sizes.end() || node.arriving.count(m) > 0)
-      continue;  // no node holds it (the same cost everywhere), or it is arriving there already
+    if (known == sizes.end()) {
+      total += 1;  // no summary names it yet: the same everywhere, except where it is arriving
+      continue;
+    }
     bytes_t in_ram = 0, on_best_device = 0;
     for (const auto& r : node.summary.resident) {
       if (r.model != m)

@@ -6,8 +6,10 @@
 // bytes: for each of its models, the bytes not yet in that node's RAM plus the bytes not yet on its best
 // device (a model resident on no device counts whole), where the node's view is its last summary plus
 // the models of jobs this router sent it that have not ended (they are arriving there now, whatever the
-// summary says). A model's size comes from any node's summary that names it; a model no node holds costs
-// the same everywhere and does not change the choice. Ties go to the shorter queue, then round-robin.
+// summary says) or that ended after its last summary was made (an answer can overtake the summary that
+// shows its models). A model's size comes from any node's summary that names it; a model no summary
+// names costs 1 byte wherever it is not arriving, so it decides only between nodes where it is arriving
+// and the others. Ties go to the shorter queue, then round-robin.
 // A node whose queue is `balance_bound` or more jobs longer than the shortest queue is passed over, so a
 // warm node cannot collect every job while others idle. Only nodes that are up and have the pipeline
 // are eligible. `routing_policy::round_robin` takes eligible nodes in turn (for comparison).
@@ -42,6 +44,7 @@ struct node_view {
   bool has_summary = false;
   node_summary summary;
   std::multiset<model_id> arriving;  // models of this router's jobs in flight there
+  std::set<model_id> just_used;      // models of jobs it answered since its last summary (still there)
   std::size_t in_flight = 0;         // this router's jobs in flight there
 
   /// The queue the router compares: what the node reported, or what this router sent it if more.
