@@ -8,7 +8,11 @@
 #include "runtime/fleet/router.hpp"
 #include "samples/pipeline_workload.hpp"
 
+#include <atomic>
+#include <cstdio>
+#include <mutex>
 #include <random>
+#include <thread>
 
 namespace mcache::workload {
 
@@ -82,6 +86,75 @@ inline std::vector<fleet::job_request> fleet_workload(const settings& s) {
     for (std::size_t k = 0; k < sessions.size(); ++k)
       out.push_back(fleet_request(*sessions[k][j]));
   return out;
+}
+
+/// What a replay of the workload through a router saw.
+struct replay_outcome {
+  std::size_t jobs = 0;
+  std::map<std::string, int> results;        // key -> results received (exactly once: 1 each)
+  std::map<std::string, std::string> errors;  // key -> why it failed (or got another key's result)
+  double seconds = 0;
+  /// Every job has exactly one result and none failed.
+  bool exactly_once() const {
+    if (!errors.empty() || results.size() != jobs)
+      return false;
+    for (const auto& [k, n] : results)
+      if (n != 1)
+        return false;
+    return true;
+  }
+};
+
+/// Replays the workload through `r`: each session runs its jobs one after another, sessions at once, as
+/// users of a server do. Keys are "<router>-s<session>.<job>". `progress` prints a line per job.
+inline replay_outcome replay(fleet::router& r, const settings& s, bool progress = false) {
+  auto sessions = plan(s);
+  replay_outcome out;
+  out.jobs = s.sessions * s.jobs_per_session;
+  std::mutex mutex;
+  std::atomic<std::size_t> finished{0};
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (std::size_t k = 0; k < sessions.size(); ++k)
+    threads.emplace_back([&, k] {
+      for (std::size_t j = 0; j < sessions[k].size(); ++j) {
+        auto req = fleet_request(*sessions[k][j]);
+        req.key = r.name() + "-s" + std::to_string(k) + "." + std::to_string(j);
+        std::string line;
+        try {
+          auto res = r.run(req);
+          std::lock_guard<std::mutex> guard{mutex};
+          ++out.results[res.key];
+          if (res.key != req.key)
+            out.errors[req.key] = "answered with the result of '" + res.key + "'";
+          line = req.key + " " + req.pipeline + " on " + res.node + (res.attempt > 1 ? " (sent again)" : "");
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> guard{mutex};
+          out.errors[req.key] = e.what();
+          line = req.key + " failed: " + e.what();
+        }
+        auto n = ++finished;
+        if (progress) {
+          std::lock_guard<std::mutex> guard{mutex};
+          std::printf("progress %zu/%zu %s\n", n, out.jobs, line.c_str());
+          std::fflush(stdout);
+        }
+      }
+    });
+  for (auto& t : threads)
+    t.join();
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+/// The settings of the fleet sample's nodes: a 40 GB GPU each (FLUX.1 fits whole on one, but not two
+/// pipelines' models), 64 GB of RAM, everything 16x faster than real.
+inline settings fleet_node_settings() {
+  settings s;
+  s.speedup = 16;
+  s.device_gb = 40;
+  s.ram_gb = 64;
+  return s;
 }
 
 } // namespace mcache::workload

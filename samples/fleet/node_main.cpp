@@ -63,10 +63,7 @@ void apply_node_config(const std::string& path, fleet::node_options& o) {
 } // namespace
 
 int main(int argc, char** argv) {
-  workload::settings s;
-  s.speedup = 16;
-  s.device_gb = 40;  // a 40 GB GPU per node: FLUX.1 fits whole on one, not two pipelines' models
-  s.ram_gb = 64;
+  auto s = workload::fleet_node_settings();
   fleet::node_options o;
   std::string node_config, port_file, summary_interval;
   double mib_per_gb = 1;

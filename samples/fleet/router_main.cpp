@@ -10,10 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include <atomic>
 #include <cstdio>
-#include <map>
-#include <mutex>
 #include <thread>
 
 using namespace mcache;
@@ -59,43 +56,8 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    auto sessions = workload::plan(s);
-    std::size_t total = s.sessions * s.jobs_per_session;
-    std::mutex mutex;
-    std::map<std::string, int> results;  // key -> results seen
-    std::map<std::string, std::string> errors;
-    std::atomic<std::size_t> finished{0};
-    auto start = std::chrono::steady_clock::now();
-    std::vector<std::thread> threads;
-    for (std::size_t k = 0; k < sessions.size(); ++k)
-      threads.emplace_back([&, k] {
-        for (std::size_t j = 0; j < sessions[k].size(); ++j) {
-          auto req = workload::fleet_request(*sessions[k][j]);
-          req.key = r.name() + "-s" + std::to_string(k) + "." + std::to_string(j);
-          std::string line;
-          try {
-            auto res = r.run(req);
-            std::lock_guard<std::mutex> guard{mutex};
-            ++results[res.key];
-            if (res.key != req.key)
-              errors[req.key] = "answered with the result of '" + res.key + "'";
-            line = req.key + " " + req.pipeline + " on " + res.node + (res.attempt > 1 ? " (sent again)" : "");
-          } catch (const std::exception& e) {
-            std::lock_guard<std::mutex> guard{mutex};
-            errors[req.key] = e.what();
-            line = req.key + " failed: " + e.what();
-          }
-          auto n = ++finished;
-          if (progress) {
-            std::lock_guard<std::mutex> guard{mutex};
-            std::printf("progress %zu/%zu %s\n", n, total, line.c_str());
-            std::fflush(stdout);
-          }
-        }
-      });
-    for (auto& t : threads)
-      t.join();
-    auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    auto run = workload::replay(r, s, progress);
+    auto total = run.jobs;
     // One more summary from every node, so the figures include the last jobs.
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     auto st = r.stats();
@@ -111,18 +73,18 @@ int main(int argc, char** argv) {
                   n.last.queued, static_cast<double>(n.bytes_to_devices()) / (1 << 20));
     }
     std::size_t once = 0, twice = 0;
-    for (const auto& [k, c] : results) {
+    for (const auto& [k, c] : run.results) {
       once += c == 1;
       twice += c > 1;
     }
-    auto missing = total - results.size();
+    auto missing = total - run.results.size();
     std::printf("\npolicy %s: %zu jobs in %.1f s; %llu done, %llu failed, %llu sent again after their node was lost\n",
-                fleet::to_string(o.policy), total, seconds, static_cast<unsigned long long>(st.done),
+                fleet::to_string(o.policy), total, run.seconds, static_cast<unsigned long long>(st.done),
                 static_cast<unsigned long long>(st.failed), static_cast<unsigned long long>(st.resent));
     std::printf("fleet bytes to devices: %.1f MiB\n", static_cast<double>(fleet_bytes) / (1 << 20));
-    for (const auto& [k, e] : errors)
+    for (const auto& [k, e] : run.errors)
       std::printf("  %s: %s\n", k.c_str(), e.c_str());
-    bool exact = once == total && twice == 0 && errors.empty();
+    bool exact = run.exactly_once();
     std::printf("%s: %zu of %zu jobs have exactly one result (%zu with more than one, %zu without)\n",
                 exact ? "every job finished exactly once" : "NOT every job finished exactly once", once, total, twice,
                 missing);
