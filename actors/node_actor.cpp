@@ -36,9 +36,12 @@ namespace {
 
 using result_promise = caf::typed_response_promise<job_result>;
 
+constexpr std::size_t max_watchers = 64;
+
 struct node_state {
   static const char* name;
   run_book<job_result, result_promise> runs{0};
+  std::map<std::string, job_handle> jobs;  // running, by key: cancelled when the node stops
   std::set<caf::actor> watchers;
   node_summary last;
   int journal = -1;
@@ -135,9 +138,14 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
     self->set_default_handler([](caf::scheduled_actor*, caf::message_view&) -> caf::result<caf::message> {
       return caf::sec::unexpected_message;
     });
-    self->attach_functor([self] {
+    // An exit message from a peer does not stop the node (its routers and jobs are not the peer's).
+    self->set_exit_handler([](caf::exit_msg&) {});
+    self->attach_functor([self, shared] {
       if (self->state.journal >= 0)
         ::close(self->state.journal);
+      std::lock_guard<std::mutex> guard{shared->link_mutex};
+      if (shared->alive)
+        shared->actor_lost = true;  // it ended while the node served: killed by a peer
     });
     return {
       [self, shared](run_atom, job_request& req) -> caf::result<job_result> {
@@ -146,7 +154,12 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
         // Every answer from here goes through the promise: once it is made, a returned value is not sent.
         auto rp = self->make_response_promise<job_result>();
         const outcome<job_result>* kept = nullptr;
-        switch (self->state.runs.look_up(req.key, rp, &kept)) {
+        auto digest = request_digest(req);
+        switch (self->state.runs.look_up(req.key, digest, rp, &kept)) {
+          case run_book<job_result, result_promise>::seen::conflict:
+            rp.deliver(make_error(errc::invalid_argument, "job key '" + req.key + "' was used for another job on node '"
+                                                            + shared->name + "'; a key names one job"));
+            return rp;
           case run_book<job_result, result_promise>::seen::running:
             return rp;  // joined the run in progress
           case run_book<job_result, result_promise>::seen::ended:
@@ -165,19 +178,19 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
         }
         ++shared->queued;
         try {
-          shared->sched->submit(std::move(std::get<job_spec>(job)));
+          self->state.jobs[req.key] = shared->sched->submit(std::move(std::get<job_spec>(job)));
         } catch (const request_error& e) {
           --shared->queued;
           rp.deliver(make_error(e.as_failure()));
           return rp;
         }
-        self->state.runs.start(req.key, rp);
+        self->state.runs.start(req.key, std::move(digest), rp);
         shared->changed();
         return rp;
       },
       [self](watch_atom) -> node_summary {
         auto watcher = caf::actor_cast<caf::actor>(self->current_sender());
-        if (watcher && self->state.watchers.insert(watcher).second)
+        if (watcher && self->state.watchers.size() < max_watchers && self->state.watchers.insert(watcher).second)
           self->monitor(watcher);
         return self->state.last;
       },
@@ -185,6 +198,7 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
       [self, shared](std::shared_ptr<node_event>& ev) {
         switch (ev->what) {
           case node_event::kind::job_ended: {
+            self->state.jobs.erase(ev->key);
             write_journal(self->state.journal, ev->key, shared->name, ev->result);
             for (auto& rp : self->state.runs.end(ev->key, ev->result)) {
               if (succeeded(ev->result))
@@ -204,6 +218,11 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
                          self->context());
             break;
           case node_event::kind::stop:
+            // Its jobs stop too (a job whose work is running ends when the work returns): a router sends
+            // them to another node, and they must not also finish here.
+            for (auto& [key, job] : self->state.jobs)
+              job.cancel();
+            self->state.jobs.clear();
             for (auto& rp : self->state.runs.abandon_all())
               rp.deliver(make_error(errc::shutting_down, "node '" + shared->name + "' is stopping"));
             self->quit();

@@ -29,6 +29,7 @@ struct node_shared {
   node_options options;
   std::map<std::string, pipeline> pipelines;
   std::string name;
+  std::uint64_t incarnation = 0;
 
   std::atomic<std::uint32_t> queued{0};
   std::atomic<std::uint64_t> served{0};
@@ -43,6 +44,8 @@ struct node_shared {
   std::mutex link_mutex;
   bool alive = false;
   node_actor self;
+  /// The actor ended while the node still served (a peer killed it): see messages/fleet.hpp.
+  std::atomic<bool> actor_lost{false};
 
   // The summary thread's wake-up.
   std::mutex wake_mutex;

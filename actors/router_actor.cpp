@@ -49,6 +49,20 @@ using self_ptr = caf::stateful_actor<router_state>*;
 
 constexpr std::size_t max_summary_entries = 1 << 16;
 
+/// A summary from the network within sizes a node could mean (else it is ignored).
+bool sane(const node_summary& s) {
+  return s.resident.size() <= max_summary_entries && s.pipelines.size() <= max_summary_entries
+         && s.tiers.size() <= max_summary_entries && s.node.size() <= 256;
+}
+
+std::shared_ptr<router_command> command(router_command::kind what, std::size_t node = 0) {
+  return std::make_shared<router_command>(router_command{what, node});
+}
+
+void connect_later(self_ptr self, std::size_t i) {
+  self->delayed_send(self, self->state.options.reconnect_interval, command(router_command::kind::connect, i));
+}
+
 void answer(self_ptr self, const std::string& key, outcome<job_result> result) {
   auto& st = self->state;
   auto c = st.callers.find(key);
@@ -104,7 +118,8 @@ void send_to(self_ptr self, const std::string& key, std::size_t i) {
           return;
         }
         // The network or the node's actor failed under this request, or the node is stopping: the node
-        // is lost for this job.
+        // is lost for this job, and is not chosen again before it rejoins (its down message follows).
+        st.views[i].up = false;
         switch (st.book.attempt_lost(key, attempt)) {
           case dispatch_book::after_loss::stale: ++st.counts.late_dropped; return;
           case dispatch_book::after_loss::resend: ++st.counts.resent; place(self, key, i); return;
@@ -133,18 +148,17 @@ void place(self_ptr self, const std::string& key, std::optional<std::size_t> los
   st.unplaced_until.emplace(key, until);
   if (!st.ticking) {
     st.ticking = true;
-    self->delayed_send(self, 50ms, tick_atom::value);
+    self->delayed_send(self, 50ms, command(router_command::kind::tick));
   }
 }
 
+/// Tries the waiting jobs again; each keeps the deadline it got when it first waited.
 void place_waiting(self_ptr self) {
   std::vector<std::string> keys;
   for (const auto& [k, until] : self->state.unplaced_until)
     keys.push_back(k);
-  for (const auto& k : keys) {
-    self->state.unplaced_until.erase(k);
+  for (const auto& k : keys)
     place(self, k);
-  }
 }
 
 void connect(self_ptr self, std::size_t i) {
@@ -162,7 +176,7 @@ void connect(self_ptr self, std::size_t i) {
           link.connecting = false;
           link.report.last_error = ptr ? "the actor at this port is not a node of this version (its interface differs)"
                                        : "no actor is published at this port";
-          self->delayed_send(self, st.options.reconnect_interval, caf::connect_atom::value, static_cast<std::uint64_t>(i));
+          connect_later(self, i);
           return;
         }
         auto handle = caf::actor_cast<node_actor>(ptr);
@@ -173,20 +187,20 @@ void connect(self_ptr self, std::size_t i) {
             [self, i, handle](node_summary& s) {
               auto& st = self->state;
               auto& link = st.links[i];
-              link.connecting = false;
               if (link.handle != handle)
-                return;
+                return;  // lost meanwhile: node_lost has scheduled the next attempt
+              link.connecting = false;
               ++link.report.connects;
               link.report.up = true;
               link.report.last_error.clear();
               st.views[i].up = true;
-              if (link.report.connects > 1 && s.sequence <= link.report.last.sequence) {
+              if (link.report.connects > 1 && s.incarnation != link.report.last.incarnation) {
                 // A new process at the same address: its counters start from 0 again.
                 link.report.earlier_bytes_to_devices += link.report.last.bytes_to_devices;
                 link.report.earlier_jobs_served += link.report.last.jobs_served;
                 st.views[i].summary.sequence = 0;
               }
-              if (s.resident.size() <= max_summary_entries && s.pipelines.size() <= max_summary_entries) {
+              if (sane(s)) {
                 link.report.name = s.node;
                 link.report.last = s;
                 st.views[i].summary = std::move(s);
@@ -196,7 +210,6 @@ void connect(self_ptr self, std::size_t i) {
               place_waiting(self);
             },
             [self, i, handle](caf::error& e) {
-              self->state.links[i].connecting = false;
               if (self->state.links[i].handle == handle)
                 node_lost(self, i, self->system().render(e));
             });
@@ -205,7 +218,7 @@ void connect(self_ptr self, std::size_t i) {
         auto& st = self->state;
         st.links[i].connecting = false;
         st.links[i].report.last_error = self->system().render(e);
-        self->delayed_send(self, st.options.reconnect_interval, caf::connect_atom::value, static_cast<std::uint64_t>(i));
+        connect_later(self, i);
       });
 }
 
@@ -216,6 +229,7 @@ void node_lost(self_ptr self, std::size_t i, const std::string& why) {
   if (link.handle)
     self->demonitor(link.handle.address());
   link.handle = nullptr;
+  link.connecting = false;  // a watch still unanswered belongs to the lost handle
   link.report.up = false;
   link.report.last_error = why;
   st.views[i].up = false;
@@ -233,7 +247,7 @@ void node_lost(self_ptr self, std::size_t i, const std::string& why) {
     ++st.counts.resent;
     place(self, k, i);
   }
-  self->delayed_send(self, st.options.reconnect_interval, caf::connect_atom::value, static_cast<std::uint64_t>(i));
+  connect_later(self, i);
 }
 
 } // namespace
@@ -254,6 +268,8 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
       st.links.push_back(l);
       st.views.emplace_back();
     }
+    // An exit message from a node does not stop the router (its callers are not the node's).
+    self->set_exit_handler([](caf::exit_msg&) {});
     self->set_down_handler([self](caf::down_msg& dm) {
       auto& st = self->state;
       for (std::size_t i = 0; i < st.links.size(); ++i)
@@ -287,8 +303,7 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
         for (std::size_t i = 0; i < st.links.size(); ++i) {
           if (!st.links[i].handle || caf::actor_cast<caf::strong_actor_ptr>(st.links[i].handle) != from)
             continue;
-          if (s.resident.size() > max_summary_entries || s.pipelines.size() > max_summary_entries
-              || s.sequence < st.views[i].summary.sequence)
+          if (!sane(s) || (s.incarnation == st.views[i].summary.incarnation && s.sequence < st.views[i].summary.sequence))
             return;  // absurd, or older than what we have
           st.links[i].report.name = s.node;
           st.links[i].report.last = s;
@@ -300,25 +315,39 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
           return;
         }
       },
-      [self](caf::connect_atom, std::uint64_t i) {
-        if (i < self->state.links.size())
-          connect(self, static_cast<std::size_t>(i));
-      },
-      [self](tick_atom) {
+      [self](std::shared_ptr<router_command>& cmd) {
         auto& st = self->state;
-        auto now = std::chrono::steady_clock::now();
-        std::vector<std::string> expired;
-        for (const auto& [k, until] : st.unplaced_until)
-          if (until <= now)
-            expired.push_back(k);
-        for (const auto& k : expired) {
-          st.book.drop(k);
-          answer(self, k, failure{errc::node_unavailable, "no node that serves the job's pipeline was up within "
-                                                            + std::to_string(st.options.wait_for_node.count()) + " ms"});
+        switch (cmd->what) {
+          case router_command::kind::connect:
+            if (cmd->node < st.links.size())
+              connect(self, cmd->node);
+            return;
+          case router_command::kind::tick: {
+            auto now = std::chrono::steady_clock::now();
+            std::vector<std::string> expired;
+            for (const auto& [k, until] : st.unplaced_until)
+              if (until <= now)
+                expired.push_back(k);
+            for (const auto& k : expired) {
+              st.book.drop(k);
+              answer(self, k, failure{errc::node_unavailable, "no node that serves the job's pipeline was up within "
+                                                                + std::to_string(st.options.wait_for_node.count()) + " ms"});
+            }
+            st.ticking = !st.unplaced_until.empty();
+            if (st.ticking)
+              self->delayed_send(self, 50ms, command(router_command::kind::tick));
+            return;
+          }
+          case router_command::kind::shutdown: {
+            std::vector<std::string> keys;
+            for (const auto& [k, c] : st.callers)
+              keys.push_back(k);
+            for (const auto& k : keys)
+              answer(self, k, failure{errc::shutting_down, "the router is stopping"});
+            self->quit();
+            return;
+          }
         }
-        st.ticking = !st.unplaced_until.empty();
-        if (st.ticking)
-          self->delayed_send(self, 50ms, tick_atom::value);
       },
       [self](std::shared_ptr<router_stats_call>& call) {
         auto& st = self->state;
@@ -327,15 +356,6 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
         for (const auto& l : st.links)
           out.nodes.push_back(l.report);
         call->answer.set_value(std::move(out));
-      },
-      [self](shutdown_atom) {
-        auto& st = self->state;
-        std::vector<std::string> keys;
-        for (const auto& [k, c] : st.callers)
-          keys.push_back(k);
-        for (const auto& k : keys)
-          answer(self, k, failure{errc::shutting_down, "the router is stopping"});
-        self->quit();
       },
     };
   });

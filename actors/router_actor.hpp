@@ -21,11 +21,17 @@ struct router_call {
 struct router_stats_call {
   std::promise<router_stats> answer;
 };
+/// The router's own commands: a type no peer can send (nodes learn the router's address through watch).
+struct router_command {
+  enum class kind { connect, tick, shutdown } what;
+  std::size_t node = 0;  // connect
+};
 
 } // namespace mcache::fleet
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<mcache::fleet::router_call>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<mcache::fleet::router_stats_call>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<mcache::fleet::router_command>)
 
 namespace mcache::fleet {
 

@@ -46,7 +46,7 @@ typename Inspector::result_type inspect(Inspector& f, tier_room& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_summary& x) {
-  return f(caf::meta::type_name("mcache_node_summary"), x.node, x.sequence, x.pipelines, x.resident, x.tiers,
+  return f(caf::meta::type_name("mcache_node_summary"), x.node, x.incarnation, x.sequence, x.pipelines, x.resident, x.tiers,
            x.queued, x.jobs_served, x.jobs_failed, x.bytes_to_devices, x.bytes_from_disk);
 }
 
@@ -70,6 +70,9 @@ using node_actor = caf::typed_actor<
   caf::replies_to<summary_atom>::with<node_summary>,
   // Internal (see node_event).
   caf::reacts_to<std::shared_ptr<node_event>>>;
+// (A peer can still stop the actor with an exit message of reason `kill`, which CAF 0.17 always honours;
+// other exit messages are ignored. The node then stops serving: `node::serving()` turns false, and
+// mcache-node exits so that its supervisor starts it again. Only an authenticated peer can connect.)
 
 /// Registers the fleet's message types and the runtime's error category on a networked actor system's
 /// config. Both ends must call it: a type missing on either side makes `remote_actor` fail with

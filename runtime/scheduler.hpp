@@ -102,7 +102,8 @@ struct job_spec {
   /// From submit: a job not done by then fails with deadline_exceeded (queued or running). None: no limit.
   std::optional<std::chrono::nanoseconds> deadline;
   /// Called once when the job ends (done, failed or cancelled), with its final status, on whichever
-  /// thread ended it (a worker or the scheduler actor's): it must not block. Not called if submit throws.
+  /// thread ended it (a worker or the scheduler actor's): it must neither block nor throw. Not called if
+  /// submit throws.
   std::function<void(const job_status&)> on_end;
 };
 

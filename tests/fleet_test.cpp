@@ -15,6 +15,7 @@
 
 #include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
 
 #include <csignal>
 #include <fcntl.h>
@@ -114,6 +115,7 @@ public:
     }
   }
   ~node_process() { kill(SIGTERM); }
+  void signal(int sig) { ::kill(pid_, sig); }
   void kill(int sig) {
     if (pid_ <= 0)
       return;
@@ -288,6 +290,31 @@ TEST_CASE("a node killed during a job: the job is sent again once, finishes on a
   CHECK(served_by.size() == 2);  // equal costs alternate: the node that came back takes its turn
 }
 
+TEST_CASE("a node that goes silent (stopped, as a hung machine or a cut cable would be) is lost after the connection timeout, and its job runs elsewhere") {
+  node_process a{"a"}, b{"b"};
+  auto o = to({a.where(), b.where()});
+  o.live.heartbeat = 100ms;
+  o.live.connection_timeout = 600ms;
+  router r{o};
+  REQUIRE(r.wait_for_nodes(2, 20s) == 2);
+  job_request slow;
+  slow.pipeline = "llm";
+  slow.models = {"llm_8b"};
+  slow.params = {{"steps", "400"}};
+  auto f = r.submit(slow);
+  REQUIRE(eventually([&] { return r.stats().nodes[0].sent + r.stats().nodes[1].sent == 1; }));
+  auto victim = r.stats().nodes[0].sent == 1 ? 0 : 1;
+  auto& silent = victim == 0 ? a : b;
+  silent.signal(SIGSTOP);  // no FIN, no heartbeats: only the timeout can tell
+  auto result = f.get();
+  CHECK(result.attempt == 2);
+  CHECK(result.node == (victim == 0 ? "b" : "a"));
+  CHECK(r.stats().nodes[victim].lost == 1);
+  silent.signal(SIGCONT);
+  // Awake again, it is connected again.
+  CHECK(eventually([&] { return r.stats().nodes[victim].up && r.stats().nodes[victim].connects == 2; }, 20s));
+}
+
 TEST_CASE("a job whose node and second node are both lost fails with node_unavailable, not silence") {
   auto a = std::make_unique<node_process>("a");
   auto b = std::make_unique<node_process>("b");
@@ -323,6 +350,27 @@ TEST_CASE("with no node up a job waits wait_for_node, then fails with node_unava
   CHECK(code_of(f) == errc::node_unavailable);
   CHECK(std::chrono::steady_clock::now() - start >= 300ms);
   CHECK_FALSE(r.stats().nodes[0].last_error.empty());
+}
+
+TEST_CASE("a job no node can take fails after wait_for_node even while the nodes keep sending summaries") {
+  local_node a{"a"};
+  auto o = to({a.where()});
+  o.wait_for_node = 300ms;
+  router r{o};
+  REQUIRE(r.wait_for_nodes(1, 10s) == 1);
+  std::atomic<bool> busy{true};
+  std::thread load{[&] {  // jobs on the node: summaries keep coming, each one a chance to place again
+    while (busy)
+      r.run(job({"m1"}, {{"ms", "5"}}));
+  }};
+  auto start = std::chrono::steady_clock::now();
+  job_request nowhere;
+  nowhere.pipeline = "no such pipeline";
+  auto f = r.submit(nowhere);
+  CHECK(code_of(f) == errc::node_unavailable);
+  CHECK(std::chrono::steady_clock::now() - start < 3s);
+  busy = false;
+  load.join();
 }
 
 TEST_CASE("a router restart: jobs of the old router finish on the node, and the new router is served") {
@@ -412,6 +460,33 @@ TEST_CASE("a job key sent twice runs once: the second request joins the first ru
     FAIL(caf::to_string(*e));
   REQUIRE(std::holds_alternative<job_result>(third));
   CHECK(a.n->summary().jobs_served == 1);
+}
+
+TEST_CASE("a key reused for another job is refused, and never answered with the other job's result") {
+  local_node a{"a"};
+  raw_client c{a.n->port()};
+  job_request r;
+  r.key = "k";
+  r.pipeline = "p";
+  r.models = {"m1"};
+  REQUIRE(std::holds_alternative<job_result>(c.ask(run_atom::value, r)));
+  r.models = {"m2"};
+  CHECK(mcache_code(c.ask(run_atom::value, r)) == errc::invalid_argument);
+  CHECK(a.n->summary().jobs_served == 1);
+}
+
+TEST_CASE("an exit message from a peer does not stop a node; a kill, which CAF always honours, makes it stop serving") {
+  local_node a{"a"};
+  raw_client c{a.n->port()};
+  caf::anon_send_exit(c.node, caf::exit_reason::user_shutdown);
+  std::this_thread::sleep_for(100ms);
+  job_request r;
+  r.key = "after-exit";
+  r.pipeline = "p";
+  CHECK(std::holds_alternative<job_result>(c.ask(run_atom::value, r)));
+  CHECK(a.n->serving());
+  caf::anon_send_exit(c.node, caf::exit_reason::kill);
+  CHECK(eventually([&] { return !a.n->serving(); }));
 }
 
 TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to reach such a node") {

@@ -103,12 +103,13 @@ TEST_CASE("only nodes that are up, have reported and serve the pipeline are chos
   CHECK_FALSE(policy.choose(nodes, "p", {}));
 }
 
-TEST_CASE("a job sent away from a lost node goes elsewhere when another node can take it") {
+TEST_CASE("a job sent away from a lost node goes elsewhere, or nowhere yet, never back to it") {
   std::vector<node_view> nodes{node({{"m", 0, 5, 5}}), node({})};
   router_policy policy;
   CHECK(policy.choose(nodes, "p", {"m"}, 0)->node == 1);
   nodes[1].up = false;
-  CHECK(policy.choose(nodes, "p", {"m"}, 0)->node == 0);  // the only one left
+  CHECK_FALSE(policy.choose(nodes, "p", {"m"}, 0));  // it waits for another node, or for node 0 to rejoin
+  CHECK(policy.choose(nodes, "p", {"m"})->node == 0);
 }
 
 TEST_CASE("round-robin takes the eligible nodes in turn whatever they hold") {
@@ -186,36 +187,39 @@ TEST_CASE("requests beyond the limits are refused with a text that names the lim
   CHECK(check_request(late, limits));
 }
 
-TEST_CASE("a node's run of a key is joined while it runs and answered from the kept outcome after") {
+TEST_CASE("a node's run of a key is joined while it runs, answered from the kept outcome after, and a key reused for another job is a conflict") {
   run_book<int, int> book{2};
   int waiter = 1;
   const outcome<int>* kept = nullptr;
   using seen = run_book<int, int>::seen;
-  CHECK(book.look_up("k", waiter, &kept) == seen::new_key);
-  book.start("k", 1);
+  CHECK(book.look_up("k", "d", waiter, &kept) == seen::new_key);
+  book.start("k", "d", 1);
   int second = 2;
-  CHECK(book.look_up("k", second, &kept) == seen::running);
+  CHECK(book.look_up("k", "d", second, &kept) == seen::running);
+  int other = 9;
+  CHECK(book.look_up("k", "another job", other, &kept) == seen::conflict);
   book.check();
   auto waiters = book.end("k", 42);
   CHECK(waiters == std::vector<int>{1, 2});
   int third = 3;
-  REQUIRE(book.look_up("k", third, &kept) == seen::ended);
+  REQUIRE(book.look_up("k", "d", third, &kept) == seen::ended);
+  CHECK(book.look_up("k", "another job", third, &kept) == seen::conflict);
   CHECK(std::get<int>(*kept) == 42);
   book.end("k2", failure{errc::work_failed, "x"});
   book.end("k3", 3);
   int fourth = 4;
-  CHECK(book.look_up("k", fourth, &kept) == seen::new_key);  // only the last 2 are kept
+  CHECK(book.look_up("k", "d", fourth, &kept) == seen::new_key);  // only the last 2 are kept
   CHECK(book.kept() == 2);
   book.check();
 }
 
 TEST_CASE("a stopping node gives every waiting caller back") {
   run_book<int, int> book{4};
-  book.start("a", 1);
+  book.start("a", "d", 1);
   int w = 2;
   const outcome<int>* kept = nullptr;
-  book.look_up("a", w, &kept);
-  book.start("b", 3);
+  book.look_up("a", "d", w, &kept);
+  book.start("b", "d", 3);
   auto all = book.abandon_all();
   std::sort(all.begin(), all.end());
   CHECK(all == std::vector<int>{1, 2, 3});

@@ -43,14 +43,19 @@ void register_fleet_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<node_summary>("mcache_node_summary");
 }
 
-network_system::network_system(const tls_options& options, std::size_t threads) {
+network_system::network_system(const tls_options& options, std::size_t threads, liveness live) {
   if (auto f = options.check())
     throw request_error(*f);
+  if (live.heartbeat <= std::chrono::milliseconds::zero() || live.connection_timeout < 2 * live.heartbeat)
+    throw request_error(failure{errc::invalid_argument, "the heartbeat must be more than 0 and the connection "
+                                                        "timeout at least two heartbeats"});
   register_fleet_types(config);
   config.load<caf::io::middleman>();
   config.set("scheduler.policy", caf::atom("sharing"));
   config.set("scheduler.max-threads", threads);
   config.set("logger.verbosity", caf::atom("quiet"));
+  config.set("middleman.heartbeat-interval", caf::timespan{live.heartbeat});
+  config.set("middleman.connection-timeout", caf::timespan{live.connection_timeout});
   if (options.enabled()) {
     config.load<caf::openssl::manager>();
     config.openssl_certificate = options.certificate;

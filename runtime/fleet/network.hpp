@@ -8,6 +8,7 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman_actor.hpp>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,9 +30,17 @@ struct tls_options {
 /// 127.0.0.0/8, ::1 or "localhost".
 bool is_loopback(const std::string& host);
 
+/// How a silent peer is found out: every connection carries a heartbeat each `heartbeat`, and one that
+/// carried nothing for `connection_timeout` is closed, which a router sees as its node lost (a machine
+/// that hangs or a network that drops packets sends no FIN).
+struct liveness {
+  std::chrono::milliseconds heartbeat{500};
+  std::chrono::milliseconds connection_timeout{3000};
+};
+
 /// An actor system with CAF's middleman (and caf::openssl with `tls`), the fleet's types registered.
 struct network_system {
-  network_system(const tls_options& tls, std::size_t threads);
+  network_system(const tls_options& tls, std::size_t threads, liveness live = {});
   ~network_system();
   caf::actor_system_config config;
   std::unique_ptr<caf::actor_system> system;

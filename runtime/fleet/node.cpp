@@ -6,7 +6,9 @@
 
 #include <caf/atom.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
 
+#include <random>
 #include <thread>
 #include <unistd.h>
 
@@ -19,6 +21,7 @@ void refuse(std::string what) { throw request_error(failure{errc::invalid_argume
 node_summary make_summary(node_shared& shared) {
   node_summary s;
   s.node = shared.name;
+  s.incarnation = shared.incarnation;
   for (const auto& [name, fn] : shared.pipelines)
     s.pipelines.push_back(name);
   auto stats = shared.rt->stats();
@@ -119,9 +122,10 @@ node::node(runtime& rt, scheduler& sched, node_options options, std::map<std::st
   shared->options = options;
   shared->pipelines = std::move(pipelines);
   impl_->shared = shared;
-  impl_->net = std::make_unique<network_system>(options.tls, options.network_threads);
+  impl_->net = std::make_unique<network_system>(options.tls, options.network_threads, options.live);
   auto& sys = *impl_->net->system;
   shared->name = options.name.empty() ? default_name() : options.name;
+  shared->incarnation = std::random_device{}() * 4294967296ull + std::random_device{}();
   auto first = make_summary(*shared);
   impl_->actor = spawn_node_actor(sys, shared, first);
   {
@@ -140,11 +144,13 @@ node::node(runtime& rt, scheduler& sched, node_options options, std::map<std::st
                                                           + std::to_string(options.port) + ": " + sys.render(e)};
              });
   if (failed) {
-    shared->post(std::make_shared<node_event>(node_event{node_event::kind::stop, {}, job_result{}, {}}));
     {
       std::lock_guard<std::mutex> guard{shared->link_mutex};
       shared->alive = false;
+      shared->self = nullptr;  // the actor and shared must not keep each other alive
     }
+    caf::anon_send(impl_->actor, std::make_shared<node_event>(node_event{node_event::kind::stop, {}, job_result{}, {}}));
+    impl_->actor = nullptr;
     throw request_error(*failed);
   }
   impl_->summaries = std::thread([this, first] { impl_->push_summaries(first); });
@@ -159,17 +165,22 @@ node::~node() {
   s.wake.notify_all();
   if (impl_->summaries.joinable())
     impl_->summaries.join();
-  auto stop = std::make_shared<node_event>();
-  stop->what = node_event::kind::stop;
-  s.post(std::move(stop));
+  node_actor actor;
   {
     std::lock_guard<std::mutex> guard{s.link_mutex};
     s.alive = false;  // a job that ends from now on tells nobody
+    actor = std::move(s.self);
     s.self = nullptr;
   }
+  auto stop = std::make_shared<node_event>();
+  stop->what = node_event::kind::stop;
+  caf::anon_send(actor, std::move(stop));
+  actor = nullptr;
   impl_->actor = nullptr;
   impl_->net.reset();  // waits for the actor, closes the port
 }
+
+bool node::serving() const { return !impl_->shared->actor_lost.load(); }
 
 std::uint16_t node::port() const { return impl_->port; }
 const std::string& node::name() const { return impl_->shared->name; }

@@ -47,6 +47,7 @@ struct node_options {
   std::size_t kept_results = 4096;    // results kept for keys seen again (Note [Node jobs])
   std::string journal_path;           // if set: a line "<key> <node> <state>" per job that ended
   std::size_t network_threads = 2;
+  liveness live;                      // heartbeats, and when a silent router's connection is closed
 };
 
 class node {
@@ -64,6 +65,10 @@ public:
   const std::string& name() const;
   /// The summary a router would get now.
   node_summary summary() const;
+  /// False once the published actor was stopped from outside (a peer's exit message of reason kill,
+  /// which CAF always honours): the node then serves nothing, and its process should exit and be started
+  /// again, which its routers see as a lost node.
+  bool serving() const;
 
   struct impl;
 

@@ -38,6 +38,7 @@ struct router::impl {
   std::unique_ptr<network_system> net;
   caf::actor actor;
   std::atomic<std::uint64_t> next_key{1};
+  std::string key_prefix;  // "<name>-<random>-": a router started again under its name makes new keys
 };
 
 router::router(router_options options) : impl_(std::make_unique<impl>()) {
@@ -64,12 +65,17 @@ router::router(router_options options) : impl_(std::make_unique<impl>()) {
   if (options.name.size() > 64)
     refuse("the router's name is its job keys' prefix: at most 64 characters");
   impl_->options = options;
-  impl_->net = std::make_unique<network_system>(options.tls, options.network_threads);
+  {
+    char nonce[9];
+    std::snprintf(nonce, sizeof nonce, "%08x", std::random_device{}());
+    impl_->key_prefix = options.name + "-" + nonce + "-";
+  }
+  impl_->net = std::make_unique<network_system>(options.tls, options.network_threads, options.live);
   impl_->actor = spawn_router_actor(*impl_->net, options);
 }
 
 router::~router() {
-  caf::anon_send(impl_->actor, shutdown_atom::value);
+  caf::anon_send(impl_->actor, std::make_shared<router_command>(router_command{router_command::kind::shutdown, 0}));
   impl_->actor = nullptr;
   impl_->net.reset();  // waits for the actor, closes the connections
 }
@@ -77,7 +83,7 @@ router::~router() {
 std::future<job_result> router::submit(job_request request) {
   auto call = std::make_shared<router_call>();
   if (request.key.empty())
-    request.key = impl_->options.name + "-" + std::to_string(impl_->next_key++);
+    request.key = impl_->key_prefix + std::to_string(impl_->next_key++);
   call->request = std::move(request);
   auto f = call->answer.get_future();
   caf::anon_send(impl_->actor, std::move(call));

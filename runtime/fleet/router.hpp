@@ -48,6 +48,7 @@ struct router_options {
   std::chrono::milliseconds job_timeout{10 * 60 * 1000};  // a node that has not answered by then: timed_out
   std::string name;                                    // the prefix of job keys; default random
   std::size_t network_threads = 2;
+  liveness live;  // a node silent for live.connection_timeout (hung, or cut off) is lost
 };
 
 /// What the router knows of one node.

@@ -121,7 +121,17 @@ int main(int argc, char** argv) {
       std::rename(tmp.c_str(), port_file.c_str());  // whole or absent, for a script that polls it
     }
     int sig = 0;
-    sigwait(&stop, &sig);
+    for (;;) {
+      timespec second{1, 0};
+      sig = sigtimedwait(&stop, nullptr, &second);
+      if (sig > 0)
+        break;
+      if (!n.serving()) {
+        std::fprintf(stderr, "mcache-node '%s': its actor was stopped from outside; exiting so that it can be "
+                             "started again\n", n.name().c_str());
+        return 3;
+      }
+    }
     std::printf("mcache-node '%s' stopping (signal %d)\n", n.name().c_str(), sig);
     std::fflush(stdout);
     return 0;

@@ -63,7 +63,8 @@ inline bool operator==(const tier_room& a, const tier_room& b) {
 /// What a node tells the routers that watch it: sent on change, at most every `summary_interval`.
 struct node_summary {
   std::string node;
-  std::uint64_t sequence = 0;  // grows with every summary a node process sends
+  std::uint64_t incarnation = 0;  // random per node object: a new one means the node started again
+  std::uint64_t sequence = 0;     // grows with every summary a node process sends
   std::vector<std::string> pipelines;
   std::vector<resident_model> resident;
   std::vector<tier_room> tiers;
@@ -76,7 +77,7 @@ struct node_summary {
 
 /// Two summaries say the same of their node (the sequence aside).
 inline bool same_state(const node_summary& a, const node_summary& b) {
-  return a.node == b.node && a.pipelines == b.pipelines && a.resident == b.resident && a.tiers == b.tiers
+  return a.node == b.node && a.incarnation == b.incarnation && a.pipelines == b.pipelines && a.resident == b.resident && a.tiers == b.tiers
          && a.queued == b.queued && a.jobs_served == b.jobs_served && a.jobs_failed == b.jobs_failed
          && a.bytes_to_devices == b.bytes_to_devices && a.bytes_from_disk == b.bytes_from_disk;
 }

@@ -1,6 +1,7 @@
 #include "runtime/core/fleet/routing.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <stdexcept>
 
@@ -58,7 +59,7 @@ std::optional<route_choice> router_policy::choose(const std::vector<node_view>& 
   for (std::size_t i = 0; i < nodes.size(); ++i)
     if (nodes[i].up && nodes[i].has_summary && nodes[i].serves(pipeline))
       eligible.push_back(i);
-  if (excluded && eligible.size() > 1)
+  if (excluded)
     eligible.erase(std::remove(eligible.begin(), eligible.end(), *excluded), eligible.end());
   if (eligible.empty())
     return std::nullopt;
@@ -165,6 +166,29 @@ void dispatch_book::check() const {
     if (e.attempt == 0 && e.node != no_node)
       throw std::logic_error("dispatch_book: job '" + key + "' has a node but was never sent");
   }
+}
+
+std::string request_digest(const job_request& r) {
+  std::uint64_t h = 14695981039346656037ull;
+  auto mix = [&h](const std::string& text) {
+    auto size = std::to_string(text.size()) + ":";  // length first: ("ab","c") and ("a","bc") differ
+    for (unsigned char c : size + text) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+  };
+  mix(r.pipeline);
+  for (const auto& m : r.models)
+    mix(m);
+  mix("|");
+  for (const auto& [k, v] : r.params) {
+    mix(k);
+    mix(v);
+  }
+  mix(std::to_string(r.priority) + "/" + std::to_string(r.deadline_ms));
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
 }
 
 std::optional<failure> check_request(const job_request& r, const request_limits& limits) {

@@ -60,8 +60,8 @@ struct route_choice {
 class router_policy {
 public:
   explicit router_policy(routing_policy policy = routing_policy::residency, std::size_t balance_bound = 4);
-  /// Note [Routing]: the node for a job, or nothing if no node is up with the pipeline. `excluded` is
-  /// never chosen (the node a job is sent away from) unless it is the only one.
+  /// Note [Routing]: the node for a job, or nothing if no node is up with the pipeline. `excluded` (the
+  /// node a job was lost on) is never chosen: the job waits for another node, or for that one to rejoin.
   std::optional<route_choice> choose(const std::vector<node_view>& nodes, const std::string& pipeline,
                                      const std::vector<model_id>& models,
                                      std::optional<std::size_t> excluded = std::nullopt);
@@ -123,6 +123,10 @@ private:
   static constexpr std::size_t no_node = static_cast<std::size_t>(-1);
   std::map<std::string, entry> jobs_;
 };
+
+/// What a request asks (pipeline, models, parameters, priority, deadline), as a 64-bit FNV-1a digest in
+/// hex: a node keeps it with each run, so that a key reused for another job is refused (run_book.hpp).
+std::string request_digest(const job_request& request);
 
 /// A request from the network within `limits`, or the failure (invalid_argument) that names what is not.
 std::optional<failure> check_request(const job_request& request, const request_limits& limits);
