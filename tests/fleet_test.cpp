@@ -179,6 +179,21 @@ bool eventually(F&& f, std::chrono::milliseconds within = 10s) {
   return true;
 }
 
+/// The sample's LLM pipeline for `steps` steps (400: about 2.5 s of compute on mcache-node).
+job_request slow_llm_job(int steps) {
+  job_request slow;
+  slow.pipeline = "llm";
+  slow.models = {"llm_8b"};
+  slow.params = {{"steps", std::to_string(steps)}};
+  return slow;
+}
+
+/// The node (of two) that the router sent its first job to, once it has.
+std::size_t sent_to(router& r) {
+  REQUIRE(eventually([&] { return r.stats().nodes[0].sent + r.stats().nodes[1].sent == 1; }));
+  return r.stats().nodes[0].sent == 1 ? 0 : 1;
+}
+
 /// A client of a node that speaks CAF directly, as anything on the network could.
 struct raw_client {
   explicit raw_client(std::uint16_t port) : net(tls_options{}, 1), self(*net.system) {
@@ -251,11 +266,7 @@ TEST_CASE("a node killed during a job: the job is sent again once, finishes on a
   node_process a{"a"}, b{"b"};
   router r{to({a.where(), b.where()})};
   REQUIRE(r.wait_for_nodes(2, 20s) == 2);
-  job_request slow;
-  slow.pipeline = "llm";
-  slow.models = {"llm_8b"};
-  slow.params = {{"steps", "400"}};  // about 2.5 s of compute
-  auto f = r.submit(slow);
+  auto f = r.submit(slow_llm_job(400));  // about 2.5 s of compute
   std::size_t victim = 0;
   REQUIRE(eventually([&] {
     auto st = r.stats();
@@ -297,13 +308,9 @@ TEST_CASE("a node that goes silent (stopped, as a hung machine or a cut cable wo
   o.live.connection_timeout = 600ms;
   router r{o};
   REQUIRE(r.wait_for_nodes(2, 20s) == 2);
-  job_request slow;
-  slow.pipeline = "llm";
-  slow.models = {"llm_8b"};
-  slow.params = {{"steps", "400"}};
-  auto f = r.submit(slow);
-  REQUIRE(eventually([&] { return r.stats().nodes[0].sent + r.stats().nodes[1].sent == 1; }));
-  auto victim = r.stats().nodes[0].sent == 1 ? 0 : 1;
+  auto f = r.submit(slow_llm_job(400));
+  auto first = sent_to(r);
+  auto victim = first;
   auto& silent = victim == 0 ? a : b;
   silent.signal(SIGSTOP);  // no FIN, no heartbeats: only the timeout can tell
   auto result = f.get();
@@ -322,13 +329,8 @@ TEST_CASE("a job whose node and second node are both lost fails with node_unavai
   o.wait_for_node = 500ms;
   router r{o};
   REQUIRE(r.wait_for_nodes(2, 20s) == 2);
-  job_request slow;
-  slow.pipeline = "llm";
-  slow.models = {"llm_8b"};
-  slow.params = {{"steps", "800"}};
-  auto f = r.submit(slow);
-  REQUIRE(eventually([&] { return r.stats().nodes[0].sent + r.stats().nodes[1].sent == 1; }));
-  auto first = r.stats().nodes[0].sent == 1 ? 0 : 1;
+  auto f = r.submit(slow_llm_job(800));
+  auto first = sent_to(r);
   (first == 0 ? a : b)->kill(SIGKILL);
   REQUIRE(eventually([&] { return r.stats().nodes[1 - first].sent == 1; }));
   (first == 0 ? b : a)->kill(SIGKILL);
@@ -475,7 +477,7 @@ TEST_CASE("a key reused for another job is refused, and never answered with the 
   CHECK(a.n->summary().jobs_served == 1);
 }
 
-TEST_CASE("an exit message from a peer does not stop a node; a kill, which CAF always honours, makes it stop serving") {
+TEST_CASE("an exit message from a peer does not stop a node, and a kill (which CAF always honours) makes it stop serving") {
   local_node a{"a"};
   raw_client c{a.n->port()};
   caf::anon_send_exit(c.node, caf::exit_reason::user_shutdown);
@@ -535,7 +537,7 @@ struct certificates {
 
 } // namespace
 
-TEST_CASE("with TLS a router whose certificate the fleet's CA signed is served; one signed by another CA, or without TLS, is refused") {
+TEST_CASE("with TLS a router whose certificate the fleet's CA signed is served, and one signed by another CA or without TLS is refused") {
   certificates certs;
   certs.make_ca("fleet-ca");
   certs.make_ca("other-ca");
