@@ -40,6 +40,13 @@ constexpr std::size_t max_watchers = 64;
 
 struct node_state {
   static const char* name;
+  node_state() = default;
+  node_state(const node_state&) = delete;
+  node_state& operator=(const node_state&) = delete;
+  ~node_state() {
+    if (journal >= 0)
+      ::close(journal);
+  }
   run_book<job_result, result_promise> runs{0};
   std::map<std::string, job_handle> jobs;  // running, by key: cancelled when the node stops
   std::set<caf::actor> watchers;
@@ -91,15 +98,17 @@ outcome<job_spec> build_job(const std::shared_ptr<node_shared>& shared, const jo
     auto ev = std::make_shared<node_event>();
     ev->what = node_event::kind::job_ended;
     ev->key = key;
+    std::uint64_t ended_at = 0;
     if (st.state == job_state::done) {
+      ended_at = ++shared->served + shared->failed.load();
       job_result r;
       r.key = key;
       r.node = shared->name;
       r.output = *output;  // the work has returned: nobody writes it any more
       r.queued_ns = first_stage->load();
       r.run_ns = since(arrival);
+      r.ended_at = ended_at;
       ev->result = std::move(r);
-      ++shared->served;
     } else {
       ev->result = st.error ? *st.error : failure{errc::work_failed, "job '" + key + "' ended without a reason"};
       ++shared->failed;
@@ -140,9 +149,7 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
     });
     // An exit message from a peer does not stop the node (its routers and jobs are not the peer's).
     self->set_exit_handler([](caf::exit_msg&) {});
-    self->attach_functor([self, shared] {
-      if (self->state.journal >= 0)
-        ::close(self->state.journal);
+    self->attach_functor([shared] {  // (the state is gone by now: CAF destroys it before attached functors run)
       std::lock_guard<std::mutex> guard{shared->link_mutex};
       if (shared->alive)
         shared->actor_lost = true;  // it ended while the node served: killed by a peer

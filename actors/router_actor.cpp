@@ -20,6 +20,7 @@ using namespace std::chrono_literals;
 struct node_link {
   endpoint where;
   node_actor handle;        // null while down
+  std::uint64_t generation = 0;  // one per connection: handles of one node process compare equal across them
   bool connecting = false;
   node_report report;
 };
@@ -80,7 +81,29 @@ void answer(self_ptr self, const std::string& key, outcome<job_result> result) {
 }
 
 void place(self_ptr self, const std::string& key, std::optional<std::size_t> lost_on = std::nullopt);
+void place_waiting(self_ptr self);
 void node_lost(self_ptr self, std::size_t i, const std::string& why);
+
+/// Takes node i out of the choice until it answers a summary request on its current connection.
+void probe(self_ptr self, std::size_t i) {
+  auto& st = self->state;
+  st.views[i].up = false;
+  if (!st.links[i].handle)
+    return;
+  auto generation = st.links[i].generation;
+  self->request(st.links[i].handle, caf::timespan{5s}, summary_atom::value)
+    .then(
+      [self, i, generation](node_summary& s) {
+        auto& st = self->state;
+        if (st.links[i].generation != generation || !st.links[i].handle || !sane(s))
+          return;
+        st.views[i].summary = std::move(s);
+        st.views[i].summarized();
+        st.views[i].up = true;
+        place_waiting(self);
+      },
+      [](caf::error&) {});  // its down message, or the next connection, decides
+}
 
 void send_to(self_ptr self, const std::string& key, std::size_t i) {
   auto& st = self->state;
@@ -92,7 +115,8 @@ void send_to(self_ptr self, const std::string& key, std::size_t i) {
       [self, key, attempt, i](job_result& r) {
         auto& st = self->state;
         if (const auto* e = st.book.find(key); e && e->attempt == attempt)
-          st.views[i].just_used.insert(e->request.models.begin(), e->request.models.end());
+          for (const auto& m : e->request.models)
+            st.views[i].just_used[m] = std::max(st.views[i].just_used[m], r.ended_at);
         if (!st.book.answered(key, attempt)) {
           ++st.counts.late_dropped;
           return;
@@ -118,9 +142,12 @@ void send_to(self_ptr self, const std::string& key, std::size_t i) {
           return;
         }
         // The network or the node's actor failed under this request, or the node is stopping: the node
-        // is lost for this job, and is not chosen again before it rejoins (its down message follows).
-        st.views[i].up = false;
-        switch (st.book.attempt_lost(key, attempt)) {
+        // is lost for this job, and is passed over until it answers a probe (a down message usually
+        // follows first, and then it rejoins through a new connection).
+        auto after = st.book.attempt_lost(key, attempt);
+        if (after != dispatch_book::after_loss::stale)
+          probe(self, i);
+        switch (after) {
           case dispatch_book::after_loss::stale: ++st.counts.late_dropped; return;
           case dispatch_book::after_loss::resend: ++st.counts.resent; place(self, key, i); return;
           case dispatch_book::after_loss::fail:
@@ -182,12 +209,13 @@ void connect(self_ptr self, std::size_t i) {
         auto handle = caf::actor_cast<node_actor>(ptr);
         self->monitor(handle);
         link.handle = handle;
+        auto generation = ++link.generation;
         self->request(handle, caf::timespan{10s}, watch_atom::value)
           .then(
-            [self, i, handle](node_summary& s) {
+            [self, i, generation](node_summary& s) {
               auto& st = self->state;
               auto& link = st.links[i];
-              if (link.handle != handle)
+              if (link.generation != generation || !link.handle)
                 return;  // lost meanwhile: node_lost has scheduled the next attempt
               link.connecting = false;
               ++link.report.connects;
@@ -209,8 +237,8 @@ void connect(self_ptr self, std::size_t i) {
               spdlog::info("mcache router: node '{}' at {}:{} is up", link.report.name, link.where.host, link.where.port);
               place_waiting(self);
             },
-            [self, i, handle](caf::error& e) {
-              if (self->state.links[i].handle == handle)
+            [self, i, generation](caf::error& e) {
+              if (self->state.links[i].generation == generation && self->state.links[i].handle)
                 node_lost(self, i, self->system().render(e));
             });
       },
@@ -309,7 +337,8 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
           st.links[i].report.last = s;
           st.views[i].summary = std::move(s);
           st.views[i].has_summary = true;
-          st.views[i].just_used.clear();
+          st.views[i].up = true;  // it speaks: a request that failed in the network no longer excludes it
+          st.views[i].summarized();
           if (!st.unplaced_until.empty())
             place_waiting(self);
           return;

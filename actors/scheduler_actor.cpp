@@ -267,8 +267,6 @@ void prefetch_after(self_ptr self, const running_job& run) {
   const auto& stages = run.job->spec.stages;
   for (auto k = run.stage + 1; k < stages.size(); ++k)
     prefetch(self, stages[k].models, stage_device(stages[k], run.worker), run.track);
-  if (run.stage + 1 < stages.size())
-    return;  // the next job's models would only take the room this job's later stages need
   if (const auto* next = st.queue.peek(run.worker, st.view, st.config.options.order))
     for (const auto& s : st.queued.at(next->id)->spec.stages)
       prefetch(self, s.models, stage_device(s, run.worker), run.track);

@@ -31,7 +31,8 @@ typename Inspector::result_type inspect(Inspector& f, job_request& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, job_result& x) {
-  return f(caf::meta::type_name("mcache_job_result"), x.key, x.node, x.output, x.queued_ns, x.run_ns, x.attempt);
+  return f(caf::meta::type_name("mcache_job_result"), x.key, x.node, x.output, x.queued_ns, x.run_ns, x.attempt,
+           x.ended_at);
 }
 
 template <class Inspector>

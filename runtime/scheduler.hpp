@@ -23,8 +23,9 @@
 //   hold up every request behind it until its own deadline.
 //
 // Note [Prefetch]: with `scheduler_options::prefetch`, when a stage's work starts the scheduler asks the RAM
-// tier to lease the next stage's models (or, after a job's last stage, the first stage's models of the job
-// that worker would take next) without waiting and without evicting any model a running or queued job
+// tier to lease the models of the job's later stages, then those of the job that worker would take next
+// (already during the job's earlier stages: a long middle stage, such as denoising, is when a copy can
+// overlap most) without waiting and without evicting any model a running or queued job
 // will use, then asks their device to copy them the same way, and lets both go at once: what arrived is
 // ordinary cache that the next acquire and pin find resident, and what could not arrive is simply loaded
 // when needed. After every change of the running and queued jobs it sends the tiers the models they will

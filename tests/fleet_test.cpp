@@ -179,6 +179,14 @@ bool eventually(F&& f, std::chrono::milliseconds within = 10s) {
   return true;
 }
 
+/// A thread joined when the scope ends, also when a REQUIRE leaves it early.
+struct joined {
+  template <class F>
+  explicit joined(F&& f) : t(std::forward<F>(f)) {}
+  ~joined() { t.join(); }
+  std::thread t;
+};
+
 /// The sample's LLM pipeline for `steps` steps (400: about 2.5 s of compute on mcache-node).
 job_request slow_llm_job(int steps) {
   job_request slow;
@@ -305,7 +313,7 @@ TEST_CASE("a node that goes silent (stopped, as a hung machine or a cut cable wo
   node_process a{"a"}, b{"b"};
   auto o = to({a.where(), b.where()});
   o.live.heartbeat = 100ms;
-  o.live.connection_timeout = 600ms;
+  o.live.connection_timeout = 2s;  // at least 3 of the nodes' heartbeats (500 ms)
   router r{o};
   REQUIRE(r.wait_for_nodes(2, 20s) == 2);
   auto f = r.submit(slow_llm_job(400));
@@ -361,7 +369,7 @@ TEST_CASE("a job no node can take fails after wait_for_node even while the nodes
   router r{o};
   REQUIRE(r.wait_for_nodes(1, 10s) == 1);
   std::atomic<bool> busy{true};
-  std::thread load{[&] {  // jobs on the node: summaries keep coming, each one a chance to place again
+  joined load{[&] {  // jobs on the node: summaries keep coming, each one a chance to place again
     while (busy)
       r.run(job({"m1"}, {{"ms", "5"}}));
   }};
@@ -372,7 +380,6 @@ TEST_CASE("a job no node can take fails after wait_for_node even while the nodes
   CHECK(code_of(f) == errc::node_unavailable);
   CHECK(std::chrono::steady_clock::now() - start < 3s);
   busy = false;
-  load.join();
 }
 
 TEST_CASE("a router restart: jobs of the old router finish on the node, and the new router is served") {
@@ -380,7 +387,7 @@ TEST_CASE("a router restart: jobs of the old router finish on the node, and the 
   {
     router old{to({a.where()})};
     REQUIRE(old.wait_for_nodes(1, 10s) == 1);
-    auto f = old.submit(job({"m1"}, {{"ms", "300"}}));
+    auto f = old.submit(job({"m1"}, {{"ms", "2000"}}));
     REQUIRE(eventually([&] { return a.n->summary().queued == 1; }));
   }  // gone with its job running on the node
   REQUIRE(eventually([&] { return a.n->summary().queued == 0; }));
@@ -398,7 +405,7 @@ TEST_CASE("a router that stops answers its waiting callers with shutting_down") 
   {
     router r{to({a.where()})};
     REQUIRE(r.wait_for_nodes(1, 10s) == 1);
-    f = r.submit(job({"m1"}, {{"ms", "500"}}));
+    f = r.submit(job({"m1"}, {{"ms", "3000"}}));
     REQUIRE(eventually([&] { return a.n->summary().queued == 1; }));
   }
   CHECK(code_of(f) == errc::shutting_down);
@@ -448,12 +455,13 @@ TEST_CASE("a job key sent twice runs once: the second request joins the first ru
   r.key = "same";
   r.pipeline = "p";
   r.models = {"m1"};
-  r.params = {{"ms", "200"}};
+  r.params = {{"ms", "2000"}};
   std::variant<job_result, caf::error> first, second;
-  std::thread t{[&] { first = c1.ask(run_atom::value, r); }};
-  REQUIRE(eventually([&] { return a.n->summary().queued == 1; }));
-  second = c2.ask(run_atom::value, r);
-  t.join();
+  {
+    joined t{[&] { first = c1.ask(run_atom::value, r); }};
+    CHECK(eventually([&] { return a.n->summary().queued == 1; }));
+    second = c2.ask(run_atom::value, r);
+  }
   REQUIRE(std::holds_alternative<job_result>(first));
   REQUIRE(std::holds_alternative<job_result>(second));
   CHECK(std::get<job_result>(first).output == std::get<job_result>(second).output);
@@ -559,6 +567,9 @@ TEST_CASE("with TLS a router whose certificate the fleet's CA signed is served, 
     o.wait_for_node = 300ms;
     router refused{o};
     CHECK(refused.wait_for_nodes(1, 1500ms) == 0);
+    auto st = refused.stats();
+    CHECK(st.nodes[0].connects == 0);
+    CHECK_FALSE(st.nodes[0].last_error.empty());  // it tried, and was refused
     auto f = refused.submit(job({"m1"}));
     CHECK(code_of(f) == errc::node_unavailable);
   }

@@ -32,7 +32,8 @@ bool is_loopback(const std::string& host);
 
 /// How a silent peer is found out: every connection carries a heartbeat each `heartbeat`, and one that
 /// carried nothing for `connection_timeout` is closed, which a router sees as its node lost (a machine
-/// that hangs or a network that drops packets sends no FIN).
+/// that hangs or a network that drops packets sends no FIN). The timeout is measured against what the
+/// peer sends: keep it at least 3 times the peers' heartbeat (500 ms by default on both ends).
 struct liveness {
   std::chrono::milliseconds heartbeat{500};
   std::chrono::milliseconds connection_timeout{3000};

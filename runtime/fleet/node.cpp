@@ -22,6 +22,11 @@ node_summary make_summary(node_shared& shared) {
   node_summary s;
   s.node = shared.name;
   s.incarnation = shared.incarnation;
+  // The counters before the tiers: a summary that counts a job's end then shows the tiers after it (a
+  // router keeps the models of an answered job as present until such a summary comes).
+  s.queued = shared.queued.load();
+  s.jobs_served = shared.served.load();
+  s.jobs_failed = shared.failed.load();
   for (const auto& [name, fn] : shared.pipelines)
     s.pipelines.push_back(name);
   auto stats = shared.rt->stats();
@@ -41,9 +46,6 @@ node_summary make_summary(node_shared& shared) {
     s.bytes_to_devices += d.bytes_copied_in;
   }
   s.bytes_from_disk = stats.ram.bytes_loaded;
-  s.queued = shared.queued.load();
-  s.jobs_served = shared.served.load();
-  s.jobs_failed = shared.failed.load();
   return s;
 }
 

@@ -56,7 +56,8 @@ public:
   /// unusable options (a non-loopback address without TLS, unreadable TLS files, no pipelines), or when the
   /// port cannot be bound.
   node(runtime& rt, scheduler& sched, node_options options, std::map<std::string, pipeline> pipelines);
-  /// Stops serving: requests not yet answered get shutting_down; jobs already running end in the scheduler.
+  /// Stops serving: its jobs are cancelled (one whose work runs ends when the work returns), and requests
+  /// not yet answered get shutting_down, so that routers send them to another node.
   ~node();
   node(const node&) = delete;
   node& operator=(const node&) = delete;

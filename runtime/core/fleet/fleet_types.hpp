@@ -35,6 +35,8 @@ struct job_result {
   std::uint64_t queued_ns = 0;  // from arrival at the node to its first stage
   std::uint64_t run_ns = 0;     // from arrival to the end
   std::uint32_t attempt = 1;   // 2: the first node was lost and the router sent it again
+  std::uint64_t ended_at = 0;  // the node's count of ended jobs once this one ended (a summary whose
+                               // jobs_served + jobs_failed reaches it shows the tiers after this job)
 };
 
 /// One model's bytes in one tier of a node.

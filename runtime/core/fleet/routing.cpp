@@ -15,6 +15,12 @@ bool node_view::serves(const std::string& pipeline) const {
   return std::find(summary.pipelines.begin(), summary.pipelines.end(), pipeline) != summary.pipelines.end();
 }
 
+void node_view::summarized() {
+  auto ended = summary.jobs_served + summary.jobs_failed;
+  for (auto i = just_used.begin(); i != just_used.end();)
+    i = i->second <= ended ? just_used.erase(i) : std::next(i);
+}
+
 router_policy::router_policy(routing_policy policy, std::size_t balance_bound)
   : policy_(policy), balance_bound_(std::max<std::size_t>(balance_bound, 1)) {}
 

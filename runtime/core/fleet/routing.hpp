@@ -44,7 +44,10 @@ struct node_view {
   bool has_summary = false;
   node_summary summary;
   std::multiset<model_id> arriving;  // models of this router's jobs in flight there
-  std::set<model_id> just_used;      // models of jobs it answered since its last summary (still there)
+  /// Models of jobs it answered that its summaries do not show yet: model -> the answer's ended_at.
+  std::map<model_id, std::uint64_t> just_used;
+  /// A summary came: forget what it shows (the answers it counts).
+  void summarized();
   std::size_t in_flight = 0;         // this router's jobs in flight there
 
   /// The queue the router compares: what the node reported, or what this router sent it if more.
