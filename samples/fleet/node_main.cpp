@@ -11,6 +11,7 @@
 // flags given on the command line win over it.
 
 #include "runtime/config.hpp"
+#include "runtime/http_endpoint.hpp"
 #include "runtime/fleet/node.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/scheduler.hpp"
@@ -76,6 +77,9 @@ int main(int argc, char** argv) {
   auto* journal = app.add_option("--journal", o.journal_path, "append '<key> <node> <state>' per job that ended");
   app.add_option("--summary-interval", summary_interval, "at most one summary per this long (default 200ms)");
   app.add_option("--port-file", port_file, "write the port here once listening");
+  int http_port = -1;
+  app.add_option("--http", http_port, "serve the node's status page, /status and /metrics on this loopback port "
+                                      "(0: any free port)");
   auto* cert = app.add_option("--tls-cert", o.tls.certificate, "PEM certificate chain of this node");
   auto* key = app.add_option("--tls-key", o.tls.key, "PEM private key");
   auto* ca = app.add_option("--tls-ca", o.tls.ca_file, "PEM CA file that signs the fleet's certificates");
@@ -112,6 +116,13 @@ int main(int argc, char** argv) {
     workload::add_models(rt, s);
     scheduler sched{rt, {}};
     fleet::node n{rt, sched, o, workload::fleet_pipelines(s)};
+    std::unique_ptr<http_endpoint> http;  // the operators' view of this node's tiers
+    if (http_port >= 0) {
+      http_options ho;
+      ho.port = static_cast<std::uint16_t>(http_port);
+      http = std::make_unique<http_endpoint>(rt, ho);
+      std::printf("mcache-node '%s' status page at %s\n", n.name().c_str(), http->url().c_str());
+    }
     std::printf("mcache-node '%s' listening on %s:%u (%s)\n", n.name().c_str(), o.listen.c_str(), n.port(),
                 o.tls.enabled() ? "TLS" : "plain TCP, loopback");
     std::fflush(stdout);
