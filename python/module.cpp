@@ -620,6 +620,8 @@ double cpp_cycle_seconds(py_runtime& r, const std::string& model, device_index d
 
 } // namespace
 
+void bind_fleet(py::module_& m);  // fleet_module.cpp
+
 PYBIND11_MODULE(_core, m) {
   py::module_::import("torch");
   // Close the schedulers still open before the interpreter finalizes (their stages need the GIL).
@@ -796,5 +798,6 @@ PYBIND11_MODULE(_core, m) {
     .def("model_ids", &py_runtime::ids)
     .def("describe", &py_runtime::describe);
 
+  bind_fleet(m);
   m.def("_cpp_cycle_seconds", &cpp_cycle_seconds, py::arg("runtime"), py::arg("model"), py::arg("device"), py::arg("n"));
 }

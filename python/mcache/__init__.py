@@ -26,7 +26,7 @@ import torch as _torch  # noqa: F401  (the extension needs LibTorch's Python sid
 from . import _core
 
 __all__ = ["Runtime", "Session", "Lease", "Pin", "Stream", "Stage", "Scheduler", "Job", "StageContext", "Error",
-           "load_module"]
+           "load_module", "Router"]
 
 
 class Error(Exception):
@@ -51,6 +51,17 @@ for _code in _core.error_codes:
 _core._set_error_classes(_error_classes)
 
 Session = _core.Session
+Router = _core.Router
+Router.__doc__ = """A router over fleet nodes (mcache-node processes; README, "Many machines"):
+
+    r = mcache.Router(["127.0.0.1:7001", "127.0.0.1:7002"])      # tls_cert=, tls_key=, tls_ca= across hosts
+    r.wait_for_nodes(2)
+    result = r.run("sdxl", ["clip_l", "sdxl_clip_g", "sdxl_unet", "sdxl_vae"], {"steps": "30"})
+    result["node"], result["output"], result["attempt"]
+
+Each job goes to the node where it moves the fewest bytes; a node lost mid-job has its job sent to another
+node once. `run` waits without the GIL and returns the result, or raises the Error subclass of its code
+(NodeUnavailable, UnknownPipeline, UnknownModel, InvalidArgument, ...). `stats()` says what each node did."""
 Lease = _core.Lease
 Pin = _core.Pin
 Stream = _core.Stream
