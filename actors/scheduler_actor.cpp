@@ -49,6 +49,7 @@ struct scheduler_state {
   bool refresh_again = false;
   bool stopping = false;
   std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
+  std::size_t releases_in_flight = 0;  // a shutdown is answered once the tiers have taken every release
   std::vector<model_id> hinted;  // the next uses the tiers were last told (Note [Prefetch])
   // Note [One stage pins at a time per device]
   std::map<device_index, job_id> pinning_on;                // the job whose pin requests are out there
@@ -97,12 +98,32 @@ void check(self_ptr self) {
     self->state.queue.check_invariants(self->state.config.options.order);
 }
 
+void answer_shutdown_if_idle(self_ptr self);
+
+/// Sends a release to a tier. Nothing waits for the answer, except a shutdown: it is answered once every
+/// release was taken, so that whoever closed the scheduler finds nothing it held still counted.
+template <class Tier, class Id>
+void release(self_ptr self, const Tier& tier, Id id, const char* what) {
+  ++self->state.releases_in_flight;
+  self->request(tier, caf::infinite, release_atom::value, id)
+    .then(
+      [self] {
+        --self->state.releases_in_flight;
+        answer_shutdown_if_idle(self);
+      },
+      [self, what](caf::error& e) {
+        --self->state.releases_in_flight;
+        if (what)
+          spdlog::warn("mcache: scheduler: a {} release failed: {}", what, to_failure(e).detail);
+        answer_shutdown_if_idle(self);
+      });
+}
+
 /// Ends the pins and leases the current stage holds (asynchronously: nothing waits for the answers).
 void release_pins(self_ptr self, running_job& run) {
   for (const auto& pin : run.pins)
     if (pin.pin != 0)
-      self->request(device_for(self, pin.device), caf::infinite, release_atom::value, pin.pin)
-        .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a pin release failed: {}", to_failure(e).detail); });
+      release(self, device_for(self, pin.device), pin.pin, "pin");
   run.pins.clear();
 }
 
@@ -110,13 +131,12 @@ void release_held(self_ptr self, running_job& run) {
   release_pins(self, run);
   for (const auto& lease : run.leases)
     if (lease.lease != 0)
-      self->request(self->state.config.ram, caf::infinite, release_atom::value, lease.lease)
-        .then([] {}, [](caf::error& e) { spdlog::warn("mcache: scheduler: a lease release failed: {}", to_failure(e).detail); });
+      release(self, self->state.config.ram, lease.lease, "lease");
   run.leases.clear();
 }
 
 void answer_shutdown_if_idle(self_ptr self) {
-  if (!self->state.stopping || !self->state.running.empty())
+  if (!self->state.stopping || !self->state.running.empty() || self->state.releases_in_flight > 0)
     return;
   for (auto& p : self->state.shutdown_waiters)
     p.deliver(true);
@@ -227,17 +247,15 @@ void send_next_uses(self_ptr self) {
 }
 
 /// Note [Prefetch]: brings `models` into RAM, then onto `device` (a GPU), as ordinary cache.
-void prefetch(self_ptr self, std::vector<model_id> models, device_index device, int track) {
+void prefetch(self_ptr self, std::vector<model_id> models, device_index device, int track, bytes_t keep_free = 0) {
   if (models.empty())
     return;
   auto start = clock::now();
   auto ram = self->state.config.ram;
-  auto release_lease = [self, ram](lease_id lease) {
-    self->request(ram, caf::infinite, release_atom::value, lease).then([] {}, [](caf::error&) {});
-  };
+  auto release_lease = [self, ram](lease_id lease) { release(self, ram, lease, nullptr); };
   self->request(ram, caf::infinite, prefetch_atom::value, models)
     .then(
-      [self, device, track, start, release_lease](std::vector<ram_lease>& leases) {
+      [self, device, track, start, release_lease, keep_free](std::vector<ram_lease>& leases) {
         if (device == cpu_device) {
           for (const auto& l : leases)
             release_lease(l.lease);
@@ -245,16 +263,44 @@ void prefetch(self_ptr self, std::vector<model_id> models, device_index device, 
         }
         auto target = device_for(self, device);
         for (const auto& l : leases)
-          self->request(target, caf::infinite, prefetch_atom::value, l.lease)
+          self->request(target, caf::infinite, prefetch_atom::value, l.lease, keep_free)
             .then(
               [self, target, lease = l.lease, model = l.model, track, start, release_lease](device_pin& pin) {
                 trace_span(self, track, "prefetch " + model, "prefetch", start, pin.resident_bytes);
-                self->request(target, caf::infinite, release_atom::value, pin.pin).then([] {}, [](caf::error&) {});
+                release(self, target, pin.pin, nullptr);
                 release_lease(lease);
               },
               [lease = l.lease, release_lease](caf::error&) { release_lease(lease); });
       },
       [](caf::error&) {});  // no room without evicting what is needed soon: loaded when needed
+}
+
+/// Note [Prefetch]: the room `run`'s later stages still need on `device` (their working memory, and the
+/// bytes of their models not resident there as last seen), which a prefetch for the next job must leave.
+bytes_t room_still_needed(self_ptr self, const running_job& run, device_index device) {
+  const auto& st = self->state;
+  const auto& stages = run.job->spec.stages;
+  const std::map<model_id, bytes_t>* resident = nullptr;
+  if (auto d = st.view.on_device.find(device); d != st.view.on_device.end())
+    resident = &d->second;
+  bytes_t need = 0;
+  for (auto k = run.stage + 1; k < stages.size(); ++k) {
+    if (stage_device(stages[k], run.worker) != device)
+      continue;
+    need += stages[k].working_bytes;
+    for (const auto& m : stages[k].models) {
+      bytes_t size = 0;
+      for (const auto& [model, bytes] : run.job->order.models)
+        if (model == m)
+          size = std::max(size, bytes);
+      bytes_t there = 0;
+      if (resident)
+        if (auto r = resident->find(m); r != resident->end())
+          there = r->second;
+      need += size - std::min(size, there);
+    }
+  }
+  return need;
 }
 
 /// Note [Prefetch]: what the worker of `run` will need after its current stage: the job's later stages,
@@ -268,8 +314,10 @@ void prefetch_after(self_ptr self, const running_job& run) {
   for (auto k = run.stage + 1; k < stages.size(); ++k)
     prefetch(self, stages[k].models, stage_device(stages[k], run.worker), run.track);
   if (const auto* next = st.queue.peek(run.worker, st.view, st.config.options.order))
-    for (const auto& s : st.queued.at(next->id)->spec.stages)
-      prefetch(self, s.models, stage_device(s, run.worker), run.track);
+    for (const auto& s : st.queued.at(next->id)->spec.stages) {
+      auto device = stage_device(s, run.worker);
+      prefetch(self, s.models, device, run.track, room_still_needed(self, run, device));
+    }
 }
 
 void start_work(self_ptr self, job_id id) {
@@ -603,7 +651,7 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
         running.push_back(kv.first);
       for (auto id : running)
         stop_job(self, id, failure{errc::cancelled, "the scheduler is shutting down"});
-      if (self->state.running.empty())
+      if (self->state.running.empty() && self->state.releases_in_flight == 0)
         return true;
       auto promise = self->make_response_promise<bool>();
       self->state.shutdown_waiters.push_back(promise);

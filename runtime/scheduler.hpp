@@ -26,7 +26,9 @@
 // tier to lease the models of the job's later stages, then those of the job that worker would take next
 // (already during the job's earlier stages: a long middle stage, such as denoising, is when a copy can
 // overlap most) without waiting and without evicting any model a running or queued job
-// will use, then asks their device to copy them the same way, and lets both go at once: what arrived is
+// will use, then asks their device to copy them the same way, and lets both go at once. A copy for the
+// next job must also leave the room the running job's later stages still need on that device (their
+// models not yet there, and their working memory), or the next stage would evict it again. What arrived is
 // ordinary cache that the next acquire and pin find resident, and what could not arrive is simply loaded
 // when needed. After every change of the running and queued jobs it sends the tiers the models they will
 // use, soonest first, so that eviction takes the others first.
@@ -164,7 +166,8 @@ public:
   /// Spawns the scheduler actor and its workers over `rt`'s devices. Throws request_error
   /// (invalid_argument) on unusable options.
   scheduler(runtime& rt, scheduler_options options = {});
-  /// Cancels queued jobs and waits for running ones to end.
+  /// Cancels queued jobs and waits for running ones to end, and for the tiers to take back every lease
+  /// and pin the scheduler held: stats read after it count none of them.
   ~scheduler();
   scheduler(const scheduler&) = delete;
   scheduler& operator=(const scheduler&) = delete;

@@ -740,6 +740,42 @@ TEST_CASE("a prefetch pin evicts only models with no known next use, and an ordi
   CHECK(h.tier.residency("b") == device_residency::resident);
 }
 
+TEST_CASE("a prefetch leaves the room that sooner uses still need, counting what it could evict") {
+  device_harness h{100};
+  REQUIRE_FALSE(h.release(h.pinned("idle", 30, alice), alice));  // no known next use: a prefetch may evict it
+  REQUIRE_FALSE(h.release(h.pinned("soon", 20, alice), alice));  // needed soon: it stays
+  h.tier.set_next_uses({"soon", "next"});
+  auto prefetch = [&](const model_id& m, bytes_t keep_free) {
+    auto id = h.next_request++;
+    pin_request r;
+    r.request = id;
+    r.holder = alice;
+    r.tensor_bytes = {40};
+    auto host = std::make_shared<host_model>();
+    host->id = m;
+    host->tensors.push_back({"t0", at::zeros({1})});
+    r.host = ram_lease{h.next_lease++, m, 40, host};
+    h.leases_out.insert(r.host.lease);
+    r.prefetch = true;
+    r.keep_free = keep_free;
+    device_effects fx;
+    h.tier.pin(std::move(r), /*may_wait=*/false, fx);
+    h.absorb(fx);
+    return id;
+  };
+  // Free 50 and 'idle''s 30 could hold 80: 40 for the prefetch leaves 40, not the 41 asked for.
+  auto refused = prefetch("next", 41);
+  REQUIRE(h.answered(refused));
+  CHECK_FALSE(h.granted(refused));
+  CHECK(h.tier.residency("idle") == device_residency::resident);  // and nothing was evicted for it
+  auto granted = prefetch("next", 40);
+  h.finish_copy("next");
+  REQUIRE(h.answered(granted));
+  CHECK(h.granted(granted));
+  CHECK(h.tier.residency("soon") == device_residency::resident);
+  h.tier.check_invariants();
+}
+
 TEST_CASE("a device drops a model unused for its keep-alive whole, and never a pinned one") {
   auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
   device_tier_options o{0, 100, 0, true, 2, std::chrono::seconds(5), [&] { return now; }};

@@ -140,6 +140,14 @@ bytes_t device_tier::evictable_bytes(const model_id& excluded) const {
   return evictable_ - (i == entries_.end() ? 0 : i->second.counted_evictable);
 }
 
+bytes_t device_tier::evictable_without_next_use(const model_id& excluded) const {
+  bytes_t total = 0;
+  for (const auto& [m, e] : entries_)
+    if (m != excluded && !policy_->has_next_use(m))
+      total += e.counted_evictable;
+  return total;
+}
+
 bytes_t device_tier::staging_for(const entry& e, const std::vector<size_t>& also_resident) const {
   return mcache::staging_for(e.tensors, also_resident, options_.staging_slots);
 }
@@ -328,6 +336,12 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   auto i = entries_.find(model);
   bool present = i != entries_.end();
   auto room = free_bytes() + evictable_bytes(model);
+  if (r.prefetch) {
+    // A prefetch takes only room that neither a model with a known next use nor the sooner uses it was
+    // told of (`keep_free`) would need: otherwise the running job's next stage evicts it again.
+    auto usable = free_bytes() + evictable_without_next_use(model);
+    room = usable > r.keep_free ? usable - r.keep_free : 0;
+  }
   entry fresh;
   if (!present)
     fresh.tensors = r.tensors();

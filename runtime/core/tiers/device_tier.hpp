@@ -83,6 +83,9 @@ struct pin_request {
   std::optional<std::chrono::nanoseconds> keep_alive;  // the model's own (Note [Keep-alive])
   bool prefetch = false;              // never evicts a model with a known next use (Note [Eviction with
                                       // known next uses]); the caller does not let it wait
+  bytes_t keep_free = 0;              // a prefetch: room it must leave for sooner uses (the running job's
+                                      // later stages on this device), counting only what could be freed
+                                      // without evicting a model with a known next use
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
@@ -238,6 +241,8 @@ private:
   bytes_t free_bytes() const { return usable_bytes() - used_; }
   /// Candidates' bytes, without those of `excluded` (the model being admitted is never its own victim).
   bytes_t evictable_bytes(const model_id& excluded = {}) const;
+  /// What a prefetch could free: evictable bytes of models with no known next use, `excluded` aside.
+  bytes_t evictable_without_next_use(const model_id& excluded) const;
 
   device_tier_options options_;
   std::unique_ptr<eviction_policy> policy_;
