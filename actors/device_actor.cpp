@@ -22,7 +22,8 @@ struct borrowing {
   holder_id holder;
   bool holder_gone = false;
   bool prefetch = false;
-  bytes_t keep_free = 0;   // a prefetch's room for sooner uses (pin_request::keep_free)
+  std::vector<std::pair<model_id, bytes_t>> sooner;  // a prefetch's sooner uses (pin_request::sooner)
+  bytes_t sooner_working = 0;
   bool withdrawn = false;  // its holder withdrew it before the lease arrived
 };
 
@@ -200,7 +201,12 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   bool withdrawn = b != self->state.borrowing_.end() && b->second.withdrawn;
   auto holder = b == self->state.borrowing_.end() ? 0 : b->second.holder;
   bool prefetch = b != self->state.borrowing_.end() && b->second.prefetch;
-  bytes_t keep_free = b != self->state.borrowing_.end() ? b->second.keep_free : 0;
+  std::vector<std::pair<model_id, bytes_t>> sooner;
+  bytes_t sooner_working = 0;
+  if (b != self->state.borrowing_.end()) {
+    sooner = std::move(b->second.sooner);
+    sooner_working = b->second.sooner_working;
+  }
   if (b != self->state.borrowing_.end())
     self->state.borrowing_.erase(b);
   device_effects fx;
@@ -234,7 +240,8 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.host = std::move(host);
   r.working_bytes = working;
   r.prefetch = prefetch;
-  r.keep_free = keep_free;
+  r.sooner = std::move(sooner);
+  r.sooner_working = sooner_working;
   if (self->state.config.models)
     if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;
@@ -249,7 +256,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
 
 // A pin, or a prefetch (Note [Eviction with known next uses]): borrows a RAM lease, then asks the tier.
 caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working, caf::timespan wait, bool prefetch,
-                                  bytes_t keep_free = 0) {
+                                  std::vector<std::pair<model_id, bytes_t>> sooner = {}, bytes_t sooner_working = 0) {
   if (self->state.stopping)
     return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
   auto holder = watch_sender(self, self->state.watched);
@@ -260,7 +267,7 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   auto promise = self->make_response_promise<device_pin>();
   auto id = self->state.next_request++;
   self->state.requests.open(id, promise);
-  self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch, keep_free});
+  self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch, std::move(sooner), sooner_working});
   self->state.by_lease.remember(holder, lease, id);
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
@@ -317,8 +324,9 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       self->state.tier->withdraw(*id, failure{errc::cancelled, "the pin was withdrawn by its holder"}, fx);
       apply(self, fx);
     },
-    [self](prefetch_atom, lease_id lease, bytes_t keep_free) -> caf::result<device_pin> {
-      return begin_pin(self, lease, 0, caf::timespan::zero(), true, keep_free);
+    [self](prefetch_atom, lease_id lease, std::vector<std::pair<model_id, bytes_t>>& sooner,
+           bytes_t sooner_working) -> caf::result<device_pin> {
+      return begin_pin(self, lease, 0, caf::timespan::zero(), true, std::move(sooner), sooner_working);
     },
     [self](hint_atom, const std::vector<model_id>& soonest_first) {
       self->state.tier->set_next_uses(soonest_first);

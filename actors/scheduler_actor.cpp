@@ -49,7 +49,8 @@ struct scheduler_state {
   bool refresh_again = false;
   bool stopping = false;
   std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
-  std::size_t releases_in_flight = 0;  // a shutdown is answered once the tiers have taken every release
+  std::size_t releases_in_flight = 0;    // a shutdown is answered once the tiers have taken every release
+  std::size_t prefetches_in_flight = 0;  // and every prefetch has ended (what it leased released)
   std::vector<model_id> hinted;  // the next uses the tiers were last told (Note [Prefetch])
   // Note [One stage pins at a time per device]
   std::map<device_index, job_id> pinning_on;                // the job whose pin requests are out there
@@ -136,7 +137,8 @@ void release_held(self_ptr self, running_job& run) {
 }
 
 void answer_shutdown_if_idle(self_ptr self) {
-  if (!self->state.stopping || !self->state.running.empty() || self->state.releases_in_flight > 0)
+  if (!self->state.stopping || !self->state.running.empty() || self->state.releases_in_flight > 0
+      || self->state.prefetches_in_flight > 0)
     return;
   for (auto& p : self->state.shutdown_waiters)
     p.deliver(true);
@@ -246,61 +248,81 @@ void send_next_uses(self_ptr self) {
     self->send(d, hint_atom::value, soon);
 }
 
-/// Note [Prefetch]: brings `models` into RAM, then onto `device` (a GPU), as ordinary cache.
-void prefetch(self_ptr self, std::vector<model_id> models, device_index device, int track, bytes_t keep_free = 0) {
-  if (models.empty())
-    return;
-  auto start = clock::now();
-  auto ram = self->state.config.ram;
-  auto release_lease = [self, ram](lease_id lease) { release(self, ram, lease, nullptr); };
-  self->request(ram, caf::infinite, prefetch_atom::value, models)
-    .then(
-      [self, device, track, start, release_lease, keep_free](std::vector<ram_lease>& leases) {
-        if (device == cpu_device) {
-          for (const auto& l : leases)
-            release_lease(l.lease);
-          return;
-        }
-        auto target = device_for(self, device);
-        for (const auto& l : leases)
-          self->request(target, caf::infinite, prefetch_atom::value, l.lease, keep_free)
-            .then(
-              [self, target, lease = l.lease, model = l.model, track, start, release_lease](device_pin& pin) {
-                trace_span(self, track, "prefetch " + model, "prefetch", start, pin.resident_bytes);
-                release(self, target, pin.pin, nullptr);
-                release_lease(lease);
-              },
-              [lease = l.lease, release_lease](caf::error&) { release_lease(lease); });
-      },
-      [](caf::error&) {});  // no room without evicting what is needed soon: loaded when needed
-}
+/// Note [Prefetch]: the sooner uses a prefetch for the next job must leave room for on a device: the
+/// models of the running job's later stages there (each once, by generation, with its bytes) and the
+/// most working memory one of those stages asks for. The device counts what it holds of them already.
+struct sooner_uses {
+  std::vector<std::pair<model_id, bytes_t>> models;
+  bytes_t working = 0;
+};
 
-/// Note [Prefetch]: the room `run`'s later stages still need on `device` (their working memory, and the
-/// bytes of their models not resident there as last seen), which a prefetch for the next job must leave.
-bytes_t room_still_needed(self_ptr self, const running_job& run, device_index device) {
+sooner_uses still_needed(self_ptr self, const running_job& run, device_index device) {
   const auto& st = self->state;
   const auto& stages = run.job->spec.stages;
-  const std::map<model_id, bytes_t>* resident = nullptr;
-  if (auto d = st.view.on_device.find(device); d != st.view.on_device.end())
-    resident = &d->second;
-  bytes_t need = 0;
+  sooner_uses out;
   for (auto k = run.stage + 1; k < stages.size(); ++k) {
     if (stage_device(stages[k], run.worker) != device)
       continue;
-    need += stages[k].working_bytes;
+    out.working = std::max(out.working, stages[k].working_bytes);
     for (const auto& m : stages[k].models) {
       bytes_t size = 0;
       for (const auto& [model, bytes] : run.job->order.models)
         if (model == m)
           size = std::max(size, bytes);
-      bytes_t there = 0;
-      if (resident)
-        if (auto r = resident->find(m); r != resident->end())
-          there = r->second;
-      need += size - std::min(size, there);
+      auto id = m;  // the tiers know models by generation (Note [Remove and replace])
+      if (st.config.models)
+        if (auto d = st.config.models->find(m))
+          id = d->id;
+      if (std::none_of(out.models.begin(), out.models.end(), [&](const auto& x) { return x.first == id; }))
+        out.models.emplace_back(id, size);
     }
   }
-  return need;
+  return out;
+}
+
+/// A prefetch request went out (or its answer came): a shutdown waits until none is in flight, so that
+/// what a prefetch leased is released before the scheduler's destructor returns.
+void prefetch_done(self_ptr self) {
+  --self->state.prefetches_in_flight;
+  answer_shutdown_if_idle(self);
+}
+
+/// Note [Prefetch]: brings `models` into RAM, then onto `device` (a GPU), as ordinary cache.
+void prefetch(self_ptr self, std::vector<model_id> models, device_index device, int track, sooner_uses sooner = {}) {
+  if (models.empty() || self->state.stopping)
+    return;
+  auto start = clock::now();
+  auto ram = self->state.config.ram;
+  auto release_lease = [self, ram](lease_id lease) { release(self, ram, lease, nullptr); };
+  ++self->state.prefetches_in_flight;
+  self->request(ram, caf::infinite, prefetch_atom::value, models)
+    .then(
+      [self, device, track, start, release_lease, sooner](std::vector<ram_lease>& leases) {
+        if (device == cpu_device || self->state.stopping) {
+          for (const auto& l : leases)
+            release_lease(l.lease);
+          prefetch_done(self);
+          return;
+        }
+        auto target = device_for(self, device);
+        for (const auto& l : leases) {
+          ++self->state.prefetches_in_flight;
+          self->request(target, caf::infinite, prefetch_atom::value, l.lease, sooner.models, sooner.working)
+            .then(
+              [self, target, lease = l.lease, model = l.model, track, start, release_lease](device_pin& pin) {
+                trace_span(self, track, "prefetch " + model, "prefetch", start, pin.resident_bytes);
+                release(self, target, pin.pin, nullptr);
+                release_lease(lease);
+                prefetch_done(self);
+              },
+              [self, lease = l.lease, release_lease](caf::error&) {
+                release_lease(lease);
+                prefetch_done(self);
+              });
+        }
+        prefetch_done(self);
+      },
+      [self](caf::error&) { prefetch_done(self); });  // no room without evicting what is needed soon
 }
 
 /// Note [Prefetch]: what the worker of `run` will need after its current stage: the job's later stages,
@@ -316,7 +338,7 @@ void prefetch_after(self_ptr self, const running_job& run) {
   if (const auto* next = st.queue.peek(run.worker, st.view, st.config.options.order))
     for (const auto& s : st.queued.at(next->id)->spec.stages) {
       auto device = stage_device(s, run.worker);
-      prefetch(self, s.models, device, run.track, room_still_needed(self, run, device));
+      prefetch(self, s.models, device, run.track, still_needed(self, run, device));
     }
 }
 
@@ -651,7 +673,7 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
         running.push_back(kv.first);
       for (auto id : running)
         stop_job(self, id, failure{errc::cancelled, "the scheduler is shutting down"});
-      if (self->state.running.empty() && self->state.releases_in_flight == 0)
+      if (self->state.running.empty() && self->state.releases_in_flight == 0 && self->state.prefetches_in_flight == 0)
         return true;
       auto promise = self->make_response_promise<bool>();
       self->state.shutdown_waiters.push_back(promise);

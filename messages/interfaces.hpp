@@ -96,10 +96,10 @@ using device_actor = caf::typed_actor<
   // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
   // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).
   caf::reacts_to<hand_over_atom, model_id>,
-  // As pin with no working memory and no wait, evicting no model with a known next use and leaving the
-  // bytes free for sooner uses (a prefetch: the caller releases the pin at once and the copy stays as
-  // cache).
-  caf::replies_to<prefetch_atom, lease_id, bytes_t>::with<device_pin>,
+  // As pin with no working memory and no wait, evicting no model with a known next use and leaving room
+  // for the sooner uses named (models with their bytes, and the most working memory one needs): a
+  // prefetch. The caller releases the pin at once and the copy stays as cache.
+  caf::replies_to<prefetch_atom, lease_id, std::vector<std::pair<model_id, bytes_t>>, bytes_t>::with<device_pin>,
   caf::reacts_to<hint_atom, std::vector<model_id>>,
   // Every model on this device with its state, bytes and pins, for operators.
   caf::replies_to<status_atom>::with<tier_report>,

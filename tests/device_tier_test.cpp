@@ -745,7 +745,7 @@ TEST_CASE("a prefetch leaves the room that sooner uses still need, counting what
   REQUIRE_FALSE(h.release(h.pinned("idle", 30, alice), alice));  // no known next use: a prefetch may evict it
   REQUIRE_FALSE(h.release(h.pinned("soon", 20, alice), alice));  // needed soon: it stays
   h.tier.set_next_uses({"soon", "next"});
-  auto prefetch = [&](const model_id& m, bytes_t keep_free) {
+  auto prefetch = [&](const model_id& m, bytes_t sooner_bytes) {
     auto id = h.next_request++;
     pin_request r;
     r.request = id;
@@ -757,7 +757,8 @@ TEST_CASE("a prefetch leaves the room that sooner uses still need, counting what
     r.host = ram_lease{h.next_lease++, m, 40, host};
     h.leases_out.insert(r.host.lease);
     r.prefetch = true;
-    r.keep_free = keep_free;
+    r.sooner = {{"later-stage", sooner_bytes}, {"soon", 20}};  // 'soon' is here: it needs no room
+    r.sooner_working = 0;
     device_effects fx;
     h.tier.pin(std::move(r), /*may_wait=*/false, fx);
     h.absorb(fx);

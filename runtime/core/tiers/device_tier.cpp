@@ -338,9 +338,16 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   auto room = free_bytes() + evictable_bytes(model);
   if (r.prefetch) {
     // A prefetch takes only room that neither a model with a known next use nor the sooner uses it was
-    // told of (`keep_free`) would need: otherwise the running job's next stage evicts it again.
-    auto usable = free_bytes() + evictable_without_next_use(model);
-    room = usable > r.keep_free ? usable - r.keep_free : 0;
+    // told of would need: otherwise the running job's next stage evicts it again.
+    auto keep = r.sooner_working;
+    for (const auto& [m, bytes] : r.sooner) {
+      auto s = entries_.find(m);
+      keep += bytes - std::min(bytes, s == entries_.end() ? bytes_t{0} : s->second.bytes);
+    }
+    auto usable = free_bytes();
+    if (usable < keep + r.model_bytes())  // only then is the O(models) count worth it
+      usable += evictable_without_next_use(model);
+    room = usable > keep ? usable - keep : 0;
   }
   entry fresh;
   if (!present)

@@ -83,9 +83,12 @@ struct pin_request {
   std::optional<std::chrono::nanoseconds> keep_alive;  // the model's own (Note [Keep-alive])
   bool prefetch = false;              // never evicts a model with a known next use (Note [Eviction with
                                       // known next uses]); the caller does not let it wait
-  bytes_t keep_free = 0;              // a prefetch: room it must leave for sooner uses (the running job's
-                                      // later stages on this device), counting only what could be freed
-                                      // without evicting a model with a known next use
+  // A prefetch: the sooner uses whose room it must leave (the running job's later stages on this device):
+  // their models with their bytes, and the most working memory one of them asks for. What of those
+  // models is here already needs no room; room is counted only from what could be freed without
+  // evicting a model with a known next use.
+  std::vector<std::pair<model_id, bytes_t>> sooner;
+  bytes_t sooner_working = 0;
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
