@@ -26,12 +26,11 @@ struct device_harness : test::answer_book<device_pin> {
   explicit device_harness(bytes_t budget, bytes_t reserve = 0, bool partial = true)
     : tier({0, budget, reserve, partial, 2}, make_lru_policy()) {}
 
-  /// A pin of model `m` made of `tensors` (bytes each; default: one tensor of `bytes`).
-  request_id pin(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0, bool may_wait = true,
-                 std::vector<bytes_t> tensors = {}, std::vector<bool> required = {}) {
-    auto id = next_request++;
+  /// A pin request for model `m` made of `tensors` (bytes each; default: one tensor of `bytes`).
+  pin_request request(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0,
+                      std::vector<bytes_t> tensors = {}, std::vector<bool> required = {}) {
     pin_request r;
-    r.request = id;
+    r.request = next_request++;
     r.holder = h;
     r.tensor_bytes = tensors.empty() ? std::vector<bytes_t>{bytes} : tensors;
     // The tier weighs tensors by tensor_bytes; the host copy only has to list as many.
@@ -41,13 +40,28 @@ struct device_harness : test::answer_book<device_pin> {
       host->tensors.push_back({"t" + std::to_string(k), at::zeros({1})});
     r.host = ram_lease{next_lease++, m, bytes, host};
     leases_out.insert(r.host.lease);
-    lease_of[id] = r.host.lease;
+    lease_of[r.request] = r.host.lease;
     r.required = required;
     r.working_bytes = working;
+    return r;
+  }
+  request_id submit(pin_request r, bool may_wait) {
+    auto id = r.request;
     device_effects fx;
     tier.pin(std::move(r), may_wait, fx);
     absorb(fx);
     return id;
+  }
+  request_id pin(const model_id& m, bytes_t bytes, holder_id h, bytes_t working = 0, bool may_wait = true,
+                 std::vector<bytes_t> tensors = {}, std::vector<bool> required = {}) {
+    return submit(request(m, bytes, h, working, std::move(tensors), std::move(required)), may_wait);
+  }
+  /// A prefetch of `m` (it never waits), leaving room for the `sooner` uses.
+  request_id prefetch(const model_id& m, bytes_t bytes, holder_id h, std::vector<std::pair<model_id, bytes_t>> sooner = {}) {
+    auto r = request(m, bytes, h);
+    r.prefetch = true;
+    r.sooner = std::move(sooner);
+    return submit(std::move(r), /*may_wait=*/false);
   }
   void finish_copy(const model_id& m) {
     device_effects fx;
@@ -712,24 +726,7 @@ TEST_CASE("a prefetch pin evicts only models with no known next use, and an ordi
   REQUIRE_FALSE(h.release(h.pinned("a", 40, alice), alice));
   REQUIRE_FALSE(h.release(h.pinned("b", 40, alice), alice));
   h.tier.set_next_uses({"b", "a"});
-  auto prefetch = [&](const model_id& m) {
-    auto id = h.next_request++;
-    pin_request r;
-    r.request = id;
-    r.holder = alice;
-    r.tensor_bytes = {40};
-    auto host = std::make_shared<host_model>();
-    host->id = m;
-    host->tensors.push_back({"t0", at::zeros({1})});
-    r.host = ram_lease{h.next_lease++, m, 40, host};
-    h.leases_out.insert(r.host.lease);
-    r.prefetch = true;
-    device_effects fx;
-    h.tier.pin(std::move(r), /*may_wait=*/false, fx);
-    h.absorb(fx);
-    return id;
-  };
-  auto r = prefetch("c");
+  auto r = h.prefetch("c", 40, alice);
   REQUIRE(h.answered(r));
   CHECK_FALSE(h.granted(r));
   CHECK(h.tier.residency("a") == device_residency::resident);
@@ -745,25 +742,8 @@ TEST_CASE("a prefetch leaves the room that sooner uses still need, counting what
   REQUIRE_FALSE(h.release(h.pinned("idle", 30, alice), alice));  // no known next use: a prefetch may evict it
   REQUIRE_FALSE(h.release(h.pinned("soon", 20, alice), alice));  // needed soon: it stays
   h.tier.set_next_uses({"soon", "next"});
-  auto prefetch = [&](const model_id& m, bytes_t sooner_bytes) {
-    auto id = h.next_request++;
-    pin_request r;
-    r.request = id;
-    r.holder = alice;
-    r.tensor_bytes = {40};
-    auto host = std::make_shared<host_model>();
-    host->id = m;
-    host->tensors.push_back({"t0", at::zeros({1})});
-    r.host = ram_lease{h.next_lease++, m, 40, host};
-    h.leases_out.insert(r.host.lease);
-    r.prefetch = true;
-    r.sooner = {{"later-stage", sooner_bytes}, {"soon", 20}};  // 'soon' is here: it needs no room
-    r.sooner_working = 0;
-    device_effects fx;
-    h.tier.pin(std::move(r), /*may_wait=*/false, fx);
-    h.absorb(fx);
-    return id;
-  };
+  // 'soon' is here already: it needs no room.
+  auto prefetch = [&](const model_id& m, bytes_t later) { return h.prefetch(m, 40, alice, {{"later-stage", later}, {"soon", 20}}); };
   // Free 50 and 'idle''s 30 could hold 80: 40 for the prefetch leaves 40, not the 41 asked for.
   auto refused = prefetch("next", 41);
   REQUIRE(h.answered(refused));
