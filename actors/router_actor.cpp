@@ -84,6 +84,23 @@ void place(self_ptr self, const std::string& key, std::optional<std::size_t> los
 void place_waiting(self_ptr self);
 void node_lost(self_ptr self, std::size_t i, const std::string& why);
 
+/// A summary from node i on its current connection (pushed, or the answer to a watch or a probe): what
+/// stats report of it and what routing weighs. Absurd sizes are not taken. It speaks, so a request that
+/// failed in the network no longer excludes it, and jobs waiting for a node are tried again.
+void take_summary(self_ptr self, std::size_t i, node_summary s) {
+  auto& st = self->state;
+  if (sane(s)) {
+    st.links[i].report.name = s.node;
+    st.links[i].report.last = s;
+    st.views[i].summary = std::move(s);
+    st.views[i].has_summary = true;
+    st.views[i].summarized();
+  }
+  st.views[i].up = true;
+  if (!st.unplaced_until.empty())
+    place_waiting(self);
+}
+
 /// Takes node i out of the choice until it answers a summary request on its current connection.
 void probe(self_ptr self, std::size_t i) {
   auto& st = self->state;
@@ -97,10 +114,7 @@ void probe(self_ptr self, std::size_t i) {
         auto& st = self->state;
         if (st.links[i].generation != generation || !st.links[i].handle || !sane(s))
           return;
-        st.views[i].summary = std::move(s);
-        st.views[i].summarized();
-        st.views[i].up = true;
-        place_waiting(self);
+        take_summary(self, i, std::move(s));
       },
       [](caf::error&) {});  // its down message, or the next connection, decides
 }
@@ -221,21 +235,14 @@ void connect(self_ptr self, std::size_t i) {
               ++link.report.connects;
               link.report.up = true;
               link.report.last_error.clear();
-              st.views[i].up = true;
               if (link.report.connects > 1 && s.incarnation != link.report.last.incarnation) {
                 // A new process at the same address: its counters start from 0 again.
                 link.report.earlier_bytes_to_devices += link.report.last.bytes_to_devices;
                 link.report.earlier_jobs_served += link.report.last.jobs_served;
                 st.views[i].summary.sequence = 0;
               }
-              if (sane(s)) {
-                link.report.name = s.node;
-                link.report.last = s;
-                st.views[i].summary = std::move(s);
-                st.views[i].has_summary = true;
-              }
+              take_summary(self, i, std::move(s));
               spdlog::info("mcache router: node '{}' at {}:{} is up", link.report.name, link.where.host, link.where.port);
-              place_waiting(self);
             },
             [self, i, generation](caf::error& e) {
               if (self->state.links[i].generation == generation && self->state.links[i].handle)
@@ -333,14 +340,7 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
             continue;
           if (!sane(s) || (s.incarnation == st.views[i].summary.incarnation && s.sequence < st.views[i].summary.sequence))
             return;  // absurd, or older than what we have
-          st.links[i].report.name = s.node;
-          st.links[i].report.last = s;
-          st.views[i].summary = std::move(s);
-          st.views[i].has_summary = true;
-          st.views[i].up = true;  // it speaks: a request that failed in the network no longer excludes it
-          st.views[i].summarized();
-          if (!st.unplaced_until.empty())
-            place_waiting(self);
+          take_summary(self, i, std::move(s));
           return;
         }
       },

@@ -220,6 +220,15 @@ void stop_job(self_ptr self, job_id id, failure why) {
   }
 }
 
+/// The id the tiers know a model by: its generation (Note [Remove and replace]), "unet#2" once "unet"
+/// was replaced.
+model_id generation_of(self_ptr self, const model_id& model) {
+  if (self->state.config.models)
+    if (auto d = self->state.config.models->find(model))
+      return d->id;
+  return model;
+}
+
 /// Note [Prefetch]: the models every running and queued job will use, soonest first, to the tiers.
 void send_next_uses(self_ptr self) {
   auto& st = self->state;
@@ -235,11 +244,8 @@ void send_next_uses(self_ptr self) {
   constexpr std::size_t looked_at = 64;  // the queue's head decides what is needed soon
   for (std::size_t k = 0; k < st.queue.jobs().size() && k < looked_at; ++k)
     add_stages(st.queued.at(st.queue.jobs()[k].id)->spec, 0);
-  // The tiers know models by generation (Note [Remove and replace]): "unet#2" once "unet" was replaced.
-  if (st.config.models)
-    for (auto& m : soon)
-      if (auto d = st.config.models->find(m))
-        m = d->id;
+  for (auto& m : soon)
+    m = generation_of(self, m);
   if (soon == st.hinted)
     return;
   st.hinted = soon;
@@ -257,7 +263,6 @@ struct sooner_uses {
 };
 
 sooner_uses still_needed(self_ptr self, const running_job& run, device_index device) {
-  const auto& st = self->state;
   const auto& stages = run.job->spec.stages;
   sooner_uses out;
   for (auto k = run.stage + 1; k < stages.size(); ++k) {
@@ -269,10 +274,7 @@ sooner_uses still_needed(self_ptr self, const running_job& run, device_index dev
       for (const auto& [model, bytes] : run.job->order.models)
         if (model == m)
           size = std::max(size, bytes);
-      auto id = m;  // the tiers know models by generation (Note [Remove and replace])
-      if (st.config.models)
-        if (auto d = st.config.models->find(m))
-          id = d->id;
+      auto id = generation_of(self, m);
       if (std::none_of(out.models.begin(), out.models.end(), [&](const auto& x) { return x.first == id; }))
         out.models.emplace_back(id, size);
     }

@@ -53,9 +53,7 @@ void apply_node_config(const std::string& path, fleet::node_options& o) {
         o.tls.passphrase = v.value("passphrase", "");
       } else
         throw request_error(failure{errc::invalid_argument, "unknown key"});
-    } catch (const request_error& e) {
-      throw request_error(failure{errc::invalid_argument, "--node-config '" + path + "', key '" + key + "': " + e.what()});
-    } catch (const std::exception& e) {
+    } catch (const std::exception& e) {  // a wrong type (nlohmann), a bad duration or an unknown key
       throw request_error(failure{errc::invalid_argument, "--node-config '" + path + "', key '" + key + "': " + e.what()});
     }
   }
