@@ -352,6 +352,10 @@ void start_work(self_ptr self, job_id id) {
   auto stage = run.stage;
   auto work = run.job->spec.stages[stage].work;
   auto device = stage_device(run.job->spec.stages[stage], run.worker);
+  const auto& torch_devices = self->state.config.torch_devices;
+  auto torch_device = device >= 0 && static_cast<std::size_t>(device) < torch_devices.size()
+                        ? torch_devices[static_cast<std::size_t>(device)]
+                        : c10::Device(c10::DeviceType::CPU);
   auto leases = run.leases;
   auto pins = run.pins;
   auto stop_flag = run.job->shared->stop_flag;
@@ -359,7 +363,7 @@ void start_work(self_ptr self, job_id id) {
   self->state.config.workers.at(run.worker)->post([=]() mutable {
     std::string error;
     {
-      stage_context ctx{id, stage, device, std::move(leases), std::move(pins), stop_flag};
+      stage_context ctx{id, stage, device, torch_device, std::move(leases), std::move(pins), stop_flag};
       try {
         work(ctx);
       } catch (const std::exception& e) {

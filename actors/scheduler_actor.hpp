@@ -59,6 +59,7 @@ struct scheduler_actor_config {
   scheduler_options options;
   ram_cache_actor ram;
   std::vector<device_actor> devices;  // index i is device i
+  std::vector<c10::Device> torch_devices;  // index i is device i's LibTorch device, current while a stage on it works
   device_actor cpu;                   // the CPU pin tier
   std::map<device_index, std::shared_ptr<executor>> workers;  // per GPU, and cpu_device for CPU jobs
   std::map<device_index, std::size_t> worker_count;           // how many jobs each may run at once

@@ -678,6 +678,9 @@ PYBIND11_MODULE(_core, m) {
         return py::str("cpu");
       return py::int_(p.device());
     })
+    .def_property_readonly("torch_device", [](const py_pin& p) {
+      return p.locked([](const pin_handle& h) { return h.torch_device(); });
+    }, "The torch.device the pin's tensors are on (cpu for a simulated device).")
     .def_property_readonly("held", &py_pin::held)
     .def_property_readonly("partial", [](const py_pin& p) { return p.locked([](const pin_handle& h) { return h.partial(); }); })
     .def_property_readonly("resident_bytes", [](const py_pin& p) { return p.locked([](const pin_handle& h) { return h.resident_bytes(); }); })
@@ -720,6 +723,9 @@ PYBIND11_MODULE(_core, m) {
       auto d = c.get().device();
       return d == cpu_device ? py::object(py::str("cpu")) : py::object(py::int_(d));
     })
+    .def_property_readonly("torch_device", [](const py_stage& c) { return c.get().torch_device(); },
+                           "The torch.device of the stage (cpu for a simulated device or a CPU stage); "
+                           "current on the stage's thread while its work runs.")
     .def_property_readonly("cancelled", [](const py_stage& c) { return c.get().cancelled(); })
     .def("state_dict", [](const py_stage& c, const std::string& model) {
       return state_dict_of(full_pin_tensors(c.get().pin(model)));

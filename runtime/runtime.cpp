@@ -180,6 +180,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
       backend = make_torch_backend(torch_device_of(d));
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
                + ", reserve " + format_bytes(d.reserve_bytes);
+    torch_devices_.push_back(backend->torch_device());
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots,
                                     options_.keep_alive, {}},
                                    std::move(backend)));
@@ -252,15 +253,27 @@ runtime::~runtime() {
   system_.reset();
 }
 
+namespace {
+[[noreturn]] void no_such_device(device_index index, std::size_t devices) {
+  throw request_error(failure{errc::invalid_device, "device " + std::to_string(index) + " does not exist; this runtime has "
+                                                      + std::to_string(devices) + " device(s) and cpu_device (-1)"});
+}
+} // namespace
+
 device_actor runtime::device(device_index index) const {
   if (index == cpu_device)
     return cpu_;
   if (index < 0 || static_cast<size_t>(index) >= devices_.size())
-    throw request_error(failure{errc::invalid_device, "device " + std::to_string(index)
-                                                        + " does not exist; this runtime has "
-                                                        + std::to_string(devices_.size())
-                                                        + " device(s) and cpu_device (-1)"});
+    no_such_device(index, devices_.size());
   return devices_[static_cast<size_t>(index)];
+}
+
+c10::Device runtime::torch_device(device_index index) const {
+  if (index == cpu_device)
+    return c10::Device(c10::DeviceType::CPU);
+  if (index < 0 || static_cast<size_t>(index) >= torch_devices_.size())
+    no_such_device(index, torch_devices_.size());
+  return torch_devices_[static_cast<size_t>(index)];
 }
 
 session runtime::open_session(std::string name) {

@@ -18,6 +18,8 @@
 #include "runtime/options.hpp"
 #include "runtime/session.hpp"
 
+#include <c10/core/Device.h>
+
 #include <atomic>
 #include <map>
 #include <string>
@@ -62,6 +64,11 @@ public:
   ram_cache_actor ram_cache() const { return ram_; }
   /// The device actor of `index` (`cpu_device` for CPU pins). Throws `request_error` (invalid_device).
   device_actor device(device_index index) const;
+
+  /// The LibTorch device that device `index`'s copies live on (cuda:N, privateuseone:N; the CPU for a
+  /// simulated device and for `cpu_device`): where a stage's own tensors go. Throws `request_error`
+  /// (invalid_device).
+  c10::Device torch_device(device_index index) const;
 
   /// The placement policy of `session::pin_anywhere`.
   const placement_policy& placement() const { return *placement_; }
@@ -127,6 +134,7 @@ private:
   std::unique_ptr<caf::actor_system> system_;
   ram_cache_actor ram_;
   std::vector<device_actor> devices_;
+  std::vector<c10::Device> torch_devices_;  // index i is device i's
   device_actor cpu_;
   std::shared_ptr<timeline> trace_;
   mutable std::mutex names_mutex_;

@@ -24,9 +24,13 @@ const char* to_string(job_state state) {
 
 // -- stage_context ----------------------------------------------------------------------------------------
 
-stage_context::stage_context(job_id job, std::size_t stage, device_index device, std::vector<ram_lease> leases,
-                             std::vector<device_pin> pins, std::shared_ptr<const std::atomic<bool>> cancelled)
-  : job_(job), stage_(stage), device_(device), leases_(std::move(leases)), cancelled_(std::move(cancelled)) {
+stage_context::stage_context(job_id job, std::size_t stage, device_index device, c10::Device torch_device,
+                             std::vector<ram_lease> leases, std::vector<device_pin> pins,
+                             std::shared_ptr<const std::atomic<bool>> cancelled)
+  : job_(job), stage_(stage), device_(device), torch_device_(torch_device), leases_(std::move(leases)),
+    cancelled_(std::move(cancelled)) {
+  if (torch_device_.type() != c10::DeviceType::CPU)
+    current_.reset_device(torch_device_);
   for (auto& grant : pins) {
     auto slots = std::max<size_t>(2, grant.staging_slots);
     auto ring = std::make_shared<staging_ring>(grant.backend, slots, grant.staging_bytes / slots);
@@ -191,6 +195,8 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
   impl_->executors.push_back(cpu_pool);
   config.workers[cpu_device] = cpu_pool;
   config.worker_count[cpu_device] = options.cpu_workers;
+  for (std::size_t d = 0; d < rt.device_count(); ++d)
+    config.torch_devices.push_back(rt.torch_device(static_cast<device_index>(d)));
   config.trace = rt.trace();
   config.models = &rt.models();  // the scheduler ends before its runtime
   impl_->actor = spawn_scheduler(rt.system(), std::move(config));

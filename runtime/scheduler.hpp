@@ -42,6 +42,8 @@
 #include "runtime/core/scheduling/job_queue.hpp"
 #include "runtime/session.hpp"
 
+#include <c10/core/DeviceGuard.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -68,12 +70,18 @@ public:
   std::size_t stage() const { return stage_; }
   /// The device the stage's models are pinned on (cpu_device for a CPU stage).
   device_index device() const { return device_; }
+  /// That device as LibTorch names it (cuda:N, privateuseone:N; the CPU for a simulated device and a CPU
+  /// stage). While the stage works it is the current device of its thread, as `torch.cuda.device(N)`
+  /// would make it: a tensor made without an index (`at::kCUDA`) lands there, beside the stage's pins,
+  /// whichever GPU of the machine that is.
+  c10::Device torch_device() const { return torch_device_; }
   /// The job was cancelled or passed its deadline: return early (what the stage holds is released after).
   bool cancelled() const { return cancelled_->load(); }
 
   // Built by the scheduler's worker.
-  stage_context(job_id job, std::size_t stage, device_index device, std::vector<ram_lease> leases,
-                std::vector<device_pin> pins, std::shared_ptr<const std::atomic<bool>> cancelled);
+  stage_context(job_id job, std::size_t stage, device_index device, c10::Device torch_device,
+                std::vector<ram_lease> leases, std::vector<device_pin> pins,
+                std::shared_ptr<const std::atomic<bool>> cancelled);
   /// Ends the stage's use of its pins (their streams are recorded for the device copy's reuse).
   ~stage_context();
   stage_context(const stage_context&) = delete;
@@ -83,6 +91,8 @@ private:
   job_id job_;
   std::size_t stage_;
   device_index device_;
+  c10::Device torch_device_;
+  c10::OptionalDeviceGuard current_;  // declared before the pins: they end their use with the device current
   std::vector<ram_lease> leases_;
   std::vector<pin_handle> pins_;
   std::shared_ptr<const std::atomic<bool>> cancelled_;

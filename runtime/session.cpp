@@ -71,6 +71,10 @@ void pin_handle::end_use() noexcept {
   used_on_.clear();
 }
 
+c10::Device pin_handle::torch_device() const {
+  return grant_.backend ? grant_.backend->torch_device() : c10::Device(c10::DeviceType::CPU);
+}
+
 void pin_handle::note_stream() const {
   if (!grant_.backend)
     return;

@@ -90,6 +90,9 @@ public:
   pin_id id() const { return grant_.pin; }
   const model_id& model() const { return grant_.model; }
   device_index device() const { return grant_.device; }
+  /// That device as LibTorch names it (cuda:N, privateuseone:N; the CPU for a simulated device and CPU
+  /// pins): where the pin's tensors are, and where the caller's own tensors for them belong.
+  c10::Device torch_device() const;
   bytes_t resident_bytes() const { return grant_.resident_bytes; }
   bytes_t working_bytes() const { return grant_.working_bytes; }
   /// The device copy of the tensor named `name` (undefined if there is none, or if it streams).

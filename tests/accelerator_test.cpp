@@ -6,6 +6,7 @@
 #include "runtime/core/transfer/tensor_stream.hpp"
 #include "runtime/core/transfer/torch_backend.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/scheduler.hpp"
 
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
@@ -16,6 +17,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -259,4 +262,86 @@ TEST_CASE("an only copy dropped to make room goes back to RAM before the copy it
   for (int i = 0; i < 200 && rt.stats().ram.copy_backs == 0; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   CHECK(rt.stats().ram.copy_backs == 1);
+}
+
+TEST_CASE("two accelerators under one scheduler: each stage works with its own device current, its pins and its own tensors there") {
+  // Without the stage making its device current, a tensor the work makes without an index (as a user's
+  // `at::kCUDA` does) would be device 0's whatever the stage's device, away from the stage's pins.
+  install_slow_fake();
+  runtime_options o;
+  o.ram_budget_bytes = 64 << 20;
+  o.check_invariants = true;
+  for (int index : {0, 1}) {
+    device_options d;
+    d.kind = device_kind::accelerator;
+    d.index = index;
+    d.budget_bytes = 6 * floats * 4;  // three of the models below
+    o.devices.push_back(d);
+  }
+  runtime rt{o};
+  const std::vector<std::string> models{"a", "b", "c", "d"};
+  for (const auto& id : models) {
+    auto m = layers_model(2);
+    m.id = id;
+    rt.models().add(m);
+  }
+  scheduler_options so;
+  so.workers_per_device = 1;
+  scheduler sched{rt, so};
+  std::mutex mutex;
+  std::set<device_index> devices_used;
+  std::vector<std::string> wrong;
+  auto note_wrong = [&](std::string what) {
+    std::lock_guard<std::mutex> guard{mutex};
+    wrong.push_back(std::move(what));
+  };
+  std::vector<job_handle> jobs;
+  for (int j = 0; j < 16; ++j) {
+    const auto model = models[static_cast<size_t>(j) % models.size()];
+    job_spec spec;
+    spec.name = "job " + std::to_string(j);
+    stage_spec st;
+    st.models = {model};
+    st.work = [&, model](stage_context& ctx) {
+      const auto here = ctx.torch_device();
+      {
+        std::lock_guard<std::mutex> guard{mutex};
+        devices_used.insert(ctx.device());
+      }
+      if (here != rt.torch_device(ctx.device()))
+        note_wrong("stage on device " + std::to_string(ctx.device()) + " names " + here.str());
+      c10::impl::VirtualGuardImpl guard{here.type()};
+      if (guard.getDevice() != here)
+        note_wrong(here.str() + " is not current: " + guard.getDevice().str() + " is");
+      auto mine = at::empty({floats}, at::TensorOptions().dtype(at::kFloat).device(here.type()));
+      if (mine.device() != here)
+        note_wrong("a tensor made without an index went to " + mine.device().str() + ", not " + here.str());
+      for (const auto& t : ctx.pin(model).tensors().tensors)
+        if (t.tensor.device() != here)
+          note_wrong("a pinned tensor of '" + model + "' is on " + t.tensor.device().str() + ", not " + here.str());
+      // A fake kernel on the current stream reads both layers of the copy (values 1 and 2).
+      auto l0 = ctx.pin(model).tensor("l0");
+      auto l1 = ctx.pin(model).tensor("l1");
+      auto stream = guard.getStream(here);
+      std::atomic<float> sum{0};
+      fake_accelerator::launch(stream, [&sum, l0, l1] { sum = sum_on_cpu(l0) + sum_on_cpu(l1); }, 2000);
+      guard.synchronizeStream(stream);
+      if (sum != static_cast<float>(3 * floats))
+        note_wrong("the kernel on " + here.str() + " read " + std::to_string(sum.load()));
+    };
+    spec.stages.push_back(std::move(st));
+    jobs.push_back(sched.submit(std::move(spec)));
+  }
+  for (auto& j : jobs) {
+    auto status = j.wait();
+    CHECK(status.state == job_state::done);
+    if (status.error)
+      FAIL_CHECK(status.error->detail);
+  }
+  for (const auto& w : wrong)
+    FAIL_CHECK(w);
+  CHECK(devices_used == std::set<device_index>{0, 1});
+  auto st = rt.stats();
+  CHECK(st.devices[0].bytes_copied_in > 0);
+  CHECK(st.devices[1].bytes_copied_in > 0);
 }

@@ -33,18 +33,19 @@ under_test backend_under_test() {
 #if MCACHE_BACKEND_UNDER_TEST == 0
   return {"simulated", device_kind::simulated, c10::DeviceType::CPU};
 #elif MCACHE_BACKEND_UNDER_TEST == 1
-  fake_accelerator::install({1, 1ull << 30, 0});
+  fake_accelerator::install({2, 1ull << 30, 0});
   return {"fake accelerator", device_kind::accelerator, c10::DeviceType::PrivateUse1};
 #else
   return {"cuda", device_kind::cuda, c10::DeviceType::CUDA};
 #endif
 }
 
-/// False (with a message) where the backend under test has no device here.
-bool available(const under_test& b) {
-  if (b.kind == device_kind::simulated || torch_device_count(b.type) > 0)
+/// False (with a message) where the backend under test has fewer than `devices` devices here.
+bool available(const under_test& b, int devices = 1) {
+  if (b.kind == device_kind::simulated || torch_device_count(b.type) >= devices)
     return true;
-  WARN("not run: LibTorch sees no " << b.name << " device here");
+  WARN("not run: LibTorch sees " << torch_device_count(b.type) << " " << b.name << " device(s) here; this needs "
+                                 << devices);
   return false;
 }
 
@@ -199,4 +200,55 @@ TEST_CASE("contract: without a kept RAM copy, a model evicted from RAM comes bac
   CHECK(st.copy_backs == 1);
   CHECK(st.loads == 3);  // x, y, and y again
   CHECK(st.bytes_from_devices == 2 * model_bytes);
+}
+
+TEST_CASE("contract: one model pinned on two devices at once has a copy on each, and offloading one leaves the other") {
+  auto b = backend_under_test();
+  if (!available(b, 2))
+    return;
+  runtime_options o;
+  o.ram_budget_bytes = 64 << 20;
+  o.check_invariants = true;
+  for (int index : {0, 1}) {
+    device_options d;
+    d.kind = b.kind;
+    d.index = index;
+    d.budget_bytes = 8 * floats * 4;
+    o.devices.push_back(d);
+  }
+  runtime rt{o};
+  model_descriptor m;
+  m.id = "layers";
+  m.bytes = 4 * floats * 4;
+  m.loader = [](const model_descriptor&) { return std::shared_ptr<const host_model>(layers(4)); };
+  rt.models().add(m);
+  if (b.kind != device_kind::simulated) {
+    CHECK(rt.torch_device(0) == c10::Device(b.type, 0));
+    CHECK(rt.torch_device(1) == c10::Device(b.type, 1));
+  }
+  auto s = rt.open_session();
+  auto lease = s.acquire("layers");
+  auto expect_on = [&](const pin_handle& pin, device_index d) {
+    CHECK(pin.device() == d);
+    CHECK(pin.torch_device() == rt.torch_device(d));
+    const auto& copy = pin.tensors().tensors;
+    REQUIRE(copy.size() == 4);
+    for (size_t i = 0; i < 4; ++i) {
+      CHECK(copy[i].tensor.device() == rt.torch_device(d));
+      CHECK(copy[i].tensor.to(at::kCPU).equal(lease.host().tensors[i].tensor));
+    }
+  };
+  auto on0 = s.pin(lease, 0);
+  auto on1 = s.pin(lease, 1);
+  expect_on(on0, 0);
+  expect_on(on1, 1);
+  auto st = rt.stats();
+  CHECK(st.devices[0].used_bytes >= m.bytes);
+  CHECK(st.devices[1].used_bytes >= m.bytes);
+  const auto used_on_1 = st.devices[1].used_bytes;
+  on0.release();
+  CHECK(s.offload(0) > 0);
+  CHECK(rt.stats().devices[0].used_bytes == 0);
+  CHECK(rt.stats().devices[1].used_bytes == used_on_1);
+  expect_on(on1, 1);
 }

@@ -41,6 +41,7 @@ def test_a_lease_and_a_pin_hand_out_the_caches_own_tensors_without_a_copy(rt):
         assert te.tensor(name).data_ptr() == host[name].data_ptr()
         assert torch.equal(host[name], device[name])
         assert p.device == 0 and not p.partial and p.resident_bytes == 16 * MiB
+        assert p.torch_device == torch.device("cpu") == device[name].device  # a simulated device's copies
 
 
 def test_the_image_servers_keyerror_cannot_happen_a_leased_model_stays_while_others_load(rt):
@@ -322,6 +323,7 @@ def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
     seen = []
 
     def encode(ctx):
+        assert ctx.torch_device == torch.device("cpu")  # a CPU stage
         seen.append(("encode", ctx.device, sorted(ctx.state_dict("te"))))
 
     def denoise(ctx):

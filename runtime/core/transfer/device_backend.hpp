@@ -61,11 +61,14 @@ public:
   /// The stream current on the calling thread for this device, where the backend has streams. A pin handle
   /// notes it each time its tensors are handed out, so that their release is ordered after that work.
   virtual std::optional<c10::Stream> current_stream() const { return std::nullopt; }
+  /// The LibTorch device its copies live on: cuda:N or privateuseone:N, and the CPU for the simulated
+  /// device and CPU pins (their copies are host tensors).
+  virtual c10::Device torch_device() const { return c10::Device(c10::DeviceType::CPU); }
+  /// Bytes the backend holds for reuse beyond what the tier counts (freed blocks kept by an allocator).
+  virtual bytes_t cached_bytes() const { return 0; }
   /// The caller is done with `view` (its pin ends) once the work enqueued so far on `used_on` and on the
   /// calling thread's current stream has run: keep the memory from being reused before then. Nothing to
   /// do without streams.
-  /// Bytes the backend holds for reuse beyond what the tier counts (freed blocks kept by an allocator).
-  virtual bytes_t cached_bytes() const { return 0; }
   virtual void mark_in_use(const device_model& view, const std::vector<c10::Stream>& used_on) {
     (void)view;
     (void)used_on;

@@ -39,6 +39,7 @@ public:
   }
 
   std::string describe() const override { return device_.str(); }
+  c10::Device torch_device() const override { return device_; }
 
   bytes_t footprint(const at::Tensor& tensor) const override {
     auto bytes = tensor_bytes(tensor);
