@@ -77,6 +77,13 @@ double blocking_cycle_us(std::size_t cycles) {
 
 } // namespace
 
+/// LRU blind to what a copy back saves: the baseline of Note [Cheap to get back goes first].
+class lru_blind_to_restore_cost final : public lru_policy {
+public:
+  void set_restorable(const model_id&, bool) override {}
+};
+std::unique_ptr<eviction_policy> make_blind_lru() { return std::make_unique<lru_blind_to_restore_cost>(); }
+
 int main(int argc, char** argv) {
   workload::settings s;
   s.sessions = 6;
@@ -85,6 +92,8 @@ int main(int argc, char** argv) {
   s.compute_scale = 0.25;  // copies and loads about as long as compute: what prefetch can overlap
   std::size_t k = order_options{}.max_passes;
   double copy_compute_scale = 0.3;
+  double tight_ram_gb = 28;     // one FLUX transformer, a little more
+  double tight_device_gb = 40;  // about two thirds of the models
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--sessions")
@@ -99,6 +108,10 @@ int main(int argc, char** argv) {
       k = std::stoul(argv[i + 1]);
     else if (a == "--copy-compute-scale")
       copy_compute_scale = std::stod(argv[i + 1]);
+    else if (a == "--tight-ram-gb")
+      tight_ram_gb = std::stod(argv[i + 1]);
+    else if (a == "--tight-device-gb")
+      tight_device_gb = std::stod(argv[i + 1]);
   }
   scheduler_options fifo;
   auto warm4 = fifo;
@@ -150,6 +163,29 @@ int main(int argc, char** argv) {
   std::printf("prefetch / warm_first W=16, makespan:     %.2f (target <= 0.8)\n", ratio(cp.makespan_s, cw.makespan_s));
   std::printf("most passes over one job: %zu (K = %zu)\n",
               std::max({w4.max_passed_over, w16.max_passed_over, p.max_passed_over}), warm16.order.max_passes);
+  // RAM tighter than VRAM, without a kept RAM copy: a model RAM evicts while the device holds it whole
+  // comes back from the device; eviction that knows it takes those first.
+  auto tight = s;
+  tight.ram_gb = tight_ram_gb;
+  tight.device_gb = tight_device_gb;
+  tight.keep_ram_copy = false;
+  tight.eviction = make_blind_lru;
+  auto blind = workload::run(tight, warm16, {}, false, true);
+  tight.eviction = make_lru_policy;
+  auto aware = workload::run(tight, warm16, {}, false, true);
+  std::printf("\nRAM tighter than VRAM, no kept RAM copy (RAM %.0f GB, device %.0f GB, warm_first W=16):\n",
+              tight.ram_gb, tight.device_gb);
+  std::printf("%-26s %10s %14s %14s %16s %7s\n", "RAM eviction", "makespan s", "to devices MiB", "from disk MiB",
+              "from device MiB", "failed");
+  auto tight_row = [&](const char* name, const workload::outcome_of_run& r) {
+    std::printf("%-26s %10.2f %14.1f %14.1f %16.1f %7zu\n", name, r.makespan_s, mib(r.bytes_to_devices),
+                mib(r.bytes_from_disk), mib(r.bytes_from_devices), r.failed);
+  };
+  tight_row("LRU", blind);
+  tight_row("LRU, device-held first", aware);
+  std::printf("device-held first / LRU, bytes from disk:  %.2f; makespan: %.2f\n",
+              ratio(static_cast<double>(aware.bytes_from_disk), static_cast<double>(blind.bytes_from_disk)),
+              ratio(aware.makespan_s, blind.makespan_s));
   auto gap = stage_gap_us(500);
   auto cycle = blocking_cycle_us(500);
   std::printf("scheduler overhead per stage (resident model, end of one stage's work to the start of the next): "

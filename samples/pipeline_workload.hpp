@@ -75,6 +75,8 @@ struct settings {
   std::size_t jobs_per_session = 4;
   double favourite = 0.7;            // how often a session runs its own pipeline
   std::uint32_t seed = 2026;
+  bool keep_ram_copy = true;         // runtime_options::keep_ram_copy
+  policy_factory eviction = make_lru_policy;
 };
 
 inline bytes_t to_bytes(double gb, const settings& s) { return static_cast<bytes_t>(gb * s.bytes_per_gb); }
@@ -107,6 +109,8 @@ inline runtime_options runtime_for(const settings& s) {
     dev.simulated_bandwidth_bytes_per_s = s.copy_gb_per_s * s.bytes_per_gb * s.speedup;
     o.devices.push_back(dev);
   }
+  o.keep_ram_copy = s.keep_ram_copy;
+  o.eviction = s.eviction;
   o.loader_threads = 2;
   o.check_invariants = false;
   o.default_wait = std::chrono::seconds(120);
@@ -151,6 +155,7 @@ struct outcome_of_run {
   double makespan_s = 0;
   bytes_t bytes_to_devices = 0;
   bytes_t bytes_from_disk = 0;
+  bytes_t bytes_from_devices = 0;  // copies back to RAM (keep_ram_copy = false)
   std::size_t jobs = 0;
   std::size_t failed = 0;
   std::size_t max_passed_over = 0;
@@ -222,7 +227,8 @@ inline outcome_of_run run(const settings& s, const scheduler_options& order, con
   }
   out.makespan_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   auto st = rt.stats();
-  out.bytes_from_disk = st.ram.bytes_loaded;
+  out.bytes_from_devices = st.ram.bytes_from_devices;  // counted in bytes_loaded too: loads are either
+  out.bytes_from_disk = st.ram.bytes_loaded - std::min(st.ram.bytes_loaded, st.ram.bytes_from_devices);
   for (const auto& d : st.devices)
     out.bytes_to_devices += d.bytes_copied_in;
   out.jobs = handles.size();

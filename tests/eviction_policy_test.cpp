@@ -51,3 +51,24 @@ TEST_CASE("with known next uses, models never needed again go first, then the on
   lru.set_next_uses({});
   CHECK(lru.victims() == std::vector<model_id>{"a", "b", "c", "d", "e"});
 }
+
+TEST_CASE("restorable candidates with no known next use go first, least recently used first, and a next use still comes last") {
+  lru_policy lru;
+  for (auto m : {"a", "b", "c", "d", "e"})
+    lru.insert(m);
+  lru.set_restorable("d", true);
+  lru.set_restorable("b", true);
+  lru.set_restorable("x", true);  // not a candidate: never offered
+  CHECK(lru.victims() == std::vector<model_id>{"b", "d", "a", "c", "e"});
+  lru.touch("b");  // now used after 'd'
+  CHECK(lru.victims() == std::vector<model_id>{"d", "b", "a", "c", "e"});
+  lru.set_next_uses({"d"});  // needed soon: its next use decides, not whether it is restorable
+  CHECK(lru.victims() == std::vector<model_id>{"b", "a", "c", "e", "d"});
+  lru.set_restorable("b", false);
+  lru.set_next_uses({});
+  CHECK(lru.victims() == std::vector<model_id>{"d", "a", "c", "e", "b"});
+  lru.erase("d");
+  CHECK(lru.victims() == std::vector<model_id>{"a", "c", "e", "b"});
+  lru.insert("d");  // still marked: offered first again
+  CHECK(lru.victims() == std::vector<model_id>{"d", "a", "c", "e", "b"});
+}

@@ -660,6 +660,26 @@ TEST_CASE("without a kept RAM copy, a model evicted while a device holds it whol
   CHECK(s.bytes_from_devices == 60);
 }
 
+TEST_CASE("without a kept RAM copy, eviction takes a model a device holds whole before an older one only the disk has") {
+  for (bool keep_ram_copy : {false, true}) {
+    ram_harness h{100, keep_ram_copy};
+    auto a = fake_model("a", 30), b = fake_model("b", 30), c = fake_model("c", 60);
+    REQUIRE_FALSE(h.release(h.lease(a, alice), alice));  // least recently used, on no device
+    h.resident_on_device(b);
+    REQUIRE_FALSE(h.release(h.lease(c, bob), bob));  // 60 bytes: one of the two must go
+    INFO("keep_ram_copy " << keep_ram_copy);
+    if (keep_ram_copy) {  // no hand-over: losing either costs a disk read, so LRU decides
+      CHECK(h.tier.residency("a") == ram_residency::absent);
+      CHECK(h.tier.residency("b") == ram_residency::resident);
+      CHECK(h.hand_overs.empty());
+    } else {  // 'b' comes back from device 0 at the link's speed; 'a' would come from the disk
+      CHECK(h.tier.residency("a") == ram_residency::resident);
+      CHECK(h.tier.residency("b") == ram_residency::absent);
+      CHECK(h.hand_overs == std::vector<model_id>{"b"});
+    }
+  }
+}
+
 TEST_CASE("a model retired while it is copied back from a device lands for the acquire waiting, then goes") {
   ram_harness h{100, /*keep_ram_copy=*/false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);

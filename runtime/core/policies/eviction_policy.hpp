@@ -6,10 +6,12 @@
 
 #include "messages/ids.hpp"
 
+#include <cstdint>
 #include <functional>
 #include <list>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace mcache {
@@ -50,13 +52,24 @@ public:
   void set_next_uses(const std::vector<model_id>& soonest_first);
   bool has_next_use(const model_id& model) const { return rank_.count(model) > 0; }
 
+  /// Note [Cheap to get back goes first]: some victims cost less to lose than others. Without a kept RAM
+  /// copy (Note [Copy back instead of a kept RAM copy]), a model that a device holds whole is handed over
+  /// when RAM evicts it, and comes back from that device at the link's speed (55 GB/s on the H200 here)
+  /// where any other model comes back from the disk (a few GB/s at best). So among the candidates with no
+  /// known next use, a policy offers those marked restorable first, in its own order, then the others;
+  /// candidates with a known next use keep their order (the one needed latest first), since what is
+  /// needed soon costs a copy either way. A mark may name a model that is not a candidate (yet).
+  virtual void set_restorable(const model_id& model, bool restorable);
+  bool restorable(const model_id& model) const { return restorable_.count(model) > 0; }
+
 protected:
   std::vector<model_id> next_uses_;                // soonest first, each model once
   std::unordered_map<model_id, std::size_t> rank_; // position in next_uses_
+  std::unordered_set<model_id> restorable_;        // Note [Cheap to get back goes first]
 };
 
 /// Least recently used first (after Note [Eviction with known next uses]).
-class lru_policy final : public eviction_policy {
+class lru_policy : public eviction_policy {
 public:
   void insert(const model_id& model) override;
   void erase(const model_id& model) override;
@@ -66,8 +79,13 @@ public:
   size_t size() const override { return where_.size(); }
 
 private:
+  struct place {
+    std::list<model_id>::iterator at;
+    std::uint64_t used = 0;  // when it was last inserted or touched: orders the restorable ones
+  };
   std::list<model_id> order_;  // front: least recently used
-  std::unordered_map<model_id, std::list<model_id>::iterator> where_;
+  std::unordered_map<model_id, place> where_;
+  std::uint64_t uses_ = 0;
 };
 
 /// Makes a fresh policy for a tier. The runtime's options carry one of these (LRU by default).

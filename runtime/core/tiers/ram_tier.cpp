@@ -153,16 +153,24 @@ tier_report ram_tier::report() const {
   return r;
 }
 
+// Note [Cheap to get back goes first] (eviction_policy.hpp): what a hand-over would save is a disk read.
+void ram_tier::mark_restorable(const model_id& model) {
+  if (!options_.keep_ram_copy)
+    policy_->set_restorable(model, whole_on_.count(model) > 0);
+}
+
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
   if (whole && retirements_.retired(model))
     return;  // a retired model is never handed over
   if (whole) {
     whole_on_[model].insert(device);
+    mark_restorable(model);
     return;
   }
   auto w = whole_on_.find(model);
   if (w != whole_on_.end() && w->second.erase(device) && w->second.empty())
     whole_on_.erase(w);
+  mark_restorable(model);
   // The device no longer has the only copy (it dropped it, or its copy back is already under way and
   // holds the bytes): a later acquire reads the disk unless a copy back is loading.
   auto h = handed_.find(model);
@@ -361,6 +369,7 @@ void ram_tier::serve_queue(ram_effects& out) {
 void ram_tier::retire(const model_id& model, ram_effects& out) {
   retirements_.retire(model);
   whole_on_.erase(model);  // never a hand-over target again; the devices retire their own copies
+  mark_restorable(model);
   auto h = handed_.find(model);
   auto e = entries_.find(model);
   if (h != handed_.end() && (e == entries_.end() || e->second.state != ram_residency::loading))

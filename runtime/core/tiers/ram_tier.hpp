@@ -23,6 +23,8 @@
 //   - devices report which models they hold whole (`device_copy`);
 //   - evicting such a model from RAM hands it over to one of them (`take_hand_overs`): that device's
 //     copy becomes the only one, and the tier keeps the model's non-tensor part (the "skeleton");
+//   - so eviction takes such models before the others that have no known next use (Note [Cheap to get
+//     back goes first], eviction_policy.hpp);
 //   - an acquire of a handed-over model copies it back from that device (`ram_effects::fetches`) instead
 //     of reading the disk; if the device no longer has it, the tier falls back to the disk;
 //   - when the device evicts or offloads its copy, it first asks for room here (`reserve_return`) and, if
@@ -211,6 +213,7 @@ private:
   void serve_queue(ram_effects& out);
   void evict(const model_id& model);
   void let_go(const model_id& model);
+  void mark_restorable(const model_id& model);
   /// Drops the watched retired models nothing holds any more (see retirements).
   void drop_retired();
   bool make_room_for(const group& g, bytes_t bytes);
