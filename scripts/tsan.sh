@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Runs actor_tests, runtime_tests (the stress test included), the simulated backend contract, the scheduler
-# and the CAF-free core's tests under ThreadSanitizer, with CAF itself
+# Runs actor_tests, runtime_tests (the stress test included), the simulated backend contract, the scheduler,
+# the fake accelerator's and the CAF-free core's tests under ThreadSanitizer, with CAF itself
 # instrumented too: Debian's libcaf is not, so TSan would not see the synchronisation inside its mailboxes
-# and scheduler. Usage: bash scripts/tsan.sh [CATCH_FILTER...] (the filters go to both test binaries).
+# and scheduler. Usage: bash scripts/tsan.sh [CATCH_FILTER...] (the filters go to every test binary).
 #  1. Takes CAF 0.17.6's source from Debian's source package (actor-framework), adding a deb-src entry
 #     if apt knows none, into .cache/tsan/src.
 #  2. Builds libcaf_core and libcaf_io with -fsanitize=thread into .cache/tsan/caf-install, once: later
 #     runs reuse it (delete .cache/tsan/caf-install to rebuild it).
 #  3. Configures this project into build-tsan/ against that install (RPATH to it, checked with ldd) and
-#     builds only the two test targets.
+#     builds only those test targets.
 #  4. Runs them with TSAN_OPTIONS (plus scripts/tsan.supp), counts the "WARNING: ThreadSanitizer"
 #     reports and prints the first one's summary. Exits non-zero on any report or failed test.
 # Logs: build-tsan/tsan-actor_tests.log and build-tsan/tsan-runtime_tests.log. Needs root or sudo only
@@ -93,8 +93,11 @@ cmake -S "$root" -B "$build" -G Ninja "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWit
   -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DMCACHE_BUILD_SAMPLES=OFF -DMCACHE_BUILD_BENCH=OFF -DMCACHE_BUILD_PYTHON=OFF \
   -DCAF_INCLUDE_DIR="$caf_prefix/include" -DCAF_CORE_LIBRARY="$caf_prefix/lib/libcaf_core.so" \
   -DCAF_IO_LIBRARY="$caf_prefix/lib/libcaf_io.so" -DCMAKE_BUILD_RPATH="$caf_prefix/lib" >/dev/null
-cmake --build "$build" --parallel "$jobs" --target actor_tests runtime_tests contract_simulated_tests scheduler_tests core_tests
-caf_tests=(actor_tests runtime_tests contract_simulated_tests scheduler_tests)
+cmake --build "$build" --parallel "$jobs" --target actor_tests runtime_tests contract_simulated_tests scheduler_tests core_tests \
+  accelerator_tests contract_accelerator_tests
+# The fake accelerator's tests too: its streams are threads of ours, so TSan sees a copy or a free that is
+# not ordered after what it must wait for (LibTorch itself is not instrumented).
+caf_tests=(actor_tests runtime_tests contract_simulated_tests scheduler_tests accelerator_tests contract_accelerator_tests)
 tests=("${caf_tests[@]}" core_tests)  # core_tests: the CAF-free core (the buffer cache's threads test)
 caf_lib=$(readlink -f "$caf_prefix/lib/libcaf_core.so")
 for t in "${caf_tests[@]}"; do
