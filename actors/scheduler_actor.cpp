@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <optional>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 namespace mcache {
@@ -352,10 +355,8 @@ void start_work(self_ptr self, job_id id) {
   auto stage = run.stage;
   auto work = run.job->spec.stages[stage].work;
   auto device = stage_device(run.job->spec.stages[stage], run.worker);
-  const auto& torch_devices = self->state.config.torch_devices;
-  auto torch_device = device >= 0 && static_cast<std::size_t>(device) < torch_devices.size()
-                        ? torch_devices[static_cast<std::size_t>(device)]
-                        : c10::Device(c10::DeviceType::CPU);
+  auto torch_device = device == cpu_device ? c10::Device(c10::DeviceType::CPU)
+                                            : self->state.config.torch_devices.at(static_cast<std::size_t>(device));
   auto leases = run.leases;
   auto pins = run.pins;
   auto stop_flag = run.job->shared->stop_flag;
@@ -363,9 +364,12 @@ void start_work(self_ptr self, job_id id) {
   self->state.config.workers.at(run.worker)->post([=]() mutable {
     std::string error;
     {
-      stage_context ctx{id, stage, device, torch_device, std::move(leases), std::move(pins), stop_flag};
+      // Built inside the try: making the stage's device current can fail (a CUDA error left by an
+      // earlier kernel), and that must fail the stage, not escape the worker thread.
+      std::optional<stage_context> ctx;
       try {
-        work(ctx);
+        ctx.emplace(id, stage, device, torch_device, std::move(leases), std::move(pins), stop_flag);
+        work(*ctx);
       } catch (const std::exception& e) {
         error = e.what();
         if (error.empty())
@@ -691,6 +695,9 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
 } // namespace
 
 scheduler_actor spawn_scheduler(caf::actor_system& sys, scheduler_actor_config config) {
+  if (config.torch_devices.size() != config.devices.size())
+    throw std::invalid_argument("scheduler: " + std::to_string(config.torch_devices.size()) + " LibTorch devices for "
+                                + std::to_string(config.devices.size()) + " device actors");
   return sys.spawn(scheduler_impl, std::move(config));
 }
 

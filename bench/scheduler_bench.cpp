@@ -78,11 +78,7 @@ double blocking_cycle_us(std::size_t cycles) {
 } // namespace
 
 /// LRU blind to what a copy back saves: the baseline of Note [Cheap to get back goes first].
-class lru_blind_to_restore_cost final : public lru_policy {
-public:
-  void set_restorable(const model_id&, bool) override {}
-};
-std::unique_ptr<eviction_policy> make_blind_lru() { return std::make_unique<lru_blind_to_restore_cost>(); }
+std::unique_ptr<eviction_policy> make_blind_lru() { return std::make_unique<lru_policy>(/*cost_aware=*/false); }
 
 int main(int argc, char** argv) {
   workload::settings s;

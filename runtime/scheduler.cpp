@@ -29,6 +29,8 @@ stage_context::stage_context(job_id job, std::size_t stage, device_index device,
                              std::shared_ptr<const std::atomic<bool>> cancelled)
   : job_(job), stage_(stage), device_(device), torch_device_(torch_device), leases_(std::move(leases)),
     cancelled_(std::move(cancelled)) {
+  // Restored when the context ends, before the worker thread takes its next stage. (With LibTorch 1.13 on
+  // CUDA 12 or later, restoring device 0 makes its primary context exist, if the process had none there.)
   if (torch_device_.type() != c10::DeviceType::CPU)
     current_.reset_device(torch_device_);
   for (auto& grant : pins) {

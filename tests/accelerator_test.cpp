@@ -308,7 +308,7 @@ TEST_CASE("two accelerators under one scheduler: each stage works with its own d
         std::lock_guard<std::mutex> guard{mutex};
         devices_used.insert(ctx.device());
       }
-      if (here != rt.torch_device(ctx.device()))
+      if (here != fake_accelerator::device(ctx.device()))  // devices 0 and 1 are fake accelerators 0 and 1
         note_wrong("stage on device " + std::to_string(ctx.device()) + " names " + here.str());
       c10::impl::VirtualGuardImpl guard{here.type()};
       if (guard.getDevice() != here)

@@ -72,3 +72,14 @@ TEST_CASE("restorable candidates with no known next use go first, least recently
   lru.insert("d");  // still marked: offered first again
   CHECK(lru.victims() == std::vector<model_id>{"d", "a", "c", "e", "b"});
 }
+
+TEST_CASE("an LRU that is not cost aware records restorable marks but keeps plain LRU order") {
+  lru_policy blind{/*cost_aware=*/false};
+  for (auto m : {"a", "b", "c"})
+    blind.insert(m);
+  blind.set_restorable("c", true);
+  blind.set_restorable("b", true);
+  CHECK(blind.restorable("c"));
+  CHECK(blind.restorable_count() == 2);
+  CHECK(blind.victims() == std::vector<model_id>{"a", "b", "c"});
+}

@@ -1,20 +1,19 @@
 #include "runtime/core/policies/eviction_policy.hpp"
 
-#include <algorithm>
-
 namespace mcache {
 
 void lru_policy::insert(const model_id& model) {
   erase(model);
-  order_.push_back(model);
-  where_[model] = place{std::prev(order_.end()), ++uses_};
+  auto& l = list_for(model);
+  l.push_back({model, ++uses_});
+  where_[model] = place{&l, std::prev(l.end())};
 }
 
 void lru_policy::erase(const model_id& model) {
   auto i = where_.find(model);
   if (i == where_.end())
     return;
-  order_.erase(i->second.at);
+  i->second.in->erase(i->second.at);
   where_.erase(i);
 }
 
@@ -22,8 +21,9 @@ void lru_policy::touch(const model_id& model) {
   auto i = where_.find(model);
   if (i == where_.end())
     return;
-  order_.splice(order_.end(), order_, i->second.at);
-  i->second.used = ++uses_;
+  auto& p = i->second;
+  p.in->splice(p.in->end(), *p.in, p.at);
+  p.at->used = ++uses_;
 }
 
 void eviction_policy::set_next_uses(const std::vector<model_id>& soonest_first) {
@@ -41,26 +41,30 @@ void eviction_policy::set_restorable(const model_id& model, bool restorable) {
     restorable_.erase(model);
 }
 
+void lru_policy::set_restorable(const model_id& model, bool restorable) {
+  eviction_policy::set_restorable(model, restorable);
+  auto i = where_.find(model);
+  if (i == where_.end())
+    return;
+  auto& p = i->second;
+  auto& to = list_for(model);
+  if (p.in == &to)
+    return;
+  // Its place in the other list is by last use, found from the newest end.
+  auto before = to.end();
+  while (before != to.begin() && std::prev(before)->used > p.at->used)
+    --before;
+  to.splice(before, *p.in, p.at);  // the iterator stays valid, now into `to`
+  p.in = &to;
+}
+
 void lru_policy::visit_victims(const std::function<bool(const model_id&)>& visit) const {
   // Candidates with no known next use, least recently used first, the restorable ones before the others
-  // (Note [Cheap to get back goes first]); then those with a next use, latest use first. The restorable
-  // ones are few (what devices hold whole), so they are found through their own set and sorted here,
-  // rather than by a scan of every candidate.
-  if (!restorable_.empty()) {
-    std::vector<std::pair<std::uint64_t, const model_id*>> cheap;
-    for (const auto& m : restorable_) {
-      auto w = where_.find(m);
-      if (w != where_.end() && !rank_.count(m))
-        cheap.emplace_back(w->second.used, &w->first);
-    }
-    std::sort(cheap.begin(), cheap.end());
-    for (const auto& c : cheap)
-      if (!visit(*c.second))
+  // (Note [Cheap to get back goes first]); then those with a next use, latest use first.
+  for (const auto* l : {&cheap_, &costly_})
+    for (const auto& e : *l)
+      if (!rank_.count(e.model) && !visit(e.model))
         return;
-  }
-  for (const auto& m : order_)
-    if (!rank_.count(m) && !restorable_.count(m) && !visit(m))
-      return;
   for (auto m = next_uses_.rbegin(); m != next_uses_.rend(); ++m)
     if (where_.count(*m) && !visit(*m))
       return;

@@ -436,7 +436,6 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
       whole->id = model;
       whole->opaque = skeleton->opaque;
       whole->opaque_bytes = skeleton->opaque_bytes;
-      counters_.bytes_from_devices += whole->total_bytes();
       payload = std::shared_ptr<const host_model>(std::move(whole));
     } else if (!e.waiters.empty()) {
       // The device no longer had it (or its copy failed): acquires wait for it, so read the disk.
@@ -470,6 +469,8 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
     e.payload = std::move(std::get<0>(payload));
     loaded_before_.insert(model);
     counters_.bytes_loaded += e.descriptor->bytes;
+    if (source == load_source::device)
+      counters_.bytes_from_devices += e.descriptor->bytes;  // after the size check, as bytes_loaded
     counters_.load_ns += load_ns;
     transition(model, ram_residency::resident);
     for (auto request : waiters) {

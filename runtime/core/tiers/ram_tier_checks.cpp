@@ -124,6 +124,15 @@ void ram_tier::check_invariants() const {
     fail("used " + std::to_string(used_) + " > budget " + std::to_string(options_.budget_bytes));
   if (candidates != policy_->size())
     fail("the policy holds entries that are not candidates");
+  // Note [Cheap to get back goes first]: the policy's marks are exactly the models a device holds whole.
+  const auto marked = options_.keep_ram_copy ? 0 : whole_on_.size();
+  if (policy_->restorable_count() != marked)
+    fail("the policy marks " + std::to_string(policy_->restorable_count()) + " models restorable; "
+         + std::to_string(marked) + " should be (held whole by a device, RAM copies not kept)");
+  for (const auto& kv : whole_on_)
+    if (policy_->restorable(kv.first) == options_.keep_ram_copy)
+      fail("'" + kv.first + "' is held whole by a device, but the policy "
+           + (options_.keep_ram_copy ? "marks it restorable although RAM copies are kept" : "does not mark it restorable"));
   try {
     leases_.check_invariants();
   } catch (const std::logic_error& e) {
