@@ -620,7 +620,9 @@ double cpp_cycle_seconds(py_runtime& r, const std::string& model, device_index d
 
 } // namespace
 
+#if MCACHE_PYTHON_FLEET
 void bind_fleet(py::module_& m);  // fleet_module.cpp
+#endif
 
 PYBIND11_MODULE(_core, m) {
   py::module_::import("torch");
@@ -804,6 +806,8 @@ PYBIND11_MODULE(_core, m) {
     .def("model_ids", &py_runtime::ids)
     .def("describe", &py_runtime::describe);
 
+#if MCACHE_PYTHON_FLEET
   bind_fleet(m);
+#endif
   m.def("_cpp_cycle_seconds", &cpp_cycle_seconds, py::arg("runtime"), py::arg("model"), py::arg("device"), py::arg("n"));
 }

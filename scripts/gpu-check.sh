@@ -7,6 +7,8 @@
 #   2. the GPU bench (gpu_transfer_bench: pin vs plain copy, offload, streaming, disk) and the stream bench,
 #   3. the main sample on its default, which is every GPU LibTorch sees,
 #   4. if time is left, the rest of the suite against the CUDA LibTorch.
+# The kit has no libcaf_openssl, so the fleet (nodes, routers, their tests) is not built there: CMake says
+# so and builds the rest (MCACHE_BUILD_FLEET defaults to OFF without it).
 # A build error does not stop it: the build goes on with `-k 0`, its errors go to build-errors.txt, and
 # whatever did build still runs. Figures go to $OUT (or ./gpu-check-out): nvidia-smi.txt, build-errors.txt,
 # gpu-tests.txt, gpu-bench.txt, gpu-bench.json, sample.txt, other-tests.txt.

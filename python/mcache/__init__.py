@@ -26,7 +26,7 @@ import torch as _torch  # noqa: F401  (the extension needs LibTorch's Python sid
 from . import _core
 
 __all__ = ["Runtime", "Session", "Lease", "Pin", "Stream", "Stage", "Scheduler", "Job", "StageContext", "Error",
-           "load_module", "Router"]
+           "load_module"]
 
 
 class Error(Exception):
@@ -51,8 +51,11 @@ for _code in _core.error_codes:
 _core._set_error_classes(_error_classes)
 
 Session = _core.Session
-Router = _core.Router
-Router.__doc__ = """A router over fleet nodes (mcache-node processes; README, "Many machines"):
+# The fleet's router, where the package was built with the fleet (MCACHE_BUILD_FLEET: it needs CAF's TLS layer).
+if hasattr(_core, "Router"):
+    Router = _core.Router
+    __all__.append("Router")
+    Router.__doc__ = """A router over fleet nodes (mcache-node processes; README, "Many machines"):
 
     r = mcache.Router(["127.0.0.1:7001", "127.0.0.1:7002"])      # tls_cert=, tls_key=, tls_ca= across hosts
     r.wait_for_nodes(2)
