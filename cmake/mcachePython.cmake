@@ -3,13 +3,40 @@
 # its libtorch_python, and pybind11. Sets MCACHE_PYTHON_FOUND and, for the module, Python3_EXECUTABLE and
 # MCACHE_TORCH_PYTHON_LIBRARY. Included before the libraries are defined: the module needs them
 # position-independent.
+#
+# Where pybind11's CMake package is missing (the GPU machine: no pybind11-dev), the pybind11 headers a
+# pip-installed torch ships (torch/include/pybind11) are enough: MCACHE_PYBIND11_INCLUDE_DIR is then set
+# and python/CMakeLists.txt builds the module with Python3_add_library.
 set(MCACHE_PYTHON_FOUND OFF)
-if(NOT DEFINED Python3_EXECUTABLE AND EXISTS /usr/bin/python3)
-  set(Python3_EXECUTABLE /usr/bin/python3)  # the system Python, where Debian's python3-torch lives
+if(NOT DEFINED Python3_EXECUTABLE)
+  # The first Python that imports torch: the system one first (Debian's python3-torch lives there), then
+  # the one on PATH (a pip-installed torch, as on the GPU machine).
+  find_program(_mcache_path_python python3)
+  foreach(_candidate /usr/bin/python3 ${_mcache_path_python})
+    if(EXISTS "${_candidate}")
+      execute_process(COMMAND "${_candidate}" -c "import torch" RESULT_VARIABLE _mcache_imports OUTPUT_QUIET ERROR_QUIET)
+      if(_mcache_imports EQUAL 0)
+        set(Python3_EXECUTABLE "${_candidate}")
+        break()
+      endif()
+    endif()
+  endforeach()
+  if(NOT DEFINED Python3_EXECUTABLE AND EXISTS /usr/bin/python3)
+    set(Python3_EXECUTABLE /usr/bin/python3)
+  endif()
 endif()
 find_package(Python3 COMPONENTS Interpreter Development.Module QUIET)
 find_package(pybind11 CONFIG QUIET)
-if(Python3_FOUND AND pybind11_FOUND)
+if(Python3_FOUND AND NOT pybind11_FOUND)
+  execute_process(
+    COMMAND ${Python3_EXECUTABLE} -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))"
+    OUTPUT_VARIABLE _mcache_torch_include ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
+  find_path(MCACHE_PYBIND11_INCLUDE_DIR pybind11/pybind11.h PATHS "${_mcache_torch_include}" NO_DEFAULT_PATH)
+  if(MCACHE_PYBIND11_INCLUDE_DIR)
+    message(STATUS "mcache: no pybind11 package; using the pybind11 headers torch ships (${MCACHE_PYBIND11_INCLUDE_DIR})")
+  endif()
+endif()
+if(Python3_FOUND AND (pybind11_FOUND OR MCACHE_PYBIND11_INCLUDE_DIR))
   execute_process(
     COMMAND ${Python3_EXECUTABLE} -c "import os, torch; print(torch.__version__.split('+')[0]); print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
     OUTPUT_VARIABLE _mcache_torch_out RESULT_VARIABLE _mcache_torch_rc ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
@@ -29,7 +56,7 @@ if(Python3_FOUND AND pybind11_FOUND)
     set(_mcache_python_why "${Python3_EXECUTABLE} cannot import torch (Debian: python3-torch)")
   endif()
 else()
-  set(_mcache_python_why "no Python 3 development files or pybind11 (Debian: python3-dev, pybind11-dev)")
+  set(_mcache_python_why "no Python 3 development files, or no pybind11 (Debian: python3-dev, pybind11-dev; or a torch that ships its headers)")
 endif()
 if(NOT MCACHE_PYTHON_FOUND)
   message(STATUS "mcache: the Python package is not built: ${_mcache_python_why}")

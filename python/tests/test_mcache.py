@@ -340,6 +340,33 @@ def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
     assert rt.stats()["ram"]["leased_bytes"] == 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch sees no CUDA GPU (run by scripts/gpu-check.sh there)")
+def test_on_a_gpu_pins_hand_out_cuda_tensors_and_a_stage_runs_with_its_gpu_current():
+    gpu = torch.cuda.device_count() - 1  # the last GPU: not the one current by default, where there are two
+    runtime = mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "cuda", "index": gpu, "vram_budget": 32 * MiB}])
+    try:
+        runtime.models.add_synthetic("te", layers(16), seed=1)
+        s = runtime.session()
+        with s.acquire("te") as te, s.pin(te, 0) as p:
+            assert p.torch_device == torch.device("cuda", gpu)
+            host, device = te.state_dict(), p.state_dict()
+            for name, t in device.items():
+                assert t.device == torch.device("cuda", gpu)
+                assert torch.equal(t.cpu(), host[name])
+                assert torch.equal((t * 2).cpu(), host[name] * 2)  # torch's own kernels read the cache's memory
+        del s
+        seen = []
+
+        def work(ctx):
+            seen.append((ctx.torch_device, torch.cuda.current_device(), torch.empty(1, device="cuda").device))
+
+        with runtime.scheduler() as sched:
+            assert sched.submit([mcache.Stage("te", work, device=0)]).wait(timeout=60)["state"] == "done"
+        assert seen == [(torch.device("cuda", gpu), gpu, torch.device("cuda", gpu))]
+    finally:
+        runtime.close()
+
+
 def test_a_stage_that_raises_fails_its_job_with_work_failed_and_the_text(rt):
     kept = []
 
