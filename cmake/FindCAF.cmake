@@ -1,7 +1,8 @@
 # Finds Debian's CAF 0.17 (which ships no CMake package) and provides the targets CAF >= 0.18 would:
-# CAF::core, CAF::io and, where libcaf_openssl and OpenSSL's headers are both there, CAF::openssl
-# (CAF_OPENSSL_FOUND). The GPU machine's kit has libcaf-dev, whose libcaf_openssl.so link points to a
-# package it lacks: that link is not taken for a library.
+# CAF::core, CAF::io and, where libcaf_openssl is there, CAF::openssl (CAF_OPENSSL_FOUND). The GPU
+# machine's kit has libcaf-dev, whose libcaf_openssl.so link points to a package it lacks: that link is
+# not taken for a library. Building against caf/openssl's headers also needs OpenSSL's
+# (CAF_OPENSSL_SSL_INCLUDE_DIR); linking a library built with them does not.
 include(FindPackageHandleStandardArgs)
 find_path(CAF_INCLUDE_DIR NAMES caf/all.hpp)
 find_library(CAF_CORE_LIBRARY NAMES caf_core)
@@ -9,7 +10,7 @@ find_library(CAF_IO_LIBRARY NAMES caf_io)
 find_library(CAF_OPENSSL_LIBRARY NAMES caf_openssl)
 find_path(CAF_OPENSSL_SSL_INCLUDE_DIR NAMES openssl/ssl.h)  # caf/openssl/session.hpp includes it
 set(CAF_OPENSSL_FOUND FALSE)
-if(CAF_OPENSSL_LIBRARY AND CAF_OPENSSL_SSL_INCLUDE_DIR)
+if(CAF_OPENSSL_LIBRARY)
   get_filename_component(_caf_openssl_real "${CAF_OPENSSL_LIBRARY}" REALPATH)
   if(EXISTS "${_caf_openssl_real}")
     set(CAF_OPENSSL_FOUND TRUE)
@@ -43,5 +44,5 @@ if(CAF_FOUND AND CAF_OPENSSL_FOUND AND NOT TARGET CAF::openssl)
   # TLS for CAF's network layer (the fleet's nodes and routers across hosts).
   add_library(CAF::openssl SHARED IMPORTED)
   set_target_properties(CAF::openssl PROPERTIES IMPORTED_LOCATION "${CAF_OPENSSL_LIBRARY}"
-    INTERFACE_LINK_LIBRARIES CAF::io INTERFACE_INCLUDE_DIRECTORIES "${CAF_OPENSSL_SSL_INCLUDE_DIR}")
+    INTERFACE_LINK_LIBRARIES CAF::io)
 endif()

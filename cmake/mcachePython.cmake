@@ -5,35 +5,58 @@
 # position-independent.
 #
 # Where pybind11's CMake package is missing (the GPU machine: no pybind11-dev), the pybind11 headers a
-# pip-installed torch ships (torch/include/pybind11) are enough: MCACHE_PYBIND11_INCLUDE_DIR is then set
-# and python/CMakeLists.txt builds the module with Python3_add_library.
+# pip-installed torch ships (torch/include/pybind11) are enough: MCACHE_PYBIND11_INCLUDE_DIR is then a
+# folder holding only them, and python/CMakeLists.txt builds the module with Python3_add_library.
+# MCACHE_PYBIND11_HEADERS_FROM names another folder holding pybind11/ (a test of that path).
 set(MCACHE_PYTHON_FOUND OFF)
 if(NOT DEFINED Python3_EXECUTABLE)
-  # The first Python that imports torch: the system one first (Debian's python3-torch lives there), then
-  # the one on PATH (a pip-installed torch, as on the GPU machine).
-  find_program(_mcache_path_python python3)
+  # The Python whose torch is the LibTorch linked here (Torch_DIR lies under its cmake_prefix_path), else
+  # the first that imports torch: the system one (Debian's python3-torch lives there), then the one on
+  # PATH (a pip-installed torch, as on the GPU machine).
+  find_program(_mcache_path_python python3 NO_CACHE)
+  set(_mcache_with_torch "")
   foreach(_candidate /usr/bin/python3 ${_mcache_path_python})
     if(EXISTS "${_candidate}")
-      execute_process(COMMAND "${_candidate}" -c "import torch" RESULT_VARIABLE _mcache_imports OUTPUT_QUIET ERROR_QUIET)
-      if(_mcache_imports EQUAL 0)
-        set(Python3_EXECUTABLE "${_candidate}")
-        break()
+      execute_process(COMMAND "${_candidate}" -c "import torch; print(getattr(torch.utils, 'cmake_prefix_path', ''))"
+                      RESULT_VARIABLE _mcache_rc OUTPUT_VARIABLE _mcache_prefix OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+      if(_mcache_rc EQUAL 0)
+        if(NOT _mcache_with_torch)
+          set(_mcache_with_torch "${_candidate}")
+        endif()
+        if(_mcache_prefix AND Torch_DIR)
+          string(FIND "${Torch_DIR}" "${_mcache_prefix}" _mcache_at)
+          if(_mcache_at EQUAL 0)
+            set(_mcache_with_torch "${_candidate}")
+            break()
+          endif()
+        endif()
       endif()
     endif()
   endforeach()
-  if(NOT DEFINED Python3_EXECUTABLE AND EXISTS /usr/bin/python3)
+  if(_mcache_with_torch)
+    set(Python3_EXECUTABLE "${_mcache_with_torch}")
+  elseif(EXISTS /usr/bin/python3)
     set(Python3_EXECUTABLE /usr/bin/python3)
   endif()
 endif()
 find_package(Python3 COMPONENTS Interpreter Development.Module QUIET)
 find_package(pybind11 CONFIG QUIET)
+unset(MCACHE_PYBIND11_INCLUDE_DIR)
+unset(MCACHE_PYBIND11_INCLUDE_DIR CACHE)
 if(Python3_FOUND AND NOT pybind11_FOUND)
-  execute_process(
-    COMMAND ${Python3_EXECUTABLE} -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))"
-    OUTPUT_VARIABLE _mcache_torch_include ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
-  find_path(MCACHE_PYBIND11_INCLUDE_DIR pybind11/pybind11.h PATHS "${_mcache_torch_include}" NO_DEFAULT_PATH)
-  if(MCACHE_PYBIND11_INCLUDE_DIR)
-    message(STATUS "mcache: no pybind11 package; using the pybind11 headers torch ships (${MCACHE_PYBIND11_INCLUDE_DIR})")
+  set(_mcache_headers "${MCACHE_PYBIND11_HEADERS_FROM}")
+  if(NOT _mcache_headers)
+    execute_process(
+      COMMAND ${Python3_EXECUTABLE} -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))"
+      OUTPUT_VARIABLE _mcache_headers ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
+  endif()
+  if(_mcache_headers AND EXISTS "${_mcache_headers}/pybind11/pybind11.h")
+    # Only pybind11 from there: torch's include folder also holds ATen, c10 and torch, which must come
+    # from the LibTorch linked here.
+    set(MCACHE_PYBIND11_INCLUDE_DIR "${CMAKE_BINARY_DIR}/pybind11-include")
+    file(MAKE_DIRECTORY "${MCACHE_PYBIND11_INCLUDE_DIR}")
+    file(CREATE_LINK "${_mcache_headers}/pybind11" "${MCACHE_PYBIND11_INCLUDE_DIR}/pybind11" SYMBOLIC)
+    message(STATUS "mcache: no pybind11 package; using the pybind11 headers in ${_mcache_headers}")
   endif()
 endif()
 if(Python3_FOUND AND (pybind11_FOUND OR MCACHE_PYBIND11_INCLUDE_DIR))

@@ -11,7 +11,8 @@ import pytest
 import mcache
 
 NODE = os.environ.get("MCACHE_NODE_BINARY", "")
-pytestmark = pytest.mark.skipif(not os.path.exists(NODE), reason="MCACHE_NODE_BINARY (mcache-node) is not built")
+pytestmark = pytest.mark.skipif(not os.path.exists(NODE) or not hasattr(mcache, "Router"),
+                                reason="the fleet is not built (mcache-node, mcache.Router)")
 
 
 class Node:

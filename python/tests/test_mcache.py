@@ -342,7 +342,9 @@ def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch sees no CUDA GPU (run by scripts/gpu-check.sh there)")
 def test_on_a_gpu_pins_hand_out_cuda_tensors_and_a_stage_runs_with_its_gpu_current():
-    gpu = torch.cuda.device_count() - 1  # the last GPU: not the one current by default, where there are two
+    # The last GPU: where there are two, not the one current by default, so that the stage's half checks
+    # the device guard; with one GPU only the pins' half can tell a mistake.
+    gpu = torch.cuda.device_count() - 1
     runtime = mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "cuda", "index": gpu, "vram_budget": 32 * MiB}])
     try:
         runtime.models.add_synthetic("te", layers(16), seed=1)
@@ -361,7 +363,8 @@ def test_on_a_gpu_pins_hand_out_cuda_tensors_and_a_stage_runs_with_its_gpu_curre
             seen.append((ctx.torch_device, torch.cuda.current_device(), torch.empty(1, device="cuda").device))
 
         with runtime.scheduler() as sched:
-            assert sched.submit([mcache.Stage("te", work, device=0)]).wait(timeout=60)["state"] == "done"
+            status = sched.submit([mcache.Stage("te", work, device=0)]).wait(timeout=60)
+            assert status is not None and status["state"] == "done", status
         assert seen == [(torch.device("cuda", gpu), gpu, torch.device("cuda", gpu))]
     finally:
         runtime.close()
