@@ -87,10 +87,11 @@ else
 fi
 
 # ---- 3: the project's two actor test binaries against it ---------------------------------------------
-# NDEBUG as in the default RelWithDebInfo build, but -O1 (from CMAKE_CXX_FLAGS) instead of -O2.
+# NDEBUG as in the default RelWithDebInfo build, but -O1 (from CMAKE_CXX_FLAGS) instead of -O2. No fleet:
+# the instrumented CAF has no libcaf_openssl, and the system's would bring the uninstrumented core along.
 cmake -S "$root" -B "$build" -G Ninja "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS="$tsan_flags" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-DNDEBUG \
-  -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DMCACHE_BUILD_SAMPLES=OFF -DMCACHE_BUILD_BENCH=OFF -DMCACHE_BUILD_PYTHON=OFF \
+  -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread -DMCACHE_BUILD_SAMPLES=OFF -DMCACHE_BUILD_BENCH=OFF -DMCACHE_BUILD_PYTHON=OFF -DMCACHE_BUILD_FLEET=OFF \
   -DCAF_INCLUDE_DIR="$caf_prefix/include" -DCAF_CORE_LIBRARY="$caf_prefix/lib/libcaf_core.so" \
   -DCAF_IO_LIBRARY="$caf_prefix/lib/libcaf_io.so" -DCMAKE_BUILD_RPATH="$caf_prefix/lib" >/dev/null
 cmake --build "$build" --parallel "$jobs" --target actor_tests runtime_tests contract_simulated_tests scheduler_tests core_tests \
