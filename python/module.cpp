@@ -548,7 +548,7 @@ public:
   std::string prometheus() {
     auto owner = box();
     without_gil unlocked;
-    return prometheus_text(owner->rt->stats());
+    return prometheus_text(*owner->rt);
   }
 
   // -- the catalog ------------------------------------------------------------------------------------

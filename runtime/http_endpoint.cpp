@@ -87,7 +87,7 @@ private:
     auto path = target.substr(0, target.find('?'));
     try {
       if (path == "/metrics")
-        return respond(http::status::ok, "text/plain; version=0.0.4", prometheus_text(owner_.rt->stats()), version);
+        return respond(http::status::ok, "text/plain; version=0.0.4", prometheus_text(*owner_.rt), version);
       if (path == "/status")
         return respond(http::status::ok, "application/json", owner_.rt->status_json(), version);
       if (path == "/" || path == "/index.html")

@@ -87,8 +87,14 @@ const metric<device_stats> device_metrics[] = {
 
 } // namespace
 
-std::string prometheus_text(const runtime_stats& stats) {
+std::string prometheus_text(const runtime_stats& stats, const std::vector<std::string>& torch_devices) {
   std::ostringstream out;
+  if (!torch_devices.empty()) {
+    out << "# HELP mcache_device_info Which device each index is, as LibTorch names it (always 1).\n";
+    out << "# TYPE mcache_device_info gauge\n";
+    for (std::size_t i = 0; i < torch_devices.size(); ++i)
+      out << "mcache_device_info{device=\"" << i << "\",torch_device=\"" << torch_devices[i] << "\"} 1\n";
+  }
   for (const auto& m : ram_metrics) {
     out << "# HELP mcache_ram_" << m.name << ' ' << m.help << '\n';
     out << "# TYPE mcache_ram_" << m.name << ' ' << m.type << '\n';
@@ -102,6 +108,13 @@ std::string prometheus_text(const runtime_stats& stats) {
     out << "mcache_device_" << m.name << "{device=\"cpu\"} " << m.value(stats.cpu) << '\n';
   }
   return out.str();
+}
+
+std::string prometheus_text(runtime& rt) {
+  std::vector<std::string> names;
+  for (std::size_t i = 0; i < rt.device_count(); ++i)
+    names.push_back(rt.torch_device(static_cast<device_index>(i)).str());
+  return prometheus_text(rt.stats(), names);
 }
 
 } // namespace mcache

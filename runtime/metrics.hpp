@@ -4,11 +4,16 @@
 #include "runtime/runtime.hpp"
 
 #include <string>
+#include <vector>
 
 namespace mcache {
 
 /// Every RAM and device counter and level of `stats` as Prometheus metrics (`mcache_ram_*`,
 /// `mcache_device_*{device="0"}`, the CPU pin tier as device="cpu"), with HELP and TYPE lines.
-std::string prometheus_text(const runtime_stats& stats);
+/// `torch_devices[i]` names device i as LibTorch does (cuda:1, ...) in an `mcache_device_info` series,
+/// so that a dashboard over several GPUs can tell which index is which GPU.
+std::string prometheus_text(const runtime_stats& stats, const std::vector<std::string>& torch_devices = {});
+/// The same for `rt`: its stats now, and its devices' LibTorch names.
+std::string prometheus_text(runtime& rt);
 
 } // namespace mcache

@@ -365,7 +365,8 @@ std::string runtime::status_json() {
     return all;
   };
   auto device = [&](const device_stats& s, const tier_report& r, const std::string& name) {
-    return nlohmann::json{{"name", name}, {"device", s.device}, {"budget_bytes", s.budget_bytes},
+    return nlohmann::json{{"name", name}, {"device", s.device}, {"torch_device", torch_device(s.device).str()},
+                          {"budget_bytes", s.budget_bytes},
                           {"reserve_bytes", s.reserve_bytes}, {"used_bytes", s.used_bytes},
                           {"pinned_bytes", s.pinned_bytes}, {"working_bytes", s.working_bytes},
                           {"waiting", s.waiting_now}, {"hits", s.hits}, {"loads", s.loads},

@@ -46,7 +46,7 @@ function tier(t,isRam){
     rows+=`<tr><td class="model">${esc(m.model)}</td><td>${k}</td><td>${mib(m.bytes)}${m.bytes<m.model_bytes?' of '+mib(m.model_bytes):''}</td><td>${who}</td></tr>`;
   }
   const used=t.used_bytes, extra=isRam?`leased ${mib(t.leased_bytes)}`:`pinned ${mib(t.pinned_bytes)}, working ${mib(t.working_bytes)}`;
-  return `<div class="tier" data-tier="${esc(t.name)}"><h2>${esc(t.name)}</h2>
+  return `<div class="tier" data-tier="${esc(t.name)}"><h2>${esc(t.name)}${t.torch_device&&t.torch_device!=='cpu'?' · '+esc(t.torch_device):''}</h2>
    <div class="nums">used ${mib(used)} of ${mib(t.budget_bytes)}; ${extra}; ${t.models.length} models; ${t.waiting} waiting; ${t.hits} hits, ${t.loads} loads, ${t.evictions} evictions</div>
    <div class="bar">${segs}</div><table>${rows}</table></div>`;
 }

@@ -5,6 +5,7 @@
 #include "runtime/core/transfer/staging_ring.hpp"
 #include "runtime/core/transfer/tensor_stream.hpp"
 #include "runtime/core/transfer/torch_backend.hpp"
+#include "runtime/metrics.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/scheduler.hpp"
 
@@ -344,4 +345,8 @@ TEST_CASE("two accelerators under one scheduler: each stage works with its own d
   auto st = rt.stats();
   CHECK(st.devices[0].bytes_copied_in > 0);
   CHECK(st.devices[1].bytes_copied_in > 0);
+  // Operators see which index is which device.
+  auto metrics = prometheus_text(rt);
+  CHECK(metrics.find("mcache_device_info{device=\"1\",torch_device=\"privateuseone:1\"} 1") != std::string::npos);
+  CHECK(rt.status_json().find("\"torch_device\":\"privateuseone:0\"") != std::string::npos);
 }

@@ -98,6 +98,7 @@ TEST_CASE("the endpoint serves metrics, the status as JSON with holders by name,
   for (const auto& h : ram_vae["holders"])
     ram_holders.insert(h["holder"].get<std::string>());
   CHECK(ram_holders == std::set<std::string>{"worker-3", "device 0"});  // the session's lease and the pin's
+  CHECK(doc["devices"][0]["torch_device"] == "cpu");  // a simulated device's copies are host tensors
   const auto& dev_vae = doc["devices"][0]["models"][0];
   CHECK(dev_vae["state"] == "resident");
   CHECK(dev_vae["bytes"] == (1 << 18));

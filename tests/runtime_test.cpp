@@ -186,6 +186,10 @@ TEST_CASE("stats render as Prometheus metrics with a series per device and one f
   CHECK(text.find("mcache_device_pins_active{device=\"1\"} 1\n") != std::string::npos);
   CHECK(text.find("mcache_device_pins_active{device=\"0\"} 0\n") != std::string::npos);
   CHECK(text.find("mcache_device_pins_active{device=\"cpu\"} 0\n") != std::string::npos);
+  CHECK(text.find("mcache_device_info") == std::string::npos);  // no names given
+  auto named = prometheus_text(rt);  // the runtime's own: its devices' LibTorch names (simulated: the CPU)
+  CHECK(named.find("mcache_device_info{device=\"1\",torch_device=\"cpu\"} 1\n") != std::string::npos);
+  CHECK(named.find("mcache_device_pins_active{device=\"1\"} 1\n") != std::string::npos);
 }
 
 TEST_CASE("pin_anywhere pins where the model already is, else on the device with the most free memory") {
