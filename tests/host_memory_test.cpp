@@ -4,6 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+
 #include <random>
 #include <thread>
 #include <vector>
@@ -150,6 +155,39 @@ TEST_CASE("slabs never pass the limit: a request that no slab can hold gets memo
   b = at::Tensor();
   CHECK(cache->live_bytes() == 2 << 20);
   CHECK(cache->slab_count() == 1);
+  cache->check();
+}
+
+TEST_CASE("a request that finds the free bytes but no range large enough gives the free ranges' pages back before it takes memory of its own") {
+  constexpr bytes_t mib = 1 << 20;
+  auto cache = std::make_shared<buffer_cache>(8 * mib);  // one slab of 8 MiB
+  auto a = cache->take(3 * mib);
+  auto b = cache->take(2 * mib);
+  auto c = cache->take(3 * mib);
+  REQUIRE(cache->slab_count() == 1);
+  for (auto* t : {&a, &b, &c})
+    t->fill_(1);  // every page touched: resident
+  auto* slab_start = static_cast<unsigned char*>(a.data_ptr());
+  auto* tail = static_cast<unsigned char*>(c.data_ptr());
+  a = at::Tensor();
+  c = at::Tensor();  // 6 MiB free, in two ranges of 3 MiB
+  auto resident_pages = [](unsigned char* at, bytes_t bytes) {
+    static const auto page = static_cast<bytes_t>(::sysconf(_SC_PAGESIZE));
+    std::vector<unsigned char> in_core((bytes + page - 1) / page);
+    REQUIRE(::mincore(at, bytes, in_core.data()) == 0);
+    return std::count_if(in_core.begin(), in_core.end(), [](unsigned char v) { return (v & 1) != 0; });
+  };
+  REQUIRE(resident_pages(slab_start, 3 * mib) > 0);
+  auto d = cache->take(4 * mib);  // fits the limit with b (6 of 8 MiB), but no range of 4 MiB: an overflow
+  CHECK(cache->overflows() == 1);
+  CHECK(cache->discarded_bytes() == 6 * mib);  // both ranges, whole pages
+  CHECK(resident_pages(slab_start, 3 * mib) == 0);
+  CHECK(resident_pages(tail, 3 * mib) == 0);
+  CHECK(b.sum().item<double>() == 2.0 * mib);  // the buffer in use between them is untouched
+  auto again = cache->take(3 * mib);  // a discarded range is reused, its pages faulted in afresh
+  CHECK(again.data_ptr() == slab_start);
+  again.fill_(2);
+  CHECK(again.sum().item<double>() == 6.0 * mib);
   cache->check();
 }
 

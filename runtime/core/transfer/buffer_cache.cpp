@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -187,6 +189,8 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
   auto buffer = try_take(bytes);
   if (buffer.defined())
     return buffer;
+  if (options_.discard_free_pages_on_overflow)
+    discard_free_pages();
   // No slab can hold it within the limit: memory of its own, freed when it goes.
   auto raw = options_.source(bytes);
   ++overflows_;
@@ -205,6 +209,22 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
       }
     },
     raw.options());
+}
+
+// Under the lock: no range can be carved (and written) while its pages are given back.
+void buffer_cache::discard_free_pages() {
+  static const auto page = static_cast<bytes_t>(::sysconf(_SC_PAGESIZE));
+  std::lock_guard<std::mutex> guard{mutex_};
+  for (const auto& [id, s] : slabs_) {
+    auto* base = static_cast<char*>(s->memory.data_ptr());
+    const auto start = reinterpret_cast<std::uintptr_t>(base);
+    for (const auto& [offset, size] : s->free) {
+      auto from = round_up(start + offset, page);
+      auto to = (start + offset + size) / page * page;
+      if (to > from && ::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED) == 0)
+        discarded_bytes_ += to - from;
+    }
+  }
 }
 
 bytes_t buffer_cache::live_bytes() const {
