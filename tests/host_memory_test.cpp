@@ -215,8 +215,13 @@ TEST_CASE("a buffer outlives its cache and keeps its memory") {
 }
 
 TEST_CASE("after any sequence of takes and frees, buffers never overlap and free ranges tile the rest of the slabs") {
-  // Each buffer holds its own byte; a buffer that shared memory with another would lose it.
-  auto cache = std::make_shared<buffer_cache>(buffer_cache_options{8 << 20, pageable_slab, false, 2 << 20});
+  // Each buffer holds its own byte; a buffer that shared memory with another would lose it, and so would
+  // one whose pages an overflow gave back. Slabs of 2 MiB (huge-page aligned) and of a size that is no
+  // whole number of pages (from the CPU allocator: their start is not page-aligned either).
+  const bytes_t max_slab = GENERATE(bytes_t{2} << 20, (bytes_t{1} << 20) + 1536);
+  auto options = buffer_cache_options{8 << 20, pageable_slab, false, max_slab};
+  options.discard_free_pages_on_overflow = true;
+  auto cache = std::make_shared<buffer_cache>(options);
   std::mt19937 random{20261128};
   std::vector<std::pair<at::Tensor, uint8_t>> live;
   uint8_t next_mark = 1;
@@ -240,6 +245,8 @@ TEST_CASE("after any sequence of takes and frees, buffers never overlap and free
   for (auto& [buffer, mark] : live)
     CHECK((buffer == mark).all().item<bool>());
   CHECK(cache->reuses() > cache->allocations());
+  CHECK(cache->overflows() > 0);        // the sequence does overflow,
+  CHECK(cache->discarded_bytes() > 0);  // and gives free pages back around live buffers
 }
 
 TEST_CASE("buffers taken and freed on several threads at once keep the books straight") {

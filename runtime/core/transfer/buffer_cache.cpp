@@ -190,7 +190,7 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
   if (buffer.defined())
     return buffer;
   if (options_.discard_free_pages_on_overflow)
-    discard_free_pages();
+    discard_free_pages(bytes);
   // No slab can hold it within the limit: memory of its own, freed when it goes.
   auto raw = options_.source(bytes);
   ++overflows_;
@@ -211,20 +211,22 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
     raw.options());
 }
 
-// Under the lock: no range can be carved (and written) while its pages are given back.
-void buffer_cache::discard_free_pages() {
+// Largest free ranges first, until `wanted` bytes are given back (or none is left); whole pages inside
+// each range only. Under the lock: no range can be carved (and written) while its pages go. A range given
+// back before and not used since is advised again: cheap, as it has no pages left.
+void buffer_cache::discard_free_pages(bytes_t wanted) {
   static const auto page = static_cast<bytes_t>(::sysconf(_SC_PAGESIZE));
   std::lock_guard<std::mutex> guard{mutex_};
-  for (const auto& [id, s] : slabs_) {
-    auto* base = static_cast<char*>(s->memory.data_ptr());
-    const auto start = reinterpret_cast<std::uintptr_t>(base);
-    for (const auto& [offset, size] : s->free) {
-      auto from = round_up(start + offset, page);
-      auto to = (start + offset + size) / page * page;
-      if (to > from && ::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED) == 0)
-        discarded_bytes_ += to - from;
-    }
+  bytes_t given = 0;
+  for (auto r = free_by_size_.rbegin(); r != free_by_size_.rend() && given < wanted; ++r) {
+    const auto& [size, id, offset] = *r;
+    const auto start = reinterpret_cast<std::uintptr_t>(slabs_.at(id)->memory.data_ptr());
+    auto from = round_up(start + offset, page);
+    auto to = (start + offset + size) / page * page;
+    if (to > from && ::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED) == 0)
+      given += to - from;
   }
+  discarded_bytes_ += given;
 }
 
 bytes_t buffer_cache::live_bytes() const {

@@ -19,9 +19,10 @@
 //  - An overflow is mostly fragmentation: the tier's budget says the request fits (the buffers in use
 //    plus it are within the limit), but no free range is large enough. Measured in the default sample:
 //    1 to 4 a run, 98 to 393 MB, which put its peak resident memory up to 32 % over its budgets. So
-//    before it takes memory of its own, `take` gives the pages of the free ranges back to the kernel
-//    (MADV_DONTNEED on pageable slabs; `discarded_bytes`): what is resident stays within the limit, and
-//    those pages are faulted in again, zeroed, when next used.
+//    before it takes memory of its own, `take` gives back to the kernel the pages of free ranges, the
+//    largest first, as many bytes as it is about to take (MADV_DONTNEED, pageable slabs only, opted in
+//    by `discard_free_pages_on_overflow`): what is resident stays within the limit, and those pages are
+//    faulted in again, zeroed, when next used (nothing reads a buffer before writing it).
 //  - Pinned slabs are powers of two: LibTorch's pinned allocator rounds every block up to one, so that is
 //    what pinning costs. Carving buffers out of them is what keeps a pinned budget byte-exact: a 600 MiB
 //    load buffer pinned on its own costs a 1 GiB block, and five 96 KiB buffers pinned one by one need
@@ -63,9 +64,10 @@ struct buffer_cache_options {
   /// pinned allocator keeps a freed block pinned for reuse, so a slab let go and another of a different
   /// size would together be pinned beyond the budget.
   bool release_idle_slabs = true;
-  /// Whether an overflow first gives back the pages of the slabs' free ranges. Not for pinned memory,
-  /// which must stay resident.
-  bool discard_free_pages_on_overflow = true;
+  /// Whether an overflow first gives back pages of the slabs' free ranges. Only for pageable memory:
+  /// pinned memory must stay resident (for memory pinned with cudaHostRegister, MADV_DONTNEED would
+  /// give the CPU fresh pages while the GPU still uses the old ones).
+  bool discard_free_pages_on_overflow = false;
 };
 
 class buffer_cache : public std::enable_shared_from_this<buffer_cache> {
@@ -73,8 +75,14 @@ public:
   static constexpr bytes_t alignment = 512;
 
   explicit buffer_cache(buffer_cache_options options);
-  /// Pageable slabs within `limit_bytes`.
-  explicit buffer_cache(bytes_t limit_bytes) : buffer_cache(buffer_cache_options{limit_bytes}) {}
+  /// Pageable slabs within `limit_bytes`, which an overflow gives back pages of.
+  explicit buffer_cache(bytes_t limit_bytes) : buffer_cache(pageable(limit_bytes)) {}
+  static buffer_cache_options pageable(bytes_t limit_bytes) {
+    buffer_cache_options o;
+    o.limit_bytes = limit_bytes;
+    o.discard_free_pages_on_overflow = true;
+    return o;
+  }
 
   /// A byte buffer of `bytes` from a slab, or, where no slab can hold it within the limit, one of its own
   /// (uncached: freed when it goes). It comes back to the cache when the last tensor viewing it goes.
@@ -92,7 +100,7 @@ public:
   uint64_t reuses() const { return reuses_; }          // buffers carved from slabs that were already there
   uint64_t allocations() const { return allocations_; } // fresh memory: slabs and overflows
   uint64_t overflows() const { return overflows_; }
-  uint64_t discarded_bytes() const { return discarded_bytes_; }  // pages of free ranges given back
+  uint64_t discarded_bytes() const { return discarded_bytes_; }  // pages of free ranges advised away
   size_t slab_count() const;
 
   /// Checks the bookkeeping (free ranges cover exactly what no buffer uses, merged, indexed); throws
@@ -111,7 +119,7 @@ private:
   using range_key = std::tuple<bytes_t, uint64_t, bytes_t>;
 
   at::Tensor carve_locked(slab& s, bytes_t offset, bytes_t range, bytes_t aligned, bytes_t bytes);
-  void discard_free_pages();
+  void discard_free_pages(bytes_t wanted);
   void give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, bytes_t bytes);
   /// The size of a new slab for a request of `aligned` bytes with `room` left under the limit; 0: none fits.
   bytes_t new_slab_size(bytes_t aligned, bytes_t room) const;
