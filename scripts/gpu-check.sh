@@ -57,6 +57,7 @@ tail -4 "$out/gpu-tests.txt"
 {
   step "gpu_transfer_bench" 120 ./bench/gpu_transfer_bench --mib "$mib" --json "$out/gpu-bench.json"
   step "accelerator_stream_bench" 45 ./bench/accelerator_stream_bench
+  step "multi_device_bench on CUDA" 45 ./bench/multi_device_bench --device cuda --mib 1024
 } > "$out/gpu-bench.txt" 2>&1
 cat "$out/gpu-bench.txt"
 step "the Python package" 90 ctest -L python --output-on-failure -V > "$out/python.txt" 2>&1
