@@ -351,6 +351,8 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       auto s = self->state.tier->stats();
       s.streamed_bytes = self->state.streamed_bytes->load();
       s.allocator_cached_bytes = self->state.config.backend->cached_bytes();
+      s.allocator_overflow_bytes = self->state.config.backend->overflow_bytes();
+      s.allocator_overflows = self->state.config.backend->overflows();
       return s;
     },
     [self](shutdown_atom) -> caf::result<void> {

@@ -295,6 +295,8 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
         s.pageable_fallbacks = m.pageable_fallbacks;
         s.pageable_fallback_bytes = m.pageable_fallback_bytes;
         s.host_cached_bytes = m.cached_bytes;
+        s.host_overflow_bytes = m.overflow_bytes;
+        s.host_overflows = m.overflows;
       }
       return s;
     },

@@ -48,6 +48,8 @@ struct ram_stats {
   std::uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
   bytes_t host_cached_bytes = 0;        // host slab bytes (pinned and pageable) no buffer uses: kept for reuse
+  bytes_t host_overflow_bytes = 0;      // host buffers in use outside the slabs: held beyond the RAM budget
+  std::uint64_t host_overflows = 0;     // host buffers no slab could hold (Note [Reuse, do not re-fault])
 };
 
 /// One device tier (a GPU, a simulated GPU, or the CPU pin tier).
@@ -86,6 +88,8 @@ struct device_stats {
   std::uint64_t waiting_now = 0;
   std::uint64_t timeouts = 0;
   bytes_t allocator_cached_bytes = 0;  // freed device memory the backend keeps for reuse, beyond used_bytes
+  bytes_t allocator_overflow_bytes = 0;  // a simulated device's buffers in use outside its slabs (beyond budget)
+  std::uint64_t allocator_overflows = 0; // of those, in all
 };
 
 /// What placement sees of one device for one model (the answer to a `place` query).

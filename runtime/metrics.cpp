@@ -49,6 +49,8 @@ const metric<ram_stats> ram_metrics[] = {
   {"pageable_fallbacks_total", "counter", "Host buffers that wanted pinning and got pageable memory.", MCACHE_FIELD(ram_stats, pageable_fallbacks)},
   {"pageable_fallback_bytes_total", "counter", "Bytes of those buffers.", MCACHE_FIELD(ram_stats, pageable_fallback_bytes)},
   {"host_cached_bytes", "gauge", "Host slab memory (pinned and pageable) no buffer uses, kept for reuse.", MCACHE_FIELD(ram_stats, host_cached_bytes)},
+  {"host_overflow_bytes", "gauge", "Host buffers in use that no slab held: memory beyond the RAM budget.", MCACHE_FIELD(ram_stats, host_overflow_bytes)},
+  {"host_overflows_total", "counter", "Host buffers that no slab could hold.", MCACHE_FIELD(ram_stats, host_overflows)},
 };
 
 const metric<device_stats> device_metrics[] = {
@@ -81,6 +83,8 @@ const metric<device_stats> device_metrics[] = {
   {"waits_total", "counter", "Pin requests that waited for room.", MCACHE_FIELD(device_stats, waits)},
   {"timeouts_total", "counter", "Pin requests that failed at their deadline.", MCACHE_FIELD(device_stats, timeouts)},
   {"allocator_cached_bytes", "gauge", "Freed device memory the backend keeps for reuse, beyond used_bytes.", MCACHE_FIELD(device_stats, allocator_cached_bytes)},
+  {"allocator_overflow_bytes", "gauge", "A simulated device's buffers in use that no slab held: beyond its budget.", MCACHE_FIELD(device_stats, allocator_overflow_bytes)},
+  {"allocator_overflows_total", "counter", "A simulated device's buffers that no slab could hold.", MCACHE_FIELD(device_stats, allocator_overflows)},
 };
 
 #undef MCACHE_FIELD

@@ -349,14 +349,17 @@ int main(int argc, char** argv) {
   row("cpu", st.cpu);
   std::printf("\n(RAM: loads are from the loader, 'moved' is bytes loaded; devices: loads are copies in, 'moved' is "
               "bytes copied; the CPU tier pins in place and copies nothing)\n");
-  std::printf("RAM reloads after eviction: %llu; freed load buffers kept for reuse: %s MiB\n",
-              (unsigned long long) st.ram.reloads, mib(st.ram.host_cached_bytes).c_str());
+  std::printf("RAM reloads after eviction: %llu; freed load buffers kept for reuse: %s MiB; buffers no slab "
+              "could hold (beyond the budget while in use): %llu\n",
+              (unsigned long long) st.ram.reloads, mib(st.ram.host_cached_bytes).c_str(),
+              (unsigned long long) st.ram.host_overflows);
   for (size_t d = 0; d < st.devices.size(); ++d)
     std::printf("dev %zu: %llu partial loads, %s MiB streamed through staging, %llu partial evictions, "
-                "%s MiB kept for reuse\n",
+                "%s MiB kept for reuse, %llu buffers no slab could hold\n",
                 d, (unsigned long long) st.devices[d].partial_loads, mib(st.devices[d].streamed_bytes).c_str(),
                 (unsigned long long) st.devices[d].partial_evictions,
-                mib(st.devices[d].allocator_cached_bytes).c_str());
+                mib(st.devices[d].allocator_cached_bytes).c_str(),
+                (unsigned long long) st.devices[d].allocator_overflows);
   std::printf("wall time %.0f ms; leases still held: %llu; pins still held: %llu\n", wall,
               (unsigned long long) st.ram.leases_active,
               (unsigned long long) (st.cpu.pins_active + [&] {

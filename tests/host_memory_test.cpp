@@ -158,6 +158,32 @@ TEST_CASE("slabs never pass the limit: a request that no slab can hold gets memo
   cache->check();
 }
 
+TEST_CASE("a request that passes the limit only with buffers on their way back waits for them instead of taking memory of its own") {
+  using namespace std::chrono_literals;
+  for (bool waits : {true, false}) {
+    auto options = buffer_cache::pageable(4 << 20);
+    options.max_slab_bytes = 4 << 20;
+    options.return_wait = waits ? 2000ms : 0ms;
+    auto cache = std::make_shared<buffer_cache>(options);
+    auto evicted = cache->take(3 << 20);  // its tier has let go of it, but it has not come back yet
+    auto* where = evicted.data_ptr();
+    std::thread freeing{[&] {
+      std::this_thread::sleep_for(50ms);
+      evicted = at::Tensor();
+    }};
+    auto load = cache->take(3 << 20);
+    freeing.join();
+    INFO("return_wait " << (waits ? "2 s" : "0"));
+    CHECK(cache->overflows() == (waits ? 0u : 1u));
+    CHECK(cache->overflow_bytes() == (waits ? 0u : 3u << 20));
+    CHECK(cache->return_waits() == (waits ? 1u : 0u));
+    CHECK((load.data_ptr() == where) == waits);
+    load = at::Tensor();
+    CHECK(cache->overflow_bytes() == 0);
+    cache->check();
+  }
+}
+
 TEST_CASE("a request that finds the free bytes but no range large enough gives the free ranges' pages back before it takes memory of its own") {
   constexpr bytes_t mib = 1 << 20;
   auto cache = std::make_shared<buffer_cache>(8 * mib);  // one slab of 8 MiB

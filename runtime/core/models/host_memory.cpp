@@ -13,6 +13,12 @@ namespace mcache {
 
 namespace {
 thread_local std::shared_ptr<host_memory> current;
+
+buffer_cache_options pageable_options(bytes_t limit_bytes) {
+  auto o = buffer_cache::pageable(limit_bytes);
+  o.return_wait = runtime_return_wait;  // an evicted copy is freed on a loader thread: wait for it
+  return o;
+}
 }
 
 at::Tensor pinned_slab(bytes_t bytes) {
@@ -24,8 +30,8 @@ host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_byt
     // LibTorch's pinned allocator rounds each block up to a power of two: slabs are powers of two.
     pinned_cache_(std::make_shared<buffer_cache>(buffer_cache_options{
       pinned_budget_bytes, std::move(pinned_source), /*power_of_two_slabs=*/true, bytes_t{1} << 30,
-      /*release_idle_slabs=*/false, /*discard_free_pages_on_overflow=*/false})),
-    pageable_cache_(std::make_shared<buffer_cache>(buffer_cache::pageable(pageable_cache_bytes))) {}
+      /*release_idle_slabs=*/false, /*discard_free_pages_on_overflow=*/false, runtime_return_wait})),
+    pageable_cache_(std::make_shared<buffer_cache>(pageable_options(pageable_cache_bytes))) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {
   current = std::move(memory);
@@ -83,6 +89,8 @@ host_memory_stats host_memory::stats() const {
   s.pageable_fallbacks = fallbacks_.load();
   s.pageable_fallback_bytes = fallback_bytes_.load();
   s.cached_bytes = pinned_cache_->cached_bytes() + pageable_cache_->cached_bytes();
+  s.overflow_bytes = pinned_cache_->overflow_bytes() + pageable_cache_->overflow_bytes();
+  s.overflows = pinned_cache_->overflows() + pageable_cache_->overflows();
   return s;
 }
 

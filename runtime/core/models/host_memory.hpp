@@ -33,6 +33,8 @@ struct host_memory_stats {
   uint64_t pageable_fallbacks = 0; // buffers that wanted pinning and got pageable memory
   bytes_t pageable_fallback_bytes = 0;
   bytes_t cached_bytes = 0;        // slab bytes (pinned and pageable) not in use: kept for reuse
+  bytes_t overflow_bytes = 0;      // buffers in use that no slab held (beyond the limits)
+  uint64_t overflows = 0;
 };
 
 /// Pinned memory from LibTorch's pinned allocator; throws where this LibTorch cannot pin.

@@ -119,6 +119,16 @@ void buffer_cache::give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, 
   carved_ -= aligned;
   live_ -= bytes;
   add_free_locked(s, offset, aligned);
+  returned_.notify_all();
+}
+
+at::Tensor buffer_cache::carve_best_fit_locked(bytes_t aligned, bytes_t bytes) {
+  auto fit = free_by_size_.lower_bound({aligned, 0, 0});
+  if (fit == free_by_size_.end())
+    return {};
+  auto [range, id, offset] = *fit;
+  ++reuses_;
+  return carve_locked(*slabs_.at(id), offset, range, aligned, bytes);
 }
 
 std::vector<at::Tensor> buffer_cache::release_idle_locked(bytes_t aligned) {
@@ -147,12 +157,15 @@ at::Tensor buffer_cache::try_take(bytes_t bytes) {
   std::vector<at::Tensor> released;  // freed after the lock is let go (declared first: destroyed last)
   bytes_t size = 0;
   {
-    std::lock_guard<std::mutex> guard{mutex_};
-    auto fit = free_by_size_.lower_bound({aligned, 0, 0});
-    if (fit != free_by_size_.end()) {
-      auto [range, id, offset] = *fit;
-      ++reuses_;
-      return carve_locked(*slabs_.at(id), offset, range, aligned, bytes);
+    std::unique_lock<std::mutex> guard{mutex_};
+    if (auto buffer = carve_best_fit_locked(aligned, bytes); buffer.defined())
+      return buffer;
+    // Buffers on their way back (Note [Reuse, do not re-fault]): wait for them, then look again.
+    if (live_ + bytes > options_.limit_bytes && options_.return_wait.count() > 0) {
+      ++return_waits_;
+      returned_.wait_for(guard, options_.return_wait, [&] { return live_ + bytes <= options_.limit_bytes; });
+      if (auto buffer = carve_best_fit_locked(aligned, bytes); buffer.defined())
+        return buffer;
     }
     if (held_ > options_.limit_bytes)
       return {};
@@ -198,6 +211,7 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
   {
     std::lock_guard<std::mutex> guard{mutex_};
     live_ += bytes;
+    overflowing_ += bytes;
   }
   std::weak_ptr<buffer_cache> cache = shared_from_this();
   return at::from_blob(
@@ -206,6 +220,8 @@ at::Tensor buffer_cache::take(bytes_t bytes) {
       if (auto c = cache.lock()) {
         std::lock_guard<std::mutex> guard{c->mutex_};
         c->live_ -= bytes;
+        c->overflowing_ -= bytes;
+        c->returned_.notify_all();
       }
     },
     raw.options());
@@ -232,6 +248,11 @@ void buffer_cache::discard_free_pages(bytes_t wanted) {
 bytes_t buffer_cache::live_bytes() const {
   std::lock_guard<std::mutex> guard{mutex_};
   return live_;
+}
+
+bytes_t buffer_cache::overflow_bytes() const {
+  std::lock_guard<std::mutex> guard{mutex_};
+  return overflowing_;
 }
 
 bytes_t buffer_cache::slab_bytes() const {

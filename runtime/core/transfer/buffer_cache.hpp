@@ -23,6 +23,15 @@
 //    largest first, as many bytes as it is about to take (MADV_DONTNEED, pageable slabs only, opted in
 //    by `discard_free_pages_on_overflow`): what is resident stays within the limit, and those pages are
 //    faulted in again, zeroed, when next used (nothing reads a buffer before writing it).
+//  - A request that passes the limit together with the buffers in use is different: its tier has
+//    already let go of some of them (it evicted a model), but they are on their way back. The RAM tier
+//    frees an evicted copy on a loader thread, and a load on the other loader thread may ask for its
+//    buffer first. Measured in the default sample: a 328 MB load buffer asked for while 1545 MB of a
+//    1597 MB limit were still out, in about 1 run of 8; it overflowed and put the run's peak resident
+//    memory at 3.2 GB against 2.9 GB. So such a request waits for buffers to come back, up to
+//    `return_wait` (they came back within 0.1 to 3.4 ms here), before it overflows; a pinned request
+//    that did not wait would fall back to pageable memory and copy to the GPU at a fraction of the
+//    link's speed.
 //  - Pinned slabs are powers of two: LibTorch's pinned allocator rounds every block up to one, so that is
 //    what pinning costs. Carving buffers out of them is what keeps a pinned budget byte-exact: a 600 MiB
 //    load buffer pinned on its own costs a 1 GiB block, and five 96 KiB buffers pinned one by one need
@@ -36,6 +45,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -68,7 +79,13 @@ struct buffer_cache_options {
   /// pinned memory must stay resident (for memory pinned with cudaHostRegister, MADV_DONTNEED would
   /// give the CPU fresh pages while the GPU still uses the old ones).
   bool discard_free_pages_on_overflow = false;
+  /// How long a request waits for buffers on their way back before it overflows (or `try_take` gives up),
+  /// when the buffers in use plus it pass the limit: see Note [Reuse, do not re-fault]. 0: never waits.
+  std::chrono::milliseconds return_wait{0};
 };
+
+/// The runtime's caches wait this long for buffers on their way back (`return_wait`).
+inline constexpr std::chrono::milliseconds runtime_return_wait{100};
 
 class buffer_cache : public std::enable_shared_from_this<buffer_cache> {
 public:
@@ -100,6 +117,9 @@ public:
   uint64_t reuses() const { return reuses_; }          // buffers carved from slabs that were already there
   uint64_t allocations() const { return allocations_; } // fresh memory: slabs and overflows
   uint64_t overflows() const { return overflows_; }
+  /// Bytes of overflow buffers in use now: memory held beyond the slabs, so beyond the limit.
+  bytes_t overflow_bytes() const;
+  uint64_t return_waits() const { return return_waits_; }  // requests that waited for buffers to come back
   uint64_t discarded_bytes() const { return discarded_bytes_; }  // pages of free ranges advised away
   size_t slab_count() const;
 
@@ -118,6 +138,8 @@ private:
   /// Free ranges of all slabs, best fit first: (size, slab id, offset).
   using range_key = std::tuple<bytes_t, uint64_t, bytes_t>;
 
+  /// Carves a buffer from the best-fitting free range, if one is large enough.
+  at::Tensor carve_best_fit_locked(bytes_t aligned, bytes_t bytes);
   at::Tensor carve_locked(slab& s, bytes_t offset, bytes_t range, bytes_t aligned, bytes_t bytes);
   void discard_free_pages(bytes_t wanted);
   void give_back(uint64_t slab_id, bytes_t offset, bytes_t aligned, bytes_t bytes);
@@ -131,13 +153,15 @@ private:
 
   buffer_cache_options options_;
   mutable std::mutex mutex_;
+  std::condition_variable returned_;  // a buffer came back (see return_wait)
   std::map<uint64_t, std::shared_ptr<slab>> slabs_;
   std::set<range_key> free_by_size_;
   uint64_t next_slab_id_ = 1;
   bytes_t held_ = 0;      // slab bytes, including slabs being allocated outside the lock
   bytes_t live_ = 0;      // bytes asked of buffers in use
   bytes_t carved_ = 0;    // aligned bytes of buffers in use from slabs
-  std::atomic<uint64_t> reuses_{0}, allocations_{0}, overflows_{0}, discarded_bytes_{0};
+  bytes_t overflowing_ = 0;  // bytes of overflow buffers in use
+  std::atomic<uint64_t> reuses_{0}, allocations_{0}, overflows_{0}, discarded_bytes_{0}, return_waits_{0};
 };
 
 } // namespace mcache

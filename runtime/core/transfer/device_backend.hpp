@@ -66,6 +66,10 @@ public:
   virtual c10::Device torch_device() const { return c10::Device(c10::DeviceType::CPU); }
   /// Bytes the backend holds for reuse beyond what the tier counts (freed blocks kept by an allocator).
   virtual bytes_t cached_bytes() const { return 0; }
+  /// Where the backend has a budgeted cache of its own (the simulated device): bytes of buffers in use that
+  /// no slab held, and how many such buffers there were.
+  virtual bytes_t overflow_bytes() const { return 0; }
+  virtual uint64_t overflows() const { return 0; }
   /// The caller is done with `view` (its pin ends) once the work enqueued so far on `used_on` and on the
   /// calling thread's current stream has run: keep the memory from being reused before then. Nothing to
   /// do without streams.
