@@ -2,6 +2,7 @@
 
 #include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
+#include "messages/waits.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -250,7 +251,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
     }
   self->state.tier->pin(std::move(r), wait > caf::timespan::zero(), fx);
   apply(self, fx);
-  if (self->state.requests.is_open(id) && wait != caf::timespan::max())
+  if (self->state.requests.is_open(id) && !waits_forever(wait))
     self->delayed_send(caf::actor_cast<device_actor>(self), wait, expire_atom::value, id);
 }
 

@@ -2,6 +2,7 @@
 
 #include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
+#include "messages/waits.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -118,7 +119,7 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
 // zero-delay expiry would fail it before its precheck could run).
 void arm_deadline(self_ptr self, request_id id, caf::timespan wait) {
   bool open = self->state.requests.is_open(id) || self->state.groups.is_open(id);
-  if (open && wait > caf::timespan::zero() && wait != caf::timespan::max())
+  if (open && wait > caf::timespan::zero() && !waits_forever(wait))
     self->delayed_send(caf::actor_cast<ram_cache_actor>(self), wait, expire_atom::value, id);
 }
 

@@ -97,6 +97,8 @@ struct placement_view {
   device_index device = 0;
   bytes_t free_bytes = 0;            // usable bytes not in use now (room could also be made by evicting)
   bytes_t model_resident_bytes = 0;  // bytes of the model already on this device
+  bytes_t usable_bytes = 0;          // the most it can ever give: its budget less its reserve
+  bool partial_loading = true;       // whether it loads what fits of a model and streams the rest
 };
 
 /// Who holds a claim on a model, and for how long (the `status` message; names come from the runtime).

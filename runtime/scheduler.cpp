@@ -1,6 +1,7 @@
 #include "runtime/scheduler.hpp"
 
 #include "actors/scheduler_actor.hpp"
+#include "messages/waits.hpp"
 #include "runtime/core/format.hpp"
 #include "runtime/runtime.hpp"
 
@@ -43,9 +44,11 @@ stage_context::stage_context(job_id job, std::size_t stage, device_index device,
 
 stage_context::~stage_context() = default;
 
+// A stage's models are named as its plan names them (registered ids); its leases and pins carry the
+// generation each was submitted with ("unet#2" once "unet" was replaced). A job names a model once.
 const pin_handle& stage_context::pin(const model_id& model) const {
   for (const auto& p : pins_)
-    if (p.model() == model)
+    if (p.model() == model || registered_name(p.model()) == model)
       return p;
   throw request_error(failure{errc::invalid_argument, "stage " + std::to_string(stage_) + " of job "
                                                         + std::to_string(job_) + " has no model '" + model + "'"});
@@ -53,7 +56,7 @@ const pin_handle& stage_context::pin(const model_id& model) const {
 
 const host_model& stage_context::host(const model_id& model) const {
   for (const auto& l : leases_)
-    if (l.model == model)
+    if (l.model == model || registered_name(l.model) == model)
       return *l.payload;
   throw request_error(failure{errc::invalid_argument, "stage " + std::to_string(stage_) + " of job "
                                                         + std::to_string(job_) + " has no model '" + model + "'"});
@@ -63,18 +66,30 @@ const host_model& stage_context::host(const model_id& model) const {
 
 job_id job_handle::id() const { return shared_ ? shared_->id : 0; }
 
+namespace {
+void require_job(bool present) {
+  if (!present)
+    throw request_error(failure{errc::invalid_argument, "an empty job_handle (default-made or moved from) has no job"});
+}
+} // namespace
+
 job_status job_handle::status() const {
+  require_job(shared_ != nullptr);
   std::lock_guard<std::mutex> guard{shared_->mutex};
   return shared_->status;
 }
 
 job_status job_handle::wait() const {
+  require_job(shared_ != nullptr);
   std::unique_lock<std::mutex> lock{shared_->mutex};
   shared_->changed.wait(lock, [&] { return shared_->status.ended(); });
   return shared_->status;
 }
 
 std::optional<job_status> job_handle::wait_for(std::chrono::nanoseconds timeout) const {
+  require_job(shared_ != nullptr);
+  if (waits_forever(timeout))  // the condition variable adds it to now: near max() that sum overflows
+    return wait();
   std::unique_lock<std::mutex> lock{shared_->mutex};
   if (!shared_->changed.wait_for(lock, timeout, [&] { return shared_->status.ended(); }))
     return std::nullopt;
@@ -107,6 +122,22 @@ struct scheduler::impl {
     return dev.budget_bytes - dev.reserve_bytes;
   }
 
+  /// Why a stage could never run on device `d`, or nothing: its working memory passes what the device may
+  /// use, or, where the device loads no model in part, its models whole plus its working memory do (a
+  /// stage pins its models together, so one left waiting for room behind the others would wait for ever,
+  /// holding its device's pin turn). With partial loading a model takes what fits and streams the rest.
+  std::optional<std::string> unfit(const stage_spec& s, bytes_t models_bytes, device_index d) const {
+    auto room = usable(d);
+    auto on = d == cpu_device ? std::string{"the CPU"} : "device " + std::to_string(d);
+    if (s.working_bytes > room)
+      return "asks for " + format_bytes(s.working_bytes) + " of working memory; " + on + " has " + format_bytes(room);
+    bool whole = d != cpu_device && !rt->options().devices.at(static_cast<std::size_t>(d)).partial_loading;
+    if (whole && models_bytes + s.working_bytes > room)
+      return "needs " + format_bytes(models_bytes) + " of models and " + format_bytes(s.working_bytes)
+             + " of working memory at once on " + on + ", which has " + format_bytes(room) + " and loads no model in part";
+    return std::nullopt;
+  }
+
   /// Checks a plan against the catalog and the budgets; fills the order's view of it.
   queued_job validate(const job_spec& job) const {
     auto name = job.name.empty() ? std::string{"the job"} : "job '" + job.name + "'";
@@ -116,9 +147,11 @@ struct scheduler::impl {
       refuse(errc::invalid_argument, name + " has a negative deadline");
     queued_job q;
     q.priority = job.priority;
-    if (job.deadline)
+    if (job.deadline && !waits_forever(*job.deadline))
       q.deadline = std::chrono::steady_clock::now() + *job.deadline;
     std::optional<stage_target> home;  // the first stage that needs a GPU decides the worker
+    std::vector<std::pair<std::size_t, bytes_t>> any_gpu;  // stages for any GPU, with their models' bytes
+    std::optional<std::string> first_unfit;
     std::map<model_id, bytes_t> sizes;
     const auto devices = static_cast<device_index>(rt->device_count());
     for (std::size_t k = 0; k < job.stages.size(); ++k) {
@@ -145,19 +178,31 @@ struct scheduler::impl {
       if (total > rt->options().ram_budget_bytes)
         refuse(errc::model_too_large, where + "'s models need " + format_bytes(total) + " of RAM together; the RAM budget is "
                                         + format_bytes(rt->options().ram_budget_bytes));
-      bytes_t most = 0;
-      if (s.target.where == stage_target::kind::any_gpu)
-        for (device_index d = 0; d < devices; ++d)
-          most = std::max(most, usable(d));
-      else
-        most = usable(s.target.device);
-      if (s.working_bytes > most)
-        refuse(errc::model_too_large, where + " asks for " + format_bytes(s.working_bytes) + " of working memory; "
-                                        + "the most a device it may run on has is " + format_bytes(most));
+      if (s.target.where == stage_target::kind::any_gpu) {
+        any_gpu.push_back({k, total});  // decided below, once the job's device is known
+      } else if (auto why = unfit(s, total, s.target.device)) {
+        refuse(errc::model_too_large, where + " " + *why);
+      }
       if (!home && s.target.where != stage_target::kind::cpu)
         home = s.target;
     }
     q.target = home ? *home : stage_target::cpu();
+    // Stages for any GPU run on the job's device: the one it targets first, else its worker's (Note
+    // [Scheduling order]). A job never goes to a device where one of them could never fit.
+    for (device_index d = 0; d < devices; ++d) {
+      if (q.target.where == stage_target::kind::device && d != q.target.device)
+        continue;
+      for (const auto& [k, total] : any_gpu)
+        if (auto why = unfit(job.stages[k], total, d)) {
+          q.unfit_devices.insert(d);
+          if (!first_unfit)
+            first_unfit = name + ", stage " + std::to_string(k) + " " + *why;
+          break;
+        }
+    }
+    const auto candidates = q.target.where == stage_target::kind::device ? 1 : static_cast<std::size_t>(devices);
+    if (!any_gpu.empty() && q.unfit_devices.size() == candidates)
+      refuse(errc::model_too_large, *first_unfit + (candidates > 1 ? " (and fits no other device)" : ""));
     // Only models pinned on a GPU cost a copy: CPU stages' models count for their disk loads alone.
     q.models.clear();
     for (const auto& s : job.stages)

@@ -136,7 +136,8 @@ namespace detail {
 struct job_shared;
 }
 
-/// A submitted job. Copyable; every copy sees the same job.
+/// A submitted job. Copyable; every copy sees the same job. An empty handle (default-made) has no job:
+/// its `status`, `wait` and `wait_for` throw `request_error` (invalid_argument), and `cancel` does nothing.
 class job_handle {
 public:
   job_handle() = default;

@@ -53,6 +53,12 @@ lease& lease::operator=(lease&& other) noexcept {
   return *this;
 }
 
+const host_model& lease::host() const {
+  if (!grant_.payload)
+    throw request_error(failure{errc::invalid_lease, "host() of a released lease; acquire the model again"});
+  return *grant_.payload;
+}
+
 void lease::release() {
   grant_.payload.reset();
   token_.release();
@@ -106,6 +112,13 @@ void pin_handle::release() {
 
 pin_handle::~pin_handle() { end_use(); }
 
+const device_model& pin_handle::tensors() const {
+  if (!token_ || !grant_.view)
+    throw request_error(failure{errc::invalid_pin, "tensors of a released pin; pin the model again"});
+  note_stream();
+  return *grant_.view;
+}
+
 tensor_stream pin_handle::stream() const {
   note_stream();
   if (!token_)
@@ -117,7 +130,10 @@ tensor_stream pin_handle::stream() const {
 
 detail::release_thread_logger::~release_thread_logger() { caf::logger::set_current_actor_system(nullptr); }
 
-struct session::core {
+// A handle's release reaches its session through a weak reference: a handle that outlives its session
+// (a scoping mistake) finds it gone and does nothing, and that is right, since the session's actor
+// ended with the session and the tiers released everything it held then.
+struct session::core : std::enable_shared_from_this<session::core> {
   explicit core(runtime& r) : rt(&r), self(r.system()) {
     // The session may move to another thread and end there: this thread must not keep the reference.
     caf::logger::set_current_actor_system(nullptr);
@@ -142,7 +158,7 @@ struct session::core {
   caf::scoped_actor self;
 };
 
-session::session(runtime& rt) : core_(std::make_unique<core>(rt)) {}
+session::session(runtime& rt) : core_(std::make_shared<core>(rt)) {}
 session::session(session&&) noexcept = default;
 session::~session() = default;
 
@@ -160,7 +176,11 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
     .receive(
       [&](ram_lease& grant) {
         auto id = grant.lease;
-        result = lease{release_token{[c, id] { c->release(c->rt->ram_cache(), id); }}, std::move(grant)};
+        result = lease{release_token{[weak = c->weak_from_this(), id] {
+                          if (auto held = weak.lock())
+                            held->release(held->rt->ram_cache(), id);
+                        }},
+                        std::move(grant)};
       },
       [&](caf::error& e) { raise(e); });
   return result;
@@ -176,7 +196,11 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
       [&](std::vector<ram_lease>& grants) {
         for (auto& grant : grants) {
           auto id = grant.lease;
-          result.push_back(lease{release_token{[c, id] { c->release(c->rt->ram_cache(), id); }}, std::move(grant)});
+          result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
+                                   if (auto held = weak.lock())
+                                     held->release(held->rt->ram_cache(), id);
+                                 }},
+                                 std::move(grant)});
         }
       },
       [&](caf::error& e) { raise(e); });
@@ -198,7 +222,11 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
         auto slots = std::max<size_t>(2, grant.staging_slots);
         auto ring = std::make_shared<staging_ring>(grant.backend, slots,
                                                    grant.staging_bytes / slots);
-        result = pin_handle{release_token{[c, dev, id] { c->release(dev, id); }}, std::move(grant), std::move(ring)};
+        result = pin_handle{release_token{[weak = c->weak_from_this(), dev, id] {
+                               if (auto held = weak.lock())
+                                 held->release(dev, id);
+                             }},
+                             std::move(grant), std::move(ring)};
       },
       [&](caf::error& e) { raise(e); });
   return result;
@@ -216,7 +244,12 @@ pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,
     core_->self->request(rt.device(static_cast<device_index>(i)), caf::infinite, place_atom::value, l.model())
       .receive([&](placement_view& v) { views.push_back(v); }, [&](caf::error& e) { raise(e); });
   auto descriptor = rt.models().find_generation(l.model());
-  return pin(l, rt.placement().choose(descriptor ? *descriptor : model_descriptor{}, views), working_bytes, wait);
+  auto model = descriptor ? *descriptor : model_descriptor{};
+  if (!descriptor) {  // a retired generation: its bytes are the lease's
+    model.id = l.model();
+    model.bytes = l.bytes();
+  }
+  return pin(l, rt.placement().choose(model, working_bytes, views), working_bytes, wait);
 }
 
 bytes_t session::offload(device_index device, const model_id& model, bytes_t bytes) {

@@ -1,7 +1,8 @@
 #pragma once
 // A blocking client of the runtime with RAII handles: a `lease` releases itself, a `pin_handle` unpins
 // itself. A session is one CAF scoped actor: the holder of everything it acquires. Use it from one thread
-// at a time; handles must not outlive their session.
+// at a time. Handles should end with their session: one that outlives it releases nothing when it goes
+// (the session's end released everything it held), and must not be read. None may outlive the runtime.
 
 #include "messages/interfaces.hpp"
 #include "runtime/core/transfer/tensor_stream.hpp"
@@ -65,7 +66,8 @@ public:
   lease_id id() const { return grant_.lease; }
   const model_id& model() const { return grant_.model; }
   bytes_t bytes() const { return grant_.bytes; }
-  const host_model& host() const { return *grant_.payload; }
+  /// The host copy. Throws `request_error` (invalid_lease) once the lease is released or moved from.
+  const host_model& host() const;
   /// Ends the lease now. Throws `request_error` on failure (the handle is emptied either way).
   void release();
 
@@ -95,15 +97,10 @@ public:
   c10::Device torch_device() const;
   bytes_t resident_bytes() const { return grant_.resident_bytes; }
   bytes_t working_bytes() const { return grant_.working_bytes; }
-  /// The device copy of the tensor named `name` (undefined if there is none, or if it streams).
-  at::Tensor tensor(const std::string& name) const {
-    note_stream();
-    return grant_.view->find(name);
-  }
-  const device_model& tensors() const {
-    note_stream();
-    return *grant_.view;
-  }
+  /// The device copy of the tensor named `name` (undefined if there is none, or if it streams). Throws
+  /// `request_error` (invalid_pin) once the pin is released or moved from, as `tensors` and `stream` do.
+  at::Tensor tensor(const std::string& name) const { return tensors().find(name); }
+  const device_model& tensors() const;
   /// Whether some tensors are not resident and must be streamed (see `stream()`).
   bool partial() const { return grant_.partial(); }
   /// Streams the tensors in order, resident ones from the device copy, the rest through staging buffers
@@ -166,7 +163,7 @@ private:
   struct core;  // the runtime and the scoped actor; handles point here, so they survive a move
   caf::timespan wait_or_default(std::optional<std::chrono::nanoseconds> wait) const;
 
-  std::unique_ptr<core> core_;
+  std::shared_ptr<core> core_;  // shared with its handles' releases, weakly (see session.cpp)
 };
 
 } // namespace mcache

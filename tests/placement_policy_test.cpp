@@ -8,12 +8,32 @@ TEST_CASE("placement prefers where the model is resident, then its preferred dev
   resident_then_free_placement p;
   model_descriptor m;
   m.id = "m";
-  std::vector<placement_view> devices = {{0, 500, 0}, {1, 900, 0}, {2, 100, 0}};
-  CHECK(p.choose(m, devices) == 1);  // most free
+  m.bytes = 50;
+  std::vector<placement_view> devices = {{0, 500, 0, 1000}, {1, 900, 0, 1000}, {2, 100, 0, 1000}};
+  CHECK(p.choose(m, 0, devices) == 1);  // most free
   m.preferred_device = 2;
-  CHECK(p.choose(m, devices) == 2);  // preferred beats free
+  CHECK(p.choose(m, 0, devices) == 2);  // preferred beats free
   devices[0].model_resident_bytes = 10;
-  CHECK(p.choose(m, devices) == 0);  // already resident beats both: no copy
+  CHECK(p.choose(m, 0, devices) == 0);  // already resident beats both: no copy
   devices[1].model_resident_bytes = 20;
-  CHECK(p.choose(m, devices) == 1);  // the most of it resident
+  CHECK(p.choose(m, 0, devices) == 1);  // the most of it resident
+}
+
+TEST_CASE("placement never picks a device that could never hold the pin, even where the model is resident") {
+  resident_then_free_placement p;
+  model_descriptor m;
+  m.id = "m";
+  m.bytes = 600;
+  // Device 1 is small: the model is resident there, and it has the most free bytes, but 400 bytes of
+  // working memory pass what it may ever use.
+  std::vector<placement_view> devices = {{0, 100, 0, 1000}, {1, 300, 300, 350}};
+  CHECK(p.choose(m, 400, devices) == 0);
+  CHECK(p.choose(m, 0, devices) == 1);  // without working memory it could: partly resident, the rest streams
+  // A device that loads no model in part cannot hold more than its usable bytes of model and working memory.
+  devices[1] = {1, 900, 0, 900, false};
+  devices[0].free_bytes = 100;
+  CHECK(p.choose(m, 400, devices) == 0);  // 600 + 400 > 900
+  CHECK(p.choose(m, 200, devices) == 1);  // 600 + 200 fit: the most free
+  // Where none could, every device is a candidate (its tier refuses with model_too_large).
+  CHECK(p.choose(m, 5000, devices) == 1);
 }

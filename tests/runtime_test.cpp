@@ -206,6 +206,95 @@ TEST_CASE("pin_anywhere pins where the model already is, else on the device with
   CHECK(s.pin_anywhere(b, 4096).device() == 0);
 }
 
+TEST_CASE("pin_anywhere never picks a device that could never hold the pin, even one the model is resident on") {
+  auto o = small_options();  // device 0: 4 MiB, device 1: 2 MiB
+  o.devices[1].partial_loading = false;
+  runtime rt{o};
+  rt.models().add(synthetic_model("a", {mib_floats}));
+  rt.models().add(synthetic_model("big", {mib_floats, mib_floats, mib_floats / 2}));
+  auto s = rt.open_session();
+  auto a = s.acquire("a");
+  s.pin(a, 1).release();  // resident on device 1
+  CHECK(s.pin_anywhere(a).device() == 1);            // where it is: no copy
+  CHECK(s.pin_anywhere(a, 3 * mib).device() == 0);  // 3 MiB of working memory: more than device 1 has
+  auto big = s.acquire("big");  // 2.5 MiB whole, and device 1 loads nothing in part
+  s.offload(0, "a");
+  CHECK(s.pin_anywhere(big).device() == 0);
+}
+
+TEST_CASE("handles read after their release throw a typed error instead of reading freed memory") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  auto s = rt.open_session();
+  auto l = s.acquire("m");
+  auto p = s.pin(l, 0);
+  CHECK(p.tensor("t0").defined());
+  p.release();
+  CHECK(code_of([&] { (void)p.tensor("t0"); }) == errc::invalid_pin);
+  CHECK(code_of([&] { (void)p.tensors(); }) == errc::invalid_pin);
+  CHECK(code_of([&] { (void)p.stream(); }) == errc::invalid_pin);
+  auto moved = std::move(l);
+  CHECK(code_of([&] { (void)l.host(); }) == errc::invalid_lease);
+  CHECK(moved.host().find("t0").defined());
+  moved.release();
+  CHECK(code_of([&] { (void)moved.host(); }) == errc::invalid_lease);
+  CHECK(code_of([&] { (void)pin_handle{}.tensor("t0"); }) == errc::invalid_pin);
+}
+
+TEST_CASE("a handle that outlives its session does nothing when it goes: the session's end released what it held") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}));
+  lease l;
+  pin_handle p;
+  {
+    auto s = rt.open_session();
+    l = s.acquire("m");
+    p = s.pin(l, 0);
+  }
+  for (int i = 0; i < 200 && (rt.stats().ram.leases_active > 0 || rt.stats().devices[0].pins_active > 0); ++i)
+    std::this_thread::sleep_for(5ms);
+  CHECK(rt.stats().ram.leases_active == 0);
+  CHECK(rt.stats().devices[0].pins_active == 0);
+  CHECK_NOTHROW(p.release());
+  CHECK_NOTHROW(l = lease{});
+  auto s = rt.open_session();  // the runtime goes on as before
+  CHECK(s.pin(s.acquire("m"), 0).device() == 0);
+}
+
+TEST_CASE("a wait for room of nearly nanoseconds max lasts until room is made, not zero") {
+  auto o = small_options();  // device 1: 2 MiB
+  o.ram_budget_bytes = 3 * mib;
+  runtime rt{o};
+  rt.models().add(synthetic_model("a", {mib_floats, mib_floats}));
+  rt.models().add(synthetic_model("b", {mib_floats}));
+  rt.models().add(synthetic_model("c", {mib_floats}));
+  constexpr auto nearly_for_ever = std::chrono::nanoseconds::max() - 1s;
+  auto holder = rt.open_session();
+  auto waiter = rt.open_session();
+  auto a = holder.acquire("a");
+  auto c = holder.acquire("c");  // RAM is full, and all of it leased
+  auto a_on_1 = holder.pin(a, 1);  // so is device 1
+  auto later = [](auto& handle) {
+    return std::thread{[&handle] {
+      std::this_thread::sleep_for(200ms);
+      handle.release();
+    }};
+  };
+  auto started = std::chrono::steady_clock::now();
+  auto releasing_c = later(c);
+  lease b;
+  CHECK_NOTHROW(b = waiter.acquire("b", nearly_for_ever));
+  releasing_c.join();
+  CHECK(std::chrono::steady_clock::now() - started >= 150ms);
+  started = std::chrono::steady_clock::now();
+  auto unpinning_a = later(a_on_1);
+  pin_handle b_on_1;
+  CHECK_NOTHROW(b_on_1 = waiter.pin(b, 1, 0, nearly_for_ever));
+  unpinning_a.join();
+  CHECK(b_on_1.device() == 1);
+  CHECK(std::chrono::steady_clock::now() - started >= 150ms);
+}
+
 TEST_CASE("a pinned budget larger than the RAM budget is refused at start") {
   auto o = small_options();
   o.pinned_budget_bytes = o.ram_budget_bytes + 1;

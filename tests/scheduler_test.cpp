@@ -301,6 +301,97 @@ TEST_CASE("bad plans fail at submit with a typed error and queue nothing") {
   CHECK(sched.submit(one_stage({"a"}, [](stage_context&) {})).wait().state == job_state::done);
 }
 
+TEST_CASE("a stage whose models could never be on its device together is refused at submit, not left waiting") {
+  auto o = options(64 * kib, 10 * kib, 2);
+  o.devices[0].partial_loading = false;  // device 1 loads in part
+  runtime rt{o};
+  const std::vector<int64_t> six_tensors(6, kib_floats);  // 6 KiB in tensors of 1 KiB: they can stream
+  rt.models().add(synthetic_model("a", six_tensors));
+  rt.models().add(synthetic_model("b", six_tensors));
+  scheduler sched{rt};
+  auto both_on_0 = one_stage({"a", "b"}, [](stage_context&) {});
+  both_on_0.stages[0].target = stage_target::on(0);
+  CHECK(submit_error(sched, std::move(both_on_0)) == errc::model_too_large);
+  auto a_and_working_on_0 = one_stage({"a"}, [](stage_context&) {});
+  a_and_working_on_0.stages[0].target = stage_target::on(0);
+  a_and_working_on_0.stages[0].working_bytes = 5 * kib;
+  CHECK(submit_error(sched, std::move(a_and_working_on_0)) == errc::model_too_large);
+  // For any GPU, such a stage goes to device 1, where a model takes what fits and streams the rest.
+  auto both_anywhere = one_stage({"a", "b"}, [](stage_context& c) { CHECK(c.device() == 1); });
+  auto st = sched.submit(std::move(both_anywhere)).wait();
+  CHECK(st.state == job_state::done);
+  if (st.error)
+    FAIL_CHECK(st.error->detail);
+  o.devices[1].partial_loading = false;
+  runtime strict{o};
+  strict.models().add(synthetic_model("a", six_tensors));
+  strict.models().add(synthetic_model("b", six_tensors));
+  scheduler on_strict{strict};
+  CHECK(submit_error(on_strict, one_stage({"a", "b"}, [](stage_context&) {})) == errc::model_too_large);
+}
+
+TEST_CASE("a job for any GPU goes only to devices where its stages could fit, whichever worker is free first") {
+  auto o = options(64 * kib, 12 * kib, 2);
+  o.devices[1].budget_bytes = 4 * kib;  // too small for the jobs below
+  o.devices[1].partial_loading = false;
+  runtime rt{o};
+  rt.models().add(synthetic_model("m", {6 * kib_floats}));
+  rt.models().add(synthetic_model("small", {kib_floats}));
+  scheduler sched{rt};
+  std::vector<job_handle> jobs;
+  for (int i = 0; i < 6; ++i) {
+    jobs.push_back(sched.submit(one_stage({"m"}, [](stage_context& c) { CHECK(c.device() == 0); })));
+    auto working = one_stage({"small"}, [](stage_context& c) { CHECK(c.device() == 0); });
+    working.stages[0].working_bytes = 6 * kib;
+    jobs.push_back(sched.submit(std::move(working)));
+  }
+  for (auto& j : jobs) {
+    auto st = j.wait();
+    CHECK(st.state == job_state::done);
+    if (st.error)
+      FAIL_CHECK(st.error->detail);
+  }
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("after a model is replaced, a stage finds it by the name its plan gives") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  rt.replace_model(synthetic_model("a", {2 * kib_floats}));
+  scheduler sched{rt};
+  bytes_t pinned = 0, host = 0;
+  auto st = sched.submit(one_stage({"a"}, [&](stage_context& c) {
+    pinned = c.pin("a").tensors().device_bytes;
+    host = c.host("a").tensor_bytes();
+  })).wait();
+  CHECK(st.state == job_state::done);
+  CHECK(pinned == 2 * kib);
+  CHECK(host == 2 * kib);
+}
+
+TEST_CASE("a deadline of nanoseconds max means none, and an empty job handle says it has no job") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  for (auto deadline : {std::chrono::nanoseconds::max(), std::chrono::nanoseconds::max() - 1s}) {
+    auto j = one_stage({"a"}, [](stage_context&) { std::this_thread::sleep_for(20ms); });
+    j.deadline = deadline;
+    auto h = sched.submit(std::move(j));
+    CHECK(h.wait_for(std::chrono::nanoseconds::max())->state == job_state::done);
+  }
+  job_handle empty;
+  for (auto ask : std::vector<std::function<void()>>{[&] { (void)empty.status(); }, [&] { (void)empty.wait(); },
+                                                      [&] { (void)empty.wait_for(1ms); }}) {
+    try {
+      ask();
+      FAIL_CHECK("no request_error");
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+    }
+  }
+  empty.cancel();  // nothing to cancel: no effect
+}
+
 TEST_CASE("the timeline is valid Chrome trace JSON with a track per tier and worker and balanced events") {
   test::temp_dir dir;
   auto path = (dir.path() / "trace.json").string();

@@ -63,6 +63,10 @@ using descriptor_ptr = std::shared_ptr<const model_descriptor>;
 /// `replace` return the id of the generation they retire; the runtime tells every tier, which drops that
 /// generation's copies as soon as nothing holds them (ram_tier::retire, device_tier::retire).
 ///
+/// The id a generation was registered under: "unet" for "unet#3" and for "unet" itself. Callers name
+/// models by that id; leases and pins carry the generation's.
+inline model_id registered_name(const model_id& generation) { return generation.substr(0, generation.find('#')); }
+
 /// A thread-safe registry of model descriptors.
 class catalog {
 public:

@@ -33,7 +33,7 @@ bool job_queue::contains(job_id id) const {
 }
 
 bool job_queue::has_work_for(device_index device) const {
-  return std::any_of(jobs_.begin(), jobs_.end(), [&](const queued_job& q) { return q.target.allows(device); });
+  return std::any_of(jobs_.begin(), jobs_.end(), [&](const queued_job& q) { return q.runs_on(device); });
 }
 
 double job_queue::cost(const queued_job& job, device_index device, const residency_view& where,
@@ -60,7 +60,7 @@ std::optional<std::pair<std::vector<size_t>, size_t>> job_queue::choose(device_i
                                                                        const order_options& options) const {
   std::vector<size_t> eligible;  // positions in jobs_, in order
   for (size_t i = 0; i < jobs_.size(); ++i)
-    if (jobs_[i].target.allows(device))
+    if (jobs_[i].runs_on(device))
       eligible.push_back(i);
   if (eligible.empty())
     return std::nullopt;

@@ -3,7 +3,9 @@
 //
 // Note [Scheduling order]: when a worker of a device is free, `pick` chooses the job it runs next.
 //   - Only jobs whose first stage may run there are eligible: a stage targets one device, any GPU, or the
-//     CPU (the CPU tier's worker).
+//     CPU (the CPU tier's worker). A job whose stages for any GPU could never fit on a device (their
+//     models whole where it loads no model in part, plus their working memory) is not eligible there:
+//     `submit` lists those devices (`unfit_devices`), and refuses a job that fits on none.
 //   - Higher priority goes first; within a priority, arrival order.
 //   - `fifo` takes the first eligible job.
 //   - `warm_first` looks at the first W eligible jobs and takes the one whose first stage would move the
@@ -49,9 +51,15 @@ struct queued_job {
   int priority = 0;  // higher first
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   stage_target target;                               // of the stage it starts with
+  std::set<device_index> unfit_devices;              // where its stages could never fit: not run there
   std::vector<std::pair<model_id, bytes_t>> models;  // of that stage, with their bytes
   std::uint64_t arrival = 0;                         // set by push
   std::size_t passed_over = 0;
+
+  /// Whether a free worker of `worker_device` may take it (Note [Scheduling order]).
+  bool runs_on(device_index worker_device) const {
+    return target.allows(worker_device) && !unfit_devices.count(worker_device);
+  }
 };
 
 /// Where models are, as the scheduler last saw it.
