@@ -48,19 +48,24 @@ struct run_figures {
   long minor_faults = 0;
   double peak_rss_mib = 0;
   int status = 0;
-  std::string output;
+  std::string output;  // its standard output
+  std::string log;     // its standard error (shown if it fails)
 };
 
 double seconds(const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; }
 
-/// Runs `child` in a forked process (its stdout captured) and returns what wait4 reports of it.
+/// Runs `child` in a forked process (its stdout captured, its stderr kept in a file) and returns what
+/// wait4 reports of it.
 template <class Child>
 run_figures run_child(Child child) {
   int out[2];
-  if (::pipe(out) != 0) {
-    std::perror("pipe");
+  char log_path[] = "/tmp/footprint_bench-XXXXXX";
+  int log = ::mkstemp(log_path);
+  if (::pipe(out) != 0 || log < 0) {
+    std::perror("pipe or mkstemp");
     std::exit(2);
   }
+  ::unlink(log_path);
   std::fflush(nullptr);  // else the child inherits, and writes again, what this process has buffered
   auto start = std::chrono::steady_clock::now();
   pid_t pid = ::fork();
@@ -70,9 +75,10 @@ run_figures run_child(Child child) {
   }
   if (pid == 0) {
     ::dup2(out[1], STDOUT_FILENO);
-    ::dup2(out[1], STDERR_FILENO);  // the sample's log lines too: shown if it fails
+    ::dup2(log, STDERR_FILENO);  // log lines apart: one in the middle of a table row would break parsing
     ::close(out[0]);
     ::close(out[1]);
+    ::close(log);
     child();
     std::_Exit(127);
   }
@@ -83,6 +89,10 @@ run_figures run_child(Child child) {
   while ((n = ::read(out[0], buffer.data(), buffer.size())) > 0)
     f.output.append(buffer.data(), static_cast<size_t>(n));
   ::close(out[0]);
+  ::lseek(log, 0, SEEK_SET);
+  while ((n = ::read(log, buffer.data(), buffer.size())) > 0)
+    f.log.append(buffer.data(), static_cast<size_t>(n));
+  ::close(log);
   rusage usage{};
   ::wait4(pid, &f.status, 0, &usage);
   f.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -121,9 +131,14 @@ void floor_child(const floor_work& w) {
   std::sort(files.begin(), files.end());
   const auto to_read = static_cast<size_t>(w.read_mib * (1 << 20));
   const auto room = std::min(bytes, static_cast<size_t>(w.ram_budget_mib * (1 << 20)));
-  constexpr size_t chunk = 64 << 20;
-  size_t read = 0, at = 0;
-  for (size_t i = 0; !files.empty() && read < to_read; i = (i + 1) % files.size()) {
+  const size_t chunk = std::min<size_t>(64 << 20, room);
+  size_t read = 0, at = 0, read_at_pass_start = 0, passes = 0;
+  for (size_t i = 0; chunk > 0 && !files.empty() && read < to_read; i = (i + 1) % files.size()) {
+    if (i == 0) {
+      if (passes++ > 0 && read == read_at_pass_start)
+        std::_Exit(5);  // a whole pass over the files read nothing
+      read_at_pass_start = read;
+    }
     int fd = ::open(files[i].c_str(), O_RDONLY);
     if (fd < 0)
       std::_Exit(4);
@@ -155,7 +170,9 @@ std::optional<floor_work> floor_of(const std::string& output) {
     return std::nullopt;
   floor_work w;
   w.ram_budget_mib = std::stod(sizes[1]);
-  w.budgets_mib = w.ram_budget_mib + std::stod(devices[1]) * std::stod(sizes[2]);
+  // A simulated device's memory is host memory; a GPU's is not, and is not in the RSS either.
+  const bool simulated = devices[2] == "simulated device";
+  w.budgets_mib = w.ram_budget_mib + (simulated ? std::stod(devices[1]) * std::stod(sizes[2]) : 0.0);
   w.read_mib = std::stod(loaded[1]);
   if (std::regex_search(output, folder, std::regex{R"(safetensors files in ([^,\n]+),)"}))
     w.folder = folder[1];
@@ -221,7 +238,7 @@ int main(int argc, char** argv) {
       std::perror("execv");
     });
     if (!WIFEXITED(s.status) || WEXITSTATUS(s.status) != 0) {
-      std::fprintf(stderr, "the sample failed (status %d):\n%s\n", s.status, s.output.c_str());
+      std::fprintf(stderr, "the sample failed (status %d):\n%s\n%s\n", s.status, s.output.c_str(), s.log.c_str());
       return 1;
     }
     auto work = floor_of(s.output);

@@ -5,6 +5,7 @@
 #include "actors/device_actor.hpp"
 #include "actors/ram_cache_actor.hpp"
 #include "messages/errors.hpp"
+#include "messages/waits.hpp"
 #include "runtime/core/format.hpp"
 #include "runtime/core/transfer/torch_backend.hpp"
 
@@ -202,6 +203,8 @@ bool runtime::shutdown(std::chrono::nanoseconds grace) {
   if (stopped_.exchange(true))
     return shutdown_clean_;
   // One deadline for the whole shutdown: each step gets what is left of the grace.
+  if (waits_forever(grace))  // now + grace would overflow near max(): a century is for ever here too
+    grace = std::chrono::hours(24 * 365 * 100);
   auto deadline = std::chrono::steady_clock::now() + grace;
   auto left = [&] {
     return std::max(std::chrono::nanoseconds{1}, std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -112,6 +112,12 @@ void pin_handle::release() {
 
 pin_handle::~pin_handle() { end_use(); }
 
+const staging_ring& pin_handle::staging() const {
+  if (!staging_)
+    throw request_error(failure{errc::invalid_pin, "staging() of a released pin"});
+  return *staging_;
+}
+
 const device_model& pin_handle::tensors() const {
   if (!token_ || !grant_.view)
     throw request_error(failure{errc::invalid_pin, "tensors of a released pin; pin the model again"});

@@ -107,8 +107,9 @@ public:
   /// with copies overlapping use. Use it while the pin is held.
   /// The pin's staging ring is allocated at the first stream and reused by the next ones (one at a time).
   tensor_stream stream() const;
-  /// The pin's staging ring (for stats and tests: how often it was allocated).
-  const staging_ring& staging() const { return *staging_; }
+  /// The pin's staging ring (for stats and tests: how often it was allocated). Throws `request_error`
+  /// (invalid_pin) once the pin is released.
+  const staging_ring& staging() const;
   const device_pin& grant() const { return grant_; }
   void release();
 

@@ -20,6 +20,7 @@
 #include <csignal>
 #include <fcntl.h>
 #include <fstream>
+#include <functional>
 #include <sys/wait.h>
 #include <thread>
 #include <unistd.h>
@@ -497,6 +498,21 @@ TEST_CASE("an exit message from a peer does not stop a node, and a kill (which C
   CHECK(a.n->serving());
   caf::anon_send_exit(c.node, caf::exit_reason::kill);
   CHECK(eventually([&] { return !a.n->serving(); }));
+}
+
+TEST_CASE("a router refuses timeouts of a century or more at start: its timers add them to now") {
+  for (auto set : std::vector<std::function<void(router_options&)>>{
+         [](router_options& o) { o.job_timeout = std::chrono::milliseconds::max(); },
+         [](router_options& o) { o.wait_for_node = std::chrono::hours(24 * 365 * 100); }}) {
+    auto o = to({{"127.0.0.1", 7000}});
+    set(o);
+    try {
+      router r{o};
+      FAIL("a router started with a timeout of a century or more");
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+    }
+  }
 }
 
 TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to reach such a node") {

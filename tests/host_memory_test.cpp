@@ -184,6 +184,37 @@ TEST_CASE("a request that passes the limit only with buffers on their way back w
   }
 }
 
+TEST_CASE("a request waits for buffers on their way back once, not again before one comes back, and never past a limit it cannot fit") {
+  using namespace std::chrono_literals;
+  auto options = buffer_cache::pageable(4 << 20);
+  options.max_slab_bytes = 4 << 20;
+  options.return_wait = 30ms;
+  auto cache = std::make_shared<buffer_cache>(options);
+  auto kept = cache->take(3 << 20);  // kept past its tier's release: it does not come back
+  auto small = cache->take(1 << 20);
+  auto first = cache->take(3 << 20);
+  CHECK(cache->return_waits() == 1);  // waited, nothing came back: an overflow
+  auto second = cache->take(3 << 20);
+  CHECK(cache->return_waits() == 1);  // not waited again
+  CHECK(cache->overflows() == 2);
+  first = at::Tensor();  // an overflow buffer going is no buffer coming back to a slab
+  auto third = cache->take(3 << 20);
+  CHECK(cache->return_waits() == 1);
+  small = at::Tensor();  // one came back: the next request that passes the limit waits again
+  auto fourth = cache->take(3 << 20);
+  CHECK(cache->return_waits() == 2);
+  auto too_large = cache->take(5 << 20);  // more than the limit: nothing could come back for it
+  CHECK(cache->return_waits() == 2);
+  auto nothing_cached = std::make_shared<buffer_cache>([] {
+    auto o = buffer_cache::pageable(0);
+    o.return_wait = 30ms;
+    return o;
+  }());
+  auto uncached = nothing_cached->take(1 << 20);
+  CHECK(nothing_cached->return_waits() == 0);
+  cache->check();
+}
+
 TEST_CASE("a request that finds the free bytes but no range large enough gives the free ranges' pages back before it takes memory of its own") {
   constexpr bytes_t mib = 1 << 20;
   auto cache = std::make_shared<buffer_cache>(8 * mib);  // one slab of 8 MiB
@@ -214,6 +245,34 @@ TEST_CASE("a request that finds the free bytes but no range large enough gives t
   CHECK(again.data_ptr() == slab_start);
   again.fill_(2);
   CHECK(again.sum().item<double>() == 6.0 * mib);
+  cache->check();
+}
+
+TEST_CASE("an overflow counts only resident pages as given back, so a range never touched does not stop it short") {
+  constexpr bytes_t mib = 1 << 20;
+  static const auto page = static_cast<bytes_t>(::sysconf(_SC_PAGESIZE));
+  auto options = buffer_cache::pageable(8 * mib);
+  options.source = [](bytes_t n) { return at::empty({static_cast<int64_t>(n)}, at::kByte); };  // no huge pages
+  auto cache = std::make_shared<buffer_cache>(options);
+  auto a = cache->take(3 * mib);
+  auto b = cache->take(2 * mib);
+  auto c = cache->take(3 * mib);
+  REQUIRE(cache->slab_count() == 1);
+  a.fill_(1);
+  b.fill_(1);  // c is never touched: its pages were never faulted in
+  auto* head = static_cast<unsigned char*>(a.data_ptr());
+  a = at::Tensor();
+  c = at::Tensor();  // two free ranges of 3 MiB; the later one (walked first on a tie) holds no pages
+  auto d = cache->take(4 * mib);  // an overflow that wants 4 MiB given back
+  CHECK(cache->overflows() == 1);
+  // Only the touched range counts: its whole pages (less at most one page at each unaligned end).
+  CHECK(cache->discarded_bytes() <= 3 * mib);
+  CHECK(cache->discarded_bytes() >= 3 * mib - 2 * page);
+  std::vector<unsigned char> in_core(3 * mib / page);
+  auto inner = reinterpret_cast<unsigned char*>((reinterpret_cast<std::uintptr_t>(head) + page - 1) / page * page);
+  REQUIRE(::mincore(inner, 2 * mib, in_core.data()) == 0);
+  CHECK(std::count_if(in_core.begin(), in_core.begin() + 2 * mib / page, [](unsigned char v) { return v & 1; }) == 0);
+  CHECK(b.sum().item<double>() == 2.0 * mib);
   cache->check();
 }
 

@@ -233,6 +233,7 @@ TEST_CASE("handles read after their release throw a typed error instead of readi
   CHECK(code_of([&] { (void)p.tensor("t0"); }) == errc::invalid_pin);
   CHECK(code_of([&] { (void)p.tensors(); }) == errc::invalid_pin);
   CHECK(code_of([&] { (void)p.stream(); }) == errc::invalid_pin);
+  CHECK(code_of([&] { (void)p.staging(); }) == errc::invalid_pin);
   auto moved = std::move(l);
   CHECK(code_of([&] { (void)l.host(); }) == errc::invalid_lease);
   CHECK(moved.host().find("t0").defined());

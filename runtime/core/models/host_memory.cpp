@@ -30,7 +30,7 @@ host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_byt
     // LibTorch's pinned allocator rounds each block up to a power of two: slabs are powers of two.
     pinned_cache_(std::make_shared<buffer_cache>(buffer_cache_options{
       pinned_budget_bytes, std::move(pinned_source), /*power_of_two_slabs=*/true, bytes_t{1} << 30,
-      /*release_idle_slabs=*/false, /*discard_free_pages_on_overflow=*/false, runtime_return_wait})),
+      /*release_idle_slabs=*/false, /*discard_free_pages_on_overflow=*/false})),
     pageable_cache_(std::make_shared<buffer_cache>(pageable_options(pageable_cache_bytes))) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {

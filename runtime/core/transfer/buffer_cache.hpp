@@ -29,9 +29,10 @@
 //    buffer first. Measured in the default sample: a 328 MB load buffer asked for while 1545 MB of a
 //    1597 MB limit were still out, in about 1 run of 8; it overflowed and put the run's peak resident
 //    memory at 3.2 GB against 2.9 GB. So such a request waits for buffers to come back, up to
-//    `return_wait` (they came back within 0.1 to 3.4 ms here), before it overflows; a pinned request
-//    that did not wait would fall back to pageable memory and copy to the GPU at a fraction of the
-//    link's speed.
+//    `return_wait` (they came back within 0.1 to 3.4 ms here), before it overflows. A wait that saw
+//    nothing come back is not repeated until something does. Pinned memory does not wait: its budget
+//    is a share of the RAM budget, which buffers fill in steady state, so passing it is no sign of
+//    buffers on their way back (a load then takes pageable memory, as before).
 //  - Pinned slabs are powers of two: LibTorch's pinned allocator rounds every block up to one, so that is
 //    what pinning costs. Carving buffers out of them is what keeps a pinned budget byte-exact: a 600 MiB
 //    load buffer pinned on its own costs a 1 GiB block, and five 96 KiB buffers pinned one by one need
@@ -80,7 +81,9 @@ struct buffer_cache_options {
   /// give the CPU fresh pages while the GPU still uses the old ones).
   bool discard_free_pages_on_overflow = false;
   /// How long a request waits for buffers on their way back before it overflows (or `try_take` gives up),
-  /// when the buffers in use plus it pass the limit: see Note [Reuse, do not re-fault]. 0: never waits.
+  /// when the slabs' buffers in use plus it pass the limit: see Note [Reuse, do not re-fault]. 0: never
+  /// waits. Only where the tier's budget is the limit, so that passing it means buffers are on their way
+  /// back: not for pinned memory, whose budget is a share of RAM that buffers fill in steady state.
   std::chrono::milliseconds return_wait{0};
 };
 
@@ -153,7 +156,8 @@ private:
 
   buffer_cache_options options_;
   mutable std::mutex mutex_;
-  std::condition_variable returned_;  // a buffer came back (see return_wait)
+  std::condition_variable returned_;  // a buffer came back to a slab (see return_wait)
+  bool nothing_returned_ = false;     // the last wait timed out, and no buffer came back since
   std::map<uint64_t, std::shared_ptr<slab>> slabs_;
   std::set<range_key> free_by_size_;
   uint64_t next_slab_id_ = 1;
