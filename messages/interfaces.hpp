@@ -26,7 +26,8 @@ using ram_cache_actor = caf::typed_actor<
   // with budget_exhausted. A load, once started, is waited for. The model stays in RAM until released.
   caf::replies_to<acquire_atom, model_id, caf::timespan>::with<ram_lease>,
   // Lease several models together, or none (see ram_tier::acquire_all): never holds some while waiting
-  // for room for the others. Leases come in the order asked.
+  // for room for the others. Leases come in the order asked. An empty list, or one naming a model twice,
+  // fails with invalid_argument.
   caf::replies_to<acquire_atom, std::vector<model_id>, caf::timespan>::with<std::vector<ram_lease>>,
   // The same, tagged by the sender (the scheduler tags a job's acquire with its id).
   caf::replies_to<acquire_atom, std::vector<model_id>, caf::timespan, std::uint64_t>::with<std::vector<ram_lease>>,

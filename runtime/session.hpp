@@ -142,7 +142,8 @@ public:
   lease acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait = std::nullopt);
   /// Leases all of `models` together, or none, waiting up to `wait` for room for all of them at once: a
   /// job that needs several models never holds some while waiting for the others (no deadlock between
-  /// jobs). Leases come in the order asked.
+  /// jobs). Leases come in the order asked. An empty list, or one naming a model twice, is
+  /// `invalid_argument`.
   std::vector<lease> acquire_all(const std::vector<model_id>& models,
                                  std::optional<std::chrono::nanoseconds> wait = std::nullopt);
   /// Pins the model of `l` on `device` with `working_bytes` of working memory.
