@@ -339,6 +339,38 @@ struct stage_works {
 
 thread_local bool on_scheduler_worker = false;  // set while a stage's Python work runs on this thread
 
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+/// Drops a reference to a scheduler. The last one ends it (queued jobs cancelled, running ones waited
+/// for), which must happen without the GIL (their work needs it) and never on one of its own workers (it
+/// would wait for itself): whoever drops it last, `close` or a `submit` that raced it.
+void drop_scheduler(std::shared_ptr<scheduler> s, const std::shared_ptr<runtime_box>& owner) noexcept {
+  if (!s)
+    return;
+  try {
+    if (interpreter_finalizing()) {
+      // Its workers can no longer take the GIL to finish: leave it (the package closes schedulers at exit).
+      new std::shared_ptr<scheduler>(std::move(s));
+      return;
+    }
+    if (on_scheduler_worker) {
+      // Inside one of its own stages: another thread ends it once this stage has returned.
+      std::thread([s = std::move(s), owner]() mutable { s.reset(); }).detach();
+      return;
+    }
+    without_gil unlocked;
+    s.reset();
+  } catch (...) {  // no thread could be started: leave it rather than end it here
+    new std::shared_ptr<scheduler>(std::move(s));
+  }
+}
+
 class py_scheduler {
 public:
   py_scheduler(std::shared_ptr<runtime_box> owner, scheduler_options options)
@@ -353,29 +385,24 @@ public:
     auto s = std::move(scheduler_);  // under the GIL: a second close, or a submit after, finds none
     if (!s)
       return;
-#if PY_VERSION_HEX >= 0x030D0000
-    const bool finalizing = Py_IsFinalizing();
-#else
-    const bool finalizing = _Py_IsFinalizing();
-#endif
-    if (finalizing) {
-      // Its workers can no longer take the GIL to finish: leave it (the package closes schedulers at exit).
-      new std::shared_ptr<scheduler>(std::move(s));
-      return;
+    if (!interpreter_finalizing() && !on_scheduler_worker) {
+      // A submit in flight holds it too: wait for it to let go, so that this close is the one that ends
+      // the scheduler and waits for its running jobs, as documented.
+      without_gil unlocked;
+      while (s.use_count() > 1)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    if (on_scheduler_worker) {
-      // The last reference went inside one of its own stages: waiting for its workers here would wait for
-      // this very thread. Another thread ends it once this stage has returned.
-      std::thread([s = std::move(s), owner = owner_]() mutable { s.reset(); }).detach();
-      return;
-    }
-    without_gil unlocked;
-    s.reset();
+    drop_scheduler(std::move(s), owner_);
   }
 
   std::shared_ptr<py_job_box> submit(const py::list& stages, const std::string& name, int priority,
                                      std::optional<double> deadline) {
     auto s = scheduler_;  // under the GIL: a concurrent close cannot destroy it under this call
+    struct let_go {       // on every way out: if a close raced this call, this reference may be the last
+      std::shared_ptr<scheduler>& s;
+      const std::shared_ptr<runtime_box>& owner;
+      ~let_go() { drop_scheduler(std::move(s), owner); }
+    } let_go_of_it{s, owner_};
     if (!s)
       fail(errc::shutting_down, "the scheduler is closed");
     job_spec job;
@@ -641,15 +668,22 @@ PYBIND11_MODULE(_core, m) {
     codes.append(to_string(static_cast<errc>(c)));
   m.attr("error_codes") = codes;
   py::register_exception_translator([](std::exception_ptr p) {
+    auto raise = [](errc c, const std::string& text) {
+      auto code = to_string(c);
+      auto& classes = error_classes();
+      py::object cls = classes.contains(code) ? classes[code] : py::object(py::reinterpret_borrow<py::object>(PyExc_RuntimeError));
+      auto args = py::make_tuple(text, std::string(code));
+      PyErr_SetObject(cls.ptr(), args.ptr());
+    };
     try {
       if (p)
         std::rethrow_exception(p);
     } catch (const request_error& e) {
-      auto code = to_string(e.code());
-      auto& classes = error_classes();
-      py::object cls = classes.contains(code) ? classes[code] : py::object(py::reinterpret_borrow<py::object>(PyExc_RuntimeError));
-      auto args = py::make_tuple(std::string(e.what()), std::string(code));
-      PyErr_SetObject(cls.ptr(), args.ptr());
+      raise(e.code(), e.what());
+    } catch (const py::cast_error& e) {
+      // A value of the right Python type that its C++ type cannot hold (a device index of 2**40, a
+      // negative byte count): the caller's input, so a typed error, not pybind11's bare RuntimeError.
+      raise(errc::invalid_argument, std::string{"a value is out of range or of the wrong type: "} + e.what());
     }
   });
 

@@ -252,7 +252,14 @@ TEST_CASE("an overflow counts only resident pages as given back, so a range neve
   constexpr bytes_t mib = 1 << 20;
   static const auto page = static_cast<bytes_t>(::sysconf(_SC_PAGESIZE));
   auto options = buffer_cache::pageable(8 * mib);
-  options.source = [](bytes_t n) { return at::empty({static_cast<int64_t>(n)}, at::kByte); };  // no huge pages
+  // Fresh pages, none resident until touched, and no huge page spilling a touch over into a neighbour
+  // (malloc could hand back memory an earlier test touched).
+  options.source = [](bytes_t n) {
+    void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    ::madvise(p, n, MADV_NOHUGEPAGE);
+    return at::from_blob(p, {static_cast<int64_t>(n)}, [n](void* q) { ::munmap(q, n); }, at::kByte);
+  };
   auto cache = std::make_shared<buffer_cache>(options);
   auto a = cache->take(3 * mib);
   auto b = cache->take(2 * mib);

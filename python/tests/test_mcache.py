@@ -5,6 +5,7 @@ import gc
 import os
 import tempfile
 import threading
+import time
 
 import pytest
 import torch
@@ -416,3 +417,67 @@ def test_a_scheduler_whose_last_reference_goes_inside_its_own_stage_ends_without
     del sched
     status = job.wait(timeout=30)
     assert status is not None and status["state"] == "done"
+
+
+def test_closing_a_scheduler_while_another_thread_submits_waits_for_its_running_job_and_hangs_nothing():
+    # The submit's own reference to the scheduler could be its last one: that submit then ended the
+    # scheduler with the GIL held while a running Python stage waited for the GIL (a hang, 3 of 3 runs).
+    rt = mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}])
+    rt.models.add_synthetic("m", layers(1))
+    tiny = ["tiny%d" % i for i in range(100)]
+    for name in tiny:
+        rt.models.add_synthetic(name, [1])
+    sched = rt.scheduler(cpu_workers=1)
+    started = threading.Event()
+
+    def busy(ctx):  # Python work: it needs the GIL to finish
+        started.set()
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            pass
+
+    running = sched.submit([mcache.Stage("m", busy, device="cpu")])
+    assert started.wait(10)
+    slow_to_check = [mcache.Stage(tiny, lambda ctx: None, device=0) for _ in range(3000)]
+    submitted = {}
+
+    def submitter():
+        try:
+            submitted["job"] = sched.submit(slow_to_check)
+        except mcache.ShuttingDown:
+            submitted["job"] = None
+
+    other = threading.Thread(target=submitter, daemon=True)
+    other.start()
+    time.sleep(0.001)
+    sched.close()
+    assert running.status()["state"] != "running"  # close waited for it
+    other.join(20)
+    assert not other.is_alive(), "submit hung"
+    assert running.wait(5)["state"] in ("done", "cancelled")
+    if submitted.get("job") is not None:
+        assert submitted["job"].wait(5)["state"] == "cancelled"
+    rt.close()
+
+
+def test_a_synthetic_model_of_a_negative_or_wrapping_size_is_refused_when_made():
+    rt = mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}])
+    for numels in ([-5, 10], [2 ** 62 + 1], [2 ** 62]):
+        with pytest.raises(mcache.InvalidArgument):
+            rt.models.add_synthetic("bad", numels)
+    assert "bad" not in rt.models.ids()
+    rt.close()
+
+
+def test_numbers_a_field_cannot_hold_are_invalid_argument_not_a_bare_runtime_error(rt):
+    s = rt.session()
+    with s.acquire("te") as lease:
+        with pytest.raises(mcache.InvalidArgument):
+            s.pin(lease, 2 ** 31)
+    sched = rt.scheduler()
+    for stage in (mcache.Stage("te", lambda ctx: None, device=2 ** 40),
+                  mcache.Stage("te", lambda ctx: None, working=-1),
+                  mcache.Stage("te", lambda ctx: None, working=2 ** 64)):
+        with pytest.raises(mcache.InvalidArgument):
+            sched.submit([stage])
+    sched.close()

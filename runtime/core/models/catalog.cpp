@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <mutex>
 
 namespace mcache {
@@ -110,8 +111,14 @@ size_t catalog::size() const {
 model_descriptor synthetic_model(model_id id, std::vector<int64_t> tensor_numels, uint64_t seed,
                                  bytes_t opaque_bytes) {
   bytes_t bytes = opaque_bytes;
-  for (auto n : tensor_numels)
+  for (auto n : tensor_numels) {
+    // Checked before any arithmetic: a negative count, or one whose bytes wrap, would register a size
+    // the loader can never produce (2**62 + 1 floats once registered as 4 bytes).
+    if (n < 0 || static_cast<bytes_t>(n) > (max_plausible_bytes - std::min(bytes, max_plausible_bytes)) / sizeof(float))
+      throw request_error(failure{errc::invalid_argument, "synthetic model '" + id + "': a tensor of " + std::to_string(n)
+                                                            + " floats is negative or not a plausible size"});
     bytes += static_cast<bytes_t>(n) * sizeof(float);
+  }
   model_descriptor d;
   d.id = std::move(id);
   d.bytes = bytes;

@@ -102,6 +102,7 @@ private:
 
 /// A synthetic model for samples, tests and benches: float32 tensors of the given element counts, filled
 /// deterministically from `seed`, plus `opaque_bytes` of non-tensor payload. Its `bytes` are exact.
+/// Throws `request_error` (invalid_argument) for a negative count or one past any plausible size.
 model_descriptor synthetic_model(model_id id, std::vector<int64_t> tensor_numels, uint64_t seed = 0,
                                  bytes_t opaque_bytes = 0);
 
