@@ -189,32 +189,41 @@ private:
 };
 
 /// `for name, tensor in pin.stream():` — resident tensors from the device copy, the rest through staging.
+/// Once exhausted it gives the pin's staging ring back, so the pin can be streamed again while this object
+/// is still referenced (`st = pin.stream(); list(st); pin.stream()`).
 class py_stream {
 public:
   explicit py_stream(std::shared_ptr<py_pin> pin)
-    : pin_(std::move(pin)), stream_(pin_->locked([](const pin_handle& h) { return new tensor_stream(h.stream()); })) {}
+    : pin_(std::move(pin)), stream_(pin_->locked([](const pin_handle& h) { return new tensor_stream(h.stream()); })),
+      size_(stream_->size()) {}
   py::tuple next() {
     if (!pin_->held())
       fail(errc::invalid_pin, "the pin of '" + pin_->model() + "' was released while its stream was in use");
-    size_t i = 0;
+    bool exhausted = false;
+    std::string name;
     at::Tensor t;
     {
-      without_gil unlocked;  // waits for the slot's copy
+      without_gil unlocked;  // waits for the slot's copy, or for the ring's fills as it goes
       std::lock_guard<std::mutex> guard{mutex_};  // threads sharing one stream take turns
-      if (next_ >= stream_->size())
-        i = stream_->size();
-      else
-        t = stream_->get(i = next_++);
+      if (!stream_ || next_ >= size_) {
+        exhausted = true;
+        stream_.reset();  // the last streamed tensor was valid until this step, as any is until the next
+      } else {
+        auto i = next_++;
+        t = stream_->get(i);
+        name = stream_->name(i);
+      }
     }
-    if (i >= stream_->size())
+    if (exhausted)
       throw py::stop_iteration();
-    return py::make_tuple(stream_->name(i), t);
+    return py::make_tuple(name, t);
   }
-  size_t size() const { return stream_->size(); }
+  size_t size() const { return size_; }
 
 private:
   std::shared_ptr<py_pin> pin_;
-  std::unique_ptr<tensor_stream> stream_;
+  std::unique_ptr<tensor_stream> stream_;  // null once exhausted
+  size_t size_;
   std::mutex mutex_;
   size_t next_ = 0;
 };

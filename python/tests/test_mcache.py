@@ -109,6 +109,11 @@ def test_a_model_larger_than_the_device_is_pinned_partly_and_streamed_in_order()
                 assert torch.equal(tensor, host[name])
                 names.append(name)
             assert sorted(names) == sorted(host)
+            kept = p.stream()  # still referenced once exhausted: it gives the staging ring back then
+            assert len(list(kept)) == len(host) == len(kept)
+            assert [name for name, _ in p.stream()] == [name for name, _ in p.stream()]
+            with pytest.raises(StopIteration):
+                next(kept)
 
 
 def test_a_budget_that_cannot_be_met_in_time_is_budget_exhausted_and_leaves_nothing_held(rt):
