@@ -58,12 +58,20 @@ bytes_t size_of(const json& v, const std::string& key) {
   bad(key, "expected a size: a number of bytes, or a string like \"8GiB\"");
 }
 
+/// `seconds` as nanoseconds, refused past what they can hold (292 years): the cast would wrap, and a
+/// wrapped duration read as negative ("1e12 seconds cannot be negative").
+std::chrono::nanoseconds nanoseconds_of(double seconds, const std::string& key) {
+  if (seconds * 1e9 >= static_cast<double>(std::chrono::nanoseconds::max().count()))
+    bad(key, "a duration of " + std::to_string(seconds) + " s is longer than any timer can hold (292 years)");
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
+}
+
 std::chrono::nanoseconds duration_of(const json& v, const std::string& key) {
   if (v.is_number()) {
     auto s = v.get<double>();
     if (!(s >= 0) || !std::isfinite(s))
       bad(key, "a duration cannot be negative");
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(s));
+    return nanoseconds_of(s, key);
   }
   if (v.is_string())
     return parse_duration(v.get<std::string>(), key);
@@ -155,7 +163,7 @@ std::chrono::nanoseconds parse_duration(const std::string& text, const std::stri
     {"", 1}, {"s", 1}, {"ms", 1e-3}, {"us", 1e-6}, {"m", 60}, {"min", 60}, {"h", 3600}};
   for (const auto& [unit, scale] : units)
     if (parts->second == unit)
-      return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(parts->first * scale));
+      return nanoseconds_of(parts->first * scale, key);
   bad(key, "'" + parts->second + "' is not a duration unit (ms, s, m, h)");
 }
 

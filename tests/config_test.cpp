@@ -69,6 +69,11 @@ TEST_CASE("config errors name the key: unknown keys, wrong types, bad units, bad
   CHECK_THAT(error_of([] { options_from_json(R"({"devices": [{"kind": "tpu"}]})"); }),
              Catch::Contains("'devices[0].kind': 'tpu' is not a device kind"));
   CHECK_THAT(error_of([] { options_from_json(R"({"ram_budget": )"); }), Catch::Contains("not valid JSON"));
+  // Longer than nanoseconds hold: refused as too long, not wrapped into a "negative" duration.
+  CHECK_THAT(error_of([] { options_from_json(R"({"default_wait": 1e12})"); }),
+             Catch::Contains("'default_wait': a duration of") && Catch::Contains("longer than any timer"));
+  CHECK_THAT(error_of([] { options_from_json(R"({"keep_alive": "100000000h"})"); }),
+             Catch::Contains("'keep_alive': a duration of"));
   CHECK_THAT(error_of([] { options_from_file("/nonexistent/mcache.json"); }),
              Catch::Contains("cannot read '/nonexistent/mcache.json'"));
 }
