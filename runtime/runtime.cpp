@@ -203,8 +203,8 @@ bool runtime::shutdown(std::chrono::nanoseconds grace) {
   if (stopped_.exchange(true))
     return shutdown_clean_;
   // One deadline for the whole shutdown: each step gets what is left of the grace.
-  if (waits_forever(grace))  // now + grace would overflow near max(): a century is for ever here too
-    grace = std::chrono::hours(24 * 365 * 100);
+  if (waits_forever(grace))  // now + grace would overflow near max()
+    grace = for_ever;
   auto deadline = std::chrono::steady_clock::now() + grace;
   auto left = [&] {
     return std::max(std::chrono::nanoseconds{1}, std::chrono::duration_cast<std::chrono::nanoseconds>(

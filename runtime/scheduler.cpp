@@ -3,6 +3,7 @@
 #include "actors/scheduler_actor.hpp"
 #include "messages/waits.hpp"
 #include "runtime/core/format.hpp"
+#include "runtime/core/policies/placement_policy.hpp"
 #include "runtime/runtime.hpp"
 
 #include <map>
@@ -122,20 +123,19 @@ struct scheduler::impl {
     return dev.budget_bytes - dev.reserve_bytes;
   }
 
-  /// Why a stage could never run on device `d`, or nothing: its working memory passes what the device may
-  /// use, or, where the device loads no model in part, its models whole plus its working memory do (a
-  /// stage pins its models together, so one left waiting for room behind the others would wait for ever,
-  /// holding its device's pin turn). With partial loading a model takes what fits and streams the rest.
+  /// Why a stage could never run on device `d` (`could_ever_hold`, with its models together: a stage pins
+  /// them together, so one left waiting for room behind the others would wait for ever, holding its
+  /// device's pin turn), or nothing.
   std::optional<std::string> unfit(const stage_spec& s, bytes_t models_bytes, device_index d) const {
     auto room = usable(d);
+    bool partial = d == cpu_device || rt->options().devices.at(static_cast<std::size_t>(d)).partial_loading;
+    if (could_ever_hold(room, partial, models_bytes, s.working_bytes))
+      return std::nullopt;
     auto on = d == cpu_device ? std::string{"the CPU"} : "device " + std::to_string(d);
     if (s.working_bytes > room)
       return "asks for " + format_bytes(s.working_bytes) + " of working memory; " + on + " has " + format_bytes(room);
-    bool whole = d != cpu_device && !rt->options().devices.at(static_cast<std::size_t>(d)).partial_loading;
-    if (whole && models_bytes + s.working_bytes > room)
-      return "needs " + format_bytes(models_bytes) + " of models and " + format_bytes(s.working_bytes)
-             + " of working memory at once on " + on + ", which has " + format_bytes(room) + " and loads no model in part";
-    return std::nullopt;
+    return "needs " + format_bytes(models_bytes) + " of models and " + format_bytes(s.working_bytes)
+           + " of working memory at once on " + on + ", which has " + format_bytes(room) + " and loads no model in part";
   }
 
   /// Checks a plan against the catalog and the budgets; fills the order's view of it.

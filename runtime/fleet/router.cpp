@@ -3,6 +3,7 @@
 #include "actors/router_actor.hpp"
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
+#include "messages/waits.hpp"
 
 #include <caf/send.hpp>
 
@@ -57,8 +58,7 @@ router::router(router_options options) : impl_(std::make_unique<impl>()) {
     refuse("reconnect_interval must be more than 0");
   if (options.job_timeout <= std::chrono::milliseconds::zero() || options.wait_for_node < std::chrono::milliseconds::zero())
     refuse("job_timeout must be more than 0 and wait_for_node at least 0");
-  const auto century = std::chrono::hours(24 * 365 * 100);  // compared in milliseconds: no overflow
-  if (options.job_timeout >= century || options.wait_for_node >= century)
+  if (options.job_timeout >= for_ever || options.wait_for_node >= for_ever)  // in milliseconds: no overflow
     refuse("job_timeout and wait_for_node must be less than a century (timers add them to now)");
   if (options.name.empty()) {
     std::random_device rd;
@@ -102,7 +102,7 @@ router_stats router::stats() {
 }
 
 std::size_t router::wait_for_nodes(std::size_t count, std::chrono::milliseconds timeout) {
-  timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100));  // now + max() overflows
+  timeout = std::min<std::chrono::milliseconds>(timeout, for_ever);  // now + max() overflows
   auto until = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     std::size_t up = 0;

@@ -13,12 +13,6 @@ namespace mcache {
 
 namespace {
 thread_local std::shared_ptr<host_memory> current;
-
-buffer_cache_options pageable_options(bytes_t limit_bytes) {
-  auto o = buffer_cache::pageable(limit_bytes);
-  o.return_wait = runtime_return_wait;  // an evicted copy is freed on a loader thread: wait for it
-  return o;
-}
 }
 
 at::Tensor pinned_slab(bytes_t bytes) {
@@ -31,7 +25,8 @@ host_memory::host_memory(bytes_t pinned_budget_bytes, bytes_t pageable_cache_byt
     pinned_cache_(std::make_shared<buffer_cache>(buffer_cache_options{
       pinned_budget_bytes, std::move(pinned_source), /*power_of_two_slabs=*/true, bytes_t{1} << 30,
       /*release_idle_slabs=*/false, /*discard_free_pages_on_overflow=*/false})),
-    pageable_cache_(std::make_shared<buffer_cache>(pageable_options(pageable_cache_bytes))) {}
+    // An evicted copy is freed on a loader thread: a load may wait for it (Note [Reuse, do not re-fault]).
+    pageable_cache_(std::make_shared<buffer_cache>(buffer_cache::pageable(pageable_cache_bytes, runtime_return_wait))) {}
 
 host_memory::scope::scope(std::shared_ptr<host_memory> memory) : previous_(std::move(current)) {
   current = std::move(memory);

@@ -5,10 +5,14 @@
 
 namespace mcache {
 
-bool could_hold(const placement_view& device, const model_descriptor& model, bytes_t working_bytes) {
-  if (working_bytes > device.usable_bytes)
+bool could_ever_hold(bytes_t usable_bytes, bool partial_loading, bytes_t model_bytes, bytes_t working_bytes) {
+  if (working_bytes > usable_bytes)
     return false;
-  return device.partial_loading || model.bytes <= device.usable_bytes - working_bytes;
+  return partial_loading || model_bytes <= usable_bytes - working_bytes;
+}
+
+bool could_hold(const placement_view& device, const model_descriptor& model, bytes_t working_bytes) {
+  return could_ever_hold(device.usable_bytes, device.partial_loading, model.bytes, working_bytes);
 }
 
 device_index resident_then_free_placement::choose(const model_descriptor& model, bytes_t working_bytes,

@@ -20,9 +20,14 @@ public:
                               const std::vector<placement_view>& devices) const = 0;
 };
 
-/// Whether `device` could ever hold a pin of `model` with `working_bytes`: the working memory fits what
-/// it may use, and so does the whole model with it where it loads no model in part. (Where none could,
-/// a policy picks among all, and that device's tier refuses the pin with a typed error.)
+/// Whether a device that may use `usable_bytes` could ever hold pins of `model_bytes` of models with
+/// `working_bytes`: the working memory fits, and so do the models whole with it where the device loads
+/// no model in part. With partial loading a model takes what fits and streams the rest. (The scheduler
+/// asks it of a stage's models together, placement of one pin's.)
+bool could_ever_hold(bytes_t usable_bytes, bool partial_loading, bytes_t model_bytes, bytes_t working_bytes);
+
+/// `could_ever_hold` for a pin of `model` on `device`. (Where no device could, a policy picks among all,
+/// and that device's tier refuses the pin with a typed error.)
 bool could_hold(const placement_view& device, const model_descriptor& model, bytes_t working_bytes);
 
 /// Among the devices that could hold the pin: where the model is most resident already (no copy), then

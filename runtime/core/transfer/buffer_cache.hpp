@@ -97,10 +97,11 @@ public:
   explicit buffer_cache(buffer_cache_options options);
   /// Pageable slabs within `limit_bytes`, which an overflow gives back pages of.
   explicit buffer_cache(bytes_t limit_bytes) : buffer_cache(pageable(limit_bytes)) {}
-  static buffer_cache_options pageable(bytes_t limit_bytes) {
+  static buffer_cache_options pageable(bytes_t limit_bytes, std::chrono::milliseconds return_wait = {}) {
     buffer_cache_options o;
     o.limit_bytes = limit_bytes;
     o.discard_free_pages_on_overflow = true;
+    o.return_wait = return_wait;
     return o;
   }
 

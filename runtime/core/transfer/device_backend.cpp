@@ -41,15 +41,11 @@ std::shared_ptr<host_model> device_backend::copy_out(const device_model& copy) {
 namespace {
 
 class simulated_backend final : public device_backend {
-  static buffer_cache_options cache_options(bytes_t limit_bytes) {
-    auto o = buffer_cache::pageable(limit_bytes);
-    o.return_wait = runtime_return_wait;  // a dropped copy may still be on its way back
-    return o;
-  }
-
 public:
   simulated_backend(device_index device, simulated_device_options options)
-    : device_(device), options_(std::move(options)), cache_(std::make_shared<buffer_cache>(cache_options(options_.cache_bytes))) {}
+    // A dropped copy may still be on its way back: a copy may wait for it.
+    : device_(device), options_(std::move(options)),
+      cache_(std::make_shared<buffer_cache>(buffer_cache::pageable(options_.cache_bytes, runtime_return_wait))) {}
 
   bytes_t cached_bytes() const override { return cache_->cached_bytes(); }
   bytes_t overflow_bytes() const override { return cache_->overflow_bytes(); }
