@@ -258,16 +258,32 @@ pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,
   return pin(l, rt.placement().choose(model, working_bytes, views), working_bytes, wait);
 }
 
+/// The id the tiers know `model` by, for offload and trim_ram: the current generation of a registered id
+/// (Note [Remove and replace]: "unet#2" once "unet" was replaced, so offloading "unet" frees the copy new
+/// pins use), or "" (any model) as is. An id the catalog does not know is `unknown_model`, not a model
+/// that merely is not resident. (A retired generation is dropped as soon as nothing holds it, so no
+/// unpinned copy of one is left to free.)
+static model_id tier_id(runtime& rt, const model_id& model, const char* call) {
+  if (model.empty())
+    return model;
+  if (auto d = rt.models().find(model))
+    return d->id;
+  throw request_error(failure{errc::unknown_model, std::string{call} + " of '" + model
+                                                     + "': no such model in the catalog (is it registered?)"});
+}
+
 bytes_t session::offload(device_index device, const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
-  core_->self->request(core_->rt->device(device), caf::infinite, offload_atom::value, model, bytes)
+  auto dev = core_->rt->device(device);  // an index that does not exist is invalid_device, first
+  core_->self->request(dev, caf::infinite, offload_atom::value, tier_id(*core_->rt, model, "offload"), bytes)
     .receive([&](bytes_t n) { freed = n; }, [&](caf::error& e) { raise(e); });
   return freed;
 }
 
 bytes_t session::trim_ram(const model_id& model, bytes_t bytes) {
   bytes_t freed = 0;
-  core_->self->request(core_->rt->ram_cache(), caf::infinite, trim_atom::value, model, bytes)
+  core_->self->request(core_->rt->ram_cache(), caf::infinite, trim_atom::value,
+                       tier_id(*core_->rt, model, "trim_ram"), bytes)
     .receive([&](bytes_t n) { freed = n; }, [&](caf::error& e) { raise(e); });
   return freed;
 }

@@ -394,6 +394,26 @@ TEST_CASE("a model replaced while held stays valid for its holders, new acquires
   CHECK(rt.stats().devices[0].retired_drops == 1);
 }
 
+TEST_CASE("offload and trim_ram of a replaced model's registered id free the copy new pins use, and of an id the catalog does not know are unknown_model") {
+  runtime rt{small_options()};
+  rt.models().add(synthetic_model("m", {mib_floats}, /*seed=*/1));
+  rt.replace_model(synthetic_model("m", {mib_floats / 2}, /*seed=*/2));
+  auto s = rt.open_session();
+  {
+    auto l = s.acquire("m");  // "m#2" in the tiers
+    s.pin(l, 0).release();
+  }
+  CHECK(rt.stats().devices[0].used_bytes == mib / 2);
+  CHECK(s.offload(0, "m") == mib / 2);  // the tiers know it as "m#2"; the caller names it "m"
+  CHECK(rt.stats().devices[0].used_bytes == 0);
+  CHECK(s.trim_ram("m") == mib / 2);
+  CHECK(rt.stats().ram.used_bytes == 0);
+  CHECK(code_of([&] { s.offload(0, "nope"); }) == errc::unknown_model);
+  CHECK(code_of([&] { s.trim_ram("nope"); }) == errc::unknown_model);
+  CHECK(code_of([&] { s.offload(0, "m"); }) == errc::not_resident);  // known, but not on the device
+  CHECK(code_of([&] { s.offload(7, "nope"); }) == errc::invalid_device);
+}
+
 TEST_CASE("a model removed while held is unknown to new acquires and goes when its holders release it") {
   runtime rt{small_options()};
   rt.models().add(synthetic_model("m", {mib_floats}));
