@@ -49,6 +49,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -188,17 +189,18 @@ private:
   device_index device_;
 };
 
-/// `for name, tensor in pin.stream():` — resident tensors from the device copy, the rest through staging.
-/// Once exhausted it gives the pin's staging ring back, so the pin can be streamed again while this object
-/// is still referenced (`st = pin.stream(); list(st); pin.stream()`).
+/// `for name, tensor in pin.stream():` (or `ctx.stream(model)` in a stage) — resident tensors from the
+/// device copy, the rest through the pin's staging ring. Once exhausted it gives the ring back, so the pin
+/// can be streamed again while this object is still referenced (`st = pin.stream(); list(st); pin.stream()`).
 class py_stream {
 public:
-  explicit py_stream(std::shared_ptr<py_pin> pin)
-    : pin_(std::move(pin)), stream_(pin_->locked([](const pin_handle& h) { return new tensor_stream(h.stream()); })),
-      size_(stream_->size()) {}
+  /// `check_source` raises if what the stream reads has ended (its pin released, its stage over); it runs
+  /// with the GIL held before each step. The tensor_stream itself holds the copies and slots it reads, so
+  /// a step racing the end of its pin on another thread reads memory that is still there.
+  py_stream(std::unique_ptr<tensor_stream> stream, std::function<void()> check_source)
+    : check_source_(std::move(check_source)), stream_(std::move(stream)), size_(stream_->size()) {}
   py::tuple next() {
-    if (!pin_->held())
-      fail(errc::invalid_pin, "the pin of '" + pin_->model() + "' was released while its stream was in use");
+    check_source_();
     bool exhausted = false;
     std::string name;
     at::Tensor t;
@@ -221,12 +223,33 @@ public:
   size_t size() const { return size_; }
 
 private:
-  std::shared_ptr<py_pin> pin_;
+  std::function<void()> check_source_;
   std::unique_ptr<tensor_stream> stream_;  // null once exhausted
   size_t size_;
   std::mutex mutex_;
   size_t next_ = 0;
 };
+
+/// A device argument: an index, "cpu", or "any" / None (the placement policy). A bool is refused although
+/// Python counts it as an int: `device=True` is a mistake, not device 1.
+struct py_device {
+  enum { index, cpu, any } where = any;
+  device_index number = 0;
+};
+
+py_device device_of(const py::object& device) {
+  py_device d;
+  if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
+    d.where = py_device::any;
+  else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
+    d.where = py_device::cpu;
+  else if (py::isinstance<py::int_>(device) && !py::isinstance<py::bool_>(device)) {
+    d.where = py_device::index;
+    d.number = device.cast<device_index>();
+  } else
+    fail(errc::invalid_device, "a device is an index, \"cpu\" or \"any\", not " + py::repr(device).cast<std::string>());
+  return d;
+}
 
 class py_session {
 public:
@@ -261,33 +284,27 @@ public:
     if (l.box() != box_)
       fail(errc::foreign_lease, "the lease on '" + l.model() + "' belongs to another session");
     auto w = wait_of(wait);
-    enum { on_device, on_cpu, anywhere } where = on_device;
-    device_index index = 0;
-    if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
-      where = anywhere;
-    else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
-      where = on_cpu;
-    else if (py::isinstance<py::int_>(device))
-      index = device.cast<device_index>();
-    else
-      fail(errc::invalid_device, "device must be a device index, \"cpu\" or \"any\", not " + py::repr(device).cast<std::string>());
+    auto where = device_of(device);
     std::optional<pin_handle> p;
     {
       without_gil unlocked;
       std::lock_guard<std::mutex> guard{box_->mutex};
       const auto& held = l.get_locked();  // the same mutex: the lease is this session's
-      if (where == anywhere)
+      if (where.where == py_device::any)
         p.emplace(box_->s->pin_anywhere(held, working, w));
       else
-        p.emplace(box_->s->pin(held, where == on_cpu ? cpu_device : index, working, w));
+        p.emplace(box_->s->pin(held, where.where == py_device::cpu ? cpu_device : where.number, working, w));
     }
     return std::make_shared<py_pin>(box_, std::move(*p));
   }
 
-  bytes_t offload(device_index device, const std::string& model, bytes_t bytes) {
+  bytes_t offload(const py::object& device, const std::string& model, bytes_t bytes) {
+    auto where = device_of(device);
+    if (where.where != py_device::index)
+      fail(errc::invalid_device, "offload frees one GPU's memory: give its index, not " + py::repr(device).cast<std::string>());
     without_gil unlocked;
     std::lock_guard<std::mutex> guard{box_->mutex};
-    return box_->s->offload(device, model, bytes);
+    return box_->s->offload(where.number, model, bytes);
   }
 
   bytes_t trim_ram(const std::string& model, bytes_t bytes) {
@@ -316,6 +333,7 @@ public:
     return *context_;
   }
   void end() { context_ = nullptr; }
+  bool ended() const { return !context_; }
 
 private:
   stage_context* context_;
@@ -431,15 +449,10 @@ public:
         spec.models = st.attr("models").cast<std::vector<std::string>>();
         spec.working_bytes = st.attr("working").cast<bytes_t>();
         spec.name = st.attr("name").cast<std::string>();
-        auto device = st.attr("device");
-        if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
-          spec.target = stage_target::any_gpu();
-        else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
-          spec.target = stage_target::cpu();
-        else if (py::isinstance<py::int_>(device))
-          spec.target = stage_target::on(device.cast<device_index>());
-        else
-          fail(errc::invalid_device, "a stage's device must be an index, \"cpu\" or \"any\"");
+        auto device = device_of(st.attr("device"));
+        spec.target = device.where == py_device::any   ? stage_target::any_gpu()
+                      : device.where == py_device::cpu ? stage_target::cpu()
+                                                       : stage_target::on(device.number);
         auto id = works_->next++;
         works_->works[id] = st.attr("work");
         ids.push_back(id);
@@ -740,7 +753,13 @@ PYBIND11_MODULE(_core, m) {
     .def("state_dict", [](const py_pin& p) {
       return state_dict_of(p.locked([](const pin_handle& h) { return full_pin_tensors(h); }));
     }, "Every tensor's device copy, by name (a full pin only). No copy.")
-    .def("stream", [](std::shared_ptr<py_pin> p) { return std::make_shared<py_stream>(p); })
+    .def("stream", [](std::shared_ptr<py_pin> p) {
+      std::unique_ptr<tensor_stream> s{p->locked([](const pin_handle& h) { return new tensor_stream(h.stream()); })};
+      return std::make_shared<py_stream>(std::move(s), [p] {
+        if (!p->held())
+          fail(errc::invalid_pin, "the pin of '" + p->model() + "' was released while its stream was in use");
+      });
+    })
     .def("__enter__", [](std::shared_ptr<py_pin> p) { return p; })
     .def("__exit__", [](py_pin& p, py::args) { p.release(); return false; })
     .def("__repr__", [](const py_pin& p) {
@@ -781,18 +800,14 @@ PYBIND11_MODULE(_core, m) {
       return t.defined() ? py::cast(t) : py::none();
     })
     .def("partial", [](const py_stage& c, const std::string& model) { return c.get().pin(model).partial(); })
-    .def("stream", [](const py_stage& c, const std::string& model) {
-      // Streams on this thread, the GIL held: a stage's work runs on its worker, one stream at a time.
-      auto stream = c.get().pin(model).stream();
-      py::list out;
-      for (size_t i = 0; i < stream.size(); ++i) {
-        auto t = stream.get(i);
-        // A resident tensor is the pin's own (no copy); a streamed one is copied out of its staging slot,
-        // which the next steps refill.
-        out.append(py::make_tuple(stream.name(i), stream.resident(i) ? t : t.clone()));
-      }
-      return out;
-    }, "Every tensor of `model` in order, streamed ones copied out of the staging slots (a list).");
+    .def("stream", [](std::shared_ptr<py_stage> c, const std::string& model) {
+      // On the stage's thread, the GIL held, as every ctx call: the stream's own steps let the GIL go.
+      std::unique_ptr<tensor_stream> s{new tensor_stream(c->get().pin(model).stream())};
+      return std::make_shared<py_stream>(std::move(s), [c, model] {
+        if (c->ended())
+          fail(errc::invalid_pin, "the stage that streamed '" + model + "' has ended, and its pin with it");
+      });
+    }, "A Stream of `model`'s tensors, as Pin.stream(): a streamed tensor is valid until the next step.");
 
   py::class_<py_job_box, std::shared_ptr<py_job_box>>(m, "Job")
     .def_property_readonly("id", [](const py_job_box& j) { return j.job.id(); })

@@ -333,8 +333,8 @@ def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
         seen.append(("encode", ctx.device, sorted(ctx.state_dict("te"))))
 
     def denoise(ctx):
-        weights = ctx.state_dict("tr") if not ctx.partial("tr") else dict(ctx.stream("tr"))
-        seen.append(("denoise", ctx.device, len(weights)))
+        names = list(ctx.state_dict("tr")) if not ctx.partial("tr") else [name for name, _ in ctx.stream("tr")]
+        seen.append(("denoise", ctx.device, len(names)))
 
     with rt.scheduler(workers_per_device=1) as sched:
         jobs = [sched.submit([mcache.Stage("te", encode, device="cpu"), mcache.Stage(["tr"], denoise, device=0)],
@@ -344,6 +344,47 @@ def test_the_scheduler_runs_python_stages_with_their_models_pinned(rt):
     assert [s[0] for s in seen].count("encode") == 3 and [s[0] for s in seen].count("denoise") == 3
     assert all(s[1] == "cpu" for s in seen if s[0] == "encode")
     assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_a_stage_streams_a_model_larger_than_its_device_one_step_at_a_time_and_not_after_it_ends():
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 12 * MiB}]) as rt:
+        rt.models.add_synthetic("big", layers(24, count=8), seed=5)
+        with rt.session().acquire("big") as big:
+            expected = {name: t.clone() for name, t in big.state_dict().items()}
+        seen, kept = [], []
+
+        def denoise(ctx):
+            assert ctx.partial("big")
+            stream = ctx.stream("big")
+            kept.append(stream)
+            assert len(stream) == 8
+            for name, t in stream:  # a streamed tensor is compared before the next step refills its slot
+                seen.append((name, torch.equal(t, expected[name])))
+
+        with rt.scheduler() as sched:
+            status = sched.submit([mcache.Stage("big", denoise, device=0)]).wait(timeout=30)
+        assert status["state"] == "done", status
+        assert sorted(name for name, _ in seen) == sorted(expected) and all(same for _, same in seen)
+        with pytest.raises(mcache.InvalidPin, match="has ended"):
+            next(kept[0])
+
+
+def test_a_bool_is_not_a_device_index():
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB},
+                                                      {"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
+        rt.models.add_synthetic("te", layers(4))
+        s = rt.session()
+        with s.acquire("te") as te:
+            with pytest.raises(mcache.InvalidDevice, match="True"):
+                s.pin(te, True)
+            with pytest.raises(mcache.InvalidDevice, match="True"):
+                s.offload(True)
+            with s.pin(te, 1) as p:
+                assert p.device == 1
+        with rt.scheduler() as sched:
+            with pytest.raises(mcache.InvalidDevice, match="False"):
+                sched.submit([mcache.Stage("te", lambda ctx: None, device=False)])
+        assert rt.stats()["ram"]["leased_bytes"] == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="this torch sees no CUDA GPU (run by scripts/gpu-check.sh there)")
