@@ -32,7 +32,7 @@ typename Inspector::result_type inspect(Inspector& f, device_stats& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, placement_view& x) {
   return f(caf::meta::type_name("mcache_placement_view"), x.device, x.free_bytes, x.model_resident_bytes,
-           x.usable_bytes, x.partial_loading);
+           x.usable_bytes, x.partial_loading, x.staging_slots);
 }
 
 } // namespace mcache

@@ -99,6 +99,7 @@ struct placement_view {
   bytes_t model_resident_bytes = 0;  // bytes of the model already on this device
   bytes_t usable_bytes = 0;          // the most it can ever give: its budget less its reserve
   bool partial_loading = true;       // whether it loads what fits of a model and streams the rest
+  std::uint64_t staging_slots = 2;   // staging buffers a partial pin reserves
 };
 
 /// Who holds a claim on a model, and for how long (the `status` message; names come from the runtime).

@@ -126,16 +126,34 @@ struct scheduler::impl {
   /// Why a stage could never run on device `d` (`could_ever_hold`, with its models together: a stage pins
   /// them together, so one left waiting for room behind the others would wait for ever, holding its
   /// device's pin turn), or nothing.
-  std::optional<std::string> unfit(const stage_spec& s, bytes_t models_bytes, device_index d) const {
+  std::optional<std::string> unfit(const stage_spec& s, const std::vector<descriptor_ptr>& models,
+                                   device_index d) const {
     auto room = usable(d);
-    bool partial = d == cpu_device || rt->options().devices.at(static_cast<std::size_t>(d)).partial_loading;
-    if (could_ever_hold(room, partial, models_bytes, s.working_bytes))
+    bool partial = true;
+    size_t slots = 0;  // a CPU pin copies nothing and stages nothing
+    if (d != cpu_device) {
+      const auto& dev = rt->options().devices.at(static_cast<std::size_t>(d));
+      partial = dev.partial_loading;
+      slots = dev.staging_slots;
+    }
+    bytes_t least = 0;
+    bytes_t whole = 0;
+    for (const auto& m : models) {
+      whole += m->bytes;
+      if (d != cpu_device)
+        least += least_pin_bytes(*m, partial, slots);
+    }
+    if (could_ever_hold(room, least, s.working_bytes))
       return std::nullopt;
     auto on = d == cpu_device ? std::string{"the CPU"} : "device " + std::to_string(d);
     if (s.working_bytes > room)
       return "asks for " + format_bytes(s.working_bytes) + " of working memory; " + on + " has " + format_bytes(room);
-    return "needs " + format_bytes(models_bytes) + " of models and " + format_bytes(s.working_bytes)
-           + " of working memory at once on " + on + ", which has " + format_bytes(room) + " and loads no model in part";
+    if (!partial)
+      return "needs " + format_bytes(whole) + " of models and " + format_bytes(s.working_bytes)
+             + " of working memory at once on " + on + ", which has " + format_bytes(room) + " and loads no model in part";
+    return "needs at least " + format_bytes(least) + " of models (loaded in part: required tensors and staging for "
+           "the rest) and " + format_bytes(s.working_bytes) + " of working memory at once on " + on + ", which has "
+           + format_bytes(room);
   }
 
   /// Checks a plan against the catalog and the budgets; fills the order's view of it.
@@ -150,7 +168,7 @@ struct scheduler::impl {
     if (job.deadline && !waits_forever(*job.deadline))
       q.deadline = std::chrono::steady_clock::now() + *job.deadline;
     std::optional<stage_target> home;  // the first stage that needs a GPU decides the worker
-    std::vector<std::pair<std::size_t, bytes_t>> any_gpu;  // stages for any GPU, with their models' bytes
+    std::vector<std::pair<std::size_t, std::vector<descriptor_ptr>>> any_gpu;  // stages for any GPU, their models
     std::optional<std::string> first_unfit;
     std::map<model_id, bytes_t> sizes;
     const auto devices = static_cast<device_index>(rt->device_count());
@@ -165,11 +183,13 @@ struct scheduler::impl {
       if (s.target.where == stage_target::kind::any_gpu && devices == 0)
         refuse(errc::invalid_device, where + " targets any GPU; this runtime has no devices");
       bytes_t total = 0;
+      std::vector<descriptor_ptr> described;  // looked up once: a concurrent remove_model must not change the answer
       for (const auto& m : s.models) {
         auto d = rt->models().find(m);
         if (!d)
           refuse(errc::unknown_model, where + " needs '" + m + "', which is not in the catalog");
-        sizes[m] = d->bytes;  // looked up once: a concurrent remove_model must not change the answer
+        sizes[m] = d->bytes;
+        described.push_back(d);
         if (std::count(s.models.begin(), s.models.end(), m) > 1)
           refuse(errc::invalid_argument, where + " names '" + m + "' twice");
         total += d->bytes;
@@ -179,8 +199,8 @@ struct scheduler::impl {
         refuse(errc::model_too_large, where + "'s models need " + format_bytes(total) + " of RAM together; the RAM budget is "
                                         + format_bytes(rt->options().ram_budget_bytes));
       if (s.target.where == stage_target::kind::any_gpu) {
-        any_gpu.push_back({k, total});  // decided below, once the job's device is known
-      } else if (auto why = unfit(s, total, s.target.device)) {
+        any_gpu.push_back({k, described});  // decided below, once the job's device is known
+      } else if (auto why = unfit(s, described, s.target.device)) {
         refuse(errc::model_too_large, where + " " + *why);
       }
       if (!home && s.target.where != stage_target::kind::cpu)
@@ -192,8 +212,8 @@ struct scheduler::impl {
     for (device_index d = 0; d < devices; ++d) {
       if (q.target.where == stage_target::kind::device && d != q.target.device)
         continue;
-      for (const auto& [k, total] : any_gpu)
-        if (auto why = unfit(job.stages[k], total, d)) {
+      for (const auto& [k, described] : any_gpu)
+        if (auto why = unfit(job.stages[k], described, d)) {
           q.unfit_devices.insert(d);
           if (!first_unfit)
             first_unfit = name + ", stage " + std::to_string(k) + " " + *why;

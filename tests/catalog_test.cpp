@@ -21,7 +21,7 @@ TEST_CASE("registering a model makes it findable without loading it") {
   CHECK_FALSE(c.find("other"));
 }
 
-TEST_CASE("the catalog rejects empty ids, zero or absurd sizes, missing loaders and duplicates, and stays as it was") {
+TEST_CASE("the catalog rejects empty ids, zero or absurd sizes, tensor sizes that do not describe the model, missing loaders and duplicates, and stays as it was") {
   catalog c;
   REQUIRE_FALSE(c.add(synthetic_model("m", {4})));
   auto no_id = synthetic_model("", {4});
@@ -30,7 +30,11 @@ TEST_CASE("the catalog rejects empty ids, zero or absurd sizes, missing loaders 
   no_loader.loader = nullptr;
   auto absurd = synthetic_model("huge", {4});
   absurd.bytes = (bytes_t{1} << 63) + 7;  // sums of two such sizes would wrap the tiers' arithmetic
-  for (auto* d : {&no_id, &zero, &no_loader, &absurd}) {
+  auto sizes_short = synthetic_model("s", {4, 4});
+  sizes_short.tensor_bytes.pop_back();  // tensor sizes the scheduler refuses plans by must describe the model
+  auto sizes_over = synthetic_model("o", {4, 4});
+  sizes_over.tensor_bytes[0] = 1000;
+  for (auto* d : {&no_id, &zero, &no_loader, &absurd, &sizes_short, &sizes_over}) {
     auto err = c.add(*d);
     REQUIRE(err);
     CHECK(err->code == errc::invalid_argument);

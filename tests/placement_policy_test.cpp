@@ -37,3 +37,22 @@ TEST_CASE("placement never picks a device that could never hold the pin, even wh
   // Where none could, every device is a candidate (its tier refuses with model_too_large).
   CHECK(p.choose(m, 5000, devices) == 1);
 }
+
+TEST_CASE("placement sees from the catalog's tensor sizes that a device loading in part could still never hold a pin") {
+  resident_then_free_placement p;
+  model_descriptor m;
+  m.id = "m";
+  m.bytes = 600;
+  m.tensor_names = {"embed", "block0", "block1"};
+  m.tensor_bytes = {200, 200, 200};
+  m.required_tensors = {"embed"};  // in part it needs 200 + 2 slots x 200
+  std::vector<placement_view> devices = {{0, 100, 0, 1000}, {1, 550, 0, 550}};
+  CHECK(p.choose(m, 0, devices) == 0);  // device 1 has the most free but could never hold 600
+  devices[1].staging_slots = 1;        // 400 then: it could, and it has the most free
+  CHECK(p.choose(m, 0, devices) == 1);
+  CHECK(least_pin_bytes(m, true, 2) == 600);
+  CHECK(least_pin_bytes(m, true, 1) == 400);
+  CHECK(least_pin_bytes(m, false, 1) == 600);
+  m.tensor_bytes.clear();  // sizes unknown (a custom loader): the device tier decides
+  CHECK(least_pin_bytes(m, true, 2) == 0);
+}

@@ -64,3 +64,14 @@ TEST_CASE("without partial loading, or without room for the required tensors and
   CHECK_FALSE(plan_residency(absent({30, 20, 20}, {0}), 0, 60, true, 2));  // 30 + 2 x 20 > 60
   CHECK(plan_residency(absent({30, 20, 20}, {0}), 0, 70, true, 2));
 }
+
+TEST_CASE("the least a pin could ever need is the whole model, or in part its required tensors and a ring of the largest other") {
+  CHECK(least_pin_bytes(absent({10, 20, 30}), false, 2) == 60);
+  CHECK(least_pin_bytes(absent({10, 20, 30}), true, 2) == 60);          // 2 x 30 of staging: no less than whole
+  CHECK(least_pin_bytes(absent({10, 20, 30, 5}), true, 2) == 60);       // 65 whole, 2 x 30 in part
+  CHECK(least_pin_bytes(absent({40, 20, 20, 20}, {0}), true, 2) == 80);  // 40 required + 2 x 20
+  CHECK(least_pin_bytes(absent({40, 20, 20, 20}, {0}), true, 3) == 100);
+  auto arriving = absent({40, 20, 20, 20}, {0});
+  arriving[1].state = tensor_residency::resident;  // what is on a device now does not lower what could be needed
+  CHECK(least_pin_bytes(arriving, true, 2) == 80);
+}

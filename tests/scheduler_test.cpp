@@ -340,6 +340,37 @@ TEST_CASE("a stage whose models could never be on its device together is refused
   CHECK(submit_error(on_strict, one_stage({"a", "b"}, [](stage_context&) {})) == errc::model_too_large);
 }
 
+TEST_CASE("a stage on a device that loads in part is refused at submit when even its required tensors and staging could never fit") {
+  auto o = options(64 * kib, 10 * kib, 2);
+  o.devices[1].budget_bytes = 20 * kib;
+  runtime rt{o};
+  auto r = synthetic_model("r", {4 * kib_floats, 4 * kib_floats, 4 * kib_floats});
+  r.required_tensors = {"t0"};  // at least 4 KiB resident + 2 staging slots of 4 KiB: 12 KiB, and device 0 has 10
+  rt.models().add(r);
+  rt.models().add(synthetic_model("s", {4 * kib_floats, 4 * kib_floats, 4 * kib_floats}));  // nothing required: 8 KiB
+  scheduler sched{rt};
+  auto on_0 = one_stage({"r"}, [](stage_context&) {});
+  on_0.stages[0].target = stage_target::on(0);
+  std::string why;
+  try {
+    sched.submit(std::move(on_0));
+  } catch (const request_error& e) {
+    CHECK(e.code() == errc::model_too_large);
+    why = e.what();
+  }
+  CHECK(why.find("required tensors and staging") != std::string::npos);
+  CHECK(why.find("12.00 KiB") != std::string::npos);
+  auto s_on_0 = one_stage({"s"}, [](stage_context& c) { CHECK(c.pin("s").partial()); });
+  s_on_0.stages[0].target = stage_target::on(0);
+  std::vector<job_handle> jobs{sched.submit(std::move(s_on_0))};  // 8 KiB of staging fits in 10: it streams
+  expect_all_done(jobs);
+  // For any GPU, the stage goes to device 1, where the model fits whole.
+  device_index ran_on = -2;
+  std::vector<job_handle> anywhere{sched.submit(one_stage({"r"}, [&](stage_context& c) { ran_on = c.device(); }))};
+  expect_all_done(anywhere);
+  CHECK(ran_on == 1);
+}
+
 TEST_CASE("a job for any GPU goes only to devices where its stages could fit, whichever worker is free first") {
   auto o = options(64 * kib, 12 * kib, 2);
   o.devices[1].budget_bytes = 4 * kib;  // too small for the jobs below

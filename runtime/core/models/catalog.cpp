@@ -24,6 +24,17 @@ std::optional<failure> catalog::validate(const model_descriptor& descriptor) {
                                              + format_bytes(max_plausible_bytes) + ")"};
   if (!descriptor.loader)
     return failure{errc::invalid_argument, "model '" + descriptor.id + "' has no loader"};
+  if (!descriptor.tensor_bytes.empty()) {
+    // Sizes the scheduler refuses plans by must describe the model: one per named tensor, within its bytes.
+    bytes_t sum = 0;
+    for (auto b : descriptor.tensor_bytes)
+      sum = saturating_add(sum, b);
+    if (descriptor.tensor_bytes.size() != descriptor.tensor_names.size() || sum > descriptor.bytes)
+      return failure{errc::invalid_argument, "model '" + descriptor.id + "' gives " + std::to_string(descriptor.tensor_bytes.size())
+                                               + " tensor sizes (" + format_bytes(sum) + ") for "
+                                               + std::to_string(descriptor.tensor_names.size()) + " tensors of "
+                                               + format_bytes(descriptor.bytes)};
+  }
   return std::nullopt;
 }
 
@@ -123,6 +134,10 @@ model_descriptor synthetic_model(model_id id, std::vector<int64_t> tensor_numels
   d.id = std::move(id);
   d.bytes = bytes;
   d.source = "synthetic";
+  for (size_t i = 0; i < tensor_numels.size(); ++i) {
+    d.tensor_names.push_back("t" + std::to_string(i));  // as the loader names them
+    d.tensor_bytes.push_back(static_cast<bytes_t>(tensor_numels[i]) * sizeof(float));
+  }
   d.loader = [numels = std::move(tensor_numels), seed, opaque_bytes](const model_descriptor& self) {
     auto m = std::make_shared<host_model>();
     m->id = self.id;

@@ -41,6 +41,9 @@ struct model_descriptor {
   std::string source;           // where it comes from, for messages ("synthetic", a file path, ...)
   model_loader loader;
   std::vector<std::string> tensor_names;     // in execution order when known (else declaration order)
+  /// Each tensor's bytes, beside `tensor_names`, where registration knows them (files, synthetic models):
+  /// the scheduler and placement see from them the least a partial pin needs before anything loads.
+  std::vector<bytes_t> tensor_bytes;
   std::vector<std::string> required_tensors; // always resident when pinned (norms, embeddings)
   std::optional<device_index> preferred_device;  // a placement hint from the manifest
   /// Note [Keep-alive]: unused (unheld) this long, the model is dropped from RAM and from every device.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 
 namespace mcache {
@@ -51,6 +52,7 @@ outcome<model_descriptor> describe_files(const file_model_spec& spec, const safe
     return failure{errc::invalid_argument, "a file model needs an id and at least one file"};
   std::vector<safetensors::file_layout> layouts;
   std::set<std::string> names;
+  std::map<std::string, bytes_t> bytes_of;
   model_descriptor d;
   d.id = spec.id;
   for (const auto& path : spec.files) {
@@ -62,6 +64,7 @@ outcome<model_descriptor> describe_files(const file_model_spec& spec, const safe
       if (!names.insert(t.name).second)
         return failure{errc::bad_file, path + ": tensor '" + t.name + "' is also in another shard of '" + spec.id + "'"};
       d.tensor_names.push_back(t.name);
+      bytes_of[t.name] = t.bytes();
     }
     d.bytes += l.layout.data_bytes;
     layouts.push_back(std::move(l));
@@ -82,6 +85,8 @@ outcome<model_descriptor> describe_files(const file_model_spec& spec, const safe
         ordered.push_back(n);
     d.tensor_names = std::move(ordered);
   }
+  for (const auto& n : d.tensor_names)
+    d.tensor_bytes.push_back(bytes_of.at(n));
   d.required_tensors = spec.required_tensors;
   d.preferred_device = spec.preferred_device;
   d.source = spec.files.size() == 1 ? spec.files.front()

@@ -1,18 +1,33 @@
 #include "runtime/core/policies/placement_policy.hpp"
 
+#include "runtime/core/tiers/residency_plan.hpp"
+
 #include <algorithm>
 #include <tuple>
 
 namespace mcache {
 
-bool could_ever_hold(bytes_t usable_bytes, bool partial_loading, bytes_t model_bytes, bytes_t working_bytes) {
-  if (working_bytes > usable_bytes)
-    return false;
-  return partial_loading || model_bytes <= usable_bytes - working_bytes;
+bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, size_t slots) {
+  if (!partial_loading)
+    return model.bytes;
+  if (model.tensor_bytes.empty() || model.tensor_bytes.size() != model.tensor_names.size())
+    return 0;
+  std::vector<tensor_slot> tensors;
+  for (size_t i = 0; i < model.tensor_names.size(); ++i) {
+    bool required = std::find(model.required_tensors.begin(), model.required_tensors.end(), model.tensor_names[i])
+                    != model.required_tensors.end();
+    tensors.push_back({model.tensor_bytes[i], required, tensor_residency::absent});
+  }
+  return least_pin_bytes(tensors, true, slots);
+}
+
+bool could_ever_hold(bytes_t usable_bytes, bytes_t least_bytes, bytes_t working_bytes) {
+  return working_bytes <= usable_bytes && least_bytes <= usable_bytes - working_bytes;
 }
 
 bool could_hold(const placement_view& device, const model_descriptor& model, bytes_t working_bytes) {
-  return could_ever_hold(device.usable_bytes, device.partial_loading, model.bytes, working_bytes);
+  return could_ever_hold(device.usable_bytes, least_pin_bytes(model, device.partial_loading, device.staging_slots),
+                         working_bytes);
 }
 
 device_index resident_then_free_placement::choose(const model_descriptor& model, bytes_t working_bytes,

@@ -20,11 +20,16 @@ public:
                               const std::vector<placement_view>& devices) const = 0;
 };
 
-/// Whether a device that may use `usable_bytes` could ever hold pins of `model_bytes` of models with
-/// `working_bytes`: the working memory fits, and so do the models whole with it where the device loads
-/// no model in part. With partial loading a model takes what fits and streams the rest. (The scheduler
-/// asks it of a stage's models together, placement of one pin's.)
-bool could_ever_hold(bytes_t usable_bytes, bool partial_loading, bytes_t model_bytes, bytes_t working_bytes);
+/// The least a pin of `model` could ever need on a device (least_pin_bytes, residency_plan.hpp) as far as
+/// its descriptor tells: without partial loading the whole model; with it, its required tensors and a
+/// staging ring of `slots` buffers of its largest other tensor where the descriptor gives its tensors'
+/// sizes, else nothing (a custom loader's model: the device tier, which sees its tensors, decides).
+bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, size_t slots);
+
+/// Whether a device that may use `usable_bytes` could ever hold pins needing at least `least_bytes` of
+/// models (least_pin_bytes, summed over the models pinned together) with `working_bytes` of working memory.
+/// (The scheduler asks it of a stage's models together, placement of one pin's.)
+bool could_ever_hold(bytes_t usable_bytes, bytes_t least_bytes, bytes_t working_bytes);
 
 /// `could_ever_hold` for a pin of `model` on `device`. (Where no device could, a policy picks among all,
 /// and that device's tier refuses the pin with a typed error.)

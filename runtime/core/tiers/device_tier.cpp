@@ -420,22 +420,18 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
     return;
   }
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
-  entry shape;
-  shape.tensors = r.tensors();
-  bytes_t required = 0;
-  for (const auto& t : shape.tensors)
-    if (t.required)
-      required += t.bytes;
-  auto least = model_bytes;
-  auto least_staging = options_.partial_loading ? staging_for(shape, {}) : 0;
-  if (options_.partial_loading)
-    least = std::min(least, required + least_staging);
+  auto tensors = r.tensors();
+  auto least = least_pin_bytes(tensors, options_.partial_loading, options_.staging_slots);
   if (least + r.working_bytes > usable_bytes()) {
+    bytes_t required = 0;
+    for (const auto& t : tensors)
+      if (t.required)
+        required += t.bytes;
     refuse(failure{errc::model_too_large,
                    "pinning '" + r.host.model + "' on device " + std::to_string(options_.device) + " needs "
                      + format_bytes(least) + " for the model"
                      + (least < model_bytes ? " (required tensors " + format_bytes(required) + " + staging "
-                                                + format_bytes(least_staging) + ")"
+                                                + format_bytes(least - required) + ")"
                                             : std::string{})
                      + " + " + format_bytes(r.working_bytes) + " working memory, but only "
                      + format_bytes(usable_bytes()) + " of the budget " + format_bytes(options_.budget_bytes)

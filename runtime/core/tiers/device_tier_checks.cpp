@@ -66,7 +66,8 @@ bytes_t device_tier::resident_bytes(const model_id& model) const {
 
 placement_view device_tier::placement(const model_id& model) const {
   return placement_view{options_.device, free_bytes(), resident_bytes(model),
-                        options_.budget_bytes - options_.reserve_bytes, options_.partial_loading};
+                        options_.budget_bytes - options_.reserve_bytes, options_.partial_loading,
+                        options_.staging_slots};
 }
 
 device_stats device_tier::stats() const {
