@@ -151,14 +151,24 @@ TEST_CASE("a released pin's memory is not reused before the kernels enqueued on 
   c10::impl::VirtualGuardImpl guard{device.type()};
   auto consumer = guard.getStreamFromGlobalPool(device);
   std::atomic<bool> read{false};
+  std::atomic<bool> may_finish{false};  // the kernel runs until the test has looked (a fixed delay did not
+                                        // hold on a loaded machine: the kernel ended before the check)
   {
     c10::StreamGuard on_consumer{consumer};
-    auto t = copy->tensors[0].tensor;
-    fake_accelerator::launch(consumer, [&read, t] { read = sum_on_cpu(t) > 0; }, 20000);
+    // The kernel holds a raw pointer, as a CUDA kernel does: only the allocator's record keeps the memory.
+    // (Holding the tensor would keep it alive by itself, and the test could not tell a missing record.)
+    const float* data = copy->tensors[0].tensor.data_ptr<float>();
+    fake_accelerator::launch(consumer, [&read, &may_finish, data] {
+      while (!may_finish)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      read = data[floats - 1] > 0;
+    });
     backend->mark_in_use(*copy, {});
   }
   copy.reset();  // the pin is gone; a kernel on the consumer stream still reads its tensor
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // room for a free that does not wait to happen
   CHECK(fake_accelerator::allocated_bytes(1) > before);
+  may_finish = true;
   guard.synchronizeStream(consumer);
   CHECK(read);
   // The free runs once every stream that used the block has passed it: the consumer (just synchronized)
@@ -205,18 +215,24 @@ TEST_CASE("a pin used on one stream and released on another thread keeps its mem
   c10::impl::VirtualGuardImpl guard{device.type()};
   auto worker_stream = guard.getStreamFromGlobalPool(device);
   std::atomic<bool> read{false};
+  std::atomic<bool> may_finish{false};  // the kernel runs until the test has looked, however loaded the machine
   std::thread worker{[&] {
     c10::StreamGuard on{worker_stream};
     auto t = pin.tensor("l0");
     // The kernel holds a raw pointer, as a CUDA kernel does: only the allocator's record keeps the memory.
     const float* data = static_cast<const float*>(t.data_ptr());
-    fake_accelerator::launch(worker_stream, [&read, data] { read = data[floats - 1] > 0; }, 300000);
+    fake_accelerator::launch(worker_stream, [&read, &may_finish, data] {
+      while (!may_finish)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      read = data[floats - 1] > 0;
+    });
   }};
   worker.join();
   pin.release();  // on this thread, whose current stream is another one
   s.offload(0);   // the tier drops the device copy (freed on the copy queue, right after)
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  CHECK(fake_accelerator::allocated_bytes(1) > before);  // the worker's kernel (300 ms) still reads it
+  CHECK(fake_accelerator::allocated_bytes(1) > before);  // the worker's kernel still reads it
+  may_finish = true;
   guard.synchronizeStream(worker_stream);
   CHECK(read);
   // The copy queue frees off the actor thread: give it a moment after the stream is done.
