@@ -141,6 +141,58 @@ TEST_CASE("streaming through two slots: every fake kernel reads its own layer, w
     CHECK(sums[i] == static_cast<float>((i + 1) * floats));
 }
 
+TEST_CASE("a pin's staging ring dropped while a kernel on another stream still reads its last slot keeps that memory until the kernel is done") {
+  install_slow_fake();
+  auto device = fake_accelerator::device(1);
+  std::shared_ptr<device_backend> backend = make_torch_backend(device);
+  auto host = layers(2);
+  device_pin pin;  // nothing resident: both layers stream
+  pin.model = "layers";
+  pin.view = std::make_shared<device_model>(device_model{std::vector<named_tensor>(2), 0});
+  pin.host = host;
+  pin.backend = backend;
+  pin.staging_slots = 2;
+  pin.staging_bytes = 2 * floats * 4;
+  c10::impl::VirtualGuardImpl guard{device.type()};
+  auto consumer = guard.getStreamFromGlobalPool(device);
+  auto before = fake_accelerator::allocated_bytes(1);
+  // The pin's ring, as pin_handle keeps it: allocated by a first pass on the current (default) stream, so
+  // the allocator ties its blocks to that stream, not to the consumer's below.
+  auto ring = std::make_shared<staging_ring>(backend, 2, floats * 4);
+  {
+    tensor_stream first{pin, ring};
+    first.get(0);
+    first.get(1);
+  }
+  guard.synchronizeStream(guard.getStream(device));
+  std::atomic<bool> may_finish{false};
+  std::atomic<float> read{-1};
+  bytes_t with_ring = 0;
+  {
+    c10::StreamGuard on_consumer{consumer};
+    tensor_stream second{pin, ring};
+    second.get(0);
+    // The kernel holds only the address of the last streamed layer, as a CUDA kernel does.
+    const float* data = second.get(1).data_ptr<float>();
+    fake_accelerator::launch(consumer, [&read, &may_finish, data] {
+      while (!may_finish)
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      read = data[floats - 1];
+    });
+    with_ring = fake_accelerator::allocated_bytes(1);
+  }
+  ring.reset();  // the pin ends while the consumer's kernel has yet to read
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));  // room for a free that does not wait to happen
+  CHECK(with_ring > before);
+  CHECK(fake_accelerator::allocated_bytes(1) == with_ring);  // the slot is kept for the consumer's kernel
+  may_finish = true;
+  guard.synchronizeStream(consumer);
+  CHECK(read == 2.0f);
+  for (int i = 0; i < 1000 && fake_accelerator::allocated_bytes(1) != before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(fake_accelerator::allocated_bytes(1) == before);  // then the whole ring goes
+}
+
 TEST_CASE("a released pin's memory is not reused before the kernels enqueued on it have run") {
   install_slow_fake();
   auto device = fake_accelerator::device(1);
