@@ -60,6 +60,18 @@ model_descriptor layers_model(int n) {
   return m;
 }
 
+/// A pin of `layers(n)` with nothing resident, so every layer streams through two staging slots.
+device_pin all_streamed(int n, std::shared_ptr<device_backend> backend) {
+  device_pin pin;
+  pin.model = "layers";
+  pin.view = std::make_shared<device_model>(device_model{std::vector<named_tensor>(static_cast<size_t>(n)), 0});
+  pin.host = layers(n);
+  pin.backend = std::move(backend);
+  pin.staging_slots = 2;
+  pin.staging_bytes = 2 * floats * 4;
+  return pin;
+}
+
 float sum_on_cpu(const at::Tensor& t) {
   const auto* p = static_cast<const float*>(t.data_ptr());
   double s = 0;
@@ -117,14 +129,7 @@ TEST_CASE("streaming through two slots: every fake kernel reads its own layer, w
   fake_accelerator::install({2, 256ull << 20, t.copy_bytes_per_s});
   auto device = fake_accelerator::device(0);
   std::shared_ptr<device_backend> backend = make_torch_backend(device);
-  auto host = layers(8);
-  device_pin pin;
-  pin.model = "layers";
-  pin.view = std::make_shared<device_model>(device_model{std::vector<named_tensor>(8), 0});
-  pin.host = host;
-  pin.backend = backend;
-  pin.staging_slots = 2;
-  pin.staging_bytes = 2 * floats * 4;
+  auto pin = all_streamed(8, backend);
   c10::impl::VirtualGuardImpl guard{device.type()};
   auto consumer = guard.getStreamFromGlobalPool(device);
   std::vector<float> sums(8, -1);
@@ -145,14 +150,7 @@ TEST_CASE("a pin's staging ring dropped while a kernel on another stream still r
   install_slow_fake();
   auto device = fake_accelerator::device(1);
   std::shared_ptr<device_backend> backend = make_torch_backend(device);
-  auto host = layers(2);
-  device_pin pin;  // nothing resident: both layers stream
-  pin.model = "layers";
-  pin.view = std::make_shared<device_model>(device_model{std::vector<named_tensor>(2), 0});
-  pin.host = host;
-  pin.backend = backend;
-  pin.staging_slots = 2;
-  pin.staging_bytes = 2 * floats * 4;
+  auto pin = all_streamed(2, backend);
   c10::impl::VirtualGuardImpl guard{device.type()};
   auto consumer = guard.getStreamFromGlobalPool(device);
   auto before = fake_accelerator::allocated_bytes(1);
