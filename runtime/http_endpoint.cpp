@@ -81,10 +81,9 @@ private:
     const auto& req = parser_.get();
     auto version = req.version();
     if (req.method() != http::verb::get && req.method() != http::verb::head)
-      return respond(http::status::method_not_allowed, "text/plain", "only GET and HEAD\n", version);
+      return respond(http::status::method_not_allowed, "text/plain", "only GET and HEAD\n", version, "GET, HEAD");
     head_only_ = req.method() == http::verb::head;
-    auto target = std::string{req.target()};
-    auto path = target.substr(0, target.find('?'));
+    auto path = path_of(std::string{req.target()});
     try {
       if (path == "/metrics")
         return respond(http::status::ok, "text/plain; version=0.0.4", prometheus_text(*owner_.rt), version);
@@ -98,9 +97,23 @@ private:
     respond(http::status::not_found, "text/plain", "no such page: " + path + " (try /, /status or /metrics)\n", version);
   }
 
-  void respond(http::status status, const char* type, std::string body, unsigned version) {
+  /// The path of a request target: origin form ("/status?x") or absolute form ("http://host/status"),
+  /// which a server must accept too (RFC 9112, 3.2.2), without its query.
+  static std::string path_of(std::string target) {
+    auto scheme = target.find("://");
+    if (target.rfind('/', 0) != 0 && scheme != std::string::npos) {
+      auto slash = target.find('/', scheme + 3);
+      target = slash == std::string::npos ? "/" : target.substr(slash);
+    }
+    return target.substr(0, target.find('?'));
+  }
+
+  /// `allow`: the methods a 405 names (RFC 9110 requires the header there).
+  void respond(http::status status, const char* type, std::string body, unsigned version, const char* allow = nullptr) {
     auto res = std::make_shared<http::response<http::string_body>>(status, version);
     res->set(http::field::server, "mcache");
+    if (allow)
+      res->set(http::field::allow, allow);
     res->set(http::field::content_type, type);
     res->set(http::field::cache_control, "no-store");
     res->keep_alive(false);

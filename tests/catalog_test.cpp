@@ -103,3 +103,20 @@ TEST_CASE("remove and replace of an unknown id, and ids with '#', are refused an
   CHECK(c.find("m")->id == "m");
   CHECK(c.size() == 1);
 }
+
+TEST_CASE("a model id must be printable UTF-8, since ids appear in status JSON, metrics, logs and Python") {
+  catalog c;
+  for (const auto* id : {"caf\xe9", "a\nb", "tab\tid", "\xc0\xaf", "\xed\xa0\x80", "x\x7f"}) {
+    auto err = c.add(synthetic_model(id, {4}));
+    REQUIRE(err);
+    CHECK(err->code == errc::invalid_argument);
+    CHECK(err->detail.find("not printable UTF-8") != std::string::npos);
+  }
+  auto err = c.add(synthetic_model("caf\xe9", {4}));
+  REQUIRE(err);
+  CHECK(err->detail.find("'caf\\xe9'") != std::string::npos);  // the message itself is text
+  CHECK(c.size() == 0);
+  CHECK_FALSE(c.add(synthetic_model("caf\xc3\xa9", {4})));           // "café"
+  CHECK_FALSE(c.add(synthetic_model("\xe6\xa8\xa1\xe5\x9e\x8b", {4})));  // "模型"
+  CHECK_FALSE(c.add(synthetic_model("flux/t5 xxl", {4})));
+}

@@ -115,11 +115,28 @@ TEST_CASE("the endpoint serves metrics, the status as JSON with holders by name,
   CHECK(body_of(head).empty());
 }
 
+TEST_CASE("a holder named with bytes that are not UTF-8 cannot make /status fail") {
+  runtime rt{small()};
+  rt.models().add(synthetic_model("vae", {1 << 16}));
+  http_endpoint http{rt};
+  auto s = rt.open_session("caf\xe9");  // session names are the caller's, unchecked
+  auto lease = s.acquire("vae");
+  auto status = get(http.port(), "/status");
+  REQUIRE(status_of(status) == 200);  // was 503: the JSON writer threw on the name
+  auto doc = nlohmann::json::parse(body_of(status));
+  CHECK(doc["ram"]["models"][0]["holders"][0]["holder"] == "caf\xef\xbf\xbd");  // U+FFFD in its place
+}
+
 TEST_CASE("bad requests get HTTP errors: unknown paths, other methods, huge headers, bodies, garbage") {
   runtime rt{small()};
   http_endpoint http{rt};
   CHECK(status_of(get(http.port(), "/nope")) == 404);
-  CHECK(status_of(get(http.port(), "/status", "DELETE")) == 405);
+  auto refused = get(http.port(), "/status", "DELETE");
+  CHECK(status_of(refused) == 405);
+  CHECK(refused.find("Allow: GET, HEAD\r\n") != std::string::npos);  // RFC 9110 asks a 405 to say what is
+  CHECK(status_of(get(http.port(), "http://127.0.0.1/status")) == 200);  // absolute form (RFC 9112, 3.2.2)
+  CHECK(status_of(get(http.port(), "http://127.0.0.1")) == 200);         // the page
+  CHECK(status_of(get(http.port(), "http://127.0.0.1/nope?x=1")) == 404);
   {
     client c{http.port()};
     c.send("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n");

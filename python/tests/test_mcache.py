@@ -230,6 +230,18 @@ def test_models_from_files_and_folders():
                 assert torch.equal(p.tensor("w"), torch.arange(12, dtype=torch.float32).view(3, 4))
 
 
+def test_a_file_whose_name_is_not_utf8_is_refused_with_its_name_escaped_and_status_still_works():
+    from safetensors_writer import write_safetensors
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_safetensors(os.path.join(os.fsencode(folder), b"caf\xe9.safetensors"), {"w": torch.ones(4)})
+        with mcache.Runtime(ram_budget=16 * MiB, devices=[{"kind": "simulated", "vram_budget": 8 * MiB}]) as rt:
+            with pytest.raises(mcache.InvalidArgument, match=r"caf\\xe9.*not printable UTF-8"):
+                rt.models.add_folder(folder)
+            assert rt.models.ids() == []  # all or nothing: the folder registered nothing
+            assert rt.stats()["catalog_models"] == 0
+
+
 def test_a_torch_module_runs_on_the_pins_tensors_without_a_copy(rt):
     class Net(torch.nn.Module):
         def __init__(self):

@@ -85,7 +85,7 @@ std::string timeline::json() const {
   nlohmann::json doc{{"traceEvents", std::move(all)}, {"displayTimeUnit", "ms"}};
   if (dropped_)
     doc["otherData"] = {{"dropped_events", dropped_}};
-  return doc.dump();
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);  // as runtime::status_json
 }
 
 void timeline::write(const std::string& path) const {

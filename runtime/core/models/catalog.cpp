@@ -13,6 +13,10 @@ namespace mcache {
 std::optional<failure> catalog::validate(const model_descriptor& descriptor) {
   if (descriptor.id.empty())
     return failure{errc::invalid_argument, "a model id must not be empty"};
+  if (!is_printable_utf8(descriptor.id))
+    return failure{errc::invalid_argument, "model id '" + escape_unprintable(descriptor.id)
+                                             + "' is not printable UTF-8 text: ids appear in /status, metrics, "
+                                               "logs and Python (rename the file, or give the id in a manifest)"};
   if (descriptor.id.find('#') != model_id::npos)
     return failure{errc::invalid_argument, "model id '" + descriptor.id
                                              + "' contains '#', which names generations (Note [Remove and replace])"};
