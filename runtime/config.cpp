@@ -33,7 +33,9 @@ std::optional<std::pair<double, std::string>> split_unit(const std::string& text
   std::smatch m;
   if (!std::regex_match(text, m, form))
     return std::nullopt;
-  return std::make_pair(std::stod(m[1].str()), lower(m[2].str()));
+  // strtod, not stod: a number past double's range is infinity here (refused as implausible by the
+  // caller, with the key), where stod threw std::out_of_range through every caller.
+  return std::make_pair(std::strtod(m[1].str().c_str(), nullptr), lower(m[2].str()));
 }
 
 void check_keys(const json& object, const std::string& where, const std::vector<std::string>& known) {
@@ -124,8 +126,9 @@ device_options device_of(const json& d, const std::string& where) {
       bad(where + ".kind", "'" + kind + "' is not a device kind (cuda, simulated, accelerator)");
   }
   if (d.contains("index")) {
-    if (!d["index"].is_number_integer())
-      bad(where + ".index", "expected a device index");
+    // Read whole, then checked: get<int>() wrapped 4294967296 to device 0.
+    if (!d["index"].is_number_unsigned() || d["index"].get<std::uint64_t>() > 127)
+      bad(where + ".index", "expected a device index from 0 to 127, got " + d["index"].dump());
     o.index = d["index"].get<int>();
   }
   take(d, where, "vram_budget", o.budget_bytes, size_of);
@@ -260,8 +263,11 @@ runtime_options runtime_flags::finish(runtime_options o) const {
       static const std::regex number{R"(^[0-9]{1,3}$)"};
       if (!std::regex_match(devices_, number))
         bad("--devices", "'" + devices_ + "' is neither 'all' nor a number of simulated devices");
-      // N devices like the first one configured (a sample's derived budget), or default ones.
+      // N simulated devices with the first configured one's budgets (a sample's derived budget), or
+      // default ones; never copies of a real device, which would put N tiers on one GPU.
       auto like = o.devices.empty() ? device_options{} : o.devices.front();
+      like.kind = device_kind::simulated;
+      like.index = -1;
       o.devices.assign(std::stoul(devices_), like);
     }
   }

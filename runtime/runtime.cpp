@@ -13,6 +13,8 @@
 #include <spdlog/spdlog.h>
 
 #include <fstream>
+#include <limits>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -41,6 +43,9 @@ c10::Device torch_device_of(const device_options& d) {
   throw request_error(failure{errc::invalid_argument, what});
 }
 
+/// More threads than this are a typo, not a machine: each one is a real thread started at once.
+constexpr std::size_t max_threads = 1024;
+
 // Resolves derived values (RAM budget, thread counts) and rejects unusable options with the numbers.
 runtime_options resolve(runtime_options o) {
   auto available = available_ram_bytes();
@@ -48,18 +53,21 @@ runtime_options resolve(runtime_options o) {
     if (!(o.ram_fraction > 0 && o.ram_fraction <= 1))
       bad_option("ram_fraction must be in (0, 1], got " + std::to_string(o.ram_fraction));
     if (available == 0)
-      bad_option("ram_budget_bytes is 0 and available RAM is unknown; set ram_budget_bytes");
+      bad_option("ram_budget (ram_budget_bytes) is 0 and available RAM is unknown; set it");
     o.ram_budget_bytes = static_cast<bytes_t>(static_cast<double>(available) * o.ram_fraction);
   }
   if (available != 0 && o.ram_budget_bytes > 4 * available)
-    bad_option("ram_budget_bytes " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
+    bad_option("ram_budget (ram_budget_bytes) " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
                + format_bytes(available) + "; that budget could never be honoured");
-  if (o.loader_threads == 0)
-    bad_option("loader_threads must be at least 1");
+  if (o.loader_threads == 0 || o.loader_threads > max_threads)
+    bad_option("loader_threads is " + std::to_string(o.loader_threads) + "; it must be 1 to " + std::to_string(max_threads));
+  if (o.scheduler_threads > max_threads)
+    bad_option("scheduler_threads is " + std::to_string(o.scheduler_threads) + "; it must be 0 (one per core) to "
+               + std::to_string(max_threads));
   if (o.keep_alive < std::chrono::nanoseconds::zero())
     bad_option("keep_alive must not be negative (0 keeps models until room is needed)");
   if (o.pinned_budget_bytes > o.ram_budget_bytes)
-    bad_option("pinned_budget_bytes " + format_bytes(o.pinned_budget_bytes) + " is larger than the RAM budget "
+    bad_option("pinned_budget (pinned_budget_bytes) " + format_bytes(o.pinned_budget_bytes) + " is larger than the RAM budget "
                + format_bytes(o.ram_budget_bytes) + ": pinned buffers hold host copies inside the RAM budget");
   // A null factory means the default, for both policies (a null eviction policy used to crash the actors).
   if (!o.eviction)
@@ -68,12 +76,20 @@ runtime_options resolve(runtime_options o) {
     o.placement = make_resident_then_free_placement;
   if (o.default_wait < std::chrono::nanoseconds::zero())
     bad_option("default_wait must not be negative");
+  std::map<std::string, size_t> tier_of;  // a real device's name -> the tier that owns it
   for (size_t i = 0; i < o.devices.size(); ++i) {
     auto& d = o.devices[i];
     auto name = "device " + std::to_string(i);
     if (d.kind != device_kind::simulated) {
       if (d.index < 0)
         d.index = static_cast<int>(i);
+      if (d.index > std::numeric_limits<c10::DeviceIndex>::max())
+        bad_option(name + ": index " + std::to_string(d.index) + " is past any device LibTorch can name (at most "
+                   + std::to_string(std::numeric_limits<c10::DeviceIndex>::max()) + ")");
+      auto owner = tier_of.emplace(torch_device_of(d).str(), i);
+      if (!owner.second)
+        bad_option(name + ": " + torch_device_of(d).str() + " is device " + std::to_string(owner.first->second)
+                   + " already; two tiers on one device would each count its memory as their own");
       auto count = torch_device_count(torch_device_of(d).type());
       if (d.index >= count)
         bad_option(name + ": " + torch_device_of(d).str() + " asked for, but LibTorch sees "
@@ -83,8 +99,8 @@ runtime_options resolve(runtime_options o) {
       if (d.budget_bytes == 0) {
         auto free = d.kind == device_kind::cuda ? cuda_free_memory(d.index) : std::nullopt;
         if (!free)
-          bad_option(name + ": budget_bytes is 0 and the device's free memory cannot be read"
-                     + std::string{d.kind == device_kind::cuda ? " (NVML is not available)" : ""} + "; set budget_bytes");
+          bad_option(name + ": vram_budget (budget_bytes) is 0 and the device's free memory cannot be read"
+                     + std::string{d.kind == device_kind::cuda ? " (NVML is not available)" : ""} + "; set it");
         d.budget_bytes = *free;
       }
     }
@@ -389,7 +405,9 @@ std::string runtime::status_json() {
     doc["devices"].push_back(device(st.devices[i], held.devices[i], "device " + std::to_string(i)));
   doc["cpu"] = device(st.cpu, held.cpu, "CPU pins");
   doc["catalog_models"] = catalog_->size();
-  return doc.dump();
+  // Names the catalog did not check (a session's) may hold bytes that are not UTF-8: replaced, so that
+  // one of them cannot make every /status fail.
+  return doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 runtime_stats runtime::stats() {

@@ -203,9 +203,7 @@ std::string mib(bytes_t b) {
   return buf;
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
+int run_sample(int argc, char** argv) {
   settings cfg;
   CLI::App app{"mcache sample: sessions running text encoder -> denoiser -> decoder jobs on one runtime"};
   app.add_option("--sessions", cfg.sessions, "sessions, each on its own thread")->check(CLI::PositiveNumber);
@@ -372,4 +370,17 @@ int main(int argc, char** argv) {
   for (auto& r : reports)
     failed += r.jobs_failed;
   return failed == 0 ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  // A bad option the runtime finds (a budget too small for the models, a port in use) is a message and
+  // exit code 2, not std::terminate.
+  try {
+    return run_sample(argc, argv);
+  } catch (const request_error& e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
+  }
 }

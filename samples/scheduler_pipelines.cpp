@@ -38,9 +38,7 @@ std::vector<order_choice> orders() {
   return {{"fifo", fifo}, {"warm4", warm4}, {"warm16", warm16}, {"prefetch", prefetch}};
 }
 
-} // namespace
-
-int main(int argc, char** argv) {
+int run_sample(int argc, char** argv) {
   workload::settings s;
   std::string only = "all";
   std::string timelines;
@@ -62,7 +60,8 @@ int main(int argc, char** argv) {
   app.add_option("--order", only, "which order to run")->check(CLI::IsMember({"fifo", "warm4", "warm16", "prefetch", "all"}));
   app.add_option("--timelines", timelines, "where the timelines go (default: next to the binary)");
   app.add_flag("--quiet", quiet, "no progress lines");
-  app.add_option("--http", http_port, "serve the status page on this port while it runs (0: any free port)");
+  app.add_option("--http", http_port, "serve the status page on this port while it runs (0: any free port)")
+    ->check(CLI::Range(0, 65535));
   CLI11_PARSE(app, argc, argv);
   s.bytes_per_gb = mib_per_gb * (1 << 20);
   bool progress = !quiet;
@@ -101,4 +100,17 @@ int main(int argc, char** argv) {
   for (const auto& r : rows)
     failed += r.r.failed;
   return failed == 0 ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  // A bad option the runtime finds (a budget too small for the models, a port in use) is a message and
+  // exit code 2, not std::terminate.
+  try {
+    return run_sample(argc, argv);
+  } catch (const request_error& e) {
+    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
+    return 2;
+  }
 }

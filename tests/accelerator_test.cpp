@@ -253,6 +253,30 @@ TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails
   }
 }
 
+TEST_CASE("two tiers on one device, or an index past any LibTorch can name, are refused at start") {
+  install_slow_fake();
+  runtime_options o;
+  o.ram_budget_bytes = 1 << 20;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.index = 1;
+  d.budget_bytes = 1 << 20;
+  o.devices = {d, d};  // each tier would count the device's memory as its own
+  auto error_of = [&] {
+    try {
+      runtime rt{o};
+    } catch (const request_error& e) {
+      CHECK(e.code() == errc::invalid_argument);
+      return std::string{e.what()};
+    }
+    return std::string{"started"};
+  };
+  CHECK_THAT(error_of(), Catch::Contains("device 1: privateuseone:1 is device 0 already"));
+  d.index = 300;  // a c10::DeviceIndex is 8 bits: this was narrowed to device 44
+  o.devices = {d};
+  CHECK_THAT(error_of(), Catch::Contains("index 300 is past any device LibTorch can name"));
+}
+
 TEST_CASE("a pin used on one stream and released on another thread keeps its memory until that stream is done") {
   install_slow_fake();
   runtime rt{accelerator_options(1, 16 * floats * 4)};

@@ -76,6 +76,15 @@ TEST_CASE("config errors name the key: unknown keys, wrong types, bad units, bad
              Catch::Contains("'keep_alive': a duration of"));
   CHECK_THAT(error_of([] { options_from_file("/nonexistent/mcache.json"); }),
              Catch::Contains("cannot read '/nonexistent/mcache.json'"));
+  // Numbers past what a field holds are refused, naming the key, never narrowed or thrown as out_of_range.
+  CHECK_THAT(error_of([] { options_from_json(R"({"devices": [{"kind": "cuda", "index": 4294967296}]})"); }),
+             Catch::Contains("'devices[0].index': expected a device index from 0 to 127"));
+  CHECK_THAT(error_of([] { options_from_json(R"({"devices": [{"kind": "cuda", "index": 200}]})"); }),
+             Catch::Contains("'devices[0].index'"));
+  CHECK_THAT(error_of([] { options_from_json(R"({"ram_budget": "1)" + std::string(400, '0') + R"("})"); }),
+             Catch::Contains("'ram_budget': '1000") && Catch::Contains("is not a plausible size"));
+  CHECK_THAT(error_of([] { (void)parse_duration("1" + std::string(400, '0'), "--keep-alive"); }),
+             Catch::Contains("'--keep-alive': a duration of"));
 }
 
 TEST_CASE("flags override the config file, and a bad flag value names the flag") {
@@ -110,4 +119,29 @@ TEST_CASE("flags override the config file, and a bad flag value names the flag")
 TEST_CASE("a config that parses but cannot run is refused at start with the reason") {
   auto o = options_from_json(R"({"ram_budget": "1MiB", "pinned_budget": "2MiB"})");
   CHECK_THAT(error_of([&] { runtime rt{o}; }), Catch::Contains("pinned_budget_bytes"));
+  o = options_from_json(R"({"ram_budget": "1MiB", "loader_threads": 1099511627776})");
+  CHECK_THAT(error_of([&] { runtime rt{o}; }), Catch::Contains("loader_threads is 1099511627776; it must be 1 to 1024"));
+  o = options_from_json(R"({"ram_budget": "1MiB", "scheduler_threads": 4294967296})");
+  CHECK_THAT(error_of([&] { runtime rt{o}; }), Catch::Contains("scheduler_threads is 4294967296"));
+  o = options_from_json(R"({"ram_budget": "1MiB", "devices": [{"vram_budget": "1MiB", "staging_slots": 1000}]})");
+  CHECK_THAT(error_of([&] { runtime rt{o}; }), Catch::Contains("staging_slots is 1000; streaming needs 2 to 64"));
+}
+
+TEST_CASE("--devices N gives N simulated devices, also where the config's first device is a GPU") {
+  test::temp_dir dir;
+  auto path = (dir.path() / "mcache.json").string();
+  std::ofstream{path} << R"({"devices": [{"kind": "cuda", "index": 1, "vram_budget": "2GiB"}]})";
+  CLI::App app;
+  runtime_flags flags{app};
+  std::vector<std::string> args{"prog", "--config", path, "--devices", "2"};
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  app.parse(static_cast<int>(argv.size()), argv.data());
+  auto o = flags.finish();
+  REQUIRE(o.devices.size() == 2);
+  for (const auto& d : o.devices) {
+    CHECK(d.kind == device_kind::simulated);  // not two tiers on cuda:1
+    CHECK(d.budget_bytes == 2ull << 30);
+  }
 }

@@ -538,6 +538,23 @@ TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to
   CHECK_THROWS_AS(node(rt, sched, o, {{"p", test_pipeline()}}), request_error);
 }
 
+TEST_CASE("a node whose journal cannot be opened, and a router whose name would break journal lines, are refused at start") {
+  runtime rt{local_node::options()};
+  scheduler sched{rt};
+  node_options o;
+  o.journal_path = "/nonexistent/dir/journal.log";
+  try {
+    node n{rt, sched, o, {{"p", test_pipeline()}}};
+    FAIL("a node started with a journal it cannot write");
+  } catch (const request_error& e) {
+    CHECK(e.code() == errc::invalid_argument);
+    CHECK(std::string{e.what()}.find("'/nonexistent/dir/journal.log' cannot be opened") != std::string::npos);
+  }
+  auto named = to({{"127.0.0.1", 7000}});
+  named.name = "r1-s9.9 g done\nr1";
+  CHECK_THROWS_AS(router{named}, request_error);
+}
+
 namespace {
 
 /// A CA, and certificates signed by it (or by another CA) made with the openssl command.

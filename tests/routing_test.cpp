@@ -175,6 +175,10 @@ TEST_CASE("requests beyond the limits are refused with a text that names the lim
   CHECK_FALSE(check_request(job("k", {"m"}), limits));
   CHECK(check_request(job("", {"m"}), limits)->code == errc::invalid_argument);
   CHECK(check_request(job(std::string(limits.max_key + 1, 'k'), {}), limits));
+  // A key is one field of a journal line: a space or newline in it could write a line of its own.
+  CHECK(check_request(job("r1-s9.9 g done\nr1", {"m"}), limits)->detail.find("printable ASCII") != std::string::npos);
+  CHECK(check_request(job("k\x01", {"m"}), limits));
+  CHECK(check_request(job("k\xc3\xa9", {"m"}), limits));
   CHECK(check_request(job("k", {}, ""), limits));
   CHECK(check_request(job("k", std::vector<model_id>(limits.max_models + 1, "m")), limits)->detail.find("at most")
         != std::string::npos);

@@ -8,8 +8,11 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
+#include <cerrno>
+#include <cstring>
 #include <random>
 #include <thread>
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace mcache::fleet {
@@ -118,6 +121,14 @@ node::node(runtime& rt, scheduler& sched, node_options options, std::map<std::st
     refuse("node: summary_interval must be more than 0 and at most 1 min");
   if (options.network_threads == 0)
     refuse("node: network_threads must be at least 1");
+  if (!options.journal_path.empty()) {
+    // Tried here, so that a journal that cannot be written stops the start with the reason: the node's
+    // actor opens it again for good, and had written nothing, silently, for a path it could not open.
+    int fd = ::open(options.journal_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0)
+      refuse("node: the journal '" + options.journal_path + "' cannot be opened for appending: " + std::strerror(errno));
+    ::close(fd);
+  }
   auto shared = std::make_shared<node_shared>();
   shared->rt = &rt;
   shared->sched = &sched;

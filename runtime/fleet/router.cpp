@@ -4,6 +4,7 @@
 #include "messages/atoms.hpp"
 #include "messages/errors.hpp"
 #include "messages/waits.hpp"
+#include "runtime/core/fleet/routing.hpp"
 
 #include <caf/send.hpp>
 
@@ -66,8 +67,8 @@ router::router(router_options options) : impl_(std::make_unique<impl>()) {
     std::snprintf(buf, sizeof buf, "%08x", rd());
     options.name = std::string{"r"} + buf;
   }
-  if (options.name.size() > 64)
-    refuse("the router's name is its job keys' prefix: at most 64 characters");
+  if (options.name.size() > 64 || !is_job_key_text(options.name))
+    refuse("the router's name is its job keys' prefix: at most 64 characters of printable ASCII without spaces");
   impl_->options = options;
   {
     char nonce[9];

@@ -20,8 +20,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 using namespace mcache;
@@ -41,7 +43,11 @@ void apply_node_config(const std::string& path, fleet::node_options& o) {
   for (const auto& [key, v] : j.items()) {
     try {
       if (key == "listen") o.listen = v.get<std::string>();
-      else if (key == "port") o.port = v.get<std::uint16_t>();
+      else if (key == "port") {
+        if (!v.is_number_unsigned() || v.get<std::uint64_t>() > 65535)  // get<uint16_t> wrapped 70000 to 4464
+          throw request_error(failure{errc::invalid_argument, "a port from 0 to 65535, got " + v.dump()});
+        o.port = static_cast<std::uint16_t>(v.get<std::uint64_t>());
+      }
       else if (key == "name") o.name = v.get<std::string>();
       else if (key == "journal") o.journal_path = v.get<std::string>();
       else if (key == "summary_interval")
@@ -70,14 +76,14 @@ int main(int argc, char** argv) {
   runtime_flags flags{app};
   app.add_option("--node-config", node_config, "JSON file with the node's options (flags win)");
   auto* listen = app.add_option("--listen", o.listen, "address to listen on (not loopback: TLS required)");
-  auto* port = app.add_option("--port", o.port, "port (0: any free port; see --port-file)");
+  auto* port = app.add_option("--port", o.port, "port (0: any free port; see --port-file)")->check(CLI::Range(0, 65535));
   auto* name = app.add_option("--name", o.name, "the node's name in summaries and results");
   auto* journal = app.add_option("--journal", o.journal_path, "append '<key> <node> <state>' per job that ended");
   app.add_option("--summary-interval", summary_interval, "at most one summary per this long (default 200ms)");
   app.add_option("--port-file", port_file, "write the port here once listening");
   int http_port = -1;
   app.add_option("--http", http_port, "serve the node's status page, /status and /metrics on this loopback port "
-                                      "(0: any free port)");
+                                      "(0: any free port)")->check(CLI::Range(0, 65535));
   auto* cert = app.add_option("--tls-cert", o.tls.certificate, "PEM certificate chain of this node");
   auto* key = app.add_option("--tls-key", o.tls.key, "PEM private key");
   auto* ca = app.add_option("--tls-ca", o.tls.ca_file, "PEM CA file that signs the fleet's certificates");
@@ -126,8 +132,14 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     if (!port_file.empty()) {
       auto tmp = port_file + ".tmp";
-      std::ofstream{tmp} << n.port() << "\n";
-      std::rename(tmp.c_str(), port_file.c_str());  // whole or absent, for a script that polls it
+      std::ofstream out{tmp};
+      out << n.port() << "\n";
+      out.close();
+      // Whole or absent, for a script that polls it; one that cannot be written ends the node, since
+      // that script would otherwise wait for it for ever.
+      if (!out || std::rename(tmp.c_str(), port_file.c_str()) != 0)
+        throw request_error(failure{errc::invalid_argument, "--port-file '" + port_file + "' cannot be written: "
+                                                              + std::strerror(errno)});
     }
     int sig = 0;
     for (;;) {
@@ -145,6 +157,9 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     return 0;
   } catch (const request_error& e) {
+    std::fprintf(stderr, "mcache-node: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {  // anything else at start is a bad option too, never an abort
     std::fprintf(stderr, "mcache-node: %s\n", e.what());
     return 2;
   }

@@ -197,11 +197,18 @@ std::string request_digest(const job_request& r) {
   return buf;
 }
 
+bool is_job_key_text(const std::string& text) {
+  return std::all_of(text.begin(), text.end(), [](char c) { return c > ' ' && c < 0x7f; });
+}
+
 std::optional<failure> check_request(const job_request& r, const request_limits& limits) {
   auto refuse = [](std::string what) { return failure{errc::invalid_argument, std::move(what)}; };
   if (r.key.empty() || r.key.size() > limits.max_key)
     return refuse("a job key must have 1 to " + std::to_string(limits.max_key) + " characters; this one has "
                   + std::to_string(r.key.size()));
+  if (!is_job_key_text(r.key))
+    return refuse("a job key is printable ASCII without spaces (it is one field of a journal line); this one "
+                  "has a space, a control character or a byte past ASCII");
   if (r.pipeline.empty() || r.pipeline.size() > limits.max_name)
     return refuse("job '" + r.key + "': a pipeline name must have 1 to " + std::to_string(limits.max_name) + " characters");
   if (r.models.size() > limits.max_models)

@@ -133,5 +133,8 @@ std::string request_digest(const job_request& request);
 
 /// A request from the network within `limits`, or the failure (invalid_argument) that names what is not.
 std::optional<failure> check_request(const job_request& request, const request_limits& limits);
+/// Whether `text` may be (part of) a job key: printable ASCII without spaces, since a key is one field of
+/// a node's journal line ("<key> <node> <state>"), which a newline or space in it could forge.
+bool is_job_key_text(const std::string& text);
 
 } // namespace mcache::fleet

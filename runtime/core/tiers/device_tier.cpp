@@ -68,8 +68,10 @@ std::optional<failure> device_tier::validate(const device_tier_options& options)
                                              + format_bytes(options.reserve_bytes)
                                              + ") leaves nothing of the budget ("
                                              + format_bytes(options.budget_bytes) + ")"};
-  if (options.staging_slots < 2)
-    return failure{errc::invalid_argument, name + ": streaming needs at least 2 staging slots"};
+  if (options.staging_slots < 2 || options.staging_slots > max_staging_slots)
+    return failure{errc::invalid_argument, name + ": staging_slots is " + std::to_string(options.staging_slots)
+                                             + "; streaming needs 2 to " + std::to_string(max_staging_slots)
+                                             + " (each slot holds the largest streamed tensor)"};
   return std::nullopt;
 }
 

@@ -62,12 +62,16 @@ namespace mcache {
 
 class device_backend;
 
+/// More staging slots than this buy no overlap (one slot in use, the rest filling on one copy stream),
+/// and their product with a tensor's size must not wrap.
+constexpr size_t max_staging_slots = 64;
+
 struct device_tier_options {
   device_index device = 0;
   bytes_t budget_bytes = 0;     // device memory this tier may use, in bytes; must be > 0
   bytes_t reserve_bytes = 0;    // of the budget, kept free for work outside pins, in bytes; < budget
   bool partial_loading = true;  // load what fits and stream the rest when a model does not fit whole
-  size_t staging_slots = 2;     // staging buffers per streaming pin (>= 2, so copies overlap use)
+  size_t staging_slots = 2;     // staging buffers per streaming pin (2..max_staging_slots: copies overlap use)
   std::chrono::nanoseconds keep_alive{0};  // Note [Keep-alive] (admission/keep_alive.hpp): for models without their own
   tier_clock clock;                        // null: std::chrono::steady_clock::now
 };
