@@ -153,6 +153,9 @@ bytes_t parse_size(const std::string& text, const std::string& key) {
       auto bytes = parts->first * scale;
       if (bytes > 9.2e18)
         bad(key, "'" + text + "' is not a plausible size");
+      // A size under half a byte would round to 0, which means "derive it" for budgets: never silently.
+      if (bytes > 0 && bytes < 0.5)
+        bad(key, "'" + text + "' is less than a byte (0 means: derive it from free memory)");
       return static_cast<bytes_t>(std::llround(bytes));
     }
   bad(key, "'" + parts->second + "' is not a size unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)");

@@ -1,6 +1,8 @@
 #pragma once
 // One configuration for a runtime: a JSON file, command-line flags, or both (flags win), mapped onto
 // `runtime_options` with the knob names operators know from the peers. Every error names the key.
+// The keys, with what each takes after "//" (notes here only: JSON itself has no comments, and "devices"
+// is either form, not both):
 //
 //   {
 //     "ram_budget": "24GiB",          // bytes, or a size with a unit (B, KB, MB, GB, KiB, MiB, GiB, TiB)

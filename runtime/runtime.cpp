@@ -59,6 +59,9 @@ runtime_options resolve(runtime_options o) {
   if (available != 0 && o.ram_budget_bytes > 4 * available)
     bad_option("ram_budget (ram_budget_bytes) " + format_bytes(o.ram_budget_bytes) + " is more than 4x the available RAM "
                + format_bytes(available) + "; that budget could never be honoured");
+  if (available != 0 && o.ram_budget_bytes > available)
+    spdlog::warn("mcache: the RAM budget {} is more than the available RAM {}: filling it would push this machine "
+                 "into swap or the OOM killer", format_bytes(o.ram_budget_bytes), format_bytes(available));
   if (o.loader_threads == 0 || o.loader_threads > max_threads)
     bad_option("loader_threads is " + std::to_string(o.loader_threads) + "; it must be 1 to " + std::to_string(max_threads));
   if (o.scheduler_threads > max_threads)

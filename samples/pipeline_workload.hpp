@@ -158,6 +158,7 @@ struct outcome_of_run {
   bytes_t bytes_from_devices = 0;  // copies back to RAM (keep_ram_copy = false)
   std::size_t jobs = 0;
   std::size_t failed = 0;
+  int http_port = -1;  // where the status page was served, if it was
   std::size_t max_passed_over = 0;
 };
 
@@ -179,8 +180,10 @@ inline outcome_of_run run(const settings& s, const scheduler_options& order, con
     std::printf("status page at %s\n", http->url().c_str());
     std::fflush(stdout);
   }
-  auto sessions = plan(s);
   outcome_of_run out;
+  if (http)
+    out.http_port = http->port();
+  auto sessions = plan(s);
   auto start = std::chrono::steady_clock::now();
   std::vector<job_handle> handles;
   {

@@ -87,6 +87,8 @@ int run_sample(int argc, char** argv) {
     auto path = timelines + "/timeline-" + o.name + ".json";
     std::printf("\n%s:\n", o.name);
     rows.push_back({o.name, workload::run(s, o.options, path, progress, false, http_port)});
+    if (http_port == 0)  // later orders serve the page at the same address, so one open page follows them all
+      http_port = rows.back().r.http_port;
     std::printf("  timeline: %s\n", path.c_str());
   }
   auto mib = [](bytes_t b) { return static_cast<double>(b) / (1 << 20); };

@@ -83,6 +83,8 @@ TEST_CASE("config errors name the key: unknown keys, wrong types, bad units, bad
              Catch::Contains("'devices[0].index'"));
   CHECK_THAT(error_of([] { options_from_json(R"({"ram_budget": "1)" + std::string(400, '0') + R"("})"); }),
              Catch::Contains("'ram_budget': '1000") && Catch::Contains("is not a plausible size"));
+  CHECK_THAT(error_of([] { options_from_json(R"({"ram_budget": "0.4B"})"); }),
+             Catch::Contains("'ram_budget': '0.4B' is less than a byte"));
   CHECK_THAT(error_of([] { (void)parse_duration("1" + std::string(400, '0'), "--keep-alive"); }),
              Catch::Contains("'--keep-alive': a duration of"));
 }
