@@ -72,6 +72,8 @@ void start_load(self_ptr self, const descriptor_ptr& model, released_copies free
 
 // Replies go out first: they are what a waiting session's latency is made of.
 void apply(self_ptr self, ram_effects& fx) {
+  for (const auto& r : fx.replies)
+    self->state.tagged.answered(r.request);
   for (const auto& r : fx.group_replies)
     self->state.tagged.answered(r.request);
   self->state.requests.deliver(fx.replies);
@@ -170,6 +172,26 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
 }
 
 // acquire_all, or a prefetch (Note [Eviction with known next uses]).
+caf::result<ram_lease> acquire_one(self_ptr self, const model_id& model, caf::timespan wait,
+                                   std::optional<std::uint64_t> tag = std::nullopt) {
+  if (self->state.stopping)
+    return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
+  auto descriptor = self->state.config.models->find(model);
+  if (!descriptor)
+    return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
+  auto holder = watch_sender(self, self->state.watched);
+  if (holder == 0)
+    return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
+  // The holder is read before the promise: making it takes the sender out of the current message.
+  auto promise = self->make_response_promise<ram_lease>();
+  auto id = self->state.next_request++;
+  self->state.requests.open(id, promise);
+  if (tag)
+    self->state.tagged.remember(holder, *tag, id);
+  begin_acquire(self, id, {std::move(descriptor)}, holder, wait, true);
+  return promise;
+}
+
 caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vector<model_id>& models,
                                                   caf::timespan wait, bool prefetch,
                                                   std::optional<std::uint64_t> tag = std::nullopt) {
@@ -209,20 +231,10 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
   });
   return {
     [self](acquire_atom, const model_id& model, caf::timespan wait) -> caf::result<ram_lease> {
-      if (self->state.stopping)
-        return make_error(errc::shutting_down, "the runtime is shutting down: no new acquires");
-      auto descriptor = self->state.config.models->find(model);
-      if (!descriptor)
-        return make_error(errc::unknown_model, "no model '" + model + "' in the catalog");
-      auto holder = watch_sender(self, self->state.watched);
-      if (holder == 0)
-        return make_error(errc::invalid_argument, "acquire needs a sender to hold the lease");
-      // The holder is read before the promise: making it takes the sender out of the current message.
-      auto promise = self->make_response_promise<ram_lease>();
-      auto id = self->state.next_request++;
-      self->state.requests.open(id, promise);
-      begin_acquire(self, id, {std::move(descriptor)}, holder, wait, true);
-      return promise;
+      return acquire_one(self, model, wait);
+    },
+    [self](acquire_atom, const model_id& model, caf::timespan wait, std::uint64_t tag) -> caf::result<ram_lease> {
+      return acquire_one(self, model, wait, tag);
     },
     [self](acquire_atom, const std::vector<model_id>& models,
            caf::timespan wait) -> caf::result<std::vector<ram_lease>> {

@@ -49,6 +49,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -115,6 +117,102 @@ struct session_box {
     s.reset();
   }
 };
+
+/// The ident of the interpreter's main thread, set at import: the one thread Python raises
+/// KeyboardInterrupt in.
+unsigned long& main_thread_ident() {
+  static unsigned long ident = 0;
+  return ident;
+}
+
+// Note [Ctrl-C while waiting]: Python turns Ctrl-C into KeyboardInterrupt on the main thread only, once
+// that thread runs Python code again, and a call that waits for room holds it in C++ for the whole wait
+// (up to a day). So on the main thread a call that may wait runs in two steps. First without waiting: a
+// hit, or room at once, costs what it always did. If that finds no room (budget_exhausted), the waiting
+// call runs on a helper thread, under the session's mutex as any call, while the main thread looks for
+// signals every 100 ms with the GIL taken. On a signal it withdraws the wait (session::cancel_wait, again
+// every 10 ms, since a withdraw that overtakes its request does nothing) until the call returns, for at
+// most a second, and raises the signal's exception. A grant that won the race is released; a call still
+// in a load or copy after that second is left to its helper, which releases what it gets. Other threads
+// wait in one call: no signal reaches them anyway.
+template <class R, class Call>
+R call_that_may_wait(const std::shared_ptr<session_box>& box, std::optional<std::chrono::nanoseconds> wait, Call call) {
+  auto direct = [&](std::optional<std::chrono::nanoseconds> w) {
+    without_gil unlocked;
+    std::lock_guard<std::mutex> guard{box->mutex};
+    return call(*box->s, w);
+  };
+  auto full = wait ? *wait : box->owner->rt->options().default_wait;
+  if (full <= std::chrono::nanoseconds::zero() || PyThread_get_thread_ident() != main_thread_ident())
+    return direct(wait);
+  try {
+    return direct(std::chrono::nanoseconds::zero());
+  } catch (const request_error& e) {
+    if (e.code() != errc::budget_exhausted)
+      throw;
+  }
+  struct outcome {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false;
+    bool abandoned = false;
+    std::optional<R> result;
+    std::exception_ptr error;
+  };
+  auto out = std::make_shared<outcome>();
+  std::thread{[box, out, call, full]() mutable {
+    std::lock_guard<std::mutex> session_guard{box->mutex};
+    std::optional<R> result;
+    std::exception_ptr error;
+    try {
+      result.emplace(call(*box->s, full));
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> guard{out->m};
+    if (out->abandoned)
+      result.reset();  // released here, under the session's mutex
+    else {
+      out->result = std::move(result);
+      out->error = error;
+    }
+    out->done = true;
+    out->cv.notify_all();
+  }}.detach();
+  for (;;) {
+    {
+      without_gil unlocked;
+      std::unique_lock<std::mutex> lock{out->m};
+      if (out->cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return out->done; })) {
+        if (out->error)
+          std::rethrow_exception(out->error);
+        return std::move(*out->result);
+      }
+    }
+    if (PyErr_CheckSignals() == 0)
+      continue;
+    {
+      without_gil unlocked;  // the signal's exception stays set on this thread meanwhile
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+      std::unique_lock<std::mutex> lock{out->m};
+      while (!out->done && std::chrono::steady_clock::now() < until) {
+        lock.unlock();
+        box->s->cancel_wait();
+        lock.lock();
+        out->cv.wait_for(lock, std::chrono::milliseconds(10), [&] { return out->done; });
+      }
+      if (!out->done) {
+        out->abandoned = true;
+      } else if (out->result) {  // granted before the withdraw arrived: given back
+        auto granted = std::move(out->result);
+        lock.unlock();
+        std::lock_guard<std::mutex> session_guard{box->mutex};
+        granted.reset();
+      }
+    }
+    throw py::error_already_set();
+  }
+}
 
 /// A lease or a pin held from Python. Every access to the C++ handle happens under its session's mutex
 /// with the GIL let go (Note [The Python binding]): another thread may release it at any time.
@@ -256,46 +354,37 @@ public:
   explicit py_session(std::shared_ptr<session_box> box) : box_(std::move(box)) {}
 
   std::shared_ptr<py_lease> acquire(const std::string& model, std::optional<double> wait) {
-    auto w = wait_of(wait);
-    std::optional<lease> l;
-    {
-      without_gil unlocked;
-      std::lock_guard<std::mutex> guard{box_->mutex};
-      l.emplace(box_->s->acquire(model, w));
-    }
-    return std::make_shared<py_lease>(box_, std::move(*l));
+    auto l = call_that_may_wait<lease>(box_, wait_of(wait), [model](session& s, std::optional<std::chrono::nanoseconds> w) {
+      return s.acquire(model, w);
+    });
+    return std::make_shared<py_lease>(box_, std::move(l));
   }
 
   std::vector<std::shared_ptr<py_lease>> acquire_all(const std::vector<std::string>& models, std::optional<double> wait) {
-    auto w = wait_of(wait);
-    std::vector<lease> ls;
-    {
-      without_gil unlocked;
-      std::lock_guard<std::mutex> guard{box_->mutex};
-      ls = box_->s->acquire_all(models, w);
-    }
+    auto ls = call_that_may_wait<std::vector<lease>>(
+      box_, wait_of(wait),
+      [models](session& s, std::optional<std::chrono::nanoseconds> w) { return s.acquire_all(models, w); });
     std::vector<std::shared_ptr<py_lease>> out;
     for (auto& l : ls)
       out.push_back(std::make_shared<py_lease>(box_, std::move(l)));
     return out;
   }
 
-  std::shared_ptr<py_pin> pin(const py_lease& l, const py::object& device, bytes_t working, std::optional<double> wait) {
-    if (l.box() != box_)
-      fail(errc::foreign_lease, "the lease on '" + l.model() + "' belongs to another session");
-    auto w = wait_of(wait);
+  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& l, const py::object& device, bytes_t working,
+                              std::optional<double> wait) {
+    if (!l)
+      fail(errc::invalid_lease, "pin needs a lease, not None");
+    if (l->box() != box_)
+      fail(errc::foreign_lease, "the lease on '" + l->model() + "' belongs to another session");
     auto where = device_of(device);
-    std::optional<pin_handle> p;
-    {
-      without_gil unlocked;
-      std::lock_guard<std::mutex> guard{box_->mutex};
-      const auto& held = l.get_locked();  // the same mutex: the lease is this session's
-      if (where.where == py_device::any)
-        p.emplace(box_->s->pin_anywhere(held, working, w));
-      else
-        p.emplace(box_->s->pin(held, where.where == py_device::cpu ? cpu_device : where.number, working, w));
-    }
-    return std::make_shared<py_pin>(box_, std::move(*p));
+    auto p = call_that_may_wait<pin_handle>(
+      box_, wait_of(wait), [l, where, working](session& s, std::optional<std::chrono::nanoseconds> w) {
+        const auto& held = l->get_locked();  // under the session's mutex: the lease is this session's
+        if (where.where == py_device::any)
+          return s.pin_anywhere(held, working, w);
+        return s.pin(held, where.where == py_device::cpu ? cpu_device : where.number, working, w);
+      });
+    return std::make_shared<py_pin>(box_, std::move(p));
   }
 
   bytes_t offload(const py::object& device, const std::string& model, bytes_t bytes) {
@@ -675,6 +764,7 @@ void bind_fleet(py::module_& m);  // fleet_module.cpp
 
 PYBIND11_MODULE(_core, m) {
   py::module_::import("torch");
+  main_thread_ident() = py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
   // Close the schedulers still open before the interpreter finalizes (their stages need the GIL).
   py::module_::import("atexit").attr("register")(py::cpp_function([] {
     for (auto& w : open_schedulers())

@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 
 #include <algorithm>
+#include <mutex>
 
 namespace mcache {
 
@@ -158,10 +159,39 @@ struct session::core : std::enable_shared_from_this<session::core> {
     });
   }
 
+  /// What the session waits for now, for cancel_wait on another thread: a tagged acquire in the RAM
+  /// tier, or a pin of a lease on a device. Set before the request goes out, cleared when it is answered.
+  struct waiting_call {
+    enum { none, acquire, pin } what = none;
+    std::uint64_t tag = 0;  // acquire: the request's tag
+    lease_id lease = 0;     // pin: the lease being pinned
+    device_actor device;    // pin: where
+  };
+
+  /// Runs `send` (a request and its receive) as the current call `call`, so cancel_wait can withdraw it.
+  template <class F>
+  void as_waiting_call(waiting_call call, F send) {
+    {
+      std::lock_guard<std::mutex> guard{call_mutex};
+      current = std::move(call);
+    }
+    struct clear {
+      core* c;
+      ~clear() {
+        std::lock_guard<std::mutex> guard{c->call_mutex};
+        c->current = waiting_call{};
+      }
+    } cleared{this};
+    send();
+  }
+
   // Destroyed in reverse order: the scoped actor first, then the thread's logger reference.
   detail::release_thread_logger release_logger;
   runtime* rt;
   caf::scoped_actor self;
+  std::mutex call_mutex;  // guards `current`, which cancel_wait reads from another thread
+  waiting_call current;
+  std::uint64_t next_tag = 1;
 };
 
 session::session(runtime& rt) : core_(std::make_shared<core>(rt)) {}
@@ -178,17 +208,20 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
   auto w = wait_or_default(wait);
   auto* c = core_.get();
   lease result;
-  c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, model, w)
-    .receive(
-      [&](ram_lease& grant) {
-        auto id = grant.lease;
-        result = lease{release_token{[weak = c->weak_from_this(), id] {
-                          if (auto held = weak.lock())
-                            held->release(held->rt->ram_cache(), id);
-                        }},
-                        std::move(grant)};
-      },
-      [&](caf::error& e) { raise(e); });
+  auto tag = c->next_tag++;
+  c->as_waiting_call({core::waiting_call::acquire, tag, 0, {}}, [&] {
+    c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, model, w, tag)
+      .receive(
+        [&](ram_lease& grant) {
+          auto id = grant.lease;
+          result = lease{release_token{[weak = c->weak_from_this(), id] {
+                            if (auto held = weak.lock())
+                              held->release(held->rt->ram_cache(), id);
+                          }},
+                          std::move(grant)};
+        },
+        [&](caf::error& e) { raise(e); });
+  });
   return result;
 }
 
@@ -197,19 +230,22 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
   auto w = wait_or_default(wait);
   auto* c = core_.get();
   std::vector<lease> result;
-  c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, models, w)
-    .receive(
-      [&](std::vector<ram_lease>& grants) {
-        for (auto& grant : grants) {
-          auto id = grant.lease;
-          result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
-                                   if (auto held = weak.lock())
-                                     held->release(held->rt->ram_cache(), id);
-                                 }},
-                                 std::move(grant)});
-        }
-      },
-      [&](caf::error& e) { raise(e); });
+  auto tag = c->next_tag++;
+  c->as_waiting_call({core::waiting_call::acquire, tag, 0, {}}, [&] {
+    c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, models, w, tag)
+      .receive(
+        [&](std::vector<ram_lease>& grants) {
+          for (auto& grant : grants) {
+            auto id = grant.lease;
+            result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
+                                     if (auto held = weak.lock())
+                                       held->release(held->rt->ram_cache(), id);
+                                   }},
+                                   std::move(grant)});
+          }
+        },
+        [&](caf::error& e) { raise(e); });
+  });
   return result;
 }
 
@@ -221,21 +257,38 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
   auto dev = c->rt->device(device);
   auto w = wait_or_default(wait);
   pin_handle result;
-  c->self->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
-    .receive(
-      [&](device_pin& grant) {
-        auto id = grant.pin;
-        auto slots = std::max<size_t>(2, grant.staging_slots);
-        auto ring = std::make_shared<staging_ring>(grant.backend, slots,
-                                                   grant.staging_bytes / slots);
-        result = pin_handle{release_token{[weak = c->weak_from_this(), dev, id] {
-                               if (auto held = weak.lock())
-                                 held->release(dev, id);
-                             }},
-                             std::move(grant), std::move(ring)};
-      },
-      [&](caf::error& e) { raise(e); });
+  c->as_waiting_call({core::waiting_call::pin, 0, l.id(), dev}, [&] {
+    c->self->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
+      .receive(
+        [&](device_pin& grant) {
+          auto id = grant.pin;
+          auto slots = std::max<size_t>(2, grant.staging_slots);
+          auto ring = std::make_shared<staging_ring>(grant.backend, slots,
+                                                     grant.staging_bytes / slots);
+          result = pin_handle{release_token{[weak = c->weak_from_this(), dev, id] {
+                                 if (auto held = weak.lock())
+                                   held->release(dev, id);
+                               }},
+                               std::move(grant), std::move(ring)};
+        },
+        [&](caf::error& e) { raise(e); });
+  });
   return result;
+}
+
+void session::cancel_wait() {
+  auto* c = core_.get();
+  // Sent as the session's own actor, the holder the tiers know the request by, from this thread while
+  // the session's thread blocks in its receive. Under the lock: the session's next request goes out only
+  // after its current call is cleared, so it cannot overtake this withdraw (a pin's withdraw names the
+  // lease, which the next pin may name too).
+  std::lock_guard<std::mutex> guard{c->call_mutex};
+  const auto& call = c->current;
+  auto as = caf::actor_cast<caf::actor>(c->self);
+  if (call.what == core::waiting_call::acquire)
+    caf::send_as(as, c->rt->ram_cache(), withdraw_atom::value, call.tag);
+  else if (call.what == core::waiting_call::pin)
+    caf::send_as(as, call.device, withdraw_atom::value, call.lease);
 }
 
 pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,

@@ -159,6 +159,13 @@ public:
   /// freed (0: all). Returns bytes freed.
   bytes_t trim_ram(const model_id& model = {}, bytes_t bytes = 0);
 
+  /// The one call that may come from another thread while this session's thread blocks in `acquire`,
+  /// `acquire_all` or `pin`: if that call waits in its tier's queue for room, it ends now with
+  /// `cancelled`. A load or copy already under way is waited for, and a request still on its way to its
+  /// tier is not reached: a caller that must end the wait calls again until the call returns (the Python
+  /// binding does, every 10 ms, on Ctrl-C). With no call in flight it does nothing.
+  void cancel_wait();
+
   caf::scoped_actor& self();
 
 private:

@@ -129,7 +129,7 @@ TEST_CASE("a config that parses but cannot run is refused at start with the reas
   CHECK_THAT(error_of([&] { runtime rt{o}; }), Catch::Contains("staging_slots is 1000; streaming needs 2 to 64"));
 }
 
-TEST_CASE("--devices N gives N simulated devices, also where the config's first device is a GPU") {
+TEST_CASE("the flag --devices N gives N simulated devices, also where the config's first device is a GPU") {
   test::temp_dir dir;
   auto path = (dir.path() / "mcache.json").string();
   std::ofstream{path} << R"({"devices": [{"kind": "cuda", "index": 1, "vram_budget": "2GiB"}]})";

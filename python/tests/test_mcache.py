@@ -381,6 +381,40 @@ def test_a_stage_streams_a_model_larger_than_its_device_one_step_at_a_time_and_n
             next(kept[0])
 
 
+def test_ctrl_c_ends_a_main_thread_wait_for_room_and_leaves_nothing_queued_or_held():
+    import _thread
+
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB,
+                                                       "partial_loading": False}]) as rt:
+        rt.models.add_synthetic("big", layers(48))
+        rt.models.add_synthetic("other", layers(32))
+        rt.models.add_synthetic("small", layers(8))
+        holder, waiter = rt.session("holder"), rt.session("waiter")
+
+        def interrupted(call):
+            timer = threading.Timer(0.3, _thread.interrupt_main)  # as Ctrl-C would, on the main thread
+            timer.start()
+            start = time.monotonic()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    call()
+            finally:
+                timer.cancel()
+            return time.monotonic() - start
+
+        big = holder.acquire("big")  # 48 of 64 MiB leased: 'other' waits for room
+        assert interrupted(lambda: waiter.acquire("other", wait=60)) < 10
+        assert rt.stats()["ram"]["waiting"] == 0
+        big.release()
+        with holder.acquire("other") as other, holder.acquire("small") as small:
+            with holder.pin(other, 0):  # 32 of 32 MiB pinned: 'small' waits for room on the device
+                assert interrupted(lambda: holder.pin(small, 0, wait=60)) < 10
+                assert rt.stats()["devices"][0]["waiting"] == 0
+            with holder.pin(small, 0) as p:  # the lease is intact and the device's queue is not stuck
+                assert p.device == 0
+        assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
 def test_a_bool_is_not_a_device_index():
     with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB},
                                                       {"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
