@@ -70,8 +70,12 @@ private:
         return respond(http::status::request_timeout, "text/plain", "request not received in time\n", 11);
       return close();
     }
-    if (ec == http::error::header_limit)
+    if (ec == http::error::header_limit) {
+      // The request line was never parsed whole: it alone passed the limit, so the target did.
+      if (parser_.get().target().empty())
+        return respond(http::status::uri_too_long, "text/plain", "request target too long\n", 11);
       return respond(http::status::request_header_fields_too_large, "text/plain", "request header too large\n", 11);
+    }
     if (ec == http::error::body_limit)
       return respond(http::status::payload_too_large, "text/plain", "no request body is accepted\n", 11);
     if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)

@@ -529,6 +529,8 @@ TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to
   }
   CHECK_THROWS_AS(router(to({{"10.1.2.3", 7000}})), request_error);
   CHECK_THROWS_AS(parse_endpoint("nohost"), request_error);
+  CHECK_THROWS_WITH(parse_endpoint("localhost"), Catch::Contains("no port"));  // the host is what was given
+  CHECK_THROWS_WITH(parse_endpoint(":7001"), Catch::Contains("no host"));
   CHECK_THROWS_AS(parse_endpoint("h:99999"), request_error);
   CHECK(parse_endpoint("[::1]:7001").host == "::1");
   tls_options half;

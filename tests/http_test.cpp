@@ -144,6 +144,11 @@ TEST_CASE("bad requests get HTTP errors: unknown paths, other methods, huge head
   }
   {
     client c{http.port()};
+    c.send("GET /" + std::string(20000, 'a') + " HTTP/1.1\r\nHost: x\r\n\r\n");
+    CHECK(status_of(c.receive()) == 414);  // the target, not a header field, is too long
+  }
+  {
+    client c{http.port()};
     c.send("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
     CHECK(status_of(c.receive()) == 413);
   }

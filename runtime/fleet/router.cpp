@@ -20,7 +20,9 @@ endpoint parse_endpoint(const std::string& text) {
   auto bad = [&](const std::string& why) {
     throw request_error(failure{errc::invalid_argument, "node address '" + text + "': " + why + " (want host:port)"});
   };
-  if (colon == std::string::npos || colon == 0)
+  if (colon == std::string::npos)
+    bad("no port");  // "localhost" alone: the host is there, the port is what is missing
+  if (colon == 0)
     bad("no host");
   endpoint e;
   e.host = text.substr(0, colon);

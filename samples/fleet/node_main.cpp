@@ -153,7 +153,9 @@ int main(int argc, char** argv) {
         return 3;
       }
     }
-    std::printf("mcache-node '%s' stopping (signal %d)\n", n.name().c_str(), sig);
+    // Said before the wait: ending the node, its scheduler and runtime waits for the stages running now.
+    std::printf("mcache-node '%s' stopping (signal %d): cancelling its jobs, waiting for the stages running now\n",
+                n.name().c_str(), sig);
     std::fflush(stdout);
     return 0;
   } catch (const request_error& e) {
