@@ -49,7 +49,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <exception>
 #include <functional>
 #include <map>
@@ -59,6 +58,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace py = pybind11;
@@ -127,91 +127,59 @@ unsigned long& main_thread_ident() {
 
 // Note [Ctrl-C while waiting]: Python turns Ctrl-C into KeyboardInterrupt on the main thread only, once
 // that thread runs Python code again, and a call that waits for room holds it in C++ for the whole wait
-// (up to a day). So on the main thread a call that may wait runs in two steps. First without waiting: a
-// hit, or room at once, costs what it always did. If that finds no room (budget_exhausted), the waiting
-// call runs on a helper thread, under the session's mutex as any call, while the main thread looks for
-// signals every 100 ms with the GIL taken. On a signal it withdraws the wait (session::cancel_wait, again
-// every 10 ms, since a withdraw that overtakes its request does nothing) until the call returns, for at
-// most a second, and raises the signal's exception. A grant that won the race is released; a call still
-// in a load or copy after that second is left to its helper, which releases what it gets. Other threads
-// wait in one call: no signal reaches them anyway.
-template <class R, class Call>
-R call_that_may_wait(const std::shared_ptr<session_box>& box, std::optional<std::chrono::nanoseconds> wait, Call call) {
-  auto direct = [&](std::optional<std::chrono::nanoseconds> w) {
-    without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box->mutex};
-    return call(*box->s, w);
-  };
-  auto full = wait ? *wait : box->owner->rt->options().default_wait;
-  if (full <= std::chrono::nanoseconds::zero() || PyThread_get_thread_ident() != main_thread_ident())
-    return direct(wait);
+// (up to a day). So every session gets a wait check (session::set_wait_check): every 100 ms of a wait,
+// on the main thread only, it takes the GIL and asks whether SIGINT arrived (PyOS_InterruptOccurred).
+// If so it trips SIGINT again, for later, and the session withdraws its request: the call ends with
+// `cancelled` if it still waited for room, or with the grant if that came first. Then, the session's
+// mutex let go, Python's SIGINT handler runs (PyErr_CheckSignals): if it raises (KeyboardInterrupt, by
+// default), what the call got is given back and that exception is raised; a handler that does not
+// raise leaves the call's own outcome. Handlers never run under the session's mutex, so one that uses
+// the session cannot deadlock on it. A load or copy already under way is waited for. Other threads never
+// take the GIL here: no signal reaches them.
+thread_local bool withdrawn_for_sigint = false;
+
+bool python_signal_pending() {
+  if (PyThread_get_thread_ident() != main_thread_ident())
+    return false;
+#if PY_VERSION_HEX >= 0x030D0000
+  if (Py_IsFinalizing())
+#else
+  if (_Py_IsFinalizing())
+#endif
+    return false;
+  py::gil_scoped_acquire gil;
+  if (!PyOS_InterruptOccurred())  // clears SIGINT's flag when set...
+    return false;
+  PyErr_SetInterrupt();  // ...so it is set again: its handler runs once the call has returned
+  withdrawn_for_sigint = true;
+  return true;
+}
+
+/// Runs a session call (a lease, leases or a pin) with the GIL let go and the session's mutex held; then,
+/// if its wait check withdrew it for SIGINT, runs the signal's handler (Note [Ctrl-C while waiting]).
+template <class Call>
+auto call_that_may_wait(session_box& box, Call call) -> decltype(call(*box.s)) {
+  std::optional<decltype(call(*box.s))> got;
+  std::exception_ptr refused;
+  withdrawn_for_sigint = false;
   try {
-    return direct(std::chrono::nanoseconds::zero());
-  } catch (const request_error& e) {
-    if (e.code() != errc::budget_exhausted)
-      throw;
+    without_gil unlocked;
+    std::lock_guard<std::mutex> guard{box.mutex};
+    got.emplace(call(*box.s));
+  } catch (const request_error&) {
+    refused = std::current_exception();
   }
-  struct outcome {
-    std::mutex m;
-    std::condition_variable cv;
-    bool done = false;
-    bool abandoned = false;
-    std::optional<R> result;
-    std::exception_ptr error;
-  };
-  auto out = std::make_shared<outcome>();
-  std::thread{[box, out, call, full]() mutable {
-    std::lock_guard<std::mutex> session_guard{box->mutex};
-    std::optional<R> result;
-    std::exception_ptr error;
-    try {
-      result.emplace(call(*box->s, full));
-    } catch (...) {
-      error = std::current_exception();
-    }
-    std::lock_guard<std::mutex> guard{out->m};
-    if (out->abandoned)
-      result.reset();  // released here, under the session's mutex
-    else {
-      out->result = std::move(result);
-      out->error = error;
-    }
-    out->done = true;
-    out->cv.notify_all();
-  }}.detach();
-  for (;;) {
-    {
+  if (std::exchange(withdrawn_for_sigint, false) && PyErr_CheckSignals() != 0) {
+    if (got) {  // granted before the withdraw arrived: given back
       without_gil unlocked;
-      std::unique_lock<std::mutex> lock{out->m};
-      if (out->cv.wait_for(lock, std::chrono::milliseconds(100), [&] { return out->done; })) {
-        if (out->error)
-          std::rethrow_exception(out->error);
-        return std::move(*out->result);
-      }
-    }
-    if (PyErr_CheckSignals() == 0)
-      continue;
-    {
-      without_gil unlocked;  // the signal's exception stays set on this thread meanwhile
-      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(1);
-      std::unique_lock<std::mutex> lock{out->m};
-      while (!out->done && std::chrono::steady_clock::now() < until) {
-        lock.unlock();
-        box->s->cancel_wait();
-        lock.lock();
-        out->cv.wait_for(lock, std::chrono::milliseconds(10), [&] { return out->done; });
-      }
-      if (!out->done) {
-        out->abandoned = true;
-      } else if (out->result) {  // granted before the withdraw arrived: given back
-        auto granted = std::move(out->result);
-        lock.unlock();
-        std::lock_guard<std::mutex> session_guard{box->mutex};
-        granted.reset();
-      }
+      std::lock_guard<std::mutex> guard{box.mutex};
+      got.reset();
     }
     throw py::error_already_set();
   }
+  if (refused)
+    std::rethrow_exception(refused);
+  return std::move(*got);
 }
 
 /// A lease or a pin held from Python. Every access to the C++ handle happens under its session's mutex
@@ -354,36 +322,31 @@ public:
   explicit py_session(std::shared_ptr<session_box> box) : box_(std::move(box)) {}
 
   std::shared_ptr<py_lease> acquire(const std::string& model, std::optional<double> wait) {
-    auto l = call_that_may_wait<lease>(box_, wait_of(wait), [model](session& s, std::optional<std::chrono::nanoseconds> w) {
-      return s.acquire(model, w);
-    });
+    auto w = wait_of(wait);
+    auto l = call_that_may_wait(*box_, [&](session& s) { return s.acquire(model, w); });
     return std::make_shared<py_lease>(box_, std::move(l));
   }
 
   std::vector<std::shared_ptr<py_lease>> acquire_all(const std::vector<std::string>& models, std::optional<double> wait) {
-    auto ls = call_that_may_wait<std::vector<lease>>(
-      box_, wait_of(wait),
-      [models](session& s, std::optional<std::chrono::nanoseconds> w) { return s.acquire_all(models, w); });
+    auto w = wait_of(wait);
+    auto ls = call_that_may_wait(*box_, [&](session& s) { return s.acquire_all(models, w); });
     std::vector<std::shared_ptr<py_lease>> out;
     for (auto& l : ls)
       out.push_back(std::make_shared<py_lease>(box_, std::move(l)));
     return out;
   }
 
-  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& l, const py::object& device, bytes_t working,
-                              std::optional<double> wait) {
-    if (!l)
-      fail(errc::invalid_lease, "pin needs a lease, not None");
-    if (l->box() != box_)
-      fail(errc::foreign_lease, "the lease on '" + l->model() + "' belongs to another session");
+  std::shared_ptr<py_pin> pin(const py_lease& l, const py::object& device, bytes_t working, std::optional<double> wait) {
+    if (l.box() != box_)
+      fail(errc::foreign_lease, "the lease on '" + l.model() + "' belongs to another session");
+    auto w = wait_of(wait);
     auto where = device_of(device);
-    auto p = call_that_may_wait<pin_handle>(
-      box_, wait_of(wait), [l, where, working](session& s, std::optional<std::chrono::nanoseconds> w) {
-        const auto& held = l->get_locked();  // under the session's mutex: the lease is this session's
-        if (where.where == py_device::any)
-          return s.pin_anywhere(held, working, w);
-        return s.pin(held, where.where == py_device::cpu ? cpu_device : where.number, working, w);
-      });
+    auto p = call_that_may_wait(*box_, [&](session& s) {
+      const auto& held = l.get_locked();  // under the session's mutex: the lease is this session's
+      if (where.where == py_device::any)
+        return s.pin_anywhere(held, working, w);
+      return s.pin(held, where.where == py_device::cpu ? cpu_device : where.number, working, w);
+    });
     return std::make_shared<py_pin>(box_, std::move(p));
   }
 
@@ -646,6 +609,7 @@ public:
     {
       without_gil unlocked;
       box->s.emplace(owner->rt->open_session(name));
+      box->s->set_wait_check(python_signal_pending);  // Note [Ctrl-C while waiting]
     }
     return py_session{box};
   }

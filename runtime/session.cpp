@@ -7,7 +7,7 @@
 #include <caf/all.hpp>
 
 #include <algorithm>
-#include <mutex>
+#include <functional>
 
 namespace mcache {
 
@@ -159,39 +159,44 @@ struct session::core : std::enable_shared_from_this<session::core> {
     });
   }
 
-  /// What the session waits for now, for cancel_wait on another thread: a tagged acquire in the RAM
-  /// tier, or a pin of a lease on a device. Set before the request goes out, cleared when it is answered.
-  struct waiting_call {
-    enum { none, acquire, pin } what = none;
-    std::uint64_t tag = 0;  // acquire: the request's tag
-    lease_id lease = 0;     // pin: the lease being pinned
-    device_actor device;    // pin: where
-  };
-
-  /// Runs `send` (a request and its receive) as the current call `call`, so cancel_wait can withdraw it.
-  template <class F>
-  void as_waiting_call(waiting_call call, F send) {
-    {
-      std::lock_guard<std::mutex> guard{call_mutex};
-      current = std::move(call);
+  /// Receives the answer to the request `mid` (a grant of type T, handed to `granted`, or an error,
+  /// thrown). With a wait check set, it asks the check every `check_every` while no answer has come; once
+  /// the check says so it sends `withdraw` (a message to the request's tier, from this actor, so it
+  /// arrives after the request) and goes on receiving: `cancelled` if the request still waited for room,
+  /// the grant if it came first, or the end of a load or copy under way.
+  template <class T, class Granted, class Withdraw>
+  void receive_answer(caf::message_id mid, Granted granted, Withdraw withdraw) {
+    bool answered = false;
+    auto on_grant = [&](T& x) {
+      answered = true;
+      granted(x);
+    };
+    auto on_error = [&](caf::error& e) {
+      answered = true;
+      raise(e);
+    };
+    caf::blocking_actor::accept_one_cond one;
+    if (!wait_check) {
+      self->varargs_receive(one, mid, on_grant, on_error);
+      return;
     }
-    struct clear {
-      core* c;
-      ~clear() {
-        std::lock_guard<std::mutex> guard{c->call_mutex};
-        c->current = waiting_call{};
-      }
-    } cleared{this};
-    send();
+    bool withdrawn = false;
+    while (!answered)
+      self->varargs_receive(one, mid, on_grant, on_error, caf::after(check_every) >> [&] {
+        if (!withdrawn && wait_check()) {
+          withdraw();
+          withdrawn = true;
+        }
+      });
   }
 
   // Destroyed in reverse order: the scoped actor first, then the thread's logger reference.
   detail::release_thread_logger release_logger;
   runtime* rt;
   caf::scoped_actor self;
-  std::mutex call_mutex;  // guards `current`, which cancel_wait reads from another thread
-  waiting_call current;
-  std::uint64_t next_tag = 1;
+  std::function<bool()> wait_check;  // set_wait_check
+  std::chrono::milliseconds check_every{100};
+  std::uint64_t next_tag = 1;  // tags a session's acquires, so that a wait check can withdraw one
 };
 
 session::session(runtime& rt) : core_(std::make_shared<core>(rt)) {}
@@ -209,19 +214,19 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
   auto* c = core_.get();
   lease result;
   auto tag = c->next_tag++;
-  c->as_waiting_call({core::waiting_call::acquire, tag, 0, {}}, [&] {
-    c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, model, w, tag)
-      .receive(
-        [&](ram_lease& grant) {
-          auto id = grant.lease;
-          result = lease{release_token{[weak = c->weak_from_this(), id] {
-                            if (auto held = weak.lock())
-                              held->release(held->rt->ram_cache(), id);
-                          }},
-                          std::move(grant)};
-        },
-        [&](caf::error& e) { raise(e); });
-  });
+  auto ram = c->rt->ram_cache();
+  auto answer = c->self->request(ram, caf::infinite, acquire_atom::value, model, w, tag);
+  c->receive_answer<ram_lease>(
+    answer.id(),
+    [&](ram_lease& grant) {
+      auto id = grant.lease;
+      result = lease{release_token{[weak = c->weak_from_this(), id] {
+                        if (auto held = weak.lock())
+                          held->release(held->rt->ram_cache(), id);
+                      }},
+                      std::move(grant)};
+    },
+    [&] { c->self->send(ram, withdraw_atom::value, tag); });
   return result;
 }
 
@@ -231,21 +236,21 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
   auto* c = core_.get();
   std::vector<lease> result;
   auto tag = c->next_tag++;
-  c->as_waiting_call({core::waiting_call::acquire, tag, 0, {}}, [&] {
-    c->self->request(c->rt->ram_cache(), caf::infinite, acquire_atom::value, models, w, tag)
-      .receive(
-        [&](std::vector<ram_lease>& grants) {
-          for (auto& grant : grants) {
-            auto id = grant.lease;
-            result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
-                                     if (auto held = weak.lock())
-                                       held->release(held->rt->ram_cache(), id);
-                                   }},
-                                   std::move(grant)});
-          }
-        },
-        [&](caf::error& e) { raise(e); });
-  });
+  auto ram = c->rt->ram_cache();
+  auto answer = c->self->request(ram, caf::infinite, acquire_atom::value, models, w, tag);
+  c->receive_answer<std::vector<ram_lease>>(
+    answer.id(),
+    [&](std::vector<ram_lease>& grants) {
+      for (auto& grant : grants) {
+        auto id = grant.lease;
+        result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
+                                 if (auto held = weak.lock())
+                                   held->release(held->rt->ram_cache(), id);
+                               }},
+                               std::move(grant)});
+      }
+    },
+    [&] { c->self->send(ram, withdraw_atom::value, tag); });
   return result;
 }
 
@@ -257,38 +262,28 @@ pin_handle session::pin(const lease& l, device_index device, bytes_t working_byt
   auto dev = c->rt->device(device);
   auto w = wait_or_default(wait);
   pin_handle result;
-  c->as_waiting_call({core::waiting_call::pin, 0, l.id(), dev}, [&] {
-    c->self->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w)
-      .receive(
-        [&](device_pin& grant) {
-          auto id = grant.pin;
-          auto slots = std::max<size_t>(2, grant.staging_slots);
-          auto ring = std::make_shared<staging_ring>(grant.backend, slots,
-                                                     grant.staging_bytes / slots);
-          result = pin_handle{release_token{[weak = c->weak_from_this(), dev, id] {
-                                 if (auto held = weak.lock())
-                                   held->release(dev, id);
-                               }},
-                               std::move(grant), std::move(ring)};
-        },
-        [&](caf::error& e) { raise(e); });
-  });
+  auto answer = c->self->request(dev, caf::infinite, pin_atom::value, l.id(), working_bytes, w);
+  c->receive_answer<device_pin>(
+    answer.id(),
+    [&](device_pin& grant) {
+      auto id = grant.pin;
+      auto slots = std::max<size_t>(2, grant.staging_slots);
+      auto ring = std::make_shared<staging_ring>(grant.backend, slots, grant.staging_bytes / slots);
+      result = pin_handle{release_token{[weak = c->weak_from_this(), dev, id] {
+                             if (auto held = weak.lock())
+                               held->release(dev, id);
+                           }},
+                           std::move(grant), std::move(ring)};
+    },
+    [&] { c->self->send(dev, withdraw_atom::value, l.id()); });
   return result;
 }
 
-void session::cancel_wait() {
-  auto* c = core_.get();
-  // Sent as the session's own actor, the holder the tiers know the request by, from this thread while
-  // the session's thread blocks in its receive. Under the lock: the session's next request goes out only
-  // after its current call is cleared, so it cannot overtake this withdraw (a pin's withdraw names the
-  // lease, which the next pin may name too).
-  std::lock_guard<std::mutex> guard{c->call_mutex};
-  const auto& call = c->current;
-  auto as = caf::actor_cast<caf::actor>(c->self);
-  if (call.what == core::waiting_call::acquire)
-    caf::send_as(as, c->rt->ram_cache(), withdraw_atom::value, call.tag);
-  else if (call.what == core::waiting_call::pin)
-    caf::send_as(as, call.device, withdraw_atom::value, call.lease);
+void session::set_wait_check(std::function<bool()> check, std::chrono::milliseconds every) {
+  if (every <= std::chrono::milliseconds::zero())
+    throw request_error(failure{errc::invalid_argument, "a wait check needs an interval of at least 1 ms"});
+  core_->wait_check = std::move(check);
+  core_->check_every = every;
 }
 
 pin_handle session::pin_anywhere(const lease& l, bytes_t working_bytes,

@@ -159,12 +159,11 @@ public:
   /// freed (0: all). Returns bytes freed.
   bytes_t trim_ram(const model_id& model = {}, bytes_t bytes = 0);
 
-  /// The one call that may come from another thread while this session's thread blocks in `acquire`,
-  /// `acquire_all` or `pin`: if that call waits in its tier's queue for room, it ends now with
-  /// `cancelled`. A load or copy already under way is waited for, and a request still on its way to its
-  /// tier is not reached: a caller that must end the wait calls again until the call returns (the Python
-  /// binding does, every 10 ms, on Ctrl-C). With no call in flight it does nothing.
-  void cancel_wait();
+  /// Asked every `every`, on the calling thread, while `acquire`, `acquire_all` or `pin` waits for its
+  /// answer; once it returns true, the call withdraws its request: one still waiting for room ends with
+  /// `cancelled`, one granted first returns as usual, and a load or copy under way is waited for. The
+  /// Python binding checks for Ctrl-C here. A check that reads an atomic flag lets another thread cancel.
+  void set_wait_check(std::function<bool()> check, std::chrono::milliseconds every = std::chrono::milliseconds(100));
 
   caf::scoped_actor& self();
 
