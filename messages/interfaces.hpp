@@ -25,7 +25,7 @@ using ram_cache_actor = caf::typed_actor<
   // Lease `model`, loading it if needed; waits up to the timespan for room (0: do not wait), then fails
   // with budget_exhausted. A load, once started, is waited for. The model stays in RAM until released.
   caf::replies_to<acquire_atom, model_id, caf::timespan>::with<ram_lease>,
-  // The same, tagged by the sender, so that it can withdraw it (a session's cancel_wait).
+  // The same, tagged by the sender, so that it can withdraw it (a session's wait check).
   caf::replies_to<acquire_atom, model_id, caf::timespan, std::uint64_t>::with<ram_lease>,
   // Lease several models together, or none (see ram_tier::acquire_all): never holds some while waiting
   // for room for the others. Leases come in the order asked. An empty list, or one naming a model twice,

@@ -82,16 +82,19 @@ std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds) {
   return std::chrono::nanoseconds(static_cast<int64_t>(*seconds * 1e9));
 }
 
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
 /// Lets the GIL go, if this thread holds it and the interpreter is not finalizing.
 class without_gil {
 public:
   without_gil() {
-#if PY_VERSION_HEX >= 0x030D0000
-    const bool finalizing = Py_IsFinalizing();
-#else
-    const bool finalizing = _Py_IsFinalizing();
-#endif
-    if (!finalizing && PyGILState_Check())  // not held: a scope further out let it go already
+    if (!interpreter_finalizing() && PyGILState_Check())  // not held: a scope further out let it go already
       release_.emplace();
   }
 
@@ -109,11 +112,11 @@ struct runtime_box {
 
 struct session_box {
   std::shared_ptr<runtime_box> owner;
-  std::mutex mutex;  // one thread at a time (Note [The Python binding])
+  std::timed_mutex mutex;  // one thread at a time (Note [The Python binding]); timed: Note [Ctrl-C while waiting]
   std::optional<session> s;
   ~session_box() {
     without_gil unlocked;
-    std::lock_guard<std::mutex> guard{mutex};
+    std::lock_guard<std::timed_mutex> guard{mutex};
     s.reset();
   }
 };
@@ -128,26 +131,26 @@ unsigned long& main_thread_ident() {
 // Note [Ctrl-C while waiting]: Python turns Ctrl-C into KeyboardInterrupt on the main thread only, once
 // that thread runs Python code again, and a call that waits for room holds it in C++ for the whole wait
 // (up to a day). So every session gets a wait check (session::set_wait_check): every 100 ms of a wait,
-// on the main thread only, it takes the GIL and asks whether SIGINT arrived (PyOS_InterruptOccurred).
-// If so it trips SIGINT again, for later, and the session withdraws its request: the call ends with
-// `cancelled` if it still waited for room, or with the grant if that came first. Then, the session's
-// mutex let go, Python's SIGINT handler runs (PyErr_CheckSignals): if it raises (KeyboardInterrupt, by
-// default), what the call got is given back and that exception is raised; a handler that does not
-// raise leaves the call's own outcome. Handlers never run under the session's mutex, so one that uses
-// the session cannot deadlock on it. A load or copy already under way is waited for. Other threads never
-// take the GIL here: no signal reaches them.
+// on the main thread only, it takes the GIL and, where SIGINT's handler is Python's default (the one that
+// raises KeyboardInterrupt), asks whether SIGINT arrived (PyOS_InterruptOccurred). If so it trips SIGINT
+// again, for later, and the session withdraws its request: the call ends with `cancelled` if it still
+// waited for room, or with the grant if that came first. Then, the session's mutex let go, the handler
+// runs (PyErr_CheckSignals), what the call got is given back, and KeyboardInterrupt is raised. A handler
+// of the program's own (asyncio's, a server's "stop after this step") is left alone: the wait goes on,
+// and the handler runs when the call returns, as it would for any C call. Handlers never run under the
+// session's mutex, so one that uses the session cannot deadlock on it. On the main thread, waiting for
+// the session's mutex itself (another thread's call holds it) also looks for signals every 100 ms. A
+// load or copy already under way is waited for. Other threads never take the GIL here.
 thread_local bool withdrawn_for_sigint = false;
 
 bool python_signal_pending() {
-  if (PyThread_get_thread_ident() != main_thread_ident())
-    return false;
-#if PY_VERSION_HEX >= 0x030D0000
-  if (Py_IsFinalizing())
-#else
-  if (_Py_IsFinalizing())
-#endif
+  if (PyThread_get_thread_ident() != main_thread_ident() || interpreter_finalizing())
     return false;
   py::gil_scoped_acquire gil;
+  static auto* signal_module = new py::object(py::module_::import("signal"));  // leaked: outlives teardown
+  auto handler = signal_module->attr("getsignal")(signal_module->attr("SIGINT"));
+  if (!handler.is(signal_module->attr("default_int_handler")))
+    return false;
   if (!PyOS_InterruptOccurred())  // clears SIGINT's flag when set...
     return false;
   PyErr_SetInterrupt();  // ...so it is set again: its handler runs once the call has returned
@@ -155,24 +158,47 @@ bool python_signal_pending() {
   return true;
 }
 
-/// Runs a session call (a lease, leases or a pin) with the GIL let go and the session's mutex held; then,
-/// if its wait check withdrew it for SIGINT, runs the signal's handler (Note [Ctrl-C while waiting]).
+/// Runs `f` under the session's mutex with the GIL let go (the mutex let go before the GIL is taken
+/// back). On the main thread, waiting for the mutex runs Python's signal handlers every 100 ms and raises
+/// what they raise (nothing is held then).
+template <class F>
+void with_session(session_box& box, F f) {
+  if (PyThread_get_thread_ident() != main_thread_ident()) {
+    without_gil unlocked;
+    std::lock_guard<std::timed_mutex> guard{box.mutex};
+    f();
+    return;
+  }
+  for (;;) {
+    {
+      without_gil unlocked;
+      std::unique_lock<std::timed_mutex> lock{box.mutex, std::defer_lock};
+      if (lock.try_lock_for(std::chrono::milliseconds(100))) {
+        f();
+        return;
+      }
+    }
+    if (PyErr_CheckSignals() != 0)
+      throw py::error_already_set();
+  }
+}
+
+/// Runs a session call (a lease, leases or a pin) under the session's mutex; then, if its wait check
+/// withdrew it for SIGINT, runs the signal's handler (Note [Ctrl-C while waiting]).
 template <class Call>
 auto call_that_may_wait(session_box& box, Call call) -> decltype(call(*box.s)) {
   std::optional<decltype(call(*box.s))> got;
   std::exception_ptr refused;
   withdrawn_for_sigint = false;
   try {
-    without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box.mutex};
-    got.emplace(call(*box.s));
+    with_session(box, [&] { got.emplace(call(*box.s)); });
   } catch (const request_error&) {
     refused = std::current_exception();
   }
   if (std::exchange(withdrawn_for_sigint, false) && PyErr_CheckSignals() != 0) {
     if (got) {  // granted before the withdraw arrived: given back
       without_gil unlocked;
-      std::lock_guard<std::mutex> guard{box.mutex};
+      std::lock_guard<std::timed_mutex> guard{box.mutex};
       got.reset();
     }
     throw py::error_already_set();
@@ -201,7 +227,7 @@ public:
   /// Ends the lease or pin; a second call does nothing.
   void release() {
     without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box_->mutex};
+    std::lock_guard<std::timed_mutex> guard{box_->mutex};
     if (handle_) {
       auto h = std::move(*handle_);
       handle_.reset();
@@ -214,7 +240,7 @@ public:
   template <class F>
   auto locked(F f) const {
     without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box_->mutex};
+    std::lock_guard<std::timed_mutex> guard{box_->mutex};
     return f(get_locked());
   }
   /// The handle, for a caller that holds the session's mutex already.
@@ -336,7 +362,11 @@ public:
     return out;
   }
 
-  std::shared_ptr<py_pin> pin(const py_lease& l, const py::object& device, bytes_t working, std::optional<double> wait) {
+  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& lease, const py::object& device, bytes_t working,
+                              std::optional<double> wait) {
+    if (!lease)
+      fail(errc::invalid_lease, "pin needs a lease, not None");
+    const auto& l = *lease;
     if (l.box() != box_)
       fail(errc::foreign_lease, "the lease on '" + l.model() + "' belongs to another session");
     auto w = wait_of(wait);
@@ -355,13 +385,13 @@ public:
     if (where.where != py_device::index)
       fail(errc::invalid_device, "offload frees one GPU's memory: give its index, not " + py::repr(device).cast<std::string>());
     without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box_->mutex};
+    std::lock_guard<std::timed_mutex> guard{box_->mutex};
     return box_->s->offload(where.number, model, bytes);
   }
 
   bytes_t trim_ram(const std::string& model, bytes_t bytes) {
     without_gil unlocked;
-    std::lock_guard<std::mutex> guard{box_->mutex};
+    std::lock_guard<std::timed_mutex> guard{box_->mutex};
     return box_->s->trim_ram(model, bytes);
   }
 
@@ -417,14 +447,6 @@ struct stage_works {
 };
 
 thread_local bool on_scheduler_worker = false;  // set while a stage's Python work runs on this thread
-
-bool interpreter_finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return Py_IsFinalizing();
-#else
-  return _Py_IsFinalizing();
-#endif
-}
 
 /// Drops a reference to a scheduler. The last one ends it (queued jobs cancelled, running ones waited
 /// for), which must happen without the GIL (their work needs it) and never on one of its own workers (it

@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 
 #include <algorithm>
+#include <exception>
 #include <functional>
 
 namespace mcache {
@@ -160,19 +161,24 @@ struct session::core : std::enable_shared_from_this<session::core> {
   }
 
   /// Receives the answer to the request `mid` (a grant of type T, handed to `granted`, or an error,
-  /// thrown). With a wait check set, it asks the check every `check_every` while no answer has come; once
+  /// thrown). With a wait check set, it asks the check after each `check_every` without an answer; once
   /// the check says so it sends `withdraw` (a message to the request's tier, from this actor, so it
   /// arrives after the request) and goes on receiving: `cancelled` if the request still waited for room,
-  /// the grant if it came first, or the end of a load or copy under way.
+  /// the grant if it came first, or the end of a load or copy under way. A check that throws withdraws
+  /// too, and its exception is thrown once the answer is in (a grant then goes with `granted`'s result).
   template <class T, class Granted, class Withdraw>
   void receive_answer(caf::message_id mid, Granted granted, Withdraw withdraw) {
     bool answered = false;
+    std::exception_ptr check_threw;
+    // CAF moves the handlers into each receive's behavior: they capture by reference only.
     auto on_grant = [&](T& x) {
       answered = true;
       granted(x);
     };
     auto on_error = [&](caf::error& e) {
       answered = true;
+      if (check_threw)
+        std::rethrow_exception(check_threw);
       raise(e);
     };
     caf::blocking_actor::accept_one_cond one;
@@ -183,11 +189,21 @@ struct session::core : std::enable_shared_from_this<session::core> {
     bool withdrawn = false;
     while (!answered)
       self->varargs_receive(one, mid, on_grant, on_error, caf::after(check_every) >> [&] {
-        if (!withdrawn && wait_check()) {
+        if (withdrawn)
+          return;
+        bool stop = true;
+        try {
+          stop = wait_check();
+        } catch (...) {
+          check_threw = std::current_exception();
+        }
+        if (stop) {
           withdraw();
           withdrawn = true;
         }
       });
+    if (check_threw)
+      std::rethrow_exception(check_threw);
   }
 
   // Destroyed in reverse order: the scoped actor first, then the thread's logger reference.

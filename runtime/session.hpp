@@ -163,6 +163,7 @@ public:
   /// answer; once it returns true, the call withdraws its request: one still waiting for room ends with
   /// `cancelled`, one granted first returns as usual, and a load or copy under way is waited for. The
   /// Python binding checks for Ctrl-C here. A check that reads an atomic flag lets another thread cancel.
+  /// A check that throws withdraws the call too, and the call throws that once its answer is in.
   void set_wait_check(std::function<bool()> check, std::chrono::milliseconds every = std::chrono::milliseconds(100));
 
   caf::scoped_actor& self();

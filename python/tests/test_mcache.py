@@ -415,6 +415,52 @@ def test_ctrl_c_ends_a_main_thread_wait_for_room_and_leaves_nothing_queued_or_he
         assert rt.stats()["ram"]["leased_bytes"] == 0
 
 
+def test_ctrl_c_reaches_a_main_thread_call_waiting_for_another_threads_call_on_the_same_session():
+    import _thread
+
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
+        rt.models.add_synthetic("big", layers(48))
+        rt.models.add_synthetic("other", layers(32))
+        holder, shared = rt.session("holder"), rt.session("shared")
+        big = holder.acquire("big")
+        waiting = threading.Thread(target=lambda: pytest.raises(mcache.BudgetExhausted, shared.acquire, "other", wait=3))
+        waiting.start()  # holds the shared session for 3 s
+        time.sleep(0.2)
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            shared.acquire("big", wait=60)  # waits for the session's mutex first
+        assert time.monotonic() - start < 2
+        waiting.join()
+        big.release()
+        assert rt.stats()["ram"]["leased_bytes"] == 0
+
+
+def test_a_sigint_handler_of_the_programs_own_is_left_alone_and_runs_when_the_wait_ends():
+    import _thread
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
+            rt.models.add_synthetic("big", layers(48))
+            rt.models.add_synthetic("other", layers(32))
+            s = rt.session()
+            with s.acquire("big"):
+                timer = threading.Timer(0.1, _thread.interrupt_main)
+                timer.start()
+                with pytest.raises(mcache.BudgetExhausted):
+                    s.acquire("other", wait=0.6)  # not cut short: the program's handler only notes it
+                timer.join()
+            assert seen == [signal.SIGINT]  # ran once, when the call returned
+            with pytest.raises(mcache.InvalidLease, match="not None"):
+                s.pin(None, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_bool_is_not_a_device_index():
     with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB},
                                                       {"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
