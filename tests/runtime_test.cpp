@@ -266,6 +266,11 @@ TEST_CASE("a wait check ends a session's wait for room with cancelled once it sa
     CHECK(rt.stats().ram.waiting_now == 0);
     stop = false;  // a check that never says so leaves the wait as it was
     CHECK(code_of([&] { waiter.acquire("b", 200ms); }) == errc::budget_exhausted);
+    // A check that throws withdraws the call too, and the call throws that, leaving nothing queued.
+    waiter.set_wait_check([]() -> bool { throw std::runtime_error("the check failed"); }, 5ms);
+    CHECK_THROWS_WITH(waiter.acquire("b", 60s), "the check failed");
+    CHECK(rt.stats().ram.waiting_now == 0);
+    waiter.set_wait_check([&] { return stop.load(); }, 5ms);
   }
   CHECK(waiter.acquire("b").bytes() == 6 * mib);  // released by its holder: the queue is not stuck
   waiter.trim_ram();
