@@ -15,6 +15,7 @@
 #include "runtime/core/models/model_files.hpp"
 #include "runtime/config.hpp"
 #include "runtime/runtime.hpp"
+#include "samples/sample_main.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -374,13 +375,4 @@ int run_sample(int argc, char** argv) {
 
 } // namespace
 
-int main(int argc, char** argv) {
-  // A bad option the runtime finds (a budget too small for the models, a port in use) is a message and
-  // exit code 2, not std::terminate.
-  try {
-    return run_sample(argc, argv);
-  } catch (const request_error& e) {
-    std::fprintf(stderr, "%s: %s\n", argv[0], e.what());
-    return 2;
-  }
-}
+int main(int argc, char** argv) { return mcache::samples::main_reporting_refusals(run_sample, argc, argv); }

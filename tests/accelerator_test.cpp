@@ -255,12 +255,8 @@ TEST_CASE("asking for CUDA of a LibTorch without it, or a device it lacks, fails
 
 TEST_CASE("two tiers on one device, or an index past any LibTorch can name, are refused at start") {
   install_slow_fake();
-  runtime_options o;
-  o.ram_budget_bytes = 1 << 20;
-  device_options d;
-  d.kind = device_kind::accelerator;
-  d.index = 1;
-  d.budget_bytes = 1 << 20;
+  auto o = accelerator_options(1, 1 << 20);
+  auto d = o.devices.front();
   o.devices = {d, d};  // each tier would count the device's memory as its own
   auto error_of = [&] {
     try {
