@@ -121,6 +121,14 @@ struct session_box {
   }
 };
 
+/// A count Python gave as a signed integer (pybind11 refuses a negative one for an unsigned parameter with
+/// a bare TypeError): negative is InvalidArgument, naming the argument.
+bytes_t bytes_of(int64_t value, const char* what) {
+  if (value < 0)
+    fail(errc::invalid_argument, std::string{what} + " must not be negative, not " + std::to_string(value));
+  return static_cast<bytes_t>(value);
+}
+
 /// The ident of the interpreter's main thread, set at import: the one thread Python raises
 /// KeyboardInterrupt in.
 unsigned long& main_thread_ident() {
@@ -142,15 +150,22 @@ unsigned long& main_thread_ident() {
 // the session's mutex itself (another thread's call holds it) also looks for signals every 100 ms. A
 // load or copy already under way is waited for. Other threads never take the GIL here.
 thread_local bool withdrawn_for_sigint = false;
+thread_local bool sigint_withdraws = false;  // this call's: SIGINT's handler was Python's default
 
+/// Whether SIGINT's handler is Python's default, asked before a call with the GIL held and the session's
+/// mutex not (the check below must run no Python: a handler or a finalizer could use the session).
+bool sigint_handler_is_default() {
+  static auto* signal_module = new py::object(py::module_::import("_signal"));  // leaked: outlives teardown
+  auto handler = signal_module->attr("getsignal")(signal_module->attr("SIGINT"));
+  return handler.is(signal_module->attr("default_int_handler"));
+}
+
+/// The sessions' wait check. It runs under the session's mutex: it takes the GIL, but runs no Python
+/// code and makes no Python object (no handler, no garbage collection, no finalizer can run in it).
 bool python_signal_pending() {
-  if (PyThread_get_thread_ident() != main_thread_ident() || interpreter_finalizing())
+  if (!sigint_withdraws || PyThread_get_thread_ident() != main_thread_ident() || interpreter_finalizing())
     return false;
   py::gil_scoped_acquire gil;
-  static auto* signal_module = new py::object(py::module_::import("signal"));  // leaked: outlives teardown
-  auto handler = signal_module->attr("getsignal")(signal_module->attr("SIGINT"));
-  if (!handler.is(signal_module->attr("default_int_handler")))
-    return false;
   if (!PyOS_InterruptOccurred())  // clears SIGINT's flag when set...
     return false;
   PyErr_SetInterrupt();  // ...so it is set again: its handler runs once the call has returned
@@ -163,7 +178,7 @@ bool python_signal_pending() {
 /// what they raise (nothing is held then).
 template <class F>
 void with_session(session_box& box, F f) {
-  if (PyThread_get_thread_ident() != main_thread_ident()) {
+  if (PyThread_get_thread_ident() != main_thread_ident() || !PyGILState_Check()) {
     without_gil unlocked;
     std::lock_guard<std::timed_mutex> guard{box.mutex};
     f();
@@ -190,11 +205,13 @@ auto call_that_may_wait(session_box& box, Call call) -> decltype(call(*box.s)) {
   std::optional<decltype(call(*box.s))> got;
   std::exception_ptr refused;
   withdrawn_for_sigint = false;
+  sigint_withdraws = PyThread_get_thread_ident() == main_thread_ident() && sigint_handler_is_default();
   try {
     with_session(box, [&] { got.emplace(call(*box.s)); });
   } catch (const request_error&) {
     refused = std::current_exception();
   }
+  sigint_withdraws = false;
   if (std::exchange(withdrawn_for_sigint, false) && PyErr_CheckSignals() != 0) {
     if (got) {  // granted before the withdraw arrived: given back
       without_gil unlocked;
@@ -217,31 +234,29 @@ public:
     : box_(std::move(box)), handle_(std::move(h)), model_(handle_->model()), what_(std::move(what)) {}
   ~py_handle() {
     try {
-      release();
+      if (held_) {  // a finalizer takes the mutex plainly: it cannot raise KeyboardInterrupt
+        without_gil unlocked;
+        std::lock_guard<std::timed_mutex> guard{box_->mutex};
+        end_locked();
+      }
     } catch (...) {  // a finalizer cannot report; the runtime logs what it refused
     }
   }
   py_handle(const py_handle&) = delete;
   py_handle& operator=(const py_handle&) = delete;
 
-  /// Ends the lease or pin; a second call does nothing.
+  /// Ends the lease or pin; a second call does nothing (and does not wait for the session).
   void release() {
-    without_gil unlocked;
-    std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    if (handle_) {
-      auto h = std::move(*handle_);
-      handle_.reset();
-      held_ = false;
-      h.release();
-    }
+    if (held_)
+      with_session(*box_, [&] { end_locked(); });
   }
   bool held() const { return held_; }
   /// Runs `f(handle)` under the session's mutex, the GIL let go; fails if the handle was released.
   template <class F>
   auto locked(F f) const {
-    without_gil unlocked;
-    std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    return f(get_locked());
+    std::optional<decltype(f(std::declval<const Handle&>()))> out;
+    with_session(*box_, [&] { out.emplace(f(get_locked())); });
+    return std::move(*out);
   }
   /// The handle, for a caller that holds the session's mutex already.
   const Handle& get_locked() const {
@@ -254,6 +269,15 @@ public:
   const std::string& model() const { return model_; }
 
 private:
+  void end_locked() {
+    if (handle_) {
+      auto h = std::move(*handle_);
+      handle_.reset();
+      held_ = false;
+      h.release();
+    }
+  }
+
   std::shared_ptr<session_box> box_;
   std::optional<Handle> handle_;
   std::atomic<bool> held_{true};
@@ -292,6 +316,13 @@ public:
   py_stream(std::unique_ptr<tensor_stream> stream, std::function<void()> check_source)
     : check_source_(std::move(check_source)), stream_(std::move(stream)), size_(stream_->size()) {}
   py::tuple next() {
+    {
+      std::lock_guard<std::mutex> guard{mutex_};
+      if (!stream_ || next_ >= size_) {  // exhausted is exhausted, whatever became of its source
+        stream_.reset();
+        throw py::stop_iteration();
+      }
+    }
     check_source_();
     bool exhausted = false;
     std::string name;
@@ -335,9 +366,9 @@ py_device device_of(const py::object& device) {
     d.where = py_device::any;
   else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
     d.where = py_device::cpu;
-  else if (py::isinstance<py::int_>(device) && !py::isinstance<py::bool_>(device)) {
+  else if (PyIndex_Check(device.ptr()) && !py::isinstance<py::bool_>(device)) {  // int, numpy's ints
     d.where = py_device::index;
-    d.number = device.cast<device_index>();
+    d.number = py::int_(device).cast<device_index>();
   } else
     fail(errc::invalid_device, "a device is an index, \"cpu\" or \"any\", not " + py::repr(device).cast<std::string>());
   return d;
@@ -362,8 +393,9 @@ public:
     return out;
   }
 
-  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& lease, const py::object& device, bytes_t working,
+  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& lease, const py::object& device, int64_t working_bytes,
                               std::optional<double> wait) {
+    auto working = bytes_of(working_bytes, "working");
     if (!lease)
       fail(errc::invalid_lease, "pin needs a lease, not None");
     const auto& l = *lease;
@@ -380,19 +412,21 @@ public:
     return std::make_shared<py_pin>(box_, std::move(p));
   }
 
-  bytes_t offload(const py::object& device, const std::string& model, bytes_t bytes) {
+  bytes_t offload(const py::object& device, const std::string& model, int64_t bytes) {
     auto where = device_of(device);
-    if (where.where != py_device::index)
+    if (where.where != py_device::index || where.number < 0)
       fail(errc::invalid_device, "offload frees one GPU's memory: give its index, not " + py::repr(device).cast<std::string>());
     without_gil unlocked;
     std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    return box_->s->offload(where.number, model, bytes);
+    auto freed = bytes_of(bytes, "bytes");
+    return box_->s->offload(where.number, model, freed);
   }
 
-  bytes_t trim_ram(const std::string& model, bytes_t bytes) {
+  bytes_t trim_ram(const std::string& model, int64_t bytes) {
     without_gil unlocked;
     std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    return box_->s->trim_ram(model, bytes);
+    auto freed = bytes_of(bytes, "bytes");
+    return box_->s->trim_ram(model, freed);
   }
 
 private:
@@ -676,8 +710,8 @@ public:
   }
 
   // -- the catalog ------------------------------------------------------------------------------------
-  std::string add_synthetic(const std::string& id, const std::vector<int64_t>& numels, uint64_t seed) {
-    if (auto err = rt().models().add(synthetic_model(id, numels, seed)))
+  std::string add_synthetic(const std::string& id, const std::vector<int64_t>& numels, int64_t seed) {
+    if (auto err = rt().models().add(synthetic_model(id, numels, bytes_of(seed, "seed"))))
       throw request_error(*err);
     return id;
   }
@@ -696,8 +730,8 @@ public:
   }
   // Note [Remove and replace]: what is held stays valid until released.
   void remove(const std::string& id) { rt().remove_model(id); }
-  void replace_synthetic(const std::string& id, const std::vector<int64_t>& numels, uint64_t seed) {
-    rt().replace_model(synthetic_model(id, numels, seed));
+  void replace_synthetic(const std::string& id, const std::vector<int64_t>& numels, int64_t seed) {
+    rt().replace_model(synthetic_model(id, numels, bytes_of(seed, "seed")));
   }
   std::vector<std::string> register_found(outcome<std::vector<model_descriptor>> found) {
     if (!succeeded(found))
@@ -770,7 +804,13 @@ PYBIND11_MODULE(_core, m) {
       auto code = to_string(c);
       auto& classes = error_classes();
       py::object cls = classes.contains(code) ? classes[code] : py::object(py::reinterpret_borrow<py::object>(PyExc_RuntimeError));
-      auto args = py::make_tuple(text, std::string(code));
+      // A text may quote bytes that are not UTF-8 (a file's name, a parser's view of a file): they become
+      // \xNN rather than a UnicodeDecodeError in place of the error.
+      auto message = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace"));
+      if (!message)
+        throw py::error_already_set();
+      auto args = py::make_tuple(message, std::string(code));
       PyErr_SetObject(cls.ptr(), args.ptr());
     };
     try {

@@ -20,6 +20,7 @@ where they should not wait on each other).
 """
 
 import json as _json
+import os as _os
 
 import torch as _torch  # noqa: F401  (the extension needs LibTorch's Python side loaded first)
 
@@ -86,6 +87,13 @@ class Stage:
         self.name = name
 
 
+def _paths(files):
+    """One path or several, as strings (pathlib.Path and other os.PathLike too)."""
+    if isinstance(files, (str, _os.PathLike)):
+        files = [files]
+    return [_os.fspath(f) for f in files]
+
+
 class Models:
     """The runtime's catalog. Registering reads file headers only; nothing loads until an acquire."""
 
@@ -97,17 +105,13 @@ class Models:
         return self._core.add_synthetic(id, [int(n) for n in sizes], seed)
 
     def add_file(self, id, files, execution_order=(), required=(), device=None):
-        """A model from one safetensors file or several shards."""
-        if isinstance(files, str):
-            files = [files]
-        return self._core.add_file(id, list(files), list(execution_order), list(required), device, False)
+        """A model from one safetensors file or several shards (paths: str or os.PathLike)."""
+        return self._core.add_file(id, _paths(files), list(execution_order), list(required), device, False)
 
     def replace_file(self, id, files, execution_order=(), required=(), device=None):
         """Makes `id` mean these files from now on (a file changed on disk, registered again). Copies of the
         old model held now stay valid until released; new acquires get the new one."""
-        if isinstance(files, str):
-            files = [files]
-        return self._core.add_file(id, list(files), list(execution_order), list(required), device, True)
+        return self._core.add_file(id, _paths(files), list(execution_order), list(required), device, True)
 
     def replace_synthetic(self, id, sizes, seed=0):
         self._core.replace_synthetic(id, [int(n) for n in sizes], seed)
@@ -118,11 +122,11 @@ class Models:
 
     def add_folder(self, folder):
         """Every model in a folder (single files and sharded checkpoints); returns their ids."""
-        return self._core.add_folder(str(folder))
+        return self._core.add_folder(_os.fspath(folder))
 
     def add_manifest(self, path):
         """The models a manifest.json declares; returns their ids."""
-        return self._core.add_manifest(str(path))
+        return self._core.add_manifest(_os.fspath(path))
 
     def ids(self):
         return self._core.model_ids()

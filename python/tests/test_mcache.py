@@ -368,10 +368,11 @@ def test_a_stage_streams_a_model_larger_than_its_device_one_step_at_a_time_and_n
         def denoise(ctx):
             assert ctx.partial("big")
             stream = ctx.stream("big")
-            kept.append(stream)
             assert len(stream) == 8
             for name, t in stream:  # a streamed tensor is compared before the next step refills its slot
                 seen.append((name, torch.equal(t, expected[name])))
+            kept.append(ctx.stream("big"))  # exhausted, the first gave the ring back: a second may stream
+            next(kept[0])  # and is left half way
 
         with rt.scheduler() as sched:
             status = sched.submit([mcache.Stage("big", denoise, device=0)]).wait(timeout=30)
@@ -441,24 +442,77 @@ def test_a_sigint_handler_of_the_programs_own_is_left_alone_and_runs_when_the_wa
     import _thread
     import signal
 
+    import faulthandler
+
     seen = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    extra = None
+
+    def handler(signum, frame):  # uses the waiting call's own session: it must not run under its mutex
+        seen.append((signum, time.monotonic() - start))
+        extra.release()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    faulthandler.dump_traceback_later(60, exit=True)  # a deadlock ends the run instead of hanging it
     try:
         with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
-            rt.models.add_synthetic("big", layers(48))
+            rt.models.add_synthetic("big", layers(40))
+            rt.models.add_synthetic("small", layers(4))
             rt.models.add_synthetic("other", layers(32))
             s = rt.session()
             with s.acquire("big"):
+                extra = s.acquire("small")
                 timer = threading.Timer(0.1, _thread.interrupt_main)
                 timer.start()
+                start = time.monotonic()
                 with pytest.raises(mcache.BudgetExhausted):
                     s.acquire("other", wait=0.6)  # not cut short: the program's handler only notes it
                 timer.join()
-            assert seen == [signal.SIGINT]  # ran once, when the call returned
+            assert len(seen) == 1 and seen[0][0] == signal.SIGINT
+            assert seen[0][1] >= 0.5  # ran when the call returned, not inside its wait
+            assert not extra.held
             with pytest.raises(mcache.InvalidLease, match="not None"):
                 s.pin(None, 0)
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGINT, previous)
+
+
+def test_counts_paths_and_devices_in_their_python_forms():
+    import pathlib
+
+    import numpy
+
+    from safetensors_writer import write_safetensors
+
+    with mcache.Runtime(ram_budget=64 * MiB, devices=[{"kind": "simulated", "vram_budget": 32 * MiB},
+                                                      {"kind": "simulated", "vram_budget": 32 * MiB}]) as rt:
+        rt.models.add_synthetic("te", layers(4))
+        s = rt.session()
+        with pytest.raises(mcache.InvalidArgument, match="seed must not be negative"):
+            rt.models.add_synthetic("x", layers(4), seed=-1)
+        with pytest.raises(mcache.InvalidArgument, match="bytes must not be negative"):
+            s.offload(0, bytes=-1)
+        with pytest.raises(mcache.InvalidArgument, match="bytes must not be negative"):
+            s.trim_ram(bytes=-1)
+        with pytest.raises(mcache.InvalidDevice):
+            s.offload(-1)  # the CPU's pins are not a device to offload
+        with s.acquire("te") as te:
+            with pytest.raises(mcache.InvalidArgument, match="working must not be negative"):
+                s.pin(te, 0, working=-1)
+            with s.pin(te, numpy.int64(1)) as p:  # numpy's integers are indices too
+                assert p.device == 1
+                stream = p.stream()
+                assert len(list(stream)) == 4
+            with pytest.raises(StopIteration):  # exhausted stays exhausted after its pin ended
+                next(stream)
+        with tempfile.TemporaryDirectory() as folder:
+            path = pathlib.Path(folder) / "w.safetensors"
+            write_safetensors(str(path), {"w": torch.ones(4)})
+            assert rt.models.add_file("w", path) == "w"
+            manifest = pathlib.Path(folder) / "manifest.json"
+            manifest.write_bytes(b'{"models": [{"id": "caf\xe9"}]}')
+            with pytest.raises(mcache.BadFile, match="not valid JSON"):
+                rt.models.add_manifest(manifest)
 
 
 def test_a_bool_is_not_a_device_index():

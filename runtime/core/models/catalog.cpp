@@ -16,7 +16,7 @@ std::optional<failure> catalog::validate(const model_descriptor& descriptor) {
   if (!is_printable_utf8(descriptor.id))
     return failure{errc::invalid_argument, "model id '" + escape_unprintable(descriptor.id)
                                              + "' is not printable UTF-8 text: ids appear in /status, metrics, "
-                                               "logs and Python (rename the file, or give the id in a manifest)"};
+                                               "logs and Python (rename the file)"};
   if (descriptor.id.find('#') != model_id::npos)
     return failure{errc::invalid_argument, "model id '" + descriptor.id
                                              + "' contains '#', which names generations (Note [Remove and replace])"};

@@ -1,5 +1,6 @@
 #include "runtime/core/models/model_files.hpp"
 
+#include "runtime/core/format.hpp"
 #include "runtime/core/models/folder_walk.hpp"
 
 #include <nlohmann/json.hpp>
@@ -22,8 +23,14 @@ std::optional<nlohmann::ordered_json> read_json(const std::string& path, failure
     why = failure{errc::file_missing, path + ": cannot open"};
     return std::nullopt;
   }
-  auto json = nlohmann::ordered_json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
+  nlohmann::ordered_json json;
+  try {
+    json = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {  // its text says where, and why (ill-formed UTF-8, ...)
+    why = failure{errc::bad_file, path + ": not valid JSON: " + escape_unprintable(e.what())};
+    return std::nullopt;
+  }
+  if (!json.is_object()) {
     why = failure{errc::bad_file, path + ": not a JSON object"};
     return std::nullopt;
   }
