@@ -561,6 +561,9 @@ public:
         spec.target = device.where == py_device::any   ? stage_target::any_gpu()
                       : device.where == py_device::cpu ? stage_target::cpu()
                                                        : stage_target::on(device.number);
+        if (!PyCallable_Check(st.attr("work").ptr()))  // refused now, not when a worker gets to it
+          fail(errc::invalid_argument, "stage " + std::to_string(ids.size()) + " ('" + spec.name
+                                         + "'): its work is not callable: " + py::repr(st.attr("work")).cast<std::string>());
         auto id = works_->next++;
         works_->works[id] = st.attr("work");
         ids.push_back(id);

@@ -530,6 +530,8 @@ def test_a_bool_is_not_a_device_index():
         with rt.scheduler() as sched:
             with pytest.raises(mcache.InvalidDevice, match="False"):
                 sched.submit([mcache.Stage("te", lambda ctx: None, device=False)])
+            with pytest.raises(mcache.InvalidArgument, match="not callable"):
+                sched.submit([mcache.Stage("te", lambda ctx: None), mcache.Stage("te", "denoise")])
         assert rt.stats()["ram"]["leased_bytes"] == 0
 
 
