@@ -610,7 +610,11 @@ def test_a_scheduler_whose_last_reference_goes_inside_its_own_stage_ends_without
     holder["scheduler"] = sched
     del sched
     status = job.wait(timeout=30)
-    assert status is not None and status["state"] == "done"
+    assert status is not None  # ended, not hung
+    # Ending the scheduler cancels what runs: its stage's work has returned by then, and the job ends done
+    # or cancelled by which of its end and the scheduler's reaches the scheduler first (one CI run in
+    # hundreds saw cancelled).
+    assert status["state"] in ("done", "cancelled")
 
 
 def test_closing_a_scheduler_while_another_thread_submits_waits_for_its_running_job_and_hangs_nothing():
