@@ -106,7 +106,10 @@ TEST_CASE("remove and replace of an unknown id, and ids with '#', are refused an
 
 TEST_CASE("a model id must be printable UTF-8, since ids appear in status JSON, metrics, logs and Python") {
   catalog c;
-  for (const auto* id : {"caf\xe9", "a\nb", "tab\tid", "\xc0\xaf", "\xed\xa0\x80", "x\x7f"}) {
+  // Also invisible format characters: U+2028 (a line break in a one-line log), U+202E (reverses what
+  // follows on the status page: a name displayed as another's), U+200B (zero width).
+  for (const auto* id : {"caf\xe9", "a\nb", "tab\tid", "\xc0\xaf", "\xed\xa0\x80", "x\x7f", "a\xe2\x80\xa8" "b",
+                         "vae\xe2\x80\xae" "exe", "v\xe2\x80\x8b" "ae"}) {
     auto err = c.add(synthetic_model(id, {4}));
     REQUIRE(err);
     CHECK(err->code == errc::invalid_argument);

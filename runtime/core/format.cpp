@@ -24,8 +24,16 @@ std::string format_bytes(bytes_t bytes) {
 
 namespace {
 
+/// Invisible characters that change how the text around them reads: zero-width ones, line and paragraph
+/// separators (one-line logs), and bidirectional overrides (a name that displays as another's).
+bool is_invisible_format(std::uint32_t code) {
+  return (code >= 0x200b && code <= 0x200f) || (code >= 0x2028 && code <= 0x202e) || (code >= 0x2066 && code <= 0x2069)
+         || code == 0xfeff;
+}
+
 /// The length of the printable UTF-8 character at `text[i]`, or 0 where the bytes there are not one
-/// (a stray continuation byte, an overlong form, a surrogate, past U+10FFFF, or a control character).
+/// (a stray continuation byte, an overlong form, a surrogate, past U+10FFFF, a control character, or an
+/// invisible format character).
 std::size_t printable_char_at(const std::string& text, std::size_t i) {
   auto byte = [&](std::size_t k) { return static_cast<unsigned char>(text[k]); };
   unsigned char c = byte(i);
@@ -41,7 +49,8 @@ std::size_t printable_char_at(const std::string& text, std::size_t i) {
     code = (code << 6) | (byte(i + k) & 0x3f);
   }
   static const std::uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (code < least[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff) || (code >= 0x80 && code < 0xa0))
+  if (code < least[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff) || (code >= 0x80 && code < 0xa0)
+      || is_invisible_format(code))
     return 0;
   return n;
 }

@@ -11,8 +11,9 @@ std::string format_bytes(bytes_t bytes);
 /// "12.0 s": a duration for messages ("held by 'worker-3' for 12.0 s").
 std::string format_seconds(double seconds);
 
-/// Whether `text` is valid UTF-8 without control characters: what a name must be to appear in JSON
-/// (/status), Prometheus labels, Python strings and one-line logs.
+/// Whether `text` is valid UTF-8 without control characters or invisible format characters (zero-width,
+/// line separators, bidirectional overrides): what a name must be to appear in JSON (/status),
+/// Prometheus labels, Python strings, the status page and one-line logs.
 bool is_printable_utf8(const std::string& text);
 /// `text` with every byte that is not part of printable UTF-8 written as \xNN, for error texts about it.
 std::string escape_unprintable(const std::string& text);
