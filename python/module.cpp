@@ -173,9 +173,27 @@ bool python_signal_pending() {
   return true;
 }
 
+/// The longest a wait from Python goes without running Python's signal handlers.
+constexpr std::chrono::milliseconds signal_slice{100};
+
+/// Waits in slices: calls `attempt()` with the GIL let go until it returns true (each call waits at most
+/// `signal_slice`), and between calls, the GIL taken, runs Python's signal handlers and raises what they
+/// raise, so that Ctrl-C interrupts the wait.
+template <class Attempt>
+void wait_taking_signals(Attempt attempt) {
+  for (;;) {
+    {
+      without_gil unlocked;
+      if (attempt())
+        return;
+    }
+    if (PyErr_CheckSignals() != 0)
+      throw py::error_already_set();
+  }
+}
+
 /// Runs `f` under the session's mutex with the GIL let go (the mutex let go before the GIL is taken
-/// back). On the main thread, waiting for the mutex runs Python's signal handlers every 100 ms and raises
-/// what they raise (nothing is held then).
+/// back). On the main thread, waiting for the mutex takes signals (nothing is held then).
 template <class F>
 void with_session(session_box& box, F f) {
   if (PyThread_get_thread_ident() != main_thread_ident() || !PyGILState_Check()) {
@@ -184,18 +202,13 @@ void with_session(session_box& box, F f) {
     f();
     return;
   }
-  for (;;) {
-    {
-      without_gil unlocked;
-      std::unique_lock<std::timed_mutex> lock{box.mutex, std::defer_lock};
-      if (lock.try_lock_for(std::chrono::milliseconds(100))) {
-        f();
-        return;
-      }
-    }
-    if (PyErr_CheckSignals() != 0)
-      throw py::error_already_set();
-  }
+  wait_taking_signals([&] {
+    std::unique_lock<std::timed_mutex> lock{box.mutex, std::defer_lock};
+    if (!lock.try_lock_for(signal_slice))
+      return false;
+    f();
+    return true;
+  });
 }
 
 /// Runs a session call (a lease, leases or a pin) under the session's mutex; then, if its wait check
@@ -416,17 +429,17 @@ public:
     auto where = device_of(device);
     if (where.where != py_device::index || where.number < 0)
       fail(errc::invalid_device, "offload frees one GPU's memory: give its index, not " + py::repr(device).cast<std::string>());
-    without_gil unlocked;
-    std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    auto freed = bytes_of(bytes, "bytes");
-    return box_->s->offload(where.number, model, freed);
+    auto at_least = bytes_of(bytes, "bytes");
+    bytes_t freed = 0;
+    with_session(*box_, [&] { freed = box_->s->offload(where.number, model, at_least); });
+    return freed;
   }
 
   bytes_t trim_ram(const std::string& model, int64_t bytes) {
-    without_gil unlocked;
-    std::lock_guard<std::timed_mutex> guard{box_->mutex};
-    auto freed = bytes_of(bytes, "bytes");
-    return box_->s->trim_ram(model, freed);
+    auto at_least = bytes_of(bytes, "bytes");
+    bytes_t freed = 0;
+    with_session(*box_, [&] { freed = box_->s->trim_ram(model, at_least); });
+    return freed;
   }
 
 private:
@@ -668,7 +681,7 @@ public:
     {
       without_gil unlocked;
       box->s.emplace(owner->rt->open_session(name));
-      box->s->set_wait_check(python_signal_pending);  // Note [Ctrl-C while waiting]
+      box->s->set_wait_check(python_signal_pending, signal_slice);  // Note [Ctrl-C while waiting]
     }
     return py_session{box};
   }
@@ -932,27 +945,20 @@ PYBIND11_MODULE(_core, m) {
     .def_property_readonly("id", [](const py_job_box& j) { return j.job.id(); })
     .def("status", [](const py_job_box& j) { return status_dict(j.job.status()); })
     .def("wait", [](const py_job_box& j, std::optional<double> timeout) -> py::object {
-      // In slices, with the GIL let go (its stages' work needs it), so that Ctrl-C still interrupts.
+      // With the GIL let go (its stages' work needs it), taking signals so that Ctrl-C interrupts.
       auto until = timeout ? std::optional<std::chrono::steady_clock::time_point>(
                                std::chrono::steady_clock::now() + *wait_of(timeout))
                            : std::nullopt;
-      for (;;) {
-        auto slice = std::chrono::nanoseconds(std::chrono::milliseconds(100));
+      std::optional<job_status> s;
+      wait_taking_signals([&] {
+        std::chrono::nanoseconds slice = signal_slice;
         if (until)
           slice = std::min(slice, std::chrono::duration_cast<std::chrono::nanoseconds>(
                                     std::max(*until - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero())));
-        std::optional<job_status> s;
-        {
-          without_gil unlocked;
-          s = j.job.wait_for(slice);
-        }
-        if (s)
-          return status_dict(*s);
-        if (until && std::chrono::steady_clock::now() >= *until)
-          return py::none();
-        if (PyErr_CheckSignals() != 0)
-          throw py::error_already_set();
-      }
+        s = j.job.wait_for(slice);
+        return s || (until && std::chrono::steady_clock::now() >= *until);
+      });
+      return s ? py::object(status_dict(*s)) : py::none();
     }, py::arg("timeout") = py::none(), "The final status as a dict, or None if it did not end in time.")
     .def("cancel", [](py_job_box& j) { j.job.cancel(); });
 

@@ -433,6 +433,12 @@ def test_ctrl_c_reaches_a_main_thread_call_waiting_for_another_threads_call_on_t
         with pytest.raises(KeyboardInterrupt):
             shared.acquire("big", wait=60)  # waits for the session's mutex first
         assert time.monotonic() - start < 2
+        timer = threading.Timer(0.2, _thread.interrupt_main)
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            shared.offload(0)  # only frees memory, but it too waits for the session's mutex
+        assert time.monotonic() - start < 2
         waiting.join()
         big.release()
         assert rt.stats()["ram"]["leased_bytes"] == 0
