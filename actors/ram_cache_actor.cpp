@@ -171,7 +171,7 @@ void begin_acquire(self_ptr self, request_id id, std::vector<descriptor_ptr> mod
   });
 }
 
-// acquire_all, or a prefetch (Note [Eviction with known next uses]).
+// acquire, tagged where its sender may withdraw it.
 caf::result<ram_lease> acquire_one(self_ptr self, const model_id& model, caf::timespan wait,
                                    std::optional<std::uint64_t> tag = std::nullopt) {
   if (self->state.stopping)
@@ -192,6 +192,7 @@ caf::result<ram_lease> acquire_one(self_ptr self, const model_id& model, caf::ti
   return promise;
 }
 
+// acquire_all, or a prefetch (Note [Eviction with known next uses]).
 caf::result<std::vector<ram_lease>> acquire_group(self_ptr self, const std::vector<model_id>& models,
                                                   caf::timespan wait, bool prefetch,
                                                   std::optional<std::uint64_t> tag = std::nullopt) {

@@ -89,9 +89,10 @@ runtime_options resolve(runtime_options o) {
       if (d.index > std::numeric_limits<c10::DeviceIndex>::max())
         bad_option(name + ": index " + std::to_string(d.index) + " is past any device LibTorch can name (at most "
                    + std::to_string(std::numeric_limits<c10::DeviceIndex>::max()) + ")");
-      auto owner = tier_of.emplace(torch_device_of(d).str(), i);
+      auto device = torch_device_of(d).str();
+      auto owner = tier_of.emplace(device, i);
       if (!owner.second)
-        bad_option(name + ": " + torch_device_of(d).str() + " is device " + std::to_string(owner.first->second)
+        bad_option(name + ": " + device + " is device " + std::to_string(owner.first->second)
                    + " already; two tiers on one device would each count its memory as their own");
       auto count = torch_device_count(torch_device_of(d).type());
       if (d.index >= count)

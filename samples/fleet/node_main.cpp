@@ -158,10 +158,7 @@ int main(int argc, char** argv) {
                 n.name().c_str(), sig);
     std::fflush(stdout);
     return 0;
-  } catch (const request_error& e) {
-    std::fprintf(stderr, "mcache-node: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {  // anything else at start is a bad option too, never an abort
+  } catch (const std::exception& e) {  // a request_error, or anything else at start: a bad option, never an abort
     std::fprintf(stderr, "mcache-node: %s\n", e.what());
     return 2;
   }

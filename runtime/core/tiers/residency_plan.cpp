@@ -19,17 +19,17 @@ bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<s
 bytes_t least_pin_bytes(const std::vector<tensor_slot>& tensors, bool partial_loading, size_t slots) {
   bytes_t whole = 0;
   bytes_t required = 0;
+  bytes_t largest_other = 0;  // staging_for's ring on a device that holds none of the model
   for (const auto& t : tensors) {
     whole += t.bytes;
     if (t.required)
       required += t.bytes;
+    else
+      largest_other = std::max(largest_other, t.bytes);
   }
   if (!partial_loading)
     return whole;
-  std::vector<tensor_slot> fresh = tensors;  // as on a device that holds none of it yet
-  for (auto& t : fresh)
-    t.state = tensor_residency::absent;
-  return std::min(whole, required + staging_for(fresh, {}, slots));
+  return std::min(whole, required + largest_other * slots);
 }
 
 std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
