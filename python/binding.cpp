@@ -1,0 +1,96 @@
+#include "python/binding.hpp"
+
+#include <exception>
+
+namespace mcache::python {
+
+void fail(errc code, const std::string& text) { throw request_error(failure{code, text}); }
+
+py::dict& error_classes() {
+  static py::dict* classes = new py::dict();  // leaked: it must outlive interpreter teardown order
+  return *classes;
+}
+
+void bind_errors(py::module_& m) {
+  m.def("_set_error_classes", [](py::dict classes) { error_classes() = classes; });
+  py::list codes;
+  for (int c = 1; c <= static_cast<int>(last_errc); ++c)
+    codes.append(to_string(static_cast<errc>(c)));
+  m.attr("error_codes") = codes;
+  py::register_exception_translator([](std::exception_ptr p) {
+    auto raise = [](errc c, const std::string& text) {
+      auto code = to_string(c);
+      auto& classes = error_classes();
+      py::object cls = classes.contains(code) ? classes[code] : py::object(py::reinterpret_borrow<py::object>(PyExc_RuntimeError));
+      // A text may quote bytes that are not UTF-8 (a file's name, a parser's view of a file): they become
+      // \xNN rather than a UnicodeDecodeError in place of the error.
+      auto message = py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()), "backslashreplace"));
+      if (!message)
+        throw py::error_already_set();
+      auto args = py::make_tuple(message, std::string(code));
+      PyErr_SetObject(cls.ptr(), args.ptr());
+    };
+    try {
+      if (p)
+        std::rethrow_exception(p);
+    } catch (const request_error& e) {
+      raise(e.code(), e.what());
+    } catch (const py::cast_error& e) {
+      // A value of the right Python type that its C++ type cannot hold (a device index of 2**40, a
+      // negative byte count): the caller's input, so a typed error, not pybind11's bare RuntimeError.
+      raise(errc::invalid_argument, std::string{"a value is out of range or of the wrong type: "} + e.what());
+    }
+  });
+}
+
+std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds) {
+  if (!seconds)
+    return std::nullopt;
+  if (!(*seconds >= 0) || *seconds > 86400.0)  // also NaN
+    fail(errc::invalid_argument, "wait must be from 0 to 86400 seconds, not " + std::to_string(*seconds));
+  return std::chrono::nanoseconds(static_cast<int64_t>(*seconds * 1e9));
+}
+
+bytes_t bytes_of(int64_t value, const char* what) {
+  if (value < 0)
+    fail(errc::invalid_argument, std::string{what} + " must not be negative, not " + std::to_string(value));
+  return static_cast<bytes_t>(value);
+}
+
+bool interpreter_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+py_device device_of(const py::object& device) {
+  py_device d;
+  if (device.is_none() || (py::isinstance<py::str>(device) && device.cast<std::string>() == "any"))
+    d.where = py_device::any;
+  else if (py::isinstance<py::str>(device) && device.cast<std::string>() == "cpu")
+    d.where = py_device::cpu;
+  else if (PyIndex_Check(device.ptr()) && !py::isinstance<py::bool_>(device)) {  // int, numpy's ints
+    d.where = py_device::index;
+    d.number = py::int_(device).cast<device_index>();
+  } else
+    fail(errc::invalid_device, "a device is an index, \"cpu\" or \"any\", not " + py::repr(device).cast<std::string>());
+  return d;
+}
+
+py::object device_name(device_index device) {
+  if (device == cpu_device)
+    return py::str("cpu");
+  return py::int_(device);
+}
+
+py::dict state_dict_of(const std::vector<named_tensor>& tensors) {
+  py::dict out;
+  for (const auto& t : tensors)
+    out[py::str(t.name)] = t.tensor;
+  return out;
+}
+
+} // namespace mcache::python
