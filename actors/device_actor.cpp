@@ -96,6 +96,7 @@ void post_copy_back(self_ptr self, model_id model, std::shared_ptr<const device_
   auto memory = self->state.config.memory;
   auto trace = self->state.config.trace;
   auto track = self->state.track;
+  auto device = self->state.config.tier.device;
   self->state.config.copiers->post([=]() mutable {
     bool ok = false;
     try {
@@ -108,6 +109,7 @@ void post_copy_back(self_ptr self, model_id model, std::shared_ptr<const device_
     loaded_model done;
     done.model = model;
     done.from_device = true;
+    done.device = device;
     auto start = std::chrono::steady_clock::now();
     try {
       done.payload = backend->copy_out(*copy);
@@ -413,6 +415,7 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       loaded_model gone;  // the RAM-cache actor falls back to the disk
       gone.model = model;
       gone.from_device = true;
+      gone.device = self->state.config.tier.device;
       gone.error = "device " + std::to_string(self->state.config.tier.device) + " no longer holds it whole";
       self->send(self->state.config.ram, loaded_atom::value, std::move(gone));
     },

@@ -7,6 +7,7 @@
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -106,6 +107,7 @@ void apply(self_ptr self, ram_effects& fx) {
     gone.model = f.model;
     gone.error = "device " + std::to_string(f.device) + " is unknown";
     gone.from_device = true;
+    gone.device = f.device;
     self->send(caf::actor_cast<ram_cache_actor>(self), loaded_atom::value, std::move(gone));
   }
   fx.fetches.clear();
@@ -228,6 +230,17 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     self->state.watched.erase(id);
     ram_effects fx;
     self->state.tier->holder_down(id, fx);
+    // Note [Copy back instead of a kept RAM copy]: a device actor that ends (a bug, or a shutdown) takes
+    // its only copies with it; acquires waiting for one must not wait for a copy back that never comes.
+    auto& devices = self->state.devices;
+    auto gone = std::find_if(devices.begin(), devices.end(), [&](const auto& d) { return d.second.id() == id; });
+    if (gone != devices.end()) {
+      if (!self->state.stopping)
+        spdlog::error("mcache: device {}'s actor ended ({}); models only it held come from disk again",
+                      gone->first, caf::to_string(dm.reason));
+      self->state.tier->device_gone(gone->first, fx);
+      devices.erase(gone);
+    }
     apply(self, fx);
   });
   return {
@@ -341,12 +354,14 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
           spdlog::warn("mcache: {} ({})", std::get<failure>(result).detail, to_string(done.code));
       }
       self->state.tier->load_finished(done.model, std::move(result), done.load_ns, fx,
-                                      done.from_device ? load_source::device : load_source::disk);
+                                      done.from_device ? load_source::device : load_source::disk, done.device);
       apply(self, fx);
     },
     [self](whole_atom, const model_id& model, device_index device, bool whole) {
-      if (auto sender = self->current_sender())
-        self->state.devices[device] = caf::actor_cast<caf::actor>(sender);
+      if (self->current_sender()) {
+        watch_sender(self, self->state.watched);  // its down message ends what it holds (device_gone)
+        self->state.devices[device] = caf::actor_cast<caf::actor>(self->current_sender());
+      }
       self->state.tier->device_copy(model, device, whole);
       check_step(*self->state.tier, self->state.config.check_invariants_each_step);
     },

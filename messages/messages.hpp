@@ -24,6 +24,7 @@ struct loaded_model {
   errc code = errc::load_failed;              // the failure's code
   uint64_t load_ns = 0;
   bool from_device = false;                   // a copy back from a device (tensors only)
+  device_index device = 0;                    // from_device: which device
 };
 
 /// Internal: a loader thread reports the precheck of a model about to be loaded.

@@ -41,6 +41,8 @@ struct ram_stats {
   std::uint64_t copy_backs = 0;         // device evictions copied back into RAM
   std::uint64_t copy_backs_refused = 0; // device evictions dropped for lack of free RAM (reread from disk)
   bytes_t bytes_from_devices = 0;       // bytes brought into RAM from devices (fetches and copy backs)
+  bytes_t skeleton_bytes = 0;           // non-tensor payloads of models a device holds the only copy of: kept
+                                        // in RAM beyond the budget, to put the model back together
   // Note [Pinned host memory]: buffers loads read into, pinned up to a budget within the RAM budget.
   bytes_t pinned_budget_bytes = 0;
   bytes_t pinned_bytes = 0;             // pinned now (slabs buffers are carved from), at most the budget

@@ -43,6 +43,7 @@ const metric<ram_stats> ram_metrics[] = {
   {"copy_backs_total", "counter", "Device evictions copied back into RAM.", MCACHE_FIELD(ram_stats, copy_backs)},
   {"copy_backs_refused_total", "counter", "Device evictions dropped for lack of free RAM.", MCACHE_FIELD(ram_stats, copy_backs_refused)},
   {"bytes_from_devices_total", "counter", "Bytes brought into RAM from devices.", MCACHE_FIELD(ram_stats, bytes_from_devices)},
+  {"skeleton_bytes", "gauge", "Non-tensor payloads of models whose only copy is on a device: beyond the RAM budget.", MCACHE_FIELD(ram_stats, skeleton_bytes)},
   {"pinned_budget_bytes", "gauge", "Budget of pinned host buffers.", MCACHE_FIELD(ram_stats, pinned_budget_bytes)},
   {"pinned_bytes", "gauge", "Pinned host memory held now (slabs load buffers are carved from).", MCACHE_FIELD(ram_stats, pinned_bytes)},
   {"pinned_peak_bytes", "gauge", "Highest pinned_bytes seen.", MCACHE_FIELD(ram_stats, pinned_peak_bytes)},

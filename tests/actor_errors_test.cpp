@@ -120,3 +120,56 @@ TEST_CASE_METHOD(fixture, "offloading a model that is not on the device is refus
   CHECK(std::get<failure>(r).code == errc::not_resident);
   CHECK(snapshot(rt) == before);
 }
+
+// Note [Copy back instead of a kept RAM copy]: a device actor that ends (a bug) takes its only copies with
+// it; nothing may wait for a copy back from it.
+
+TEST_CASE("without a kept RAM copy, a model whose only copy was on a device whose actor ended is read from disk") {
+  deterministic_runtime rt(8 * kib, {16 * kib}, 0, {}, /*keep_ram_copy=*/false);
+  rt.add(synthetic_model("x", {4 * kib_floats}));
+  rt.add(synthetic_model("y", {6 * kib_floats}));  // RAM holds one of the two
+  client alice{rt.sys};
+  auto x = rt.lease(alice, "x");
+  auto px = rt.pinned(alice, rt.devices[0], x.lease);
+  REQUIRE_FALSE(rt.release(alice, rt.devices[0], px.pin));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, x.lease));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, rt.lease(alice, "y").lease));  // 'x' leaves RAM
+  REQUIRE(rt.ram_snapshot().hand_overs == 1);
+  caf::anon_send_exit(rt.devices[0], caf::exit_reason::kill);
+  rt.settle();
+  auto again = rt.acquire(alice, "x");  // before: a fetch sent to the dead actor, never answered
+  REQUIRE(succeeded(again));
+  CHECK(std::get<ram_lease>(again).payload->tensors.size() == 1);
+  auto s = rt.ram_snapshot();
+  CHECK(s.device_fetches == 0);
+  CHECK(s.loads == 3);
+  REQUIRE_FALSE(rt.release(alice, rt.ram, std::get<ram_lease>(again).lease));
+  rt.check_all_but(rt.devices[0]);
+}
+
+TEST_CASE("without a kept RAM copy, an acquire waiting for a copy back from a device whose actor ends is served from disk") {
+  deterministic_runtime rt(8 * kib, {16 * kib}, 0, {}, /*keep_ram_copy=*/false);
+  rt.add(synthetic_model("x", {4 * kib_floats}));
+  rt.add(synthetic_model("y", {6 * kib_floats}));
+  client alice{rt.sys};
+  auto x = rt.lease(alice, "x");
+  auto px = rt.pinned(alice, rt.devices[0], x.lease);
+  REQUIRE_FALSE(rt.release(alice, rt.devices[0], px.pin));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, x.lease));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, rt.lease(alice, "y").lease));
+  rt.send_acquire(alice, "x");
+  rt.deliver();  // the fetch reached the device; its copy back waits on the copy executor
+  REQUIRE(rt.copies->pending() == 1);
+  caf::anon_send_exit(rt.devices[0], caf::exit_reason::kill);
+  rt.deliver();  // the RAM actor learns it before the copy back lands: it reads the disk instead
+  rt.settle();   // then the copy back lands from the ended device, and is dropped
+  auto r = alice.poll<ram_lease>();
+  REQUIRE(r);
+  REQUIRE(succeeded(*r));
+  auto s = rt.ram_snapshot();
+  CHECK(s.device_fetches == 1);
+  CHECK(s.bytes_from_devices == 0);
+  CHECK(s.used_bytes == 4 * kib);
+  REQUIRE_FALSE(rt.release(alice, rt.ram, std::get<ram_lease>(*r).lease));
+  rt.check_all_but(rt.devices[0]);
+}

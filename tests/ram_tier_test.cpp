@@ -79,7 +79,12 @@ struct ram_harness : test::answer_book<ram_lease> {
     outcome<std::shared_ptr<const host_model>> copy = failure{errc::load_failed, "no longer on the device"};
     if (ok)
       copy = std::shared_ptr<const host_model>(std::make_shared<host_model>());  // fake models: opaque only
-    tier.load_finished(m, std::move(copy), 1000, fx, load_source::device);
+    tier.load_finished(m, std::move(copy), 1000, fx, load_source::device, /*from=*/0);
+    absorb(fx);
+  }
+  void device_gone(device_index d) {
+    ram_effects fx;
+    tier.device_gone(d, fx);
     absorb(fx);
   }
   /// Leases `d`, releases it, and reports that device 0 holds it whole.
@@ -870,4 +875,81 @@ TEST_CASE("a model unused for its keep-alive is dropped, a held one never is, an
   CHECK(tier.residency("forever") == ram_residency::resident);
   CHECK(tier.stats().idle_drops == 2);
   tier.check_invariants();
+}
+
+TEST_CASE("acquires waiting for a copy back from a device whose actor went away read the disk, and a late copy back is dropped") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));  // 'a' handed over to device 0
+  auto ra = h.acquire(a, alice);
+  REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
+  h.device_gone(0);
+  CHECK_FALSE(h.answered(ra));
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "a"});
+  h.finish_copy_back("a");  // the device's copy thread finished after all: dropped, the disk load goes on
+  CHECK_FALSE(h.answered(ra));
+  CHECK(h.tier.residency("a") == ram_residency::loading);
+  h.finish_load("a");
+  REQUIRE(h.granted(ra));
+  REQUIRE_FALSE(h.release(std::get<ram_lease>(h.answers.at(ra)).lease, alice));
+  CHECK(h.tier.stats().used_bytes == 60);
+  CHECK(h.tier.stats().load_failures == 0);
+}
+
+TEST_CASE("a model handed over to a device whose actor went away comes from the disk, and that device gets no more") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));  // 'a' handed over to device 0
+  h.device_gone(0);
+  h.tier.device_copy("a", 0, true);  // whatever it said before it went is forgotten
+  auto la = h.lease(a, alice);
+  CHECK(h.fetches_started.empty());
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "a"});
+  REQUIRE_FALSE(h.release(la, alice));
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));  // evicts 'a' again: dropped, not handed to device 0
+  CHECK(h.hand_overs == std::vector<model_id>{"a"});
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+}
+
+TEST_CASE("a copy back granted to a device whose actor then went away gives its reserved room back") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+  ram_effects fx;
+  REQUIRE(succeeded(h.tier.trim("b", 0, fx)));
+  h.absorb(fx);
+  REQUIRE(h.tier.reserve_return("a", 0));
+  CHECK(h.tier.stats().used_bytes == 60);
+  h.device_gone(0);  // its copy thread was told "no" as the actor ended: nothing will come
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.stats().used_bytes == 0);
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b"});  // nobody waited: nothing read
+}
+
+TEST_CASE("a handed-over model's non-tensor payload stays in RAM beyond the budget, and the stats say how much") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  a.loader = [](const model_descriptor& self) {
+    auto m = std::make_shared<host_model>();
+    m->id = self.id;
+    m->opaque = std::make_shared<std::vector<char>>(self.bytes);  // a tokenizer, say: real memory
+    m->opaque_bytes = self.bytes;
+    return std::shared_ptr<const host_model>(std::move(m));
+  };
+  h.resident_on_device(a);
+  CHECK(h.tier.stats().skeleton_bytes == 0);
+  auto lb = h.lease(b, bob);  // evicts 'a': handed over, its payload kept
+  REQUIRE(h.hand_overs == std::vector<model_id>{"a"});
+  CHECK(h.tier.stats().skeleton_bytes == 60);
+  CHECK(h.tier.stats().used_bytes == 60);  // 'b' alone: the budget counts models in RAM
+  REQUIRE_FALSE(h.release(lb, bob));
+  auto ra = h.acquire(a, alice);  // copied back: the reservation counts the payload again
+  REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
+  CHECK(h.tier.stats().skeleton_bytes == 0);
+  h.finish_copy_back("a");
+  REQUIRE(h.granted(ra));
+  CHECK(std::get<ram_lease>(h.answers.at(ra)).payload->opaque != nullptr);
 }

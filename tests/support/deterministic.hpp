@@ -38,20 +38,24 @@ struct deterministic_runtime {
     return cfg;
   }
 
-  /// Devices 0..N-1 simulated with the given budgets; `cpu` is the CPU pin tier.
+  /// Devices 0..N-1 simulated with the given budgets; `cpu` is the CPU pin tier. `keep_ram_copy` false:
+  /// Note [Copy back instead of a kept RAM copy], as the runtime sets it up.
   deterministic_runtime(bytes_t ram_budget, std::vector<bytes_t> device_budgets, bytes_t reserve = 0,
-                        simulated_device_options simulated = {})
+                        simulated_device_options simulated = {}, bool keep_ram_copy = true)
     : sys(init(cfg)), sched(dynamic_cast<caf::scheduler::test_coordinator&>(sys.scheduler())) {
     ram_cache_config rc;
     rc.tier.budget_bytes = ram_budget;
+    rc.tier.keep_ram_copy = keep_ram_copy;
     rc.models = models;
     rc.loaders = loads;
     rc.check_invariants_each_step = true;
     ram = spawn_ram_cache(sys, rc);
-    for (size_t i = 0; i < device_budgets.size(); ++i)
-      devices.push_back(spawn_device(sys, device_config(static_cast<device_index>(i), device_budgets[i],
-                                                        reserve, make_simulated_backend(
-                                                                   static_cast<device_index>(i), simulated))));
+    for (size_t i = 0; i < device_budgets.size(); ++i) {
+      auto dc = device_config(static_cast<device_index>(i), device_budgets[i], reserve,
+                              make_simulated_backend(static_cast<device_index>(i), simulated));
+      dc.report_whole_copies = !keep_ram_copy;
+      devices.push_back(spawn_device(sys, std::move(dc)));
+    }
     cpu = spawn_device(sys, device_config(cpu_device, ram_budget, 0, make_host_backend()));
     settle();
   }
@@ -171,7 +175,9 @@ struct deterministic_runtime {
     return out;
   }
   /// Asks every actor to verify its tier; any broken invariant fails the test with its text.
-  void check_all() {
+  void check_all() { check_all_but({}); }
+  /// The same, but for an actor that has ended.
+  void check_all_but(const device_actor& ended) {
     client c{sys};
     auto check = [&](auto handle) {
       auto h = c.self->request(handle, caf::infinite, check_atom::value);
@@ -180,7 +186,8 @@ struct deterministic_runtime {
     };
     check(ram);
     for (auto& d : devices)
-      check(d);
+      if (d != ended)
+        check(d);
     check(cpu);
   }
 

@@ -160,6 +160,8 @@ void ram_tier::mark_restorable(const model_id& model) {
 }
 
 void ram_tier::device_copy(const model_id& model, device_index device, bool whole) {
+  if (gone_devices_.count(device) != 0)
+    return;
   if (whole && retirements_.retired(model))
     return;  // a retired model is never handed over
   if (whole) {
@@ -176,6 +178,32 @@ void ram_tier::device_copy(const model_id& model, device_index device, bool whol
   auto h = handed_.find(model);
   if (h != handed_.end() && h->second.device == device && entries_.count(model) == 0)
     handed_.erase(h);
+}
+
+void ram_tier::device_gone(device_index device, ram_effects& out) {
+  if (gone_devices_.count(device) != 0)
+    return;
+  for (auto w = whole_on_.begin(); w != whole_on_.end();) {
+    auto model = w->first;
+    w->second.erase(device);
+    w = w->second.empty() ? whole_on_.erase(w) : std::next(w);
+    mark_restorable(model);
+  }
+  std::vector<model_id> coming_back;
+  for (auto h = handed_.begin(); h != handed_.end();) {
+    if (h->second.device != device) {
+      ++h;
+    } else if (entries_.count(h->first) != 0) {  // loading: a fetch or a granted return, from this device
+      coming_back.push_back(h->first);
+      ++h;
+    } else {
+      h = handed_.erase(h);  // the only copy went with the device: the disk has the model
+    }
+  }
+  for (const auto& model : coming_back)  // as a copy back that failed: waiters read the disk
+    load_finished(model, failure{errc::load_failed, "device " + std::to_string(device) + " went away"}, 0, out,
+                  load_source::device, device);
+  gone_devices_.insert(device);  // after those: from now on, what comes from it is dropped
 }
 
 bool ram_tier::reserve_return(const model_id& model, device_index device) {
@@ -419,7 +447,9 @@ void ram_tier::precheck_finished(request_id request, std::optional<failure> fail
 }
 
 void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
-                             uint64_t load_ns, ram_effects& out, load_source source) {
+                             uint64_t load_ns, ram_effects& out, load_source source, device_index from) {
+  if (source == load_source::device && gone_devices_.count(from) != 0)
+    return;  // a copy back that device_gone gave up on: the disk serves its acquires
   auto i = entries_.find(model);
   if (i == entries_.end() || i->second.state != ram_residency::loading)
     throw std::logic_error("ram tier: load finished for '" + model + "', which is not loading");

@@ -30,6 +30,12 @@
 //   - when the device evicts or offloads its copy, it first asks for room here (`reserve_return`) and, if
 //     granted, copies the model back into RAM on its copy stream before freeing it; if refused (no free
 //     room, or requests are waiting for room) the copy is dropped and the next acquire reads the disk.
+//   - the skeleton keeps the model's non-tensor payload (`host_model::opaque`, a tokenizer say) in RAM
+//     while the device holds the tensors: that memory is outside the budget (the budget counts models
+//     in RAM), and the stats say how much it is (`ram_stats::skeleton_bytes`);
+//   - a device whose actor goes away (`device_gone`) takes its copies with it: its hand-overs are
+//     forgotten, and acquires waiting for a copy back from it read the disk; a copy back from it that
+//     still arrives is dropped.
 // A copy back is a load like any other (state `loading`, its bytes reserved): acquires join it. Every
 // race between the tiers' messages ends in a disk read at worst, never in a lost or doubled byte.
 
@@ -114,16 +120,20 @@ public:
   /// may be admitted in its turn. No-op if the request was answered meanwhile (expired, holder gone).
   void precheck_finished(request_id request, std::optional<failure> failed, ram_effects& out);
   /// A load started by this tier finished (`payload` is the model or the loader's failure). A copy back
-  /// from a device (`source` device) carries the tensors only; the tier adds the model's non-tensor part.
-  /// A failed copy back falls back to a disk load when acquires wait for it.
+  /// from a device (`source` device, device `from`) carries the tensors only; the tier adds the model's
+  /// non-tensor part. A failed copy back falls back to a disk load when acquires wait for it.
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
-                     uint64_t load_ns, ram_effects& out, load_source source = load_source::disk);
+                     uint64_t load_ns, ram_effects& out, load_source source = load_source::disk,
+                     device_index from = 0);
   /// A device reports whether it holds all of `model`'s tensors (only with keep_ram_copy = false).
   void device_copy(const model_id& model, device_index device, bool whole);
   /// `device` is about to drop the only copy of `model`: true reserves room (the model is then loading,
   /// and the copy back ends in `load_finished`); false means drop it. Granted only from free room, when no
   /// request is waiting for room (a copy back never goes ahead of them or evicts anything).
   bool reserve_return(const model_id& model, device_index device);
+  /// `device`'s actor went away: it holds nothing any more (see the Note). Acquires waiting for a copy back
+  /// from it are served from the disk; a late copy back from it (`load_finished` from `device`) is dropped.
+  void device_gone(device_index device, ram_effects& out);
   /// Models this tier evicted whose only copy is now on a device: the actor tells those devices.
   std::vector<device_copy_ref> take_hand_overs() { return std::move(hand_overs_); }
   /// Ends a lease. Fails (state unchanged) on an unknown lease or another holder's lease.
@@ -240,6 +250,7 @@ private:
   std::map<model_id, std::set<device_index>> whole_on_;  // devices that reported holding a model whole
   std::map<model_id, handed_over> handed_;               // evicted here, its only copy on a device
   std::vector<device_copy_ref> hand_overs_;              // see take_hand_overs()
+  std::set<device_index> gone_devices_;                  // see device_gone()
   ram_stats counters_;  // the cumulative counters; levels are computed in stats()
 };
 

@@ -57,6 +57,9 @@ ram_stats ram_tier::stats() const {
     if (kv.second.leases > 0)
       s.leased_bytes += kv.second.descriptor->bytes;
   }
+  for (const auto& kv : handed_)  // (while one is copied back, its entry's reservation counts the payload)
+    if (kv.second.skeleton && kv.second.skeleton->opaque && entries_.count(kv.first) == 0)
+      s.skeleton_bytes += kv.second.skeleton->opaque_bytes;
   return s;
 }
 
@@ -105,7 +108,15 @@ void ram_tier::check_invariants() const {
            + to_string(i->second.state) + " here");
     if (options_.keep_ram_copy)
       fail("'" + kv.first + "' is handed over although RAM copies are kept");
+    if (gone_devices_.count(kv.second.device) != 0)
+      fail("'" + kv.first + "' is handed over to device " + std::to_string(kv.second.device) + ", which is gone");
+    if (!kv.second.descriptor || !kv.second.skeleton)
+      fail("'" + kv.first + "' is handed over without its descriptor or its skeleton");
   }
+  for (const auto& kv : whole_on_)
+    for (auto device : kv.second)
+      if (gone_devices_.count(device) != 0)
+        fail("'" + kv.first + "' is held whole by device " + std::to_string(device) + ", which is gone");
   for (const auto& kv : groups_) {
     size_t waiting = 0;
     for (const auto& m : kv.second.models) {
