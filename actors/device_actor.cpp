@@ -43,6 +43,10 @@ struct device_state {
   std::vector<model_id> reported_whole;  // what the RAM-cache actor was last told (report_whole_copies)
   int track = 0;                         // its timeline track
   idle_ticks ticks;                      // Note [Keep-alive]
+  // Note [Grants wait for the frees before them]
+  std::uint64_t frees_posted = 0;        // tickets posted to the copy queue behind frees
+  std::uint64_t frees_done = 0;          // the last ticket the copy queue reached
+  std::vector<std::pair<std::uint64_t, reply<device_pin>>> held_grants;  // with the ticket each waits for
 };
 
 const char* device_state::name = "mcache.device";
@@ -53,16 +57,12 @@ void give_back_lease(self_ptr self, lease_id lease) {
   self->send(self->state.config.ram, give_back_atom::value, lease);
 }
 
-using released_copies = std::vector<std::shared_ptr<const device_model>>;
-
-// A copy runs on this device's own copy queue, after freeing the device copies that were let go of to make
-// room for it: on a real GPU, copying first would find the memory still taken and fail with out-of-memory.
-void start_copy(self_ptr self, const copy_order& order, released_copies free_first) {
+// A copy runs on this device's own copy queue, after the frees posted before it (see apply).
+void start_copy(self_ptr self, const copy_order& order) {
   auto reply_to = caf::actor_cast<device_actor>(self);
   auto backend = self->state.config.backend;
   self->state.config.copiers->post([order, backend, reply_to, trace = self->state.config.trace,
-                                    track = self->state.track, free_first = std::move(free_first)]() mutable {
-    free_first.clear();
+                                    track = self->state.track]() mutable {
     copied_model done;
     done.model = order.model;
     auto start = std::chrono::steady_clock::now();
@@ -162,29 +162,59 @@ void report_whole(self_ptr self) {
   before = std::move(now);
 }
 
-// Replies go out first: they are what a waiting session's latency is made of.
-void apply(self_ptr self, device_effects& fx) {
-  for (auto& r : fx.replies) {
+// Note [Grants wait for the frees before them]: the tier counts a model's device memory as free the moment
+// it lets the model go, but the memory is really freed later, on the device's copy queue: after the copies
+// already queued there and, for an only copy (Note [Copy back instead of a kept RAM copy]), after its copy
+// back to RAM. A copy this step makes room for is queued behind those frees, so it finds the memory free.
+// A pin granted at once is not queued anywhere: if it reserves working memory (or staging), its caller
+// may allocate that at once, possibly in memory a queued free has not given back yet, and on a real GPU
+// run out of memory although the budget had room. So each step that lets memory go posts a ticket behind
+// its frees; a grant that reserves memory while a ticket is outstanding is held until the copy queue
+// reaches it (`freed`). A grant that reserves nothing (a hit without working memory) and every failure
+// go out at once.
+void post_free_ticket(self_ptr self) {
+  auto ticket = ++self->state.frees_posted;
+  self->state.config.copiers->post([reply_to = caf::actor_cast<device_actor>(self), ticket] {
+    caf::anon_send(reply_to, freed_atom::value, ticket);
+  });
+}
+
+void deliver_grants(self_ptr self, std::vector<reply<device_pin>>& replies) {
+  std::vector<reply<device_pin>> now;
+  for (auto& r : replies) {
     self->state.by_lease.answered(r.request);
     if (succeeded(r.result)) {
       auto& grant = std::get<device_pin>(r.result);
       grant.backend = self->state.config.backend;
       grant.streamed_bytes = self->state.streamed_bytes;
+      if (grant.working_bytes > 0 && self->state.frees_done < self->state.frees_posted) {
+        self->state.held_grants.emplace_back(self->state.frees_posted, std::move(r));
+        continue;
+      }
     }
+    now.push_back(std::move(r));
   }
-  self->state.requests.deliver(fx.replies);
+  replies.clear();
+  self->state.requests.deliver(now);
+}
+
+void apply(self_ptr self, device_effects& fx) {
   // Only copies being dropped go back to RAM first, on the copy queue, before any copy this step makes
   // room for (a copy posted ahead of them would find their memory still taken). Their room requests reach
-  // the RAM-cache actor before the reports below.
-  for (auto& cb : self->state.tier->take_copy_backs())
-    copy_back(self, std::move(cb));
-  // Frees go to the copy queue with (before) the copies they make room for, never after them.
+  // the RAM-cache actor before the reports below. Then the other frees, and a ticket behind them.
+  auto copy_backs = self->state.tier->take_copy_backs();
   auto released = self->state.tier->take_released();
-  for (const auto& order : fx.copies)
-    start_copy(self, order, std::exchange(released, {}));
-  fx.copies.clear();
+  bool frees = !copy_backs.empty() || !released.empty();
+  for (auto& cb : copy_backs)
+    copy_back(self, std::move(cb));
   if (!released.empty())
     self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
+  if (frees)
+    post_free_ticket(self);
+  deliver_grants(self, fx.replies);
+  for (const auto& order : fx.copies)
+    start_copy(self, order);
+  fx.copies.clear();
   for (auto lease : fx.ram_leases_to_release)
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
@@ -372,6 +402,17 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](place_atom, const model_id& model) -> placement_view { return self->state.tier->placement(model); },
+    [self](freed_atom, std::uint64_t ticket) {
+      self->state.frees_done = std::max(self->state.frees_done, ticket);
+      auto& held = self->state.held_grants;
+      auto reached = std::stable_partition(held.begin(), held.end(),
+                                           [&](const auto& h) { return h.first <= self->state.frees_done; });
+      std::vector<reply<device_pin>> now;
+      for (auto h = held.begin(); h != reached; ++h)
+        now.push_back(std::move(h->second));
+      held.erase(held.begin(), reached);
+      self->state.requests.deliver(now);
+    },
     [self](copied_atom, copied_model& done) {
       device_effects fx;
       outcome<std::shared_ptr<const device_model>> result = std::move(done.copy);

@@ -18,6 +18,7 @@ using check_atom = caf::atom_constant<caf::atom("check")>;      // verify a tier
 using checked_atom = caf::atom_constant<caf::atom("checked")>;  // internal: a load's precheck finished
 using loaded_atom = caf::atom_constant<caf::atom("loaded")>;    // internal: a load finished
 using copied_atom = caf::atom_constant<caf::atom("copied")>;    // internal: a device copy finished
+using freed_atom = caf::atom_constant<caf::atom("freed")>;      // internal: a device's frees up to a ticket ran
 using shutdown_atom = caf::atom_constant<caf::atom("shutdown")>;  // answer every waiter, accept no more work
 // Note [Copy back instead of a kept RAM copy] (keep_ram_copy = false):
 using whole_atom = caf::atom_constant<caf::atom("whole")>;      // a device holds (or no longer holds) a model whole

@@ -95,6 +95,7 @@ using device_actor = caf::typed_actor<
   caf::replies_to<shutdown_atom>::with<void>,
   caf::replies_to<check_atom>::with<void>,
   caf::reacts_to<copied_atom, copied_model>,
+  caf::reacts_to<freed_atom, std::uint64_t>,
   caf::reacts_to<tick_atom>,
   // Note [Copy back instead of a kept RAM copy], from the RAM-cache actor: its copy of the model is gone
   // (this device's is the only one); copy the model back to RAM (answered with `loaded`, from_device).

@@ -404,3 +404,39 @@ TEST_CASE("an event-based actor session leases and pins with request/then, and i
   CHECK(rt.device_snapshot(rt.devices[0]).working_bytes == 0);
   rt.check_all();
 }
+
+// Note [Grants wait for the frees before them] (device_actor.cpp).
+TEST_CASE("a pin granted at once with working memory is answered only once the device memory made room for it is freed") {
+  deterministic_runtime rt{8 * mib, {4 * mib}};
+  rt.add(synthetic_model("big", {2 * mib_floats}));
+  rt.add(synthetic_model("small", {mib_floats}));
+  client alice{rt.sys};
+  client bob{rt.sys};
+  auto& device = rt.devices[0];
+  auto big = rt.lease(alice, "big");
+  auto small = rt.lease(alice, "small");
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, big.lease).pin));
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, small.lease).pin));
+  auto bobs = rt.lease(bob, "small");
+  // 'small' is here, but 2 MiB of working memory need 'big' gone: its free waits on the copy queue.
+  rt.send_pin(alice, device, small.lease, 2 * mib);
+  rt.deliver();
+  CHECK(rt.copies->pending() > 0);
+  CHECK_FALSE(alice.poll<device_pin>());
+  // A hit that reserves nothing is not held behind the free.
+  rt.send_pin(bob, device, bobs.lease, 0);
+  rt.deliver();
+  auto at_once = bob.poll<device_pin>();
+  REQUIRE(at_once);
+  REQUIRE(succeeded(*at_once));
+  CHECK_FALSE(alice.poll<device_pin>());
+  rt.settle();  // the copy queue frees 'big', then reaches the ticket behind it
+  auto held = alice.poll<device_pin>();
+  REQUIRE(held);
+  REQUIRE(succeeded(*held));
+  CHECK(std::get<device_pin>(*held).working_bytes == 2 * mib);
+  CHECK(rt.device_snapshot(device).evictions == 1);
+  REQUIRE_FALSE(rt.release(alice, device, std::get<device_pin>(*held).pin));
+  REQUIRE_FALSE(rt.release(bob, device, std::get<device_pin>(*at_once).pin));
+  rt.check_all();
+}
