@@ -211,13 +211,16 @@ void apply(self_ptr self, device_effects& fx) {
     self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   if (frees)
     post_free_ticket(self);
+  // Borrowed leases go back before the replies go out: a caller told its pin was refused (or ended)
+  // that then releases its own lease and asks the RAM tier anything finds this pin's lease gone (it
+  // reaches the RAM-cache actor's mailbox first).
+  for (auto lease : fx.ram_leases_to_release)
+    give_back_lease(self, lease);
+  fx.ram_leases_to_release.clear();
   deliver_grants(self, fx.replies);
   for (const auto& order : fx.copies)
     start_copy(self, order);
   fx.copies.clear();
-  for (auto lease : fx.ram_leases_to_release)
-    give_back_lease(self, lease);
-  fx.ram_leases_to_release.clear();
   if (self->state.config.report_whole_copies)
     report_whole(self);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);

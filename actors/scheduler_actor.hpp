@@ -10,6 +10,7 @@
 #include "runtime/scheduler.hpp"
 
 #include <caf/actor_system.hpp>
+#include <spdlog/spdlog.h>
 
 #include <map>
 #include <memory>
@@ -42,8 +43,17 @@ struct job_shared {
       }
     }
     changed.notify_all();
-    if (ended)
+    if (!ended)
+      return;
+    // It must not throw; one that does is contained here, or it would end the scheduler actor (or a
+    // worker) and every later job with it.
+    try {
       ended(final_status);
+    } catch (const std::exception& e) {
+      spdlog::error("mcache: job {}'s on_end threw (it must not): {}", id, e.what());
+    } catch (...) {
+      spdlog::error("mcache: job {}'s on_end threw (it must not)", id);
+    }
   }
 };
 } // namespace detail

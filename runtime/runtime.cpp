@@ -112,11 +112,16 @@ runtime_options resolve(runtime_options o) {
                           o.devices[i].partial_loading, o.devices[i].staging_slots, o.keep_alive, {}};
     if (auto err = device_tier::validate(t))
       bad_option(err->detail);
-    if (o.devices[i].simulated_bandwidth_bytes_per_s < 0)
-      bad_option("device " + std::to_string(i) + ": simulated bandwidth must not be negative");
+    if (!(o.devices[i].simulated_bandwidth_bytes_per_s >= 0))  // also NaN
+      bad_option("device " + std::to_string(i) + ": simulated bandwidth must be a number of bytes per second, 0 or more (0: "
+                 "unlimited), not " + std::to_string(o.devices[i].simulated_bandwidth_bytes_per_s));
   }
   if (o.cpu_working_budget_bytes == 0)
     o.cpu_working_budget_bytes = o.ram_budget_bytes;
+  // The CPU pins' tier is a device tier too: its budget is checked as the devices' are (an implausible
+  // one used to end its actor at start, and every CPU pin then failed as if the runtime were stopping).
+  if (auto err = device_tier::validate({cpu_device, o.cpu_working_budget_bytes, 0, false, 2, o.keep_alive, {}}))
+    bad_option("cpu_working_budget (cpu_working_budget_bytes): " + err->detail);
   if (o.scheduler_threads == 0)
     o.scheduler_threads = std::max(2u, std::thread::hardware_concurrency());
   return o;

@@ -57,6 +57,9 @@ public:
   runtime(const runtime&) = delete;
   runtime& operator=(const runtime&) = delete;
 
+  /// The catalog: register and look up models here. Remove or replace one through `remove_model` and
+  /// `replace_model` (Note [Remove and replace]): they also tell the tiers, which drop the old copy once
+  /// nothing holds it; `models().remove` alone leaves that copy cached, unreachable, until evicted.
   catalog& models() { return *catalog_; }
   const runtime_options& options() const { return options_; }
   size_t device_count() const { return devices_.size(); }

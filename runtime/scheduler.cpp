@@ -6,10 +6,11 @@
 #include "runtime/core/policies/placement_policy.hpp"
 #include "runtime/runtime.hpp"
 
-#include <map>
 #include <caf/all.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <map>
 
 namespace mcache {
 
@@ -238,11 +239,14 @@ scheduler::scheduler(runtime& rt, scheduler_options options) : impl_(std::make_u
     impl::refuse(errc::invalid_argument, "workers_per_device is 0: jobs on GPUs could never run");
   if (options.cpu_workers == 0)
     impl::refuse(errc::invalid_argument, "cpu_workers is 0: jobs without GPU stages could never run");
-  if (options.wait_for_room <= std::chrono::nanoseconds::zero() || options.wait_for_room > std::chrono::hours(24))
-    impl::refuse(errc::invalid_argument, "wait_for_room must be more than 0 and at most 24 h: a job waiting for room "
-                                         "holds its worker, and a cancel takes effect when the wait ends");
+  if (options.wait_for_room <= std::chrono::nanoseconds::zero())
+    impl::refuse(errc::invalid_argument, "wait_for_room must be more than 0 (a century or more, nanoseconds::max() "
+                                         "included, waits for ever)");
   if (options.order.window == 0)
     impl::refuse(errc::invalid_argument, "the warm_first window is 0 jobs; it must be at least 1");
+  if (!(options.order.disk_cost >= 0) || std::isinf(options.order.disk_cost))  // also NaN
+    impl::refuse(errc::invalid_argument, "the order's disk_cost must be a finite number, 0 or more, not "
+                                         + std::to_string(options.order.disk_cost));
   impl_->rt = &rt;
   if (!options.check_invariants)
     options.check_invariants = rt.options().check_invariants;

@@ -115,8 +115,8 @@ struct job_spec {
   /// From submit: a job not done by then fails with deadline_exceeded (queued or running). None: no limit.
   std::optional<std::chrono::nanoseconds> deadline;
   /// Called once when the job ends (done, failed or cancelled), with its final status, on whichever
-  /// thread ended it (a worker or the scheduler actor's): it must neither block nor throw. Not called if
-  /// submit throws.
+  /// thread ended it (a worker or the scheduler actor's): it must neither block nor throw (an exception is
+  /// logged and dropped: the scheduler goes on). Not called if submit throws.
   std::function<void(const job_status&)> on_end;
 };
 
@@ -161,7 +161,8 @@ struct scheduler_options {
   order_options order;                 // fifo (default) or warm_first, with its window and bound
   std::size_t workers_per_device = 1;  // threads running stages per GPU
   std::size_t cpu_workers = 1;         // threads running jobs that use no GPU
-  /// How long each acquire and pin waits for room before the job fails with budget_exhausted.
+  /// How long each acquire and pin waits for room before the job fails with budget_exhausted (a century
+  /// or more: for ever). A waiting job holds its worker; a cancel withdraws the wait at once.
   std::chrono::nanoseconds wait_for_room = std::chrono::seconds(60);
   /// Check the queue's order after every step; unset: as the runtime does (`runtime_options::check_invariants`,
   /// off in release builds), so a production scheduler does not pay O(queue) per event.

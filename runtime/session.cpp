@@ -147,13 +147,12 @@ struct session::core : std::enable_shared_from_this<session::core> {
     caf::logger::set_current_actor_system(nullptr);
   }
 
-  // Ends a lease (sent to the RAM-cache actor) or a pin (to its device actor). After the runtime shut
-  // down, releases are no-ops: its tiers already stopped, and a handle going out of scope then must
-  // neither throw nor wait.
+  // Ends a lease (sent to the RAM-cache actor) or a pin (to its device actor). After the runtime's
+  // shutdown the tiers still take releases (they stop when the runtime is destroyed), so what a handle
+  // held across it is freed, as the scheduler's stages free theirs; an error then is not thrown (a handle
+  // going out of scope must not throw, and nothing more can be asked of the runtime anyway).
   template <class Handle, class Id>
   void release(const Handle& to, Id id) {
-    if (rt->stopped())
-      return;
     self->request(to, caf::infinite, release_atom::value, id).receive([] {}, [&](caf::error& e) {
       if (!rt->stopped())
         raise(e);
@@ -222,6 +221,8 @@ session::~session() = default;
 caf::scoped_actor& session::self() { return core_->self; }
 
 caf::timespan session::wait_or_default(std::optional<std::chrono::nanoseconds> wait) const {
+  if (wait && *wait < std::chrono::nanoseconds::zero())  // as the runtime's default_wait and a job's deadline
+    throw request_error(failure{errc::invalid_argument, "a wait must not be negative (0: do not wait)"});
   return wait ? caf::timespan{*wait} : caf::timespan{core_->rt->options().default_wait};
 }
 

@@ -138,7 +138,8 @@ public:
   session& operator=(session&&) = delete;
   ~session();
 
-  /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room.
+  /// Leases `model`, loading it if needed, waiting up to `wait` (default: the runtime's) for room. A wait
+  /// is 0 (do not wait) or more; a negative one is invalid_argument, here and in the calls below.
   lease acquire(const model_id& model, std::optional<std::chrono::nanoseconds> wait = std::nullopt);
   /// Leases all of `models` together, or none, waiting up to `wait` for room for all of them at once: a
   /// job that needs several models never holds some while waiting for the others (no deadlock between
@@ -161,7 +162,8 @@ public:
 
   /// Asked every `every`, on the calling thread, while `acquire`, `acquire_all` or `pin` waits for its
   /// answer; once it returns true, the call withdraws its request: one still waiting for room ends with
-  /// `cancelled`, one granted first returns as usual, and a load or copy under way is waited for. The
+  /// `cancelled`; one granted first, or whose load or copy was under way (those are waited for), returns
+  /// its lease or pin as usual: the caller decides whether to keep it. The
   /// Python binding checks for Ctrl-C here. A check that reads an atomic flag lets another thread cancel.
   /// A check that throws withdraws the call too, and the call throws that once its answer is in.
   void set_wait_check(std::function<bool()> check, std::chrono::milliseconds every = std::chrono::milliseconds(100));

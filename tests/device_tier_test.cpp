@@ -779,3 +779,18 @@ TEST_CASE("a device drops a model unused for its keep-alive whole, and never a p
   CHECK(h.tier.stats().idle_drops == 1);
   (void)pb;
 }
+
+TEST_CASE("a pin that costs the device nothing (a CPU pin without working memory) is granted at once, whatever is queued") {
+  device_harness h{30};
+  auto first = h.pinned("a", 0, alice, 25);  // a CPU pin: tensors take no device bytes
+  auto queued = h.pin("b", 0, bob, 10);      // 10 of working memory: 5 free, so it waits
+  REQUIRE_FALSE(h.answered(queued));
+  auto free_pin = h.pin("c", 0, carol, 0, /*may_wait=*/false);  // admitted, not refused for the queue
+  REQUIRE_FALSE(h.answered(free_pin));
+  h.finish_copy("c");  // (the CPU tier's "copy" is a view of the host copy)
+  REQUIRE(h.granted(free_pin));
+  CHECK(h.tier.stats().used_bytes == 25);
+  REQUIRE_FALSE(h.release(first, alice));
+  h.finish_copy("b");
+  CHECK(h.granted(queued));
+}

@@ -707,3 +707,43 @@ TEST_CASE("a job whose deadline passes while it waits for RAM ends then with dea
   held.release();
   expect_nothing_held(rt);
 }
+
+TEST_CASE("a scheduler's wait for room may be for ever, as everywhere in the API, and must be more than 0, and a negative disk cost is refused") {
+  runtime rt{options()};
+  REQUIRE_FALSE(rt.models().add(synthetic_model("a", {kib_floats})));
+  scheduler_options none;
+  none.wait_for_room = std::chrono::nanoseconds::zero();
+  bool refused = false;
+  try {
+    scheduler s{rt, none};
+  } catch (const request_error& e) {
+    refused = e.code() == errc::invalid_argument;
+  }
+  CHECK(refused);
+  scheduler_options costly;
+  costly.order.disk_cost = -1;
+  refused = false;
+  try {
+    scheduler s{rt, costly};
+  } catch (const request_error& e) {
+    refused = e.code() == errc::invalid_argument;
+  }
+  CHECK(refused);
+  scheduler_options forever;
+  forever.wait_for_room = std::chrono::nanoseconds::max();
+  scheduler s{rt, forever};
+  CHECK(s.submit(one_stage({"a"}, [](stage_context&) {})).wait().state == job_state::done);
+}
+
+TEST_CASE("an on_end that throws is contained: the scheduler goes on running later jobs") {
+  runtime rt{options()};
+  REQUIRE_FALSE(rt.models().add(synthetic_model("a", {kib_floats})));
+  scheduler s{rt};
+  auto bad = one_stage({"a"}, [](stage_context&) {});
+  bad.on_end = [](const job_status&) { throw std::runtime_error("a callback's bug"); };
+  CHECK(s.submit(std::move(bad)).wait().state == job_state::done);
+  auto next = s.submit(one_stage({"a"}, [](stage_context&) {}));
+  auto ended = next.wait_for(10s);
+  REQUIRE(ended);
+  CHECK(ended->state == job_state::done);
+}

@@ -82,7 +82,7 @@ TEST_CASE("destroying the runtime does not wait for threads that once opened or 
   CHECK(in_time);
 }
 
-TEST_CASE("shutdown answers a session waiting for room, and later releases are no-ops") {
+TEST_CASE("shutdown answers a session waiting for room, and handles held across it still release") {
   runtime rt{options_with_ram(8 * mib)};
   rt.models().add(synthetic_model("a", {6 * mib_floats}));
   rt.models().add(synthetic_model("b", {6 * mib_floats}));
@@ -96,11 +96,15 @@ TEST_CASE("shutdown answers a session waiting for room, and later releases are n
   REQUIRE(eventually([&] { return rt.stats().ram.waiting_now == 1; }));
   CHECK(rt.shutdown(1s));
   CHECK(error_code_of(waiter) == errc::shutting_down);
-  // Work after shutdown is refused; handles held across it release quietly.
+  // Work after shutdown is refused; handles held across it release what they held.
   CHECK_THROWS_AS(holder.acquire("b"), request_error);
   pin.release();
   a.release();
   CHECK(rt.stopped());
+  auto st = rt.stats();
+  CHECK(st.devices[0].pins_active == 0);
+  CHECK(st.ram.leases_active == 0);
+  CHECK(holder.offload(0, "a") > 0);  // unpinned now: offload frees it
 }
 
 TEST_CASE("a load that hangs does not hold shutdown past its grace") {

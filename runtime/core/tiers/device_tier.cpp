@@ -56,7 +56,7 @@ device_tier::device_tier(device_tier_options options, std::unique_ptr<eviction_p
 }
 
 std::optional<failure> device_tier::validate(const device_tier_options& options) {
-  auto name = "device " + std::to_string(options.device);
+  auto name = options.device == cpu_device ? std::string{"the CPU pin tier"} : "device " + std::to_string(options.device);
   if (options.budget_bytes == 0)
     return failure{errc::invalid_argument, name + ": the budget is 0 bytes"};
   if (options.budget_bytes > max_plausible_bytes)
@@ -323,10 +323,12 @@ std::vector<tensor_slot> pin_request::tensors() const {
 
 // Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving) and the pin asks
 // for no working memory and no staging.
+// An absent model needs room unless it costs this device nothing (the CPU pin tier: its tensors take no
+// device bytes).
 bool device_tier::needs_room(const pin_request& r) const {
   auto i = entries_.find(r.host.model);
   if (i == entries_.end())
-    return true;
+    return r.model_bytes() + r.working_bytes > 0;
   auto p = admission_plan(i->second, true, r.working_bytes, std::numeric_limits<bytes_t>::max() / 2);
   return !p || p->need() + r.working_bytes > 0;
 }
