@@ -2,6 +2,8 @@
 
 #include "runtime/core/tiers/ram_tier.hpp"
 
+#include <ATen/ATen.h>
+
 #include "support/answer_book.hpp"
 #include "support/catch.hpp"
 #include "support/fake_models.hpp"
@@ -952,4 +954,23 @@ TEST_CASE("a handed-over model's non-tensor payload stays in RAM beyond the budg
   h.finish_copy_back("a");
   REQUIRE(h.granted(ra));
   CHECK(std::get<ram_lease>(h.answers.at(ra)).payload->opaque != nullptr);
+}
+
+TEST_CASE("a copy back of another size than the catalog's is taken as a failed one: waiters read the disk") {
+  ram_harness h{100, false};
+  auto a = fake_model("a", 60), b = fake_model("b", 60);
+  h.resident_on_device(a);
+  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
+  auto ra = h.acquire(a, alice);
+  REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
+  auto wrong = std::make_shared<host_model>();
+  wrong->tensors.push_back({"extra", at::zeros({4})});  // 16 bytes the model does not have
+  ram_effects fx;
+  h.tier.load_finished("a", std::shared_ptr<const host_model>(wrong), 1000, fx, load_source::device, 0);
+  h.absorb(fx);
+  CHECK_FALSE(h.answered(ra));
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "a"});
+  h.finish_load("a");
+  CHECK(h.granted(ra));
+  CHECK(h.tier.stats().load_failures == 0);
 }

@@ -460,13 +460,18 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
       throw std::logic_error("ram tier: a copy back of '" + model + "' that was not handed over");
     auto skeleton = std::move(h->second.skeleton);
     handed_.erase(h);
+    std::shared_ptr<const host_model> copied;
     if (succeeded(payload) && std::get<0>(payload)) {
       // The device holds tensors only: the model's non-tensor part stayed here.
       auto whole = std::make_shared<host_model>(*std::get<0>(payload));
       whole->id = model;
       whole->opaque = skeleton->opaque;
       whole->opaque_bytes = skeleton->opaque_bytes;
-      payload = std::shared_ptr<const host_model>(std::move(whole));
+      if (whole->total_bytes() == e.descriptor->bytes)  // else as a failed copy back: the disk's is right
+        copied = std::move(whole);
+    }
+    if (copied) {
+      payload = std::move(copied);
     } else if (!e.waiters.empty()) {
       // The device no longer had it (or its copy failed): acquires wait for it, so read the disk.
       ++counters_.loads;
