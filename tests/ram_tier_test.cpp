@@ -94,6 +94,22 @@ struct ram_harness : test::answer_book<ram_lease> {
     REQUIRE_FALSE(release(lease(d, alice), alice));
     tier.device_copy(d.id, 0, true);
   }
+  /// `d` leaves RAM while device 0 holds it whole (`other`, as large, takes its place and is released), and
+  /// alice acquires `d` again: the request, waiting for the copy back from device 0.
+  request_id acquire_handed_over(const model_descriptor& d, const model_descriptor& other) {
+    resident_on_device(d);
+    REQUIRE_FALSE(release(lease(other, bob), bob));
+    return acquire(d, alice);
+  }
+  /// `d` leaves RAM while device 0 holds it whole (`other`, as large, takes its place), then `other` is
+  /// trimmed: RAM is free, and device 0 has the only copy of `d`.
+  void handed_over_with_free_room(const model_descriptor& d, const model_descriptor& other) {
+    resident_on_device(d);
+    REQUIRE_FALSE(release(lease(other, bob), bob));
+    ram_effects fx;
+    REQUIRE(succeeded(tier.trim(other.id, 0, fx)));
+    absorb(fx);
+  }
 
   void absorb(ram_effects& fx) {
     record(fx.replies);
@@ -705,9 +721,7 @@ TEST_CASE("a model retired while it is copied back from a device lands for the a
 TEST_CASE("a copy back that fails while an acquire waits for it falls back to the disk") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);
-  h.resident_on_device(a);
-  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
-  auto ra = h.acquire(a, alice);
+  auto ra = h.acquire_handed_over(a, b);
   REQUIRE(h.fetches_started.size() == 1);
   h.finish_copy_back("a", /*ok=*/false);
   CHECK_FALSE(h.answered(ra));
@@ -735,11 +749,7 @@ TEST_CASE("a device dropping the only copy gets room from free RAM alone, and th
 TEST_CASE("a copy back granted from free room reserves its bytes until it lands, then is ordinary cache") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);
-  h.resident_on_device(a);
-  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
-  ram_effects fx;
-  REQUIRE(succeeded(h.tier.trim("b", 0, fx)));
-  h.absorb(fx);
+  h.handed_over_with_free_room(a, b);
   CHECK_FALSE(h.tier.reserve_return("a", 1));  // another device's word is not this one's
   REQUIRE(h.tier.reserve_return("a", 0));
   CHECK(h.tier.residency("a") == ram_residency::loading);
@@ -882,9 +892,7 @@ TEST_CASE("a model unused for its keep-alive is dropped, a held one never is, an
 TEST_CASE("acquires waiting for a copy back from a device whose actor went away read the disk, and a late copy back is dropped") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);
-  h.resident_on_device(a);
-  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));  // 'a' handed over to device 0
-  auto ra = h.acquire(a, alice);
+  auto ra = h.acquire_handed_over(a, b);
   REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
   h.device_gone(0);
   CHECK_FALSE(h.answered(ra));
@@ -918,11 +926,7 @@ TEST_CASE("a model handed over to a device whose actor went away comes from the 
 TEST_CASE("a copy back granted to a device whose actor then went away gives its reserved room back") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);
-  h.resident_on_device(a);
-  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
-  ram_effects fx;
-  REQUIRE(succeeded(h.tier.trim("b", 0, fx)));
-  h.absorb(fx);
+  h.handed_over_with_free_room(a, b);
   REQUIRE(h.tier.reserve_return("a", 0));
   CHECK(h.tier.stats().used_bytes == 60);
   h.device_gone(0);  // its copy thread was told "no" as the actor ended: nothing will come
@@ -959,9 +963,7 @@ TEST_CASE("a handed-over model's non-tensor payload stays in RAM beyond the budg
 TEST_CASE("a copy back of another size than the catalog's is taken as a failed one: waiters read the disk") {
   ram_harness h{100, false};
   auto a = fake_model("a", 60), b = fake_model("b", 60);
-  h.resident_on_device(a);
-  REQUIRE_FALSE(h.release(h.lease(b, bob), bob));
-  auto ra = h.acquire(a, alice);
+  auto ra = h.acquire_handed_over(a, b);
   REQUIRE(h.fetches_started == std::vector<model_id>{"a"});
   auto wrong = std::make_shared<host_model>();
   wrong->tensors.push_back({"extra", at::zeros({4})});  // 16 bytes the model does not have

@@ -711,24 +711,21 @@ TEST_CASE("a job whose deadline passes while it waits for RAM ends then with dea
 TEST_CASE("a scheduler's wait for room may be for ever, as everywhere in the API, and must be more than 0, and a negative disk cost is refused") {
   runtime rt{options()};
   REQUIRE_FALSE(rt.models().add(synthetic_model("a", {kib_floats})));
+  auto start_error = [&](scheduler_options o) {
+    try {
+      scheduler s{rt, o};
+    } catch (const request_error& e) {
+      return e.code();
+    }
+    FAIL("the options were accepted");
+    return errc::invalid_argument;
+  };
   scheduler_options none;
   none.wait_for_room = std::chrono::nanoseconds::zero();
-  bool refused = false;
-  try {
-    scheduler s{rt, none};
-  } catch (const request_error& e) {
-    refused = e.code() == errc::invalid_argument;
-  }
-  CHECK(refused);
+  CHECK(start_error(none) == errc::invalid_argument);
   scheduler_options costly;
   costly.order.disk_cost = -1;
-  refused = false;
-  try {
-    scheduler s{rt, costly};
-  } catch (const request_error& e) {
-    refused = e.code() == errc::invalid_argument;
-  }
-  CHECK(refused);
+  CHECK(start_error(costly) == errc::invalid_argument);
   scheduler_options forever;
   forever.wait_for_room = std::chrono::nanoseconds::max();
   scheduler s{rt, forever};
