@@ -46,6 +46,7 @@ struct device_state {
   // Note [Grants wait for the frees before them]
   std::uint64_t frees_posted = 0;        // tickets posted to the copy queue behind frees
   std::uint64_t frees_done = 0;          // the last ticket the copy queue reached
+  std::unordered_map<request_id, std::uint64_t> admitted_behind;  // admitted requests, the ticket of their step
   std::vector<std::pair<std::uint64_t, reply<device_pin>>> held_grants;  // with the ticket each waits for
 };
 
@@ -166,12 +167,15 @@ void report_whole(self_ptr self) {
 // it lets the model go, but the memory is really freed later, on the device's copy queue: after the copies
 // already queued there and, for an only copy (Note [Copy back instead of a kept RAM copy]), after its copy
 // back to RAM. A copy this step makes room for is queued behind those frees, so it finds the memory free.
-// A pin granted at once is not queued anywhere: if it reserves working memory (or staging), its caller
-// may allocate that at once, possibly in memory a queued free has not given back yet, and on a real GPU
-// run out of memory although the budget had room. So each step that lets memory go posts a ticket behind
-// its frees; a grant that reserves memory while a ticket is outstanding is held until the copy queue
-// reaches it (`freed`). A grant that reserves nothing (a hit without working memory) and every failure
-// go out at once.
+// But a pin's working memory (and staging) is the caller's to allocate as soon as it has the grant: a hit
+// granted at once, or a pin that joined a copy already queued ahead of those frees, could allocate in
+// memory a queued free has not given back yet, and on a real GPU run out of memory although the budget
+// had room. So each step that lets memory go posts a ticket behind its frees, and each request admitted
+// in a step remembers the last ticket posted by then (`admitted_behind`): every free that could have made
+// its room is ahead of that ticket. A grant that reserves working memory is held until the copy queue
+// reaches its ticket (`freed`); a grant that reserves none (a hit without working memory), one whose
+// frees have run (a copy admitted with them lands after them) and every failure go out at once. After
+// shutdown the copy queue stops: frees run on the actor's thread, and grants are no longer held.
 void post_free_ticket(self_ptr self) {
   auto ticket = ++self->state.frees_posted;
   self->state.config.copiers->post([reply_to = caf::actor_cast<device_actor>(self), ticket] {
@@ -180,21 +184,39 @@ void post_free_ticket(self_ptr self) {
 }
 
 void deliver_grants(self_ptr self, std::vector<reply<device_pin>>& replies) {
+  auto& st = self->state;
   std::vector<reply<device_pin>> now;
   for (auto& r : replies) {
-    self->state.by_lease.answered(r.request);
+    st.by_lease.answered(r.request);
+    std::uint64_t ticket = 0;
+    if (auto a = st.admitted_behind.find(r.request); a != st.admitted_behind.end()) {
+      ticket = a->second;
+      st.admitted_behind.erase(a);
+    }
     if (succeeded(r.result)) {
       auto& grant = std::get<device_pin>(r.result);
-      grant.backend = self->state.config.backend;
-      grant.streamed_bytes = self->state.streamed_bytes;
-      if (grant.working_bytes > 0 && self->state.frees_done < self->state.frees_posted) {
-        self->state.held_grants.emplace_back(self->state.frees_posted, std::move(r));
+      grant.backend = st.config.backend;
+      grant.streamed_bytes = st.streamed_bytes;
+      if (grant.working_bytes > 0 && ticket > st.frees_done) {
+        st.held_grants.emplace_back(ticket, std::move(r));
         continue;
       }
     }
     now.push_back(std::move(r));
   }
   replies.clear();
+  st.requests.deliver(now);
+}
+
+void deliver_held_grants(self_ptr self) {
+  auto& held = self->state.held_grants;
+  auto reached = std::stable_partition(held.begin(), held.end(), [&](const auto& h) {
+    return h.first <= self->state.frees_done || self->state.stopping;
+  });
+  std::vector<reply<device_pin>> now;
+  for (auto h = held.begin(); h != reached; ++h)
+    now.push_back(std::move(h->second));
+  held.erase(held.begin(), reached);
   self->state.requests.deliver(now);
 }
 
@@ -204,6 +226,12 @@ void apply(self_ptr self, device_effects& fx) {
   // the RAM-cache actor before the reports below. Then the other frees, and a ticket behind them.
   auto copy_backs = self->state.tier->take_copy_backs();
   auto released = self->state.tier->take_released();
+  if (self->state.stopping) {
+    // The copy queue stops after the shutdown: what is let go now is freed here, and an only copy is
+    // dropped (no acquire will ask for it; the RAM tier hears it is no longer held whole, below).
+    copy_backs.clear();
+    released.clear();
+  }
   bool frees = !copy_backs.empty() || !released.empty();
   for (auto& cb : copy_backs)
     copy_back(self, std::move(cb));
@@ -211,6 +239,10 @@ void apply(self_ptr self, device_effects& fx) {
     self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   if (frees)
     post_free_ticket(self);
+  if (self->state.frees_done < self->state.frees_posted && !self->state.stopping)
+    for (auto request : fx.admitted)
+      self->state.admitted_behind[request] = self->state.frees_posted;
+  fx.admitted.clear();
   // Borrowed leases go back before the replies go out: a caller told its pin was refused (or ended)
   // that then releases its own lease and asks the RAM tier anything finds this pin's lease gone (it
   // reaches the RAM-cache actor's mailbox first).
@@ -401,20 +433,17 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       }
       self->state.tier->shutdown(fx);
       apply(self, fx);
+      // Grants held for frees behind the copy queue go out now: the queue may stop before it reaches
+      // their tickets, and a granted pin stays valid until released.
+      self->state.admitted_behind.clear();
+      deliver_held_grants(self);
       return caf::unit;
     },
     [self](check_atom) -> caf::result<void> { return check_now(*self->state.tier); },
     [self](place_atom, const model_id& model) -> placement_view { return self->state.tier->placement(model); },
     [self](freed_atom, std::uint64_t ticket) {
       self->state.frees_done = std::max(self->state.frees_done, ticket);
-      auto& held = self->state.held_grants;
-      auto reached = std::stable_partition(held.begin(), held.end(),
-                                           [&](const auto& h) { return h.first <= self->state.frees_done; });
-      std::vector<reply<device_pin>> now;
-      for (auto h = held.begin(); h != reached; ++h)
-        now.push_back(std::move(h->second));
-      held.erase(held.begin(), reached);
-      self->state.requests.deliver(now);
+      deliver_held_grants(self);
     },
     [self](copied_atom, copied_model& done) {
       device_effects fx;

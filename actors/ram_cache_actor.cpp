@@ -229,9 +229,9 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     auto id = dm.source.id();
     self->state.watched.erase(id);
     ram_effects fx;
-    self->state.tier->holder_down(id, fx);
     // Note [Copy back instead of a kept RAM copy]: a device actor that ends (a bug, or a shutdown) takes
     // its only copies with it; acquires waiting for one must not wait for a copy back that never comes.
+    // First, so that what its leases' release evicts is never handed to it.
     auto& devices = self->state.devices;
     auto gone = std::find_if(devices.begin(), devices.end(), [&](const auto& d) { return d.second.id() == id; });
     if (gone != devices.end()) {
@@ -241,6 +241,7 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
       self->state.tier->device_gone(gone->first, fx);
       devices.erase(gone);
     }
+    self->state.tier->holder_down(id, fx);
     apply(self, fx);
   });
   return {

@@ -440,3 +440,78 @@ TEST_CASE("a pin granted at once with working memory is answered only once the d
   REQUIRE_FALSE(rt.release(bob, device, std::get<device_pin>(*at_once).pin));
   rt.check_all();
 }
+
+TEST_CASE("a pin granted when its copy lands is not held behind frees queued after that copy") {
+  deterministic_runtime rt{8 * mib, {4 * mib}};
+  rt.add(synthetic_model("cached", {mib_floats}));
+  rt.add(synthetic_model("new", {mib_floats}));
+  client alice{rt.sys};
+  auto& device = rt.devices[0];
+  auto cached = rt.lease(alice, "cached");
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, cached.lease).pin));
+  auto fresh = rt.lease(alice, "new");
+  rt.send_pin(alice, device, fresh.lease, mib);  // room to spare: its copy is queued, no free before it
+  rt.deliver();
+  client operator_{rt.sys};
+  operator_.self->send(device, offload_atom::value, model_id{"cached"}, bytes_t{0});
+  rt.deliver();  // the offload's free and its ticket are queued behind the copy
+  REQUIRE(rt.copies->pending() == 3);
+  REQUIRE(rt.copies->run_one());  // the copy lands
+  rt.deliver();
+  auto granted = alice.poll<device_pin>();
+  REQUIRE(granted);  // not held for the offload's ticket, which it never needed
+  REQUIRE(succeeded(*granted));
+  CHECK(rt.copies->pending() == 2);
+  rt.settle();
+  REQUIRE_FALSE(rt.release(alice, device, std::get<device_pin>(*granted).pin));
+  rt.check_all();
+}
+
+TEST_CASE("shutdown answers a pin held for frees the copy queue has not reached") {
+  deterministic_runtime rt{8 * mib, {4 * mib}};
+  rt.add(synthetic_model("big", {2 * mib_floats}));
+  rt.add(synthetic_model("small", {mib_floats}));
+  client alice{rt.sys};
+  auto& device = rt.devices[0];
+  auto big = rt.lease(alice, "big");
+  auto small = rt.lease(alice, "small");
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, big.lease).pin));
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, small.lease).pin));
+  rt.send_pin(alice, device, small.lease, 2 * mib);  // held: 'big' is freed on the copy queue
+  rt.deliver();
+  REQUIRE_FALSE(alice.poll<device_pin>());
+  client stopper{rt.sys};
+  stopper.self->send(device, shutdown_atom::value);
+  rt.deliver();  // the copy queue may stop before it reaches the ticket: the grant goes out now
+  auto r = alice.poll<device_pin>();
+  REQUIRE(r);
+  REQUIRE(succeeded(*r));
+  rt.settle();
+  REQUIRE_FALSE(rt.release(alice, device, std::get<device_pin>(*r).pin));
+  rt.check_all();
+}
+
+TEST_CASE("without a kept RAM copy, an only copy offloaded after shutdown is dropped, not copied back") {
+  deterministic_runtime rt(8 * mib, {4 * mib}, 0, {}, /*keep_ram_copy=*/false);
+  rt.add(synthetic_model("x", {2 * mib_floats}));
+  rt.add(synthetic_model("y", {7 * mib_floats}));
+  client alice{rt.sys};
+  auto& device = rt.devices[0];
+  auto x = rt.lease(alice, "x");
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, x.lease).pin));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, x.lease));
+  REQUIRE_FALSE(rt.release(alice, rt.ram, rt.lease(alice, "y").lease));  // 'x' leaves RAM: device 0 has it
+  REQUIRE(rt.ram_snapshot().hand_overs == 1);
+  client stopper{rt.sys};
+  stopper.self->send(rt.ram, shutdown_atom::value);
+  stopper.self->send(device, shutdown_atom::value);
+  rt.settle();
+  auto freed = rt.offload(device, "x", 0);
+  REQUIRE(succeeded(freed));
+  CHECK(std::get<bytes_t>(freed) == 2 * mib);
+  auto s = rt.ram_snapshot();
+  CHECK(s.copy_backs == 0);
+  CHECK(s.loading_bytes == 0);  // no room reserved for a copy back the stopped copy queue would never run
+  CHECK(rt.device_snapshot(device).used_bytes == 0);
+  rt.check_all();
+}

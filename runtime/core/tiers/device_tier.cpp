@@ -394,6 +394,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
     out.replies.push_back({r.request, grant(model, a)});
   }
   counters_.peak_used_bytes = std::max(counters_.peak_used_bytes, used_);
+  out.admitted.push_back(r.request);
   return true;
 }
 

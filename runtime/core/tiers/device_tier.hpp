@@ -109,6 +109,8 @@ struct device_effects {
   std::vector<reply<device_pin>> replies;       // answer these requests
   std::vector<copy_order> copies;               // start these copies off the actor thread
   std::vector<lease_id> ram_leases_to_release;  // hand these RAM leases back to the RAM tier
+  std::vector<request_id> admitted;             // requests admitted this step (granted now, or when their copy
+                                                // lands): Note [Grants wait for the frees before them]
 };
 
 enum class device_residency { absent, copying, resident };
