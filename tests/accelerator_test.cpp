@@ -351,6 +351,44 @@ TEST_CASE("an only copy dropped to make room goes back to RAM before the copy it
   CHECK(rt.stats().ram.copy_backs == 1);
 }
 
+// Note [Grants wait for the frees before them] (device_actor.cpp), on the threaded path.
+TEST_CASE("a pin whose working memory needed an only copy gone is granted once the copy back has freed that memory") {
+  fake_accelerator::install({2, 256ull << 20, 400e6});  // capacity: the budget; copies at 400 MB/s
+  constexpr int64_t big = 25ll << 18;                   // 100 MiB a model
+  runtime_options o;
+  o.ram_budget_bytes = 330ull << 20;
+  o.keep_ram_copy = false;
+  o.check_invariants = true;
+  device_options d;
+  d.kind = device_kind::accelerator;
+  d.index = 1;
+  d.budget_bytes = 256ull << 20;
+  o.devices = {d};
+  runtime rt{o};
+  for (auto m : {"a", "c"})
+    rt.models().add(synthetic_model(m, {big, big, big, big}));
+  auto s = rt.open_session();
+  {
+    auto l = s.acquire("a");
+    s.pin(l, 0).release();
+  }
+  s.trim_ram("a");  // device 1 now holds the only copy of 'a'
+  REQUIRE(rt.stats().ram.hand_overs == 1);
+  auto c = s.acquire("c");
+  s.pin(c, 0).release();
+  constexpr bytes_t working = 150ull << 20;  // 56 MiB free: 'a' must go, back to RAM (about 0.26 s)
+  auto p = s.pin(c, 0, working);
+  CHECK(p.working_bytes() == working);
+  // The caller allocates its working memory now: the only copy's memory must be freed already (or be a
+  // free waiting on its stream, which the allocator waits for, as CUDA's does), not still being copied.
+  at::Tensor scratch;
+  CHECK_NOTHROW(scratch = at::empty({static_cast<int64_t>(working / 4)},
+                                    at::TensorOptions().dtype(at::kFloat).device(fake_accelerator::device(1))));
+  scratch.reset();
+  p.release();
+  CHECK(rt.stats().ram.copy_backs == 1);
+}
+
 TEST_CASE("two accelerators under one scheduler: each stage works with its own device current, its pins and its own tensors there") {
   // Without the stage making its device current, a tensor the work makes without an index (as a user's
   // `at::kCUDA` does) would be device 0's whatever the stage's device, away from the stage's pins.
