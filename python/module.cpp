@@ -3,8 +3,8 @@
 // Ownership. Python objects hold C++ objects through shared boxes: a lease or pin holds its session's box,
 // a session holds its runtime's box. So whatever order Python frees them in, a handle is released before
 // its session ends and a session ends before its runtime, as the C++ API requires. `Runtime.close()`
-// shuts the runtime down at once (every later acquire or pin fails with ShuttingDown, later releases do
-// nothing); the C++ runtime itself is destroyed when the last object made from it goes.
+// shuts the runtime down at once (every later acquire or pin fails with ShuttingDown; later releases
+// still end what they held); the C++ runtime itself is destroyed when the last object made from it goes.
 //
 // Threads. Every call that may wait (acquire, pin, release, offload, stats) lets the GIL go first, then
 // takes its session's mutex: a session is one CAF holder, used by one thread at a time, and Python

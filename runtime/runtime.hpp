@@ -112,7 +112,8 @@ public:
   /// Stops taking work, within a bounded time: every request still waiting (for room, a load or a copy)
   /// is answered `shutting_down`, and so is every later acquire or pin; loads and copies not started are
   /// dropped, and those running get `grace` to return before they are abandoned. Safe to call while
-  /// sessions wait or hold handles: their later releases are no-ops. Idempotent; the destructor calls it.
+  /// sessions wait or hold handles: their later releases still end what they held. Idempotent; the
+  /// destructor calls it.
   /// Returns false if some load or copy was still running after `grace` and was abandoned. Stats read
   /// after a shutdown may still count loads and copies that were dropped as in flight.
   bool shutdown(std::chrono::nanoseconds grace = std::chrono::seconds(5));

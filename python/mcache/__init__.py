@@ -180,7 +180,7 @@ class Runtime:
         return self._core.prometheus_text()
 
     def close(self):
-        """Shuts down now: later acquires and pins fail with ShuttingDown, later releases do nothing."""
+        """Shuts down now: later acquires and pins fail with ShuttingDown, later releases still end what they held."""
         self._core.close()
 
     @property
