@@ -976,3 +976,43 @@ TEST_CASE("a copy back of another size than the catalog's is taken as a failed o
   CHECK(h.granted(ra));
   CHECK(h.tier.stats().load_failures == 0);
 }
+
+TEST_CASE("a device's only copy comes back to RAM when the request at the head of the queue needs it, and is not read from disk again") {
+  group_harness h{100, /*keep_ram_copy=*/false};
+  auto a = fake_model("a", 20), b = fake_model("b", 50), c = fake_model("c", 40), d = fake_model("d", 10);
+  h.resident_on_device(a);
+  ram_effects fx;
+  REQUIRE(succeeded(h.tier.trim("a", 0, fx)));  // device 0 has the only copy of 'a'
+  h.absorb(fx);
+  REQUIRE(h.hand_overs == std::vector<model_id>{"a"});
+  auto lb = h.lease(b, bob);                // 50 free
+  auto r = h.acquire_all({a, c}, carol);    // 60: waits at the head of the queue
+  REQUIRE_FALSE(h.group_answered(r));
+  CHECK_FALSE(h.tier.reserve_return("d", 0));  // (not handed over: stale)
+  REQUIRE(h.tier.reserve_return("a", 0));   // the head needs 'a': its copy comes back rather than go
+  CHECK(h.tier.stats().loading_bytes == 20);
+  h.finish_copy_back("a");
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  REQUIRE_FALSE(h.release(lb, bob));        // room for 'c' now
+  h.finish("c");
+  REQUIRE(h.group_granted(r));
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b", "c"});  // 'a' from disk once only
+  auto s = h.tier.stats();
+  CHECK(s.copy_backs == 1);
+  CHECK(s.copy_backs_refused == 0);
+}
+
+TEST_CASE("a device's only copy is still dropped when the head of the queue does not need it") {
+  group_harness h{100, /*keep_ram_copy=*/false};
+  auto a = fake_model("a", 20), b = fake_model("b", 50), c = fake_model("c", 60);
+  h.resident_on_device(a);
+  ram_effects fx;
+  REQUIRE(succeeded(h.tier.trim("a", 0, fx)));
+  h.absorb(fx);
+  auto lb = h.lease(b, bob);
+  auto r = h.acquire_all({c}, carol);  // 60 > 50 free: waits, and does not need 'a'
+  REQUIRE_FALSE(h.group_answered(r));
+  CHECK_FALSE(h.tier.reserve_return("a", 0));  // FIFO: the room is the head's to have
+  CHECK(h.tier.stats().copy_backs_refused == 1);
+  REQUIRE_FALSE(h.release(lb, bob));
+}

@@ -211,7 +211,11 @@ bool ram_tier::reserve_return(const model_id& model, device_index device) {
   if (h == handed_.end() || h->second.device != device || entries_.count(model) != 0)
     return false;  // not handed to this device (stale), or already coming back
   auto bytes = h->second.descriptor->bytes;
-  if (!queue_.empty() || free_bytes() < bytes) {
+  // Room goes to requests in FIFO order: a copy back takes free room only when nobody waits for room, or
+  // when the request at the head of the queue needs this model (its copy back is then part of serving it,
+  // and saves it a disk read).
+  bool head_needs_it = !queue_.empty() && is_member(groups_.at(queue_.front().request), model);
+  if ((!queue_.empty() && !head_needs_it) || free_bytes() < bytes) {
     ++counters_.copy_backs_refused;
     handed_.erase(h);  // the device drops its copy: the disk has the only one now
     return false;

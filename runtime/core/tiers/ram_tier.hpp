@@ -29,7 +29,8 @@
 //     of reading the disk; if the device no longer has it, the tier falls back to the disk;
 //   - when the device evicts or offloads its copy, it first asks for room here (`reserve_return`) and, if
 //     granted, copies the model back into RAM on its copy stream before freeing it; if refused (no free
-//     room, or requests are waiting for room) the copy is dropped and the next acquire reads the disk.
+//     room, or requests are waiting for room and the first of them does not need this model) the copy is
+//     dropped and the next acquire reads the disk.
 //   - the skeleton keeps the model's non-tensor payload (`host_model::opaque`, a tokenizer say) in RAM
 //     while the device holds the tensors: that memory is outside the budget (the budget counts models
 //     in RAM), and the stats say how much it is (`ram_stats::skeleton_bytes`);
@@ -129,7 +130,8 @@ public:
   void device_copy(const model_id& model, device_index device, bool whole);
   /// `device` is about to drop the only copy of `model`: true reserves room (the model is then loading,
   /// and the copy back ends in `load_finished`); false means drop it. Granted only from free room, when no
-  /// request is waiting for room (a copy back never goes ahead of them or evicts anything).
+  /// request is waiting for room or the one at the head of the queue needs `model` (a copy back never goes
+  /// ahead of a request that does not need it, and never evicts anything).
   bool reserve_return(const model_id& model, device_index device);
   /// `device`'s actor went away: it holds nothing any more (see the Note). Acquires waiting for a copy back
   /// from it are served from the disk; a late copy back from it (`load_finished` from `device`) is dropped.
