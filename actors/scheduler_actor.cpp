@@ -9,9 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
 
 namespace mcache {
@@ -53,6 +55,10 @@ struct scheduler_state {
   bool stopping = false;
   std::vector<caf::typed_response_promise<bool>> shutdown_waiters;
   std::size_t releases_in_flight = 0;    // a shutdown is answered once the tiers have taken every release
+  // A job's status says it ended only once the tiers have taken its releases (Note [Ended means
+  // released]): the releases each job has in flight, and the status updates waiting for them.
+  std::unordered_map<job_id, std::size_t> releases_of_job;
+  std::unordered_map<job_id, std::function<void()>> ends_after_releases;
   std::size_t prefetches_in_flight = 0;  // and every prefetch has ended (what it leased released)
   std::vector<model_id> hinted;  // the next uses the tiers were last told (Note [Prefetch])
   // Note [One stage pins at a time per device]
@@ -104,21 +110,48 @@ void check(self_ptr self) {
 
 void answer_shutdown_if_idle(self_ptr self);
 
-/// Sends a release to a tier. Nothing waits for the answer, except a shutdown: it is answered once every
-/// release was taken, so that whoever closed the scheduler finds nothing it held still counted.
+// Note [Ended means released]: when a job's status says it ended (and `wait` returns, and `on_end`
+// runs), the tiers have taken every release of what it held: a caller that then asks for the room finds
+// it free, even without waiting. A pin's release is answered after the device has sent back the RAM lease
+// it borrowed, so that lease is gone from the RAM-cache actor's mailbox's point of view too. The worker
+// itself is free at once; only the status waits for the answers.
+
+/// A release of job `job` (0: of no job) was answered.
+void released(self_ptr self, job_id job) {
+  if (job == 0)
+    return;
+  auto i = self->state.releases_of_job.find(job);
+  if (i == self->state.releases_of_job.end() || --i->second > 0)
+    return;
+  self->state.releases_of_job.erase(i);
+  auto end = self->state.ends_after_releases.find(job);
+  if (end != self->state.ends_after_releases.end()) {
+    auto update = std::move(end->second);
+    self->state.ends_after_releases.erase(end);
+    update();
+  }
+}
+
+/// Sends a release to a tier. Nothing waits for the answer but a shutdown (answered once every release
+/// was taken, so that whoever closed the scheduler finds nothing it held still counted) and the status of
+/// the job it belongs to (Note [Ended means released]).
 template <class Tier, class Id>
-void release(self_ptr self, const Tier& tier, Id id, const char* what) {
+void release(self_ptr self, const Tier& tier, Id id, const char* what, job_id job = 0) {
   ++self->state.releases_in_flight;
+  if (job != 0)
+    ++self->state.releases_of_job[job];
   self->request(tier, caf::infinite, release_atom::value, id)
     .then(
-      [self] {
+      [self, job] {
         --self->state.releases_in_flight;
+        released(self, job);
         answer_shutdown_if_idle(self);
       },
-      [self, what](caf::error& e) {
+      [self, what, job](caf::error& e) {
         --self->state.releases_in_flight;
         if (what)
           spdlog::warn("mcache: scheduler: a {} release failed: {}", what, to_failure(e).detail);
+        released(self, job);
         answer_shutdown_if_idle(self);
       });
 }
@@ -127,7 +160,7 @@ void release(self_ptr self, const Tier& tier, Id id, const char* what) {
 void release_pins(self_ptr self, running_job& run) {
   for (const auto& pin : run.pins)
     if (pin.pin != 0)
-      release(self, device_for(self, pin.device), pin.pin, "pin");
+      release(self, device_for(self, pin.device), pin.pin, "pin", run.job->shared->id);
   run.pins.clear();
 }
 
@@ -135,7 +168,7 @@ void release_held(self_ptr self, running_job& run) {
   release_pins(self, run);
   for (const auto& lease : run.leases)
     if (lease.lease != 0)
-      release(self, self->state.config.ram, lease.lease, "lease");
+      release(self, self->state.config.ram, lease.lease, "lease", run.job->shared->id);
   run.leases.clear();
 }
 
@@ -155,15 +188,21 @@ void finish(self_ptr self, job_id id, std::optional<failure> why) {
   self->state.running.erase(i);
   release_held(self, run);
   auto stages_done = run.stage;
-  run.job->shared->update([&](job_status& s) {
-    s.stage = stages_done;
-    if (!why) {
-      s.state = job_state::done;
-    } else {
-      s.state = why->code == errc::cancelled ? job_state::cancelled : job_state::failed;
-      s.error = std::move(why);
-    }
-  });
+  auto end = [shared = run.job->shared, stages_done, why = std::move(why)]() mutable {
+    shared->update([&](job_status& s) {
+      s.stage = stages_done;
+      if (!why) {
+        s.state = job_state::done;
+      } else {
+        s.state = why->code == errc::cancelled ? job_state::cancelled : job_state::failed;
+        s.error = std::move(why);
+      }
+    });
+  };
+  if (self->state.releases_of_job.count(id) != 0)
+    self->state.ends_after_releases[id] = std::move(end);  // Note [Ended means released]
+  else
+    end();
   ++self->state.idle[run.worker];
   self->state.free_tracks[run.worker].push_back(run.track);
   dispatch(self);
