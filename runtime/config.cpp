@@ -1,15 +1,15 @@
 #include "runtime/config.hpp"
 
 #include "messages/errc.hpp"
+#include "runtime/core/read_file.hpp"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <fstream>
 #include <regex>
-#include <sstream>
 
 namespace mcache {
 
@@ -210,13 +210,13 @@ runtime_options options_from_json(const std::string& json_text, runtime_options 
 }
 
 runtime_options options_from_file(const std::string& path, runtime_options base) {
-  std::ifstream in{path};
-  if (!in)
-    throw request_error(failure{errc::invalid_argument, "config: cannot read '" + path + "'"});
-  std::stringstream text;
-  text << in.rdbuf();
+  failure why;
+  auto text = read_regular_file(path, why);
+  if (!text)
+    throw request_error(failure{errc::invalid_argument, "config: cannot read '" + path + "': "
+                                                          + why.detail.substr(std::min(why.detail.size(), path.size() + 2))});
   try {
-    return options_from_json(text.str(), std::move(base));
+    return options_from_json(*text, std::move(base));
   } catch (const request_error& e) {
     throw request_error(failure{errc::invalid_argument, path + ": " + std::string{e.what()}.substr(std::string{"mcache: invalid_argument: "}.size())});
   }

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -227,4 +228,21 @@ SCENARIO("models acquired from files are read again after eviction, once however
       }
     }
   }
+}
+
+TEST_CASE("a folder or a FIFO named as a manifest or a model file is refused as bad_file at once, never waited on") {
+  temp_dir dir;
+  write_pipeline(dir);
+  auto fifo = dir.file("pipe.safetensors");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);  // nothing ever writes to it: opening it to read would block
+  auto manifest = read_manifest(fifo);
+  REQUIRE_FALSE(succeeded(manifest));
+  CHECK(std::get<failure>(manifest).code == errc::bad_file);
+  auto folder = read_manifest(dir.file("sdxl"));
+  REQUIRE_FALSE(succeeded(folder));
+  CHECK(std::get<failure>(folder).code == errc::bad_file);
+  CHECK(std::get<failure>(folder).detail.find("not a regular file") != std::string::npos);
+  auto described = describe_files({"pipe", {fifo}, {}, {}, {}});
+  REQUIRE_FALSE(succeeded(described));
+  CHECK(std::get<failure>(described).code == errc::bad_file);
 }

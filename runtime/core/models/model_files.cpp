@@ -2,12 +2,12 @@
 
 #include "runtime/core/format.hpp"
 #include "runtime/core/models/folder_walk.hpp"
+#include "runtime/core/read_file.hpp"
 
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <set>
 
@@ -18,14 +18,12 @@ namespace fs = std::filesystem;
 namespace {
 
 std::optional<nlohmann::ordered_json> read_json(const std::string& path, failure& why) {
-  std::ifstream in{path};
-  if (!in) {
-    why = failure{errc::file_missing, path + ": cannot open"};
+  auto text = read_regular_file(path, why);
+  if (!text)
     return std::nullopt;
-  }
   nlohmann::ordered_json json;
   try {
-    json = nlohmann::ordered_json::parse(in);
+    json = nlohmann::ordered_json::parse(*text);
   } catch (const nlohmann::json::parse_error& e) {  // its text says where, and why (ill-formed UTF-8, ...)
     why = failure{errc::bad_file, path + ": not valid JSON: " + escape_unprintable(e.what())};
     return std::nullopt;

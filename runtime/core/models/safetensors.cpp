@@ -130,7 +130,7 @@ std::optional<failure> compare_stamp(const file_stamp& stamp, const struct stat&
 
 // Opens a registered file and checks it is the one that was registered.
 int open_checked(const file_stamp& stamp) {
-  int fd = ::open(stamp.path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(stamp.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // (a FIFO put in its place: not waited on)
   if (fd < 0)
     fail_load(errno == ENOENT ? errc::file_missing : errc::load_failed,
               stamp.path + ": cannot open: " + std::strerror(errno));
@@ -294,7 +294,8 @@ outcome<header> parse_header(const uint8_t* data, size_t size, uint64_t file_siz
 }
 
 outcome<file_layout> read_layout(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Without blocking: a FIFO named as a model file is refused below, not waited on for a writer.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return failure{errno == ENOENT ? errc::file_missing : errc::bad_file,
                    path + ": cannot open: " + std::strerror(errno)};
