@@ -1,6 +1,7 @@
 #include "python/binding.hpp"
 
 #include <exception>
+#include <limits>
 
 namespace mcache::python {
 
@@ -44,18 +45,46 @@ void bind_errors(py::module_& m) {
   });
 }
 
-std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds) {
-  if (!seconds)
+namespace {
+std::string repr_of(const py::handle& value) { return py::repr(value).cast<std::string>(); }
+} // namespace
+
+std::optional<std::chrono::nanoseconds> wait_of(const py::handle& seconds, const char* what) {
+  if (seconds.is_none())
     return std::nullopt;
-  if (!(*seconds >= 0) || *seconds > 86400.0)  // also NaN
-    fail(errc::invalid_argument, "wait must be from 0 to 86400 seconds, not " + std::to_string(*seconds));
-  return std::chrono::nanoseconds(static_cast<int64_t>(*seconds * 1e9));
+  if (py::isinstance<py::bool_>(seconds) || !(PyFloat_Check(seconds.ptr()) || PyIndex_Check(seconds.ptr())
+                                              || PyNumber_Check(seconds.ptr())))
+    fail(errc::invalid_argument, std::string{what} + " is a number of seconds, not " + repr_of(seconds));
+  double s = PyFloat_AsDouble(seconds.ptr());
+  if (s == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    fail(errc::invalid_argument, std::string{what} + " is a number of seconds, not " + repr_of(seconds));
+  }
+  if (!(s >= 0) || s > 86400.0)  // also NaN
+    fail(errc::invalid_argument, std::string{what} + " must be from 0 to 86400 seconds, not " + repr_of(seconds));
+  return std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9));
 }
 
-bytes_t bytes_of(int64_t value, const char* what) {
-  if (value < 0)
-    fail(errc::invalid_argument, std::string{what} + " must not be negative, not " + std::to_string(value));
-  return static_cast<bytes_t>(value);
+int64_t integer_of(const py::handle& value, const char* what, int64_t lo, int64_t hi) {
+  if (py::isinstance<py::bool_>(value) || !PyIndex_Check(value.ptr()))
+    fail(errc::invalid_argument, std::string{what} + " is an integer, not " + repr_of(value));
+  auto index = py::reinterpret_steal<py::object>(PyNumber_Index(value.ptr()));
+  if (!index)
+    throw py::error_already_set();
+  int overflow = 0;
+  long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (v == -1 && PyErr_Occurred())
+    throw py::error_already_set();
+  if (overflow == 0 && v < 0 && lo == 0)
+    fail(errc::invalid_argument, std::string{what} + " must not be negative, not " + repr_of(value));
+  if (overflow != 0 || v < lo || v > hi)
+    fail(errc::invalid_argument, std::string{what} + " must be from " + std::to_string(lo) + " to "
+                                   + std::to_string(hi) + ", not " + repr_of(value));
+  return v;
+}
+
+bytes_t bytes_of(const py::handle& value, const char* what) {
+  return static_cast<bytes_t>(integer_of(value, what, 0, std::numeric_limits<int64_t>::max()));
 }
 
 bool interpreter_finalizing() {

@@ -33,12 +33,15 @@ py::dict& error_classes();
 /// `_set_error_classes`, `error_codes`, and the translator that raises a request_error as its class.
 void bind_errors(py::module_& m);
 
-/// A wait in seconds from Python (None: the runtime's default); InvalidArgument outside 0..86400.
-std::optional<std::chrono::nanoseconds> wait_of(std::optional<double> seconds);
+// Numbers from Python are taken as objects and checked here, so that a wrong one is InvalidArgument naming
+// the argument, as everywhere else, and not pybind11's bare TypeError (2**64 bytes, a bool, a string).
 
-/// A count Python gave as a signed integer (pybind11 refuses a negative one for an unsigned parameter with
-/// a bare TypeError): negative is InvalidArgument, naming the argument.
-bytes_t bytes_of(int64_t value, const char* what);
+/// A wait in seconds (None: the runtime's default): a real number from 0 to 86400, not a bool.
+std::optional<std::chrono::nanoseconds> wait_of(const py::handle& seconds, const char* what = "wait");
+/// An integer (an int, or anything with __index__ such as numpy's; not a bool) from `lo` to `hi`.
+int64_t integer_of(const py::handle& value, const char* what, int64_t lo, int64_t hi);
+/// A count of bytes (or a seed): an integer from 0 to 2^63 - 1.
+bytes_t bytes_of(const py::handle& value, const char* what);
 
 bool interpreter_finalizing();
 

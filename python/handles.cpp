@@ -31,14 +31,14 @@ py::tuple py_stream::next() {
   return py::make_tuple(name, t);
 }
 
-std::shared_ptr<py_lease> py_session::acquire(const std::string& model, std::optional<double> wait) {
+std::shared_ptr<py_lease> py_session::acquire(const std::string& model, const py::object& wait) {
   auto w = wait_of(wait);
   auto l = call_that_may_wait(*box_, [&](session& s) { return s.acquire(model, w); });
   return std::make_shared<py_lease>(box_, std::move(l));
 }
 
 std::vector<std::shared_ptr<py_lease>> py_session::acquire_all(const std::vector<std::string>& models,
-                                                             std::optional<double> wait) {
+                                                             const py::object& wait) {
   auto w = wait_of(wait);
   auto ls = call_that_may_wait(*box_, [&](session& s) { return s.acquire_all(models, w); });
   std::vector<std::shared_ptr<py_lease>> out;
@@ -48,7 +48,7 @@ std::vector<std::shared_ptr<py_lease>> py_session::acquire_all(const std::vector
 }
 
 std::shared_ptr<py_pin> py_session::pin(const std::shared_ptr<py_lease>& lease, const py::object& device,
-                                      int64_t working_bytes, std::optional<double> wait) {
+                                      const py::object& working_bytes, const py::object& wait) {
   auto working = bytes_of(working_bytes, "working");
   if (!lease)
     fail(errc::invalid_lease, "pin needs a lease, not None");
@@ -66,7 +66,7 @@ std::shared_ptr<py_pin> py_session::pin(const std::shared_ptr<py_lease>& lease, 
   return std::make_shared<py_pin>(box_, std::move(p));
 }
 
-bytes_t py_session::offload(const py::object& device, const std::string& model, int64_t bytes) {
+bytes_t py_session::offload(const py::object& device, const std::string& model, const py::object& bytes) {
   auto where = device_of(device);
   if (where.where != py_device::index || where.number < 0)
     fail(errc::invalid_device, "offload frees one GPU's memory: give its index, not " + py::repr(device).cast<std::string>());
@@ -76,7 +76,7 @@ bytes_t py_session::offload(const py::object& device, const std::string& model, 
   return freed;
 }
 
-bytes_t py_session::trim_ram(const std::string& model, int64_t bytes) {
+bytes_t py_session::trim_ram(const std::string& model, const py::object& bytes) {
   auto at_least = bytes_of(bytes, "bytes");
   bytes_t freed = 0;
   with_session(*box_, [&] { freed = box_->s->trim_ram(model, at_least); });
@@ -153,10 +153,10 @@ void bind_handles(py::module_& m) {
   py::class_<py_session>(m, "Session")
     .def("acquire", &py_session::acquire, py::arg("model"), py::arg("wait") = py::none())
     .def("acquire_all", &py_session::acquire_all, py::arg("models"), py::arg("wait") = py::none())
-    .def("pin", &py_session::pin, py::arg("lease"), py::arg("device") = py::none(), py::arg("working") = 0,
+    .def("pin", &py_session::pin, py::arg("lease"), py::arg("device") = py::none(), py::arg("working") = py::int_(0),
          py::arg("wait") = py::none())
-    .def("offload", &py_session::offload, py::arg("device"), py::arg("model") = "", py::arg("bytes") = 0)
-    .def("trim_ram", &py_session::trim_ram, py::arg("model") = "", py::arg("bytes") = 0);
+    .def("offload", &py_session::offload, py::arg("device"), py::arg("model") = "", py::arg("bytes") = py::int_(0))
+    .def("trim_ram", &py_session::trim_ram, py::arg("model") = "", py::arg("bytes") = py::int_(0));
 }
 
 } // namespace mcache::python

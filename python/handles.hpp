@@ -115,12 +115,12 @@ class py_session {
 public:
   explicit py_session(std::shared_ptr<session_box> box) : box_(std::move(box)) {}
 
-  std::shared_ptr<py_lease> acquire(const std::string& model, std::optional<double> wait);
-  std::vector<std::shared_ptr<py_lease>> acquire_all(const std::vector<std::string>& models, std::optional<double> wait);
-  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& lease, const py::object& device, int64_t working_bytes,
-                              std::optional<double> wait);
-  bytes_t offload(const py::object& device, const std::string& model, int64_t bytes);
-  bytes_t trim_ram(const std::string& model, int64_t bytes);
+  std::shared_ptr<py_lease> acquire(const std::string& model, const py::object& wait);
+  std::vector<std::shared_ptr<py_lease>> acquire_all(const std::vector<std::string>& models, const py::object& wait);
+  std::shared_ptr<py_pin> pin(const std::shared_ptr<py_lease>& lease, const py::object& device, const py::object& working,
+                              const py::object& wait);
+  bytes_t offload(const py::object& device, const std::string& model, const py::object& bytes);
+  bytes_t trim_ram(const std::string& model, const py::object& bytes);
 
 private:
   std::shared_ptr<session_box> box_;

@@ -46,6 +46,7 @@
 #include "runtime/metrics.hpp"
 
 #include <chrono>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,16 @@
 
 namespace mcache::python {
 namespace {
+
+/// A synthetic model's tensor sizes (elements each).
+std::vector<int64_t> sizes_of(const py::object& numels) {
+  if (!py::isinstance<py::iterable>(numels) || py::isinstance<py::str>(numels) || py::isinstance<py::bytes>(numels))
+    fail(errc::invalid_argument, "sizes are a list of element counts, not " + py::repr(numels).cast<std::string>());
+  std::vector<int64_t> out;
+  for (const auto& n : py::iter(numels))
+    out.push_back(integer_of(n, "a tensor's size", 0, std::numeric_limits<int64_t>::max()));
+  return out;
+}
 
 class py_runtime {
 public:
@@ -98,7 +109,7 @@ public:
   bool closed() const { return !box_; }
 
   std::shared_ptr<py_scheduler> make_scheduler(std::size_t workers_per_device, std::size_t cpu_workers,
-                                               const std::string& order, bool prefetch, double wait_for_room) {
+                                               const std::string& order, bool prefetch, const py::object& wait_for_room) {
     scheduler_options o;
     o.workers_per_device = workers_per_device;
     o.cpu_workers = cpu_workers;
@@ -107,7 +118,10 @@ public:
     else if (order != "fifo")
       fail(errc::invalid_argument, "order must be \"fifo\" or \"warm_first\", not \"" + order + "\"");
     o.prefetch = prefetch;
-    o.wait_for_room = *wait_of(wait_for_room);
+    auto wait = wait_of(wait_for_room, "wait_for_room");
+    if (!wait)
+      fail(errc::invalid_argument, "wait_for_room is a number of seconds, not None");
+    o.wait_for_room = *wait;
     return open_scheduler(box(), o);
   }
 
@@ -123,8 +137,8 @@ public:
   }
 
   // -- the catalog ------------------------------------------------------------------------------------
-  std::string add_synthetic(const std::string& id, const std::vector<int64_t>& numels, int64_t seed) {
-    if (auto err = rt().models().add(synthetic_model(id, numels, bytes_of(seed, "seed"))))
+  std::string add_synthetic(const std::string& id, const py::object& numels, const py::object& seed) {
+    if (auto err = rt().models().add(synthetic_model(id, sizes_of(numels), bytes_of(seed, "seed"))))
       throw request_error(*err);
     return id;
   }
@@ -132,7 +146,10 @@ public:
                        const std::vector<std::string>& order, const std::vector<std::string>& required,
                        std::optional<device_index> device, bool replace) {
     file_model_spec spec{id, files, order, required, device};
-    auto d = describe_files(spec);
+    auto d = [&] {
+      without_gil unlocked;  // reading headers: other threads go on meanwhile
+      return describe_files(spec);
+    }();
     if (!succeeded(d))
       throw request_error(std::get<failure>(d));
     if (replace)
@@ -143,8 +160,8 @@ public:
   }
   // Note [Remove and replace]: what is held stays valid until released.
   void remove(const std::string& id) { rt().remove_model(id); }
-  void replace_synthetic(const std::string& id, const std::vector<int64_t>& numels, int64_t seed) {
-    rt().replace_model(synthetic_model(id, numels, bytes_of(seed, "seed")));
+  void replace_synthetic(const std::string& id, const py::object& numels, const py::object& seed) {
+    rt().replace_model(synthetic_model(id, sizes_of(numels), bytes_of(seed, "seed")));
   }
   std::vector<std::string> register_found(outcome<std::vector<model_descriptor>> found) {
     if (!succeeded(found))
@@ -217,15 +234,27 @@ PYBIND11_MODULE(_core, m) {
     .def_property_readonly("device_count", [](py_runtime& r) { return r.rt().device_count(); })
     .def("status_json", &py_runtime::status_json)
     .def("scheduler", &py_runtime::make_scheduler, py::arg("workers_per_device") = 1, py::arg("cpu_workers") = 1,
-         py::arg("order") = "fifo", py::arg("prefetch") = false, py::arg("wait_for_room") = 60.0)
+         py::arg("order") = "fifo", py::arg("prefetch") = false, py::arg("wait_for_room") = py::float_(60.0))
     .def("prometheus_text", &py_runtime::prometheus)
-    .def("add_synthetic", &py_runtime::add_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = 0)
+    .def("add_synthetic", &py_runtime::add_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = py::int_(0))
     .def("add_file", &py_runtime::add_file, py::arg("id"), py::arg("files"), py::arg("order"), py::arg("required"),
          py::arg("device"), py::arg("replace") = false)
     .def("remove", &py_runtime::remove, py::arg("id"))
-    .def("replace_synthetic", &py_runtime::replace_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = 0)
-    .def("add_folder", [](py_runtime& r, const std::string& folder) { return r.register_found(scan_folder(folder)); })
-    .def("add_manifest", [](py_runtime& r, const std::string& path) { return r.register_found(read_manifest(path)); })
+    .def("replace_synthetic", &py_runtime::replace_synthetic, py::arg("id"), py::arg("numels"), py::arg("seed") = py::int_(0))
+    .def("add_folder", [](py_runtime& r, const std::string& folder) {
+      auto found = [&] {
+        without_gil unlocked;  // reading headers: other threads go on meanwhile
+        return scan_folder(folder);
+      }();
+      return r.register_found(std::move(found));
+    })
+    .def("add_manifest", [](py_runtime& r, const std::string& path) {
+      auto found = [&] {
+        without_gil unlocked;
+        return read_manifest(path);
+      }();
+      return r.register_found(std::move(found));
+    })
     .def("model_ids", &py_runtime::ids)
     .def("describe", &py_runtime::describe);
 

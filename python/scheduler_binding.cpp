@@ -3,6 +3,7 @@
 #include "python/signals.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <thread>
 
@@ -91,8 +92,8 @@ void py_scheduler::close() {
   drop_scheduler(std::move(s), owner_);
 }
 
-std::shared_ptr<py_job_box> py_scheduler::submit(const py::list& stages, const std::string& name, int priority,
-                                                 std::optional<double> deadline) {
+std::shared_ptr<py_job_box> py_scheduler::submit(const py::object& stages, const std::string& name,
+                                                 const py::object& priority, const py::object& deadline) {
   auto s = scheduler_;  // under the GIL: a concurrent close cannot destroy it under this call
   struct let_go {       // on every way out: if a close raced this call, this reference may be the last
     std::shared_ptr<scheduler>& s;
@@ -103,9 +104,11 @@ std::shared_ptr<py_job_box> py_scheduler::submit(const py::list& stages, const s
     fail(errc::shutting_down, "the scheduler is closed");
   job_spec job;
   job.name = name;
-  job.priority = priority;
-  if (deadline)
-    job.deadline = *wait_of(deadline);
+  job.priority = static_cast<int>(integer_of(priority, "priority", std::numeric_limits<int>::min(),
+                                             std::numeric_limits<int>::max()));
+  job.deadline = wait_of(deadline, "deadline");
+  if (!py::isinstance<py::list>(stages) && !py::isinstance<py::tuple>(stages))
+    fail(errc::invalid_argument, "a job's stages are a list of Stage, not " + py::repr(stages).cast<std::string>());
   std::vector<uint64_t> ids;
   auto forget = [&] {  // a plan refused: its callables are not kept
     for (auto id : ids)
@@ -114,9 +117,13 @@ std::shared_ptr<py_job_box> py_scheduler::submit(const py::list& stages, const s
   try {
     for (const auto& item : stages) {
       auto st = py::reinterpret_borrow<py::object>(item);
+      for (const char* field : {"models", "work", "device", "working", "name"})
+        if (!py::hasattr(st, field))
+          fail(errc::invalid_argument, "stage " + std::to_string(ids.size()) + " is not a Stage: "
+                                         + py::repr(st).cast<std::string>());
       stage_spec spec;
       spec.models = st.attr("models").cast<std::vector<std::string>>();
-      spec.working_bytes = st.attr("working").cast<bytes_t>();
+      spec.working_bytes = bytes_of(st.attr("working"), "working");
       spec.name = st.attr("name").cast<std::string>();
       auto device = device_of(st.attr("device"));
       spec.target = device.where == py_device::any   ? stage_target::any_gpu()
@@ -217,10 +224,11 @@ void bind_scheduler(py::module_& m) {
   py::class_<py_job_box, std::shared_ptr<py_job_box>>(m, "Job")
     .def_property_readonly("id", [](const py_job_box& j) { return j.job.id(); })
     .def("status", [](const py_job_box& j) { return status_dict(j.job.status()); })
-    .def("wait", [](const py_job_box& j, std::optional<double> timeout) -> py::object {
+    .def("wait", [](const py_job_box& j, const py::object& timeout_seconds) -> py::object {
+      auto timeout = wait_of(timeout_seconds, "timeout");
       // With the GIL let go (its stages' work needs it), taking signals so that Ctrl-C interrupts.
       auto until = timeout ? std::optional<std::chrono::steady_clock::time_point>(
-                               std::chrono::steady_clock::now() + *wait_of(timeout))
+                               std::chrono::steady_clock::now() + *timeout)
                            : std::nullopt;
       std::optional<job_status> s;
       wait_taking_signals([&] {
@@ -236,7 +244,7 @@ void bind_scheduler(py::module_& m) {
     .def("cancel", [](py_job_box& j) { j.job.cancel(); });
 
   py::class_<py_scheduler, std::shared_ptr<py_scheduler>>(m, "Scheduler")
-    .def("submit", &py_scheduler::submit, py::arg("stages"), py::arg("name") = "", py::arg("priority") = 0,
+    .def("submit", &py_scheduler::submit, py::arg("stages"), py::arg("name") = "", py::arg("priority") = py::int_(0),
          py::arg("deadline") = py::none())
     .def("close", &py_scheduler::close)
     .def("__enter__", [](std::shared_ptr<py_scheduler> s) { return s; })

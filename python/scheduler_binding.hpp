@@ -38,8 +38,8 @@ public:
 
   /// Cancels queued jobs and waits for the running ones, with the GIL let go (their work needs it).
   void close();
-  std::shared_ptr<py_job_box> submit(const py::list& stages, const std::string& name, int priority,
-                                     std::optional<double> deadline);
+  std::shared_ptr<py_job_box> submit(const py::object& stages, const std::string& name, const py::object& priority,
+                                     const py::object& deadline);
 
 private:
   std::shared_ptr<runtime_box> owner_;  // declared first: the runtime outlives its scheduler

@@ -83,7 +83,7 @@ class Stage:
         self.models = [models] if isinstance(models, str) else list(models)
         self.work = work
         self.device = device
-        self.working = int(working)
+        self.working = working
         self.name = name
 
 
@@ -102,7 +102,7 @@ class Models:
 
     def add_synthetic(self, id, sizes, seed=0):
         """A model of float32 tensors with `sizes` elements each, filled from `seed` (tests, demos)."""
-        return self._core.add_synthetic(id, [int(n) for n in sizes], seed)
+        return self._core.add_synthetic(id, sizes, seed)
 
     def add_file(self, id, files, execution_order=(), required=(), device=None):
         """A model from one safetensors file or several shards (paths: str or os.PathLike)."""
@@ -114,7 +114,7 @@ class Models:
         return self._core.add_file(id, _paths(files), list(execution_order), list(required), device, True)
 
     def replace_synthetic(self, id, sizes, seed=0):
-        self._core.replace_synthetic(id, [int(n) for n in sizes], seed)
+        self._core.replace_synthetic(id, sizes, seed)
 
     def remove(self, id):
         """Unregisters `id`: new acquires raise UnknownModel; copies held now stay valid until released."""
@@ -170,7 +170,7 @@ class Runtime:
         """Runs jobs of stages over the devices (Note [Job lifecycle]): `sched.submit([Stage(...), ...],
         name=, priority=, deadline=)` returns a Job (`wait(timeout)` gives its final status as a dict,
         `cancel()`). Close it (or use `with`) before the runtime; close waits for running jobs."""
-        return self._core.scheduler(workers_per_device, cpu_workers, order, prefetch, float(wait_for_room))
+        return self._core.scheduler(workers_per_device, cpu_workers, order, prefetch, wait_for_room)
 
     def stats(self):
         """Every tier's stats and models with their holders, as the HTTP endpoint's /status serves."""

@@ -197,8 +197,8 @@ def test_a_release_from_a_finalizer_or_after_close_is_safe():
     gc.collect()
     rt.close()
     assert rt.closed
-    pin.release()  # after close: does nothing, raises nothing
-    pin.release()  # twice: the same
+    pin.release()  # after close: still ends the pin, raises nothing
+    pin.release()  # twice: does nothing
     with pytest.raises(mcache.ShuttingDown):
         rt.session()
     with pytest.raises(mcache.ShuttingDown):
@@ -685,3 +685,42 @@ def test_numbers_a_field_cannot_hold_are_invalid_argument_not_a_bare_runtime_err
         with pytest.raises(mcache.InvalidArgument):
             sched.submit([stage])
     sched.close()
+
+
+def test_numbers_of_the_wrong_kind_or_size_are_invalid_argument_and_a_fifo_or_a_folder_is_bad_file(rt):
+    import numpy
+
+    s = rt.session()
+    with s.acquire("te") as te:
+        for working in (2**64, True, "1", float("nan")):
+            with pytest.raises(mcache.InvalidArgument, match="working"):
+                s.pin(te, 0, working=working)
+        for wait in (True, float("nan"), "1", -1, 10**6):
+            with pytest.raises(mcache.InvalidArgument, match="wait"):
+                s.acquire("te", wait=wait)
+        with s.pin(te, 0, working=numpy.int64(16), wait=numpy.float64(0.5)):
+            pass
+    with pytest.raises(mcache.InvalidArgument, match="bytes"):
+        s.offload(0, bytes=2**64)
+    with pytest.raises(mcache.InvalidArgument, match="seed"):
+        rt.models.add_synthetic("x", layers(4), seed=2**64)
+    with pytest.raises(mcache.InvalidArgument, match="size"):
+        rt.models.add_synthetic("x", [float("nan")])
+    with pytest.raises(mcache.InvalidArgument, match="wait_for_room"):
+        rt.scheduler(wait_for_room=None)
+    with rt.scheduler() as sched:
+        with pytest.raises(mcache.InvalidArgument, match="priority"):
+            sched.submit([mcache.Stage("te", lambda ctx: None)], priority=2**40)
+        with pytest.raises(mcache.InvalidArgument, match="not a Stage"):
+            sched.submit([object()])
+        with pytest.raises(mcache.InvalidArgument, match="working"):
+            sched.submit([mcache.Stage("te", lambda ctx: None, working=float("nan"))])
+        assert sched.submit((mcache.Stage("te", lambda ctx: None),)).wait(10)["state"] == "done"
+    with tempfile.TemporaryDirectory() as folder:
+        fifo = os.path.join(folder, "f.safetensors")
+        os.mkfifo(fifo)  # nothing writes to it: opening it to read would block for ever
+        with pytest.raises(mcache.BadFile, match="not a regular file"):
+            rt.models.add_file("f", fifo)
+        with pytest.raises(mcache.BadFile, match="not a regular file"):
+            rt.models.add_manifest(folder)
+    assert rt.stats()["ram"]["leased_bytes"] == 0
