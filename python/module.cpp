@@ -142,10 +142,29 @@ public:
       throw request_error(*err);
     return id;
   }
+  /// A model's preferred GPU, if any: an index of this runtime's devices ("any" or None: no preference).
+  std::optional<device_index> preferred_device_of(const py::object& device) {
+    auto where = device_of(device);
+    if (where.where == py_device::any)
+      return std::nullopt;
+    check_preferred_device(where.where == py_device::cpu ? cpu_device : where.number, "");
+    return where.number;
+  }
+  void check_preferred_device(device_index device, const std::string& model) {
+    auto count = rt().device_count();
+    if (device >= 0 && static_cast<size_t>(device) < count)
+      return;
+    auto asked = device == cpu_device ? std::string{"\"cpu\""} : std::to_string(device);
+    fail(errc::invalid_device, (model.empty() ? std::string{"a"} : "model '" + model + "': its") + " preferred device "
+                                 + "is one of this runtime's GPUs, not " + asked
+                                 + (count == 0 ? std::string{": it has none"}
+                                               : " (it has " + std::to_string(count) + ": 0 to "
+                                                   + std::to_string(count - 1) + ")"));
+  }
   std::string add_file(const std::string& id, const std::vector<std::string>& files,
                        const std::vector<std::string>& order, const std::vector<std::string>& required,
-                       std::optional<device_index> device, bool replace) {
-    file_model_spec spec{id, files, order, required, device};
+                       const py::object& device, bool replace) {
+    file_model_spec spec{id, files, order, required, preferred_device_of(device)};
     auto d = [&] {
       without_gil unlocked;  // reading headers: other threads go on meanwhile
       return describe_files(spec);
@@ -167,6 +186,9 @@ public:
     if (!succeeded(found))
       throw request_error(std::get<failure>(found));
     auto& models = std::get<std::vector<model_descriptor>>(found);
+    for (const auto& m : models)
+      if (m.preferred_device)
+        check_preferred_device(*m.preferred_device, m.id);
     if (auto err = register_all(rt().models(), models))
       throw request_error(*err);
     std::vector<std::string> ids;

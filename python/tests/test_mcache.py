@@ -723,4 +723,11 @@ def test_numbers_of_the_wrong_kind_or_size_are_invalid_argument_and_a_fifo_or_a_
             rt.models.add_file("f", fifo)
         with pytest.raises(mcache.BadFile, match="not a regular file"):
             rt.models.add_manifest(folder)
+        from safetensors_writer import write_safetensors
+
+        write_safetensors(os.path.join(folder, "m.safetensors"), {"w": torch.zeros(4)})
+        for device in (5, -7, "cpu"):  # a preference for a GPU this runtime does not have is a mistake
+            with pytest.raises(mcache.InvalidDevice, match="preferred device"):
+                rt.models.add_file("m", os.path.join(folder, "m.safetensors"), device=device)
+        assert rt.models.add_file("m", os.path.join(folder, "m.safetensors"), device=0) == "m"
     assert rt.stats()["ram"]["leased_bytes"] == 0
