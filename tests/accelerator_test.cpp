@@ -52,6 +52,14 @@ runtime_options accelerator_options(int index, bytes_t budget) {
   o.devices = {d};
   return o;
 }
+/// keep_ram_copy = false (Note [Copy back instead of a kept RAM copy]) over fake accelerator 1, whose 256
+/// MiB are all the budget, with `ram` bytes of RAM.
+runtime_options copy_back_options(bytes_t ram) {
+  auto o = accelerator_options(1, 256ull << 20);
+  o.ram_budget_bytes = ram;
+  o.keep_ram_copy = false;
+  return o;
+}
 model_descriptor layers_model(int n) {
   model_descriptor m;
   m.id = "layers";
@@ -317,16 +325,7 @@ TEST_CASE("an only copy dropped to make room goes back to RAM before the copy it
   auto add = [](runtime& rt, const model_id& id) {
     rt.models().add(synthetic_model(id, {big, big, big, big}));
   };
-  runtime_options o;
-  o.ram_budget_bytes = 220ull << 20;
-  o.keep_ram_copy = false;
-  o.check_invariants = true;
-  device_options d;
-  d.kind = device_kind::accelerator;
-  d.index = 1;
-  d.budget_bytes = 256ull << 20;
-  o.devices = {d};
-  runtime rt{o};
+  runtime rt{copy_back_options(220ull << 20)};
   add(rt, "a");
   add(rt, "b");
   add(rt, "c");
@@ -355,16 +354,7 @@ TEST_CASE("an only copy dropped to make room goes back to RAM before the copy it
 TEST_CASE("a pin whose working memory needed an only copy gone is granted once the copy back has freed that memory") {
   fake_accelerator::install({2, 256ull << 20, 400e6});  // capacity: the budget; copies at 400 MB/s
   constexpr int64_t big = 25ll << 18;                   // 100 MiB a model
-  runtime_options o;
-  o.ram_budget_bytes = 330ull << 20;
-  o.keep_ram_copy = false;
-  o.check_invariants = true;
-  device_options d;
-  d.kind = device_kind::accelerator;
-  d.index = 1;
-  d.budget_bytes = 256ull << 20;
-  o.devices = {d};
-  runtime rt{o};
+  runtime rt{copy_back_options(330ull << 20)};
   for (auto m : {"a", "c"})
     rt.models().add(synthetic_model(m, {big, big, big, big}));
   auto s = rt.open_session();

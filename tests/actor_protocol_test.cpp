@@ -406,17 +406,27 @@ TEST_CASE("an event-based actor session leases and pins with request/then, and i
 }
 
 // Note [Grants wait for the frees before them] (device_actor.cpp).
-TEST_CASE("a pin granted at once with working memory is answered only once the device memory made room for it is freed") {
-  deterministic_runtime rt{8 * mib, {4 * mib}};
+namespace {
+/// Registers 'big' (2 MiB) and 'small' (1 MiB) and leaves both cached on device 0, unpinned, alice holding
+/// their leases: a pin of 'small' with 2 MiB of working memory then needs 'big' gone. The lease on 'small'.
+ram_lease cache_big_and_small(deterministic_runtime& rt, client& alice) {
   rt.add(synthetic_model("big", {2 * mib_floats}));
   rt.add(synthetic_model("small", {mib_floats}));
-  client alice{rt.sys};
-  client bob{rt.sys};
   auto& device = rt.devices[0];
   auto big = rt.lease(alice, "big");
   auto small = rt.lease(alice, "small");
   REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, big.lease).pin));
   REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, small.lease).pin));
+  return small;
+}
+} // namespace
+
+TEST_CASE("a pin granted at once with working memory is answered only once the device memory made room for it is freed") {
+  deterministic_runtime rt{8 * mib, {4 * mib}};
+  client alice{rt.sys};
+  client bob{rt.sys};
+  auto& device = rt.devices[0];
+  auto small = cache_big_and_small(rt, alice);
   auto bobs = rt.lease(bob, "small");
   // 'small' is here, but 2 MiB of working memory need 'big' gone: its free waits on the copy queue.
   rt.send_pin(alice, device, small.lease, 2 * mib);
@@ -469,14 +479,9 @@ TEST_CASE("a pin granted when its copy lands is not held behind frees queued aft
 
 TEST_CASE("shutdown answers a pin held for frees the copy queue has not reached") {
   deterministic_runtime rt{8 * mib, {4 * mib}};
-  rt.add(synthetic_model("big", {2 * mib_floats}));
-  rt.add(synthetic_model("small", {mib_floats}));
   client alice{rt.sys};
   auto& device = rt.devices[0];
-  auto big = rt.lease(alice, "big");
-  auto small = rt.lease(alice, "small");
-  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, big.lease).pin));
-  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, small.lease).pin));
+  auto small = cache_big_and_small(rt, alice);
   rt.send_pin(alice, device, small.lease, 2 * mib);  // held: 'big' is freed on the copy queue
   rt.deliver();
   REQUIRE_FALSE(alice.poll<device_pin>());
