@@ -1,5 +1,6 @@
 #include "python/binding.hpp"
 
+#include <cmath>
 #include <exception>
 #include <limits>
 
@@ -47,30 +48,55 @@ void bind_errors(py::module_& m) {
 
 namespace {
 std::string repr_of(const py::handle& value) { return py::repr(value).cast<std::string>(); }
+
+/// Python's bool or numpy's: a mistake where a number is asked for (`wait=True` is not one second).
+bool is_a_bool(const py::handle& value) {
+  if (py::isinstance<py::bool_>(value))
+    return true;
+  std::string type = Py_TYPE(value.ptr())->tp_name;
+  return type == "numpy.bool_" || type == "numpy.bool";
+}
+
+/// After a conversion failed: a TypeError or ValueError (not a number) is the caller's mistake; anything
+/// else (a KeyboardInterrupt raised inside __float__) goes on as it is.
+[[noreturn]] void not_a_number(const char* what, const char* kind, const py::handle& value) {
+  if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+    throw py::error_already_set();
+  PyErr_Clear();
+  fail(errc::invalid_argument, std::string{what} + " is " + kind + ", not " + repr_of(value));
+}
 } // namespace
 
 std::optional<std::chrono::nanoseconds> wait_of(const py::handle& seconds, const char* what) {
   if (seconds.is_none())
     return std::nullopt;
-  if (py::isinstance<py::bool_>(seconds) || !(PyFloat_Check(seconds.ptr()) || PyIndex_Check(seconds.ptr())
-                                              || PyNumber_Check(seconds.ptr())))
+  if (is_a_bool(seconds) || !(PyFloat_Check(seconds.ptr()) || PyIndex_Check(seconds.ptr())
+                              || PyNumber_Check(seconds.ptr())))
     fail(errc::invalid_argument, std::string{what} + " is a number of seconds, not " + repr_of(seconds));
   double s = PyFloat_AsDouble(seconds.ptr());
-  if (s == -1.0 && PyErr_Occurred()) {
-    PyErr_Clear();
-    fail(errc::invalid_argument, std::string{what} + " is a number of seconds, not " + repr_of(seconds));
-  }
+  if (s == -1.0 && PyErr_Occurred())
+    not_a_number(what, "a number of seconds", seconds);
   if (!(s >= 0) || s > 86400.0)  // also NaN
     fail(errc::invalid_argument, std::string{what} + " must be from 0 to 86400 seconds, not " + repr_of(seconds));
   return std::chrono::nanoseconds(static_cast<int64_t>(s * 1e9));
 }
 
 int64_t integer_of(const py::handle& value, const char* what, int64_t lo, int64_t hi) {
-  if (py::isinstance<py::bool_>(value) || !PyIndex_Check(value.ptr()))
+  if (is_a_bool(value))
     fail(errc::invalid_argument, std::string{what} + " is an integer, not " + repr_of(value));
-  auto index = py::reinterpret_steal<py::object>(PyNumber_Index(value.ptr()));
+  py::object index;
+  if (PyFloat_Check(value.ptr())) {  // a whole float (2.0 * 2**30, 1e6) is that integer; 1.5 or NaN is not
+    double d = PyFloat_AsDouble(value.ptr());
+    if (!(d == std::floor(d)) || std::isinf(d))
+      fail(errc::invalid_argument, std::string{what} + " is a whole number, not " + repr_of(value));
+    index = py::reinterpret_steal<py::object>(PyLong_FromDouble(d));
+  } else if (PyIndex_Check(value.ptr())) {
+    index = py::reinterpret_steal<py::object>(PyNumber_Index(value.ptr()));
+  } else {
+    fail(errc::invalid_argument, std::string{what} + " is an integer, not " + repr_of(value));
+  }
   if (!index)
-    throw py::error_already_set();
+    not_a_number(what, "an integer", value);
   int overflow = 0;
   long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
   if (v == -1 && PyErr_Occurred())

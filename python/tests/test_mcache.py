@@ -706,6 +706,9 @@ def test_numbers_of_the_wrong_kind_or_size_are_invalid_argument_and_a_fifo_or_a_
         rt.models.add_synthetic("x", layers(4), seed=2**64)
     with pytest.raises(mcache.InvalidArgument, match="size"):
         rt.models.add_synthetic("x", [float("nan")])
+    with pytest.raises(mcache.InvalidArgument, match="whole number"):
+        rt.models.add_synthetic("x", [1.5])
+    assert rt.models.add_synthetic("whole", [1e3, 2.0 * 2**10]) == "whole"  # a whole float is that integer
     with pytest.raises(mcache.InvalidArgument, match="wait_for_room"):
         rt.scheduler(wait_for_room=None)
     with rt.scheduler() as sched:

@@ -1,5 +1,5 @@
 #pragma once
-// Reading a small file the caller named (a manifest, a config) whole, as text.
+// Opening and reading files the caller named (model files, a manifest, a config).
 
 #include "messages/errc.hpp"
 
@@ -8,9 +8,14 @@
 
 namespace mcache {
 
-/// The contents of the regular file at `path`. Else nothing, and `why`: file_missing when it cannot be
-/// opened, bad_file when it is not a regular file (a folder, a FIFO, a device) or cannot be read. It
-/// opens without blocking, so a FIFO is refused at once rather than waited on for a writer.
+/// Opens the regular file at `path` to read; -1 and `why` otherwise: file_missing when nothing is there,
+/// bad_file when it is not a regular file (a folder, a FIFO, a device) or cannot be opened. It looks
+/// before it opens, so a FIFO is refused at once rather than waited on for a writer (and an ordinary open
+/// still waits, as the kernel wants, for another host's lease on the file to be broken).
+int open_regular_file(const std::string& path, failure& why);
+
+/// The contents of the regular file at `path`; nothing and `why` as `open_regular_file` says, or
+/// bad_file when it cannot be read.
 std::optional<std::string> read_regular_file(const std::string& path, failure& why);
 
 } // namespace mcache

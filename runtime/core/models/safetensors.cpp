@@ -4,6 +4,7 @@
 
 #include "runtime/core/models/catalog.hpp"
 #include "runtime/core/format.hpp"
+#include "runtime/core/read_file.hpp"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -130,10 +131,10 @@ std::optional<failure> compare_stamp(const file_stamp& stamp, const struct stat&
 
 // Opens a registered file and checks it is the one that was registered.
 int open_checked(const file_stamp& stamp) {
-  int fd = ::open(stamp.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // (a FIFO put in its place: not waited on)
+  failure why;
+  int fd = open_regular_file(stamp.path, why);  // (a FIFO put in its place: refused, not waited on)
   if (fd < 0)
-    fail_load(errno == ENOENT ? errc::file_missing : errc::load_failed,
-              stamp.path + ": cannot open: " + std::strerror(errno));
+    fail_load(why.code == errc::file_missing ? errc::file_missing : errc::load_failed, why.detail);
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
@@ -294,15 +295,14 @@ outcome<header> parse_header(const uint8_t* data, size_t size, uint64_t file_siz
 }
 
 outcome<file_layout> read_layout(const std::string& path) {
-  // Without blocking: a FIFO named as a model file is refused below, not waited on for a writer.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  failure why;
+  int fd = open_regular_file(path, why);  // a FIFO named as a model file is refused, not waited on
   if (fd < 0)
-    return failure{errno == ENOENT ? errc::file_missing : errc::bad_file,
-                   path + ": cannot open: " + std::strerror(errno)};
+    return why;
   fd_guard guard{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-    return failure{errc::bad_file, path + ": not a regular file"};
+  if (::fstat(fd, &st) != 0)
+    return failure{errc::bad_file, path + ": cannot stat: " + std::strerror(errno)};
   file_layout out;
   out.stamp = {path, static_cast<uint64_t>(st.st_size), mtime_of(st)};
   uint8_t prefix[8] = {};
