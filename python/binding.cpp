@@ -70,8 +70,7 @@ bool is_a_bool(const py::handle& value) {
 std::optional<std::chrono::nanoseconds> wait_of(const py::handle& seconds, const char* what) {
   if (seconds.is_none())
     return std::nullopt;
-  if (is_a_bool(seconds) || !(PyFloat_Check(seconds.ptr()) || PyIndex_Check(seconds.ptr())
-                              || PyNumber_Check(seconds.ptr())))
+  if (is_a_bool(seconds) || !PyNumber_Check(seconds.ptr()))  // (ints, floats, numpy's scalars)
     fail(errc::invalid_argument, std::string{what} + " is a number of seconds, not " + repr_of(seconds));
   double s = PyFloat_AsDouble(seconds.ptr());
   if (s == -1.0 && PyErr_Occurred())

@@ -212,9 +212,10 @@ runtime_options options_from_json(const std::string& json_text, runtime_options 
 runtime_options options_from_file(const std::string& path, runtime_options base) {
   failure why;
   auto text = read_regular_file(path, why);
-  if (!text)
-    throw request_error(failure{errc::invalid_argument, "config: cannot read '" + path + "': "
-                                                          + why.detail.substr(std::min(why.detail.size(), path.size() + 2))});
+  if (!text) {
+    auto reason = why.detail.rfind(path + ": ", 0) == 0 ? why.detail.substr(path.size() + 2) : why.detail;
+    throw request_error(failure{errc::invalid_argument, "config: cannot read '" + path + "': " + reason});
+  }
   try {
     return options_from_json(*text, std::move(base));
   } catch (const request_error& e) {

@@ -89,14 +89,14 @@ runtime_options resolve(runtime_options o) {
       if (d.index > std::numeric_limits<c10::DeviceIndex>::max())
         bad_option(name + ": index " + std::to_string(d.index) + " is past any device LibTorch can name (at most "
                    + std::to_string(std::numeric_limits<c10::DeviceIndex>::max()) + ")");
-      auto device = torch_device_of(d).str();
-      auto owner = tier_of.emplace(device, i);
+      auto torch = torch_device_of(d);
+      auto owner = tier_of.emplace(torch.str(), i);
       if (!owner.second)
-        bad_option(name + ": " + device + " is device " + std::to_string(owner.first->second)
+        bad_option(name + ": " + torch.str() + " is device " + std::to_string(owner.first->second)
                    + " already; two tiers on one device would each count its memory as their own");
-      auto count = torch_device_count(torch_device_of(d).type());
+      auto count = torch_device_count(torch.type());
       if (d.index >= count)
-        bad_option(name + ": " + torch_device_of(d).str() + " asked for, but LibTorch sees "
+        bad_option(name + ": " + torch.str() + " asked for, but LibTorch sees "
                    + std::to_string(count) + " such device(s)"
                    + (count == 0 && d.kind == device_kind::cuda ? ": this LibTorch was built without CUDA" : "")
                    + (count == 0 && d.kind == device_kind::accelerator ? ": no PrivateUse1 backend is registered" : ""));

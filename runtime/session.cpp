@@ -159,6 +159,16 @@ struct session::core : std::enable_shared_from_this<session::core> {
     });
   }
 
+  /// The handle of a granted lease: its release goes through this session, if it still exists.
+  lease lease_of(ram_lease grant) {
+    auto id = grant.lease;
+    return lease{release_token{[weak = weak_from_this(), id] {
+                   if (auto held = weak.lock())
+                     held->release(held->rt->ram_cache(), id);
+                 }},
+                 std::move(grant)};
+  }
+
   /// Receives the answer to the request `mid` (a grant of type T, handed to `granted`, or an error,
   /// thrown). With a wait check set, it asks the check after each `check_every` without an answer; once
   /// the check says so it sends `withdraw` (a message to the request's tier, from this actor, so it
@@ -235,14 +245,7 @@ lease session::acquire(const model_id& model, std::optional<std::chrono::nanosec
   auto answer = c->self->request(ram, caf::infinite, acquire_atom::value, model, w, tag);
   c->receive_answer<ram_lease>(
     answer.id(),
-    [&](ram_lease& grant) {
-      auto id = grant.lease;
-      result = lease{release_token{[weak = c->weak_from_this(), id] {
-                        if (auto held = weak.lock())
-                          held->release(held->rt->ram_cache(), id);
-                      }},
-                      std::move(grant)};
-    },
+    [&](ram_lease& grant) { result = c->lease_of(std::move(grant)); },
     [&] { c->self->send(ram, withdraw_atom::value, tag); });
   return result;
 }
@@ -258,14 +261,8 @@ std::vector<lease> session::acquire_all(const std::vector<model_id>& models,
   c->receive_answer<std::vector<ram_lease>>(
     answer.id(),
     [&](std::vector<ram_lease>& grants) {
-      for (auto& grant : grants) {
-        auto id = grant.lease;
-        result.push_back(lease{release_token{[weak = c->weak_from_this(), id] {
-                                 if (auto held = weak.lock())
-                                   held->release(held->rt->ram_cache(), id);
-                               }},
-                               std::move(grant)});
-      }
+      for (auto& grant : grants)
+        result.push_back(c->lease_of(std::move(grant)));
     },
     [&] { c->self->send(ram, withdraw_atom::value, tag); });
   return result;

@@ -163,9 +163,9 @@ public:
   /// Asked every `every`, on the calling thread, while `acquire`, `acquire_all` or `pin` waits for its
   /// answer; once it returns true, the call withdraws its request: one still waiting for room ends with
   /// `cancelled`; one granted first, or whose load or copy was under way (those are waited for), returns
-  /// its lease or pin as usual: the caller decides whether to keep it. The
-  /// Python binding checks for Ctrl-C here. A check that reads an atomic flag lets another thread cancel.
-  /// A check that throws withdraws the call too, and the call throws that once its answer is in.
+  /// its lease or pin as usual: the caller decides whether to keep it. The Python binding checks for
+  /// Ctrl-C here. A check that reads an atomic flag lets another thread cancel. A check that throws
+  /// withdraws the call too, and the call throws that once its answer is in.
   void set_wait_check(std::function<bool()> check, std::chrono::milliseconds every = std::chrono::milliseconds(100));
 
   caf::scoped_actor& self();

@@ -12,7 +12,7 @@ namespace {
 failure not_regular(const std::string& path) { return failure{errc::bad_file, path + ": not a regular file"}; }
 } // namespace
 
-int open_regular_file(const std::string& path, failure& why) {
+int open_regular_file(const std::string& path, failure& why, struct stat* status) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     why = failure{errno == ENOENT ? errc::file_missing : errc::bad_file, path + ": " + std::strerror(errno)};
@@ -32,6 +32,8 @@ int open_regular_file(const std::string& path, failure& why) {
     why = not_regular(path);
     return -1;
   }
+  if (status)
+    *status = st;
   return fd;
 }
 

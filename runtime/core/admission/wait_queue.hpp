@@ -6,8 +6,8 @@
 //   1. A request that needs no new room is admitted at once, whatever is queued: a RAM hit or a join of a
 //      load in flight; a pin of a model already on the device (or being copied there), or one that costs
 //      the device nothing (a CPU pin), that asks for no working memory and no staging. It takes no free
-//      memory. It does keep a cached model from being
-//      evicted while held, so a queued request may wait longer (up to its deadline). Making it
+//      memory. It does keep a cached model from being evicted while held, so a queued request may wait
+//      longer (up to its deadline). Making it
 //      wait behind a queued request that may itself be waiting for this holder's memory is how two jobs
 //      end up waiting on each other (a job that pins its text encoder, then its transformer, while
 //      another job waits for room).

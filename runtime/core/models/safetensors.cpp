@@ -132,14 +132,10 @@ std::optional<failure> compare_stamp(const file_stamp& stamp, const struct stat&
 // Opens a registered file and checks it is the one that was registered.
 int open_checked(const file_stamp& stamp) {
   failure why;
-  int fd = open_regular_file(stamp.path, why);  // (a FIFO put in its place: refused, not waited on)
+  struct stat st {};
+  int fd = open_regular_file(stamp.path, why, &st);  // (a FIFO put in its place: refused, not waited on)
   if (fd < 0)
     fail_load(why.code == errc::file_missing ? errc::file_missing : errc::load_failed, why.detail);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    fail_load(errc::load_failed, stamp.path + ": cannot stat: " + std::strerror(errno));
-  }
   if (auto changed = compare_stamp(stamp, st)) {
     ::close(fd);
     fail_load(changed->code, changed->detail);
@@ -296,13 +292,11 @@ outcome<header> parse_header(const uint8_t* data, size_t size, uint64_t file_siz
 
 outcome<file_layout> read_layout(const std::string& path) {
   failure why;
-  int fd = open_regular_file(path, why);  // a FIFO named as a model file is refused, not waited on
+  struct stat st {};
+  int fd = open_regular_file(path, why, &st);  // a FIFO named as a model file is refused, not waited on
   if (fd < 0)
     return why;
   fd_guard guard{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0)
-    return failure{errc::bad_file, path + ": cannot stat: " + std::strerror(errno)};
   file_layout out;
   out.stamp = {path, static_cast<uint64_t>(st.st_size), mtime_of(st)};
   uint8_t prefix[8] = {};

@@ -321,10 +321,9 @@ std::vector<tensor_slot> pin_request::tensors() const {
   return out;
 }
 
-// Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving) and the pin asks
-// for no working memory and no staging.
-// An absent model needs room unless it costs this device nothing (the CPU pin tier: its tensors take no
-// device bytes).
+// Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving), or costs this
+// device nothing (the CPU pin tier: its tensors take no device bytes), and the pin asks for no working
+// memory and no staging.
 bool device_tier::needs_room(const pin_request& r) const {
   auto i = entries_.find(r.host.model);
   if (i == entries_.end())
