@@ -65,9 +65,36 @@ struct scheduler_state {
   std::map<device_index, job_id> pinning_on;                // the job whose pin requests are out there
   std::map<device_index, std::deque<job_id>> pin_turns;     // jobs with their leases, waiting for their turn
   int ram_track = 0;
+
+  /// The actor ends, and its state with it. After a shutdown every job has ended by then. If the actor
+  /// ended any other way (a bug: an exception escaped a handler), no job may wait for ever on an end that
+  /// would never come: each one not ended yet ends here. What they held, the tiers release themselves
+  /// (they watch their holders).
+  ~scheduler_state();
 };
 
 const char* scheduler_state::name = "mcache.scheduler";
+
+scheduler_state::~scheduler_state() {
+  for (auto& kv : ends_after_releases)
+    kv.second();  // their releases went out; their answers will not come
+  auto ended = [](const std::shared_ptr<job_submission>& job, const char* when) {
+    job->shared->stop_flag->store(true);  // work still running reads it
+    job->shared->update([&](job_status& s) {
+      if (s.ended())
+        return;
+      s.state = job_state::failed;
+      s.error = failure{errc::shutting_down, std::string{"the scheduler ended "} + when};
+    });
+  };
+  for (auto& kv : running)
+    ended(kv.second.job, "while the job ran");
+  for (auto& kv : queued)
+    ended(kv.second, "before the job ran");
+  if (!running.empty() || !queued.empty())
+    spdlog::error("mcache: the scheduler ended with {} job(s) running and {} queued: they failed", running.size(),
+                  queued.size());
+}
 
 using self_ptr = scheduler_actor::stateful_pointer<scheduler_state>;
 
@@ -402,6 +429,7 @@ void start_work(self_ptr self, job_id id) {
   auto reply_to = caf::actor_cast<scheduler_actor>(self);
   self->state.config.workers.at(run.worker)->post([=]() mutable {
     std::string error;
+    bool told_to_stop = false;
     {
       // Built inside the try: making the stage's device current can fail (a CUDA error left by an
       // earlier kernel), and that must fail the stage, not escape the worker thread.
@@ -409,6 +437,7 @@ void start_work(self_ptr self, job_id id) {
       try {
         ctx.emplace(id, stage, device, torch_device, std::move(leases), std::move(pins), stop_flag);
         work(*ctx);
+        told_to_stop = ctx->told_to_stop();
       } catch (const std::exception& e) {
         error = e.what();
         if (error.empty())
@@ -417,7 +446,8 @@ void start_work(self_ptr self, job_id id) {
         error = "the work threw a non-standard exception";
       }
     }  // the context ends its use of the pins before the scheduler releases them
-    caf::anon_send(reply_to, stage_done_atom::value, id, static_cast<std::uint64_t>(stage), std::move(error));
+    caf::anon_send(reply_to, stage_done_atom::value, id, static_cast<std::uint64_t>(stage), std::move(error),
+                   told_to_stop);
   });
 }
 
@@ -691,21 +721,23 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
     [self](expire_atom, std::uint64_t id) {
       stop_job(self, id, failure{errc::deadline_exceeded, "job " + std::to_string(id) + " did not end before its deadline"});
     },
-    [self](stage_done_atom, std::uint64_t id, std::uint64_t stage, std::string& error) {
+    [self](stage_done_atom, std::uint64_t id, std::uint64_t stage, std::string& error, bool told_to_stop) {
       auto& run = self->state.running.at(id);
       trace_span(self, run.track, stage_name(run), "work", run.step_start);
       release_held(self, run);
       if (!error.empty() && !run.stop)
         run.stop = failure{errc::work_failed, "stage " + std::to_string(stage) + " of job " + std::to_string(id)
                                                 + " threw: " + error};
-      if (error.empty())
+      if (error.empty() && !told_to_stop)
         run.stage = stage + 1;  // how many stages finished
-      if (run.stop) {
-        finish(self, id, run.stop);
+      if (run.stage == run.job->spec.stages.size()) {
+        // Its last stage finished: the job did all it was asked, so it is done, even if a stop came
+        // while that work ran without its knowing (Note [Job lifecycle]).
+        finish(self, id, std::nullopt);
         return;
       }
-      if (run.stage == run.job->spec.stages.size()) {  // (a stage that threw has set stop)
-        finish(self, id, std::nullopt);
+      if (run.stop) {
+        finish(self, id, run.stop);
         return;
       }
       begin_stage(self, id);

@@ -116,8 +116,8 @@ using device_actor = caf::typed_actor<
 using scheduler_actor = caf::typed_actor<
   caf::reacts_to<submit_atom, std::shared_ptr<job_submission>>,
   caf::reacts_to<cancel_atom, std::uint64_t>,
-  // A worker ran stage `stage` of job `job`: the error text, or empty.
-  caf::reacts_to<stage_done_atom, std::uint64_t, std::uint64_t, std::string>,
+  // A worker ran stage `stage` of job `job`: the error text, or empty; whether the work was told to stop.
+  caf::reacts_to<stage_done_atom, std::uint64_t, std::uint64_t, std::string, bool>,
   caf::reacts_to<expire_atom, std::uint64_t>,
   // Every job ends (queued ones cancelled, running ones when their step ends); answered (true) when all have.
   caf::replies_to<shutdown_atom>::with<bool>>;

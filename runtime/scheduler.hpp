@@ -20,7 +20,10 @@
 //   released, the job ends with the typed error, and its worker takes the next job. A cancel or deadline
 //   during an acquire or a pin that waits for room withdraws that request from its tier's queue (tagged by
 //   job id in RAM, by lease on a device): the queue is FIFO, so a stopped job at its head would otherwise
-//   hold up every request behind it until its own deadline.
+//   hold up every request behind it until its own deadline. A stop (cancel, deadline, shutdown) that
+//   comes while a stage's work runs counts once that work returns: a stage whose work returned without
+//   having been told of the stop (`stage_context::cancelled()` said true) finished, so a job whose last
+//   stage did so is done; otherwise the job ends with the stop.
 //
 // Note [Prefetch]: with `scheduler_options::prefetch`, when a stage's work starts the scheduler asks the RAM
 // tier to lease the models of the job's later stages, then those of the job that worker would take next
@@ -76,7 +79,16 @@ public:
   /// whichever GPU of the machine that is.
   c10::Device torch_device() const { return torch_device_; }
   /// The job was cancelled or passed its deadline: return early (what the stage holds is released after).
-  bool cancelled() const { return cancelled_->load(); }
+  /// Once this has said so, the stage does not count as finished when its work returns (Note [Job
+  /// lifecycle]).
+  bool cancelled() const {
+    if (!cancelled_->load())
+      return false;
+    told_to_stop_ = true;
+    return true;
+  }
+  /// Whether `cancelled()` said so to the work: the work may have returned before finishing.
+  bool told_to_stop() const { return told_to_stop_; }
 
   // Built by the scheduler's worker.
   stage_context(job_id job, std::size_t stage, device_index device, c10::Device torch_device,
@@ -96,6 +108,7 @@ private:
   std::vector<ram_lease> leases_;
   std::vector<pin_handle> pins_;
   std::shared_ptr<const std::atomic<bool>> cancelled_;
+  mutable bool told_to_stop_ = false;  // read by the worker after the work returned, on the same thread
 };
 
 struct job_status;

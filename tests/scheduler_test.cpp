@@ -1,5 +1,6 @@
 // The scheduler over a real runtime (simulated devices): Note [Job lifecycle] (runtime/scheduler.hpp).
 
+#include "actors/scheduler_actor.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/scheduler.hpp"
 
@@ -757,4 +758,117 @@ TEST_CASE("a job that has ended has released what it held: an acquire that may n
     // Before, the job's lease (and its pin's borrowed one) could still be counted here.
     s.acquire(i % 2 ? "b" : "a", 0ms).release();
   }
+}
+
+TEST_CASE("a stop that comes while the last stage works, unseen by that work, leaves the job done") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler sched{rt};
+  gate g;
+  job_spec two;
+  two.stages.push_back(stage({"a"}, [&](stage_context&) { g.wait(); }));
+  two.stages.push_back(stage({"a"}, [&](stage_context&) { g.wait(); }));
+  auto job = sched.submit(std::move(two));
+  g.wait_arrived(1);
+  job.cancel();  // during stage 0, whose work never asks: stage 1 does not run
+  std::this_thread::sleep_for(20ms);
+  g.open();
+  auto first = job.wait();
+  CHECK(first.state == job_state::cancelled);
+  CHECK(first.stage == 1);  // stage 0 finished
+  CHECK(g.arrived == 1);
+
+  gate last;
+  job_spec one = one_stage({"a"}, [&](stage_context&) { last.wait(); });
+  auto done = sched.submit(std::move(one));
+  last.wait_arrived(1);
+  done.cancel();  // during its last stage: the work returns having done all of it
+  std::this_thread::sleep_for(20ms);
+  last.open();
+  auto ended = done.wait();
+  CHECK(ended.state == job_state::done);
+  CHECK_FALSE(ended.error);
+  CHECK(ended.stage == 1);
+  expect_nothing_held(rt);
+}
+
+TEST_CASE("a scheduler closed while a job's last stage works leaves that job done, and one that saw the stop cancelled") {
+  runtime rt{options(64 * kib, 32 * kib, 2)};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  job_handle unaware;
+  job_handle aware;
+  gate g;
+  std::thread opener;
+  {
+    scheduler sched{rt};
+    job_spec ignores = one_stage({"a"}, [&](stage_context&) { g.wait(); });
+    ignores.stages[0].target = stage_target::on(0);
+    unaware = sched.submit(std::move(ignores));
+    job_spec heeds = one_stage({"a"}, [&](stage_context& c) {
+      g.wait();
+      while (!c.cancelled())
+        std::this_thread::sleep_for(1ms);
+    });
+    heeds.stages[0].target = stage_target::on(1);
+    aware = sched.submit(std::move(heeds));
+    g.wait_arrived(2);
+    opener = std::thread{[&] {
+      std::this_thread::sleep_for(50ms);  // the scheduler's shutdown has stopped both jobs by then
+      g.open();
+    }};
+  }  // ~scheduler: its shutdown stops both jobs and waits for their work
+  opener.join();
+  auto u = unaware.wait();
+  CHECK(u.state == job_state::done);
+  CHECK(u.stage == 1);
+  auto a = aware.wait();
+  CHECK(a.state == job_state::cancelled);
+  CHECK(a.stage == 0);
+}
+
+TEST_CASE("if the scheduler's actor ends abnormally, every job not ended yet ends failed instead of waiting for ever") {
+  runtime rt{options()};
+  rt.models().add(synthetic_model("a", {kib_floats}));
+  scheduler_actor_config config;
+  config.ram = rt.ram_cache();
+  config.devices.push_back(rt.device(0));
+  config.torch_devices.push_back(rt.torch_device(0));
+  config.cpu = rt.device(cpu_device);
+  std::shared_ptr<executor> gpu_worker = make_thread_pool_executor(1);
+  std::shared_ptr<executor> cpu_worker = make_thread_pool_executor(1);
+  config.workers[0] = gpu_worker;
+  config.workers[cpu_device] = cpu_worker;
+  config.worker_count[0] = 1;
+  config.worker_count[cpu_device] = 1;
+  auto actor = spawn_scheduler(rt.system(), std::move(config));
+  gate g;
+  auto submit = [&](job_id id) {
+    auto shared = std::make_shared<detail::job_shared>();
+    shared->id = id;
+    shared->scheduler = actor;
+    auto job = std::make_shared<job_submission>();
+    job->spec = one_stage({"a"}, [&](stage_context&) { g.wait(); });
+    job->order.id = id;
+    job->order.target = stage_target::on(0);
+    job->order.models = {{"a", 4 * kib}};
+    job->shared = shared;
+    caf::anon_send(actor, submit_atom::value, job);
+    return std::make_pair(shared, job);
+  };
+  auto [running, running_job] = submit(1);
+  auto [queued, queued_job] = submit(2);  // behind it: one worker
+  g.wait_arrived(1);
+  caf::anon_send_exit(actor, caf::exit_reason::kill);
+  for (auto* job : {running.get(), queued.get()}) {
+    std::unique_lock<std::mutex> lock{job->mutex};
+    REQUIRE(job->changed.wait_for(lock, 10s, [&] { return job->status.ended(); }));
+    CHECK(job->status.state == job_state::failed);
+    REQUIRE(job->status.error);
+    CHECK(job->status.error->code == errc::shutting_down);
+  }
+  CHECK(running->stop_flag->load());
+  g.open();
+  gpu_worker->join();
+  cpu_worker->join();
+  expect_nothing_held(rt);  // the tiers let go of what the dead holder held
 }

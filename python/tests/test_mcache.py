@@ -617,10 +617,8 @@ def test_a_scheduler_whose_last_reference_goes_inside_its_own_stage_ends_without
     del sched
     status = job.wait(timeout=30)
     assert status is not None  # ended, not hung
-    # Ending the scheduler cancels what runs: its stage's work has returned by then, and the job ends done
-    # or cancelled by which of its end and the scheduler's reaches the scheduler first (one CI run in
-    # hundreds saw cancelled).
-    assert status["state"] in ("done", "cancelled")
+    # Ending the scheduler stops what runs, but this stage's work returned without being told: done.
+    assert status["state"] == "done"
 
 
 def test_closing_a_scheduler_while_another_thread_submits_waits_for_its_running_job_and_hangs_nothing():
@@ -658,7 +656,7 @@ def test_closing_a_scheduler_while_another_thread_submits_waits_for_its_running_
     assert running.status()["state"] != "running"  # close waited for it
     other.join(20)
     assert not other.is_alive(), "submit hung"
-    assert running.wait(5)["state"] in ("done", "cancelled")
+    assert running.wait(5)["state"] == "done"  # its work finished without looking at ctx.cancelled
     if submitted.get("job") is not None:
         assert submitted["job"].wait(5)["state"] == "cancelled"
     rt.close()
