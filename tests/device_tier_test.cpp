@@ -794,3 +794,53 @@ TEST_CASE("a pin that costs the device nothing (a CPU pin without working memory
   h.finish_copy("b");
   CHECK(h.granted(queued));
 }
+
+TEST_CASE("a pin with working memory of its own resident, unpinned model gives up the model's last tensors instead of waiting on nothing") {
+  // Note [A pin may trim its own model]. 'm' is resident whole (6 x 10), unpinned; 'b' is pinned; 10 free.
+  device_harness h{100};
+  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
+  h.finish_copy("m");
+  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  auto pb = h.pinned("b", 30, bob);
+  // 30 of working memory: dropping t5..t2 frees 40 beside the 10 free, and the ring is 2 x 10.
+  auto r = h.pin("m", 60, alice, 30, true, {10, 10, 10, 10, 10, 10});
+  REQUIRE(h.granted(r));  // at once: nothing else would ever change
+  auto pin = std::get<device_pin>(h.answers.at(r));
+  CHECK(pin.partial());
+  CHECK(pin.staging_bytes == 20);
+  CHECK(h.tier.resident_bytes("m") == 20);
+  auto s = h.tier.stats();
+  CHECK(s.used_bytes == 100);
+  CHECK(s.partial_evictions == 1);
+  CHECK(s.evicted_bytes == 40);
+  CHECK(h.copies_started == std::vector<model_id>{"m", "b"});  // nothing copied again
+  h.release(pin.pin, alice);
+  h.release(pb, bob);
+  CHECK(h.tier.stats().working_bytes == 0);
+}
+
+TEST_CASE("a pin takes the other unpinned models' room before its own model's tensors") {
+  device_harness h{100};
+  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
+  h.finish_copy("m");
+  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  auto pc = h.pinned("c", 30, bob);
+  h.release(pc, bob);  // used after 'm': 'm' is first in the eviction order
+  auto r = h.pin("m", 60, alice, 40, false, {10, 10, 10, 10, 10, 10});
+  REQUIRE(h.granted(r));
+  CHECK(h.tier.residency("c") == device_residency::absent);
+  CHECK(h.tier.resident_bytes("m") == 60);
+  CHECK_FALSE(std::get<device_pin>(h.answers.at(r)).partial());
+}
+
+TEST_CASE("an only copy is not trimmed for a pin of its own model, which waits for room as before") {
+  device_harness h{100};
+  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
+  h.finish_copy("m");
+  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  REQUIRE(h.tier.hand_over("m"));
+  h.pinned("b", 30, bob);
+  auto r = h.pin("m", 60, alice, 30, false, {10, 10, 10, 10, 10, 10});
+  CHECK(h.error_of(r) == errc::budget_exhausted);
+  CHECK(h.tier.resident_bytes("m") == 60);
+}

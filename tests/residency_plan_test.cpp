@@ -75,3 +75,38 @@ TEST_CASE("the least a pin could ever need is the whole model, or in part its re
   arriving[1].state = tensor_residency::resident;  // what is on a device now does not lower what could be needed
   CHECK(least_pin_bytes(arriving, true, 2) == 80);
 }
+
+namespace {
+std::vector<tensor_slot> resident(std::vector<bytes_t> bytes, std::vector<size_t> required = {}) {
+  auto out = absent(std::move(bytes), std::move(required));
+  for (auto& t : out)
+    t.state = tensor_residency::resident;
+  return out;
+}
+} // namespace
+
+TEST_CASE("a pin of its own resident model drops the fewest of the model's last tensors that make its working memory and ring fit") {
+  // Six tensors of 10, t0 required; 40 bytes of room for 50 of working memory. Dropping t5 and t4 frees
+  // 20 and needs a ring of 2 x 10: 70 > 60. Dropping t3 too: 70 <= 70.
+  auto t = plan_own_trim(resident({10, 10, 10, 10, 10, 10}, {0}), 50, 40, 2);
+  REQUIRE(t);
+  CHECK(t->drop == std::vector<size_t>{5, 4, 3});
+  CHECK(t->freed == 30);
+  CHECK(t->staging_bytes == 20);
+  // The ring is sized by the largest tensor that then streams, one already absent included.
+  auto mixed = resident({10, 30, 10, 10});
+  mixed[1].state = tensor_residency::absent;
+  auto m = plan_own_trim(mixed, 10, 60, 2);
+  REQUIRE(m);
+  CHECK(m->drop == std::vector<size_t>{3});
+  CHECK(m->staging_bytes == 60);
+}
+
+TEST_CASE("a pin never drops its own model's required tensors, and has no trim when dropping all the others is not enough") {
+  CHECK_FALSE(plan_own_trim(resident({10, 10}, {0, 1}), 5, 0, 2));
+  // Dropping both others frees 20 and needs a ring of 2 x 10: 25 + 20 > 0 + 20.
+  CHECK_FALSE(plan_own_trim(resident({10, 10, 10}, {0}), 25, 0, 2));
+  auto enough = plan_own_trim(resident({10, 10, 10}, {0}), 0, 0, 2);
+  REQUIRE(enough);
+  CHECK(enough->drop == std::vector<size_t>{2, 1});
+}

@@ -172,22 +172,32 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   bytes_t freed = 0;
   std::vector<size_t> dropped;
   for (size_t k = e.tensors.size(); k-- > 0 && freed < wanted;) {
-    auto& t = e.tensors[k];
-    if (t.state != tensor_residency::resident)
+    if (e.tensors[k].state != tensor_residency::resident)
       continue;
-    t.state = tensor_residency::absent;
-    freed += t.bytes;
+    freed += e.tensors[k].bytes;
     dropped.push_back(k);
   }
-  e.bytes -= freed;
-  used_ -= freed;
-  if (e.bytes == 0) {
+  if (freed == e.bytes) {
+    e.bytes = 0;
+    used_ -= freed;
     transition(model, device_residency::absent);
     return freed;
   }
+  drop_tensors(model, dropped);
+  return freed;
+}
+
+bytes_t device_tier::drop_tensors(const model_id& model, const std::vector<size_t>& dropped) {
+  auto& e = entries_.at(model);
   auto v = std::const_pointer_cast<device_model>(with_tensors(e.view, e.tensors.size(), nullptr));
-  for (auto k : dropped)
+  bytes_t freed = 0;
+  for (auto k : dropped) {
+    e.tensors[k].state = tensor_residency::absent;
+    freed += e.tensors[k].bytes;
     v->tensors[k].tensor = at::Tensor();
+  }
+  e.bytes -= freed;
+  used_ -= freed;
   v->device_bytes = e.bytes;
   released_.push_back(std::move(e.view));
   e.view = v;
@@ -357,7 +367,24 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
     fresh.tensors = r.tensors();
   const entry& e = present ? i->second : fresh;
   auto p = admission_plan(e, present, r.working_bytes, room);
-  if (!p || p->need() + r.working_bytes > room || !make_room_for(p->need() + r.working_bytes, model, r.prefetch))
+  std::optional<own_trim> own;  // Note [A pin may trim its own model]
+  if (present && !r.prefetch && (!p || p->need() + r.working_bytes > room) && options_.partial_loading
+      && e.state == device_residency::resident && e.pins == 0 && !e.only_copy) {
+    own = plan_own_trim(e.tensors, r.working_bytes, room, options_.staging_slots);
+    if (own) {
+      p = residency_plan{};
+      p->staging_bytes = own->staging_bytes;
+      room += own->freed;
+    }
+  }
+  if (!p || p->need() + r.working_bytes > room)
+    return false;
+  if (own) {
+    drop_tensors(model, own->drop);
+    ++counters_.partial_evictions;
+    counters_.evicted_bytes += own->freed;
+  }
+  if (!make_room_for(p->need() + r.working_bytes, model, r.prefetch))
     return false;
   auto reserve = r.working_bytes + p->staging_bytes;
   working_reserved_ += reserve;

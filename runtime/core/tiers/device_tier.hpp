@@ -240,6 +240,8 @@ private:
   /// Drops the watched retired models nothing pins any more (see retirements).
   void drop_retired();
   bytes_t trim(const model_id& model, bytes_t wanted);
+  /// Drops the resident tensors `dropped` of `model`, leaving it resident (with 0 bytes, if those were all).
+  bytes_t drop_tensors(const model_id& model, const std::vector<size_t>& dropped);
   bool make_room_for(bytes_t need, const model_id& excluded, bool prefetch = false);
   void drop_copying(entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);

@@ -67,4 +67,24 @@ std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& ten
   return p;
 }
 
+std::optional<own_trim> plan_own_trim(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
+                                      size_t slots) {
+  // staging_for's ring, kept up to date as tensors are dropped (each drop only adds a streamed tensor).
+  bytes_t largest_streamed = staging_for(tensors, {}, 1);
+  own_trim t;
+  for (size_t k = tensors.size(); k-- > 0;) {
+    const auto& slot = tensors[k];
+    if (slot.state != tensor_residency::resident || slot.required)
+      continue;
+    t.drop.push_back(k);
+    t.freed += slot.bytes;
+    largest_streamed = std::max(largest_streamed, slot.bytes);
+    if (working + largest_streamed * slots <= room + t.freed) {
+      t.staging_bytes = largest_streamed * slots;
+      return t;
+    }
+  }
+  return std::nullopt;
+}
+
 } // namespace mcache

@@ -50,4 +50,27 @@ bytes_t least_pin_bytes(const std::vector<tensor_slot>& tensors, bool partial_lo
 std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
                                              bool partial_loading, size_t slots);
 
+// Note [A pin may trim its own model]: a model resident on a device (whole or in part) and pinned by
+// nobody is an eviction candidate, but not for a pin of itself: the room a pin can have is the free bytes
+// and the other candidates'. When a pin of it asks for working memory that this room cannot give, the
+// model's own unused tensors are the only bytes left to give it, and nothing else will ever change: a pin
+// that waited would wait on nothing (a cold device admits the same pin at once, loading the model in
+// part). So such a pin gives up the model's own tensors, from the end of execution order (the ones used
+// last) and never the required ones, as few as make its working memory and the staging ring the dropped
+// ones then need fit; the other candidates' bytes are taken first. Only with partial loading, and never
+// for an only copy (keep_ram_copy = false), which is not trimmed in part.
+
+/// What a pin of a resident, unpinned model gives up of the model itself (Note [A pin may trim its own
+/// model]).
+struct own_trim {
+  std::vector<size_t> drop;  // its tensors to drop, last in execution order first
+  bytes_t freed = 0;
+  bytes_t staging_bytes = 0;  // the ring the pin then reserves (it copies nothing)
+};
+
+/// The fewest of the model's own resident, non-required tensors, from its end, to drop so that `working`
+/// and the staging ring fit in `room` plus what they free; nothing if dropping all of them is not enough.
+std::optional<own_trim> plan_own_trim(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
+                                      size_t slots);
+
 } // namespace mcache
