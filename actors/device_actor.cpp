@@ -3,6 +3,8 @@
 #include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
 #include "messages/waits.hpp"
+#include "runtime/core/admission/sizes.hpp"
+#include "runtime/core/policies/placement_policy.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -25,6 +27,7 @@ struct borrowing {
   bool prefetch = false;
   std::vector<std::pair<model_id, bytes_t>> sooner;  // a prefetch's sooner uses (pin_request::sooner)
   bytes_t sooner_working = 0;
+  std::vector<model_id> pins_after;  // the models its holder pins next (pin_request::leave_bytes)
   bool withdrawn = false;  // its holder withdrew it before the lease arrived
 };
 
@@ -263,6 +266,20 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
     self->delayed_send(caf::actor_cast<device_actor>(self), self->state.ticks.period(), tick_atom::value);
 }
 
+// Note [A stage's pins leave room for the ones after]: the least the pins of `models` could each need on
+// this device, as the catalog describes them (a model it describes without its tensors counts 0, as at
+// the scheduler's submit check).
+bytes_t least_of(self_ptr self, const std::vector<model_id>& models) {
+  bytes_t total = 0;
+  const auto& options = self->state.config.tier;
+  const auto& backend = *self->state.config.backend;
+  for (const auto& m : models)
+    if (auto d = self->state.config.models ? self->state.config.models->find_generation(m) : nullptr)
+      total = saturating_add(total, least_pin_bytes(*d, options.partial_loading, options.staging_slots,
+                                                    [&](bytes_t b) { return backend.footprint(b); }));
+  return total;
+}
+
 void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, caf::timespan wait) {
   auto b = self->state.borrowing_.find(id);
   bool gone = b == self->state.borrowing_.end() || b->second.holder_gone;
@@ -271,9 +288,11 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   bool prefetch = b != self->state.borrowing_.end() && b->second.prefetch;
   std::vector<std::pair<model_id, bytes_t>> sooner;
   bytes_t sooner_working = 0;
+  std::vector<model_id> pins_after;
   if (b != self->state.borrowing_.end()) {
     sooner = std::move(b->second.sooner);
     sooner_working = b->second.sooner_working;
+    pins_after = std::move(b->second.pins_after);
   }
   if (b != self->state.borrowing_.end())
     self->state.borrowing_.erase(b);
@@ -303,13 +322,14 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
     }
     r.required = required;
     for (const auto& t : host.payload->tensors)
-      r.tensor_bytes.push_back(self->state.config.backend->footprint(t.tensor));
+      r.tensor_bytes.push_back(self->state.config.backend->footprint(tensor_bytes(t.tensor)));
   }
   r.host = std::move(host);
   r.working_bytes = working;
   r.prefetch = prefetch;
   r.sooner = std::move(sooner);
   r.sooner_working = sooner_working;
+  r.leave_bytes = least_of(self, pins_after);
   if (self->state.config.models)
     if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;
@@ -324,7 +344,8 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
 
 // A pin, or a prefetch (Note [Eviction with known next uses]): borrows a RAM lease, then asks the tier.
 caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working, caf::timespan wait, bool prefetch,
-                                  std::vector<std::pair<model_id, bytes_t>> sooner = {}, bytes_t sooner_working = 0) {
+                                  std::vector<std::pair<model_id, bytes_t>> sooner = {}, bytes_t sooner_working = 0,
+                                  std::vector<model_id> pins_after = {}) {
   if (self->state.stopping)
     return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
   auto holder = watch_sender(self, self->state.watched);
@@ -335,7 +356,8 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   auto promise = self->make_response_promise<device_pin>();
   auto id = self->state.next_request++;
   self->state.requests.open(id, promise);
-  self->state.borrowing_.emplace(id, borrowing{holder, false, prefetch, std::move(sooner), sooner_working});
+  self->state.borrowing_.emplace(
+    id, borrowing{holder, false, prefetch, std::move(sooner), sooner_working, std::move(pins_after)});
   self->state.by_lease.remember(holder, lease, id);
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
@@ -371,6 +393,10 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
   return {
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait) -> caf::result<device_pin> {
       return begin_pin(self, lease, working, wait, false);
+    },
+    [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait,
+           std::vector<model_id>& pins_after) -> caf::result<device_pin> {
+      return begin_pin(self, lease, working, wait, false, {}, 0, std::move(pins_after));
     },
     [self](retire_atom, const model_id& model) {
       self->state.required_of.erase(model);

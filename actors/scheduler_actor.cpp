@@ -33,7 +33,6 @@ struct running_job {
   phase now = phase::acquiring;
   std::vector<ram_lease> leases;
   std::vector<device_pin> pins;
-  std::size_t pins_pending = 0;
   bool trying_at_once = false;  // pins asked for without waiting, out of turn (Note [One stage pins ...])
   bool refused_at_once = false; // one of those needed room it could not have at once
   std::optional<failure> stop;  // why it ends after the current step (cancel, deadline, a failure)
@@ -480,6 +479,8 @@ void next_pin_turn(self_ptr self, device_index device) {
   }
 }
 
+void request_pin(self_ptr self, job_id id, std::size_t k);
+
 void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> result) {
   auto& run = self->state.running.at(id);
   if (succeeded(result))
@@ -488,8 +489,10 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
     run.refused_at_once = true;
   else if (!run.stop)
     run.stop = std::move(std::get<failure>(result));
-  if (--run.pins_pending > 0)
+  if (succeeded(result) && !run.stop && k + 1 < run.leases.size()) {
+    request_pin(self, id, k + 1);  // Note [A stage's pins leave room for the ones after]
     return;
+  }
   auto device = stage_device(run.job->spec.stages[run.stage], run.worker);
   bool had_turn = !run.trying_at_once;
   if (run.trying_at_once && run.refused_at_once && !run.stop) {
@@ -514,6 +517,17 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
     next_pin_turn(self, device);
 }
 
+// Note [A stage's pins leave room for the ones after]: a stage pins its models together, and the device
+// admits each pin on its own. Were the first pin planned alone, it could take all the room there is (a
+// whole copy of its model, where the stage was accepted because each model fits in part) and leave the
+// next pin of the same stage waiting for room its own stage holds: until `wait_for_room`, holding the
+// device's pin turn, as found by a probe (two 10 MiB models on an 11 MiB device). So the stage's pins go
+// one after another, in the stage's order, and each names the models pinned after it: the device plans it
+// in the room there is less the least those could each need (`least_pin_bytes`: the whole model, or its
+// required tensors and a staging ring; the submit check made sure they fit together), and admits it only
+// when that much is left beside it. A model it evicts to make room only ever needs that least again. One
+// after another also means no later pin of the stage is granted before an earlier one (a resident model
+// needs no room), which would hold bytes the earlier pin's plan did not count on.
 void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];
@@ -521,17 +535,23 @@ void request_pins(self_ptr self, job_id id, bool at_once) {
   if (!at_once)
     self->state.pinning_on[device] = id;
   run.trying_at_once = at_once;
-  auto target = device_for(self, device);
   run.now = running_job::phase::pinning;
   run.pins.assign(run.leases.size(), device_pin{});
-  run.pins_pending = run.leases.size();
-  auto wait = at_once ? caf::timespan::zero() : caf::timespan{self->state.config.options.wait_for_room};
-  for (std::size_t k = 0; k < run.leases.size(); ++k) {
-    auto working = k == 0 ? stage.working_bytes : 0;
-    self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait)
-      .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
-            [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
-  }
+  request_pin(self, id, 0);
+}
+
+void request_pin(self_ptr self, job_id id, std::size_t k) {
+  auto& run = self->state.running.at(id);
+  const auto& stage = run.job->spec.stages[run.stage];
+  auto target = device_for(self, stage_device(stage, run.worker));
+  auto wait = run.trying_at_once ? caf::timespan::zero() : caf::timespan{self->state.config.options.wait_for_room};
+  auto working = k == 0 ? stage.working_bytes : 0;
+  std::vector<model_id> after;
+  for (auto j = k + 1; j < run.leases.size(); ++j)
+    after.push_back(run.leases[j].model);
+  self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait, std::move(after))
+    .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
+          [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
 }
 
 void on_leased(self_ptr self, job_id id, outcome<std::vector<ram_lease>> result) {

@@ -844,3 +844,41 @@ TEST_CASE("an only copy is not trimmed for a pin of its own model, which waits f
   CHECK(h.error_of(r) == errc::budget_exhausted);
   CHECK(h.tier.resident_bytes("m") == 60);
 }
+
+TEST_CASE("a pin that leaves room for the pins asked for after it loads its model in part so that they fit") {
+  // Note [A stage's pins leave room for the ones after]: 'x' and 'y' are 10 x 10 each on 110 bytes; 'y'
+  // needs at least a ring of 2 x 10.
+  device_harness h{110};
+  std::vector<bytes_t> tens(10, 10);
+  auto rx = h.request("x", 100, alice, 0, tens);
+  rx.leave_bytes = 20;
+  auto x = h.submit(std::move(rx), true);
+  h.finish_copy("x");
+  REQUIRE(h.granted(x));
+  CHECK(h.tier.resident_bytes("x") == 70);  // 70 + its ring of 20 leaves 20
+  auto y = h.pin("y", 100, alice, 0, true, tens);
+  REQUIRE(h.granted(y));
+  CHECK(std::get<device_pin>(h.answers.at(y)).staging_bytes == 20);
+  CHECK(h.tier.stats().used_bytes == 110);
+}
+
+TEST_CASE("a pin whose room to leave is not there waits or is refused, saying so, and one that could never leave it is too large") {
+  device_harness h{110};
+  std::vector<bytes_t> tens(10, 10);
+  h.pinned("held", 60, bob);
+  auto rx = h.request("x", 100, alice, 0, tens);
+  rx.leave_bytes = 30;  // 50 free: its ring of 20 and 30 to leave fit, nothing more
+  auto x = h.submit(std::move(rx), false);
+  REQUIRE(h.granted(x));
+  CHECK(h.tier.resident_bytes("x") == 0);  // it streams entirely
+  auto rz = h.request("z", 100, alice, 0, tens);
+  rz.leave_bytes = 20;
+  auto z = h.submit(std::move(rz), false);
+  CHECK(h.error_of(z) == errc::budget_exhausted);
+  CHECK(h.text_of(z).find("left for the pins asked for with it 20 B") != std::string::npos);
+  auto rw = h.request("w", 100, alice, 0, tens);
+  rw.leave_bytes = 100;  // a ring of 20 and 100 to leave: more than 110 could ever give
+  auto w = h.submit(std::move(rw), true);
+  CHECK(h.error_of(w) == errc::model_too_large);
+  CHECK(h.text_of(w).find("for the pins asked for with it") != std::string::npos);
+}

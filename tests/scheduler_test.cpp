@@ -872,3 +872,30 @@ TEST_CASE("if the scheduler's actor ends abnormally, every job not ended yet end
   cpu_worker->join();
   expect_nothing_held(rt);  // the tiers let go of what the dead holder held
 }
+
+TEST_CASE("a stage whose models fit on its device only in part together pins them all, not waiting on its own first pin") {
+  // Note [A stage's pins leave room for the ones after]. Two models of 10 x 1 KiB on an 11 KiB device:
+  // each fits whole alone, together only in part (each needs at least a ring of 2 x 1 KiB). The first
+  // pin, planned alone, took 10 KiB and left the second waiting for the stage's own room until
+  // wait_for_room, then the job failed with budget_exhausted.
+  runtime rt{options(/*ram=*/64 * kib, /*device=*/11 * kib)};
+  REQUIRE_FALSE(rt.models().add(synthetic_model("x", std::vector<int64_t>(10, kib_floats))));
+  REQUIRE_FALSE(rt.models().add(synthetic_model("y", std::vector<int64_t>(10, kib_floats))));
+  scheduler_options o;
+  o.wait_for_room = 2s;
+  scheduler sched{rt, o};
+  std::vector<bytes_t> resident;
+  auto both = one_stage({"x", "y"}, [&](stage_context& c) {
+    resident = {c.pin("x").grant().resident_bytes, c.pin("y").grant().resident_bytes};
+  });
+  auto status = sched.submit(std::move(both)).wait();
+  CHECK(status.state == job_state::done);
+  if (status.error)
+    FAIL_CHECK(status.error->detail);
+  REQUIRE(resident.size() == 2);
+  CHECK(resident[0] + resident[1] <= 11 * kib - 2 * 2 * kib);  // beside two rings of 2 x 1 KiB
+  // And when the first model is already resident whole, the stage still fits.
+  auto again = sched.submit(one_stage({"x", "y"}, [](stage_context&) {})).wait();
+  CHECK(again.state == job_state::done);
+  expect_nothing_held(rt);
+}

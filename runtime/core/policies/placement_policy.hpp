@@ -7,6 +7,7 @@
 #include "messages/stats.hpp"
 #include "runtime/core/models/catalog.hpp"
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,7 +25,10 @@ public:
 /// its descriptor tells: without partial loading the whole model; with it, its required tensors and a
 /// staging ring of `slots` buffers of its largest other tensor where the descriptor gives its tensors'
 /// sizes, else nothing (a custom loader's model: the device tier, which sees its tensors, decides).
-bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, size_t slots);
+/// `footprint` turns a tensor's bytes into what its device copy costs (device_backend::footprint); none:
+/// the same bytes.
+bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, size_t slots,
+                        const std::function<bytes_t(bytes_t)>& footprint = {});
 
 /// Whether a device that may use `usable_bytes` could ever hold pins needing at least `least_bytes` of
 /// models (least_pin_bytes, summed over the models pinned together) with `working_bytes` of working memory.

@@ -362,6 +362,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
       usable += evictable_without_next_use(model);
     room = usable > keep ? usable - keep : 0;
   }
+  room = room > r.leave_bytes ? room - r.leave_bytes : 0;  // Note [A stage's pins leave room for the ones after]
   entry fresh;
   if (!present)
     fresh.tensors = r.tensors();
@@ -442,7 +443,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   bytes_t model_bytes = 0;
   for (auto b : r.tensor_bytes)
     model_bytes = saturating_add(model_bytes, b);
-  if (!plausible_sum({model_bytes, r.working_bytes})) {
+  if (!plausible_sum({model_bytes, r.working_bytes, r.leave_bytes})) {
     refuse(failure{errc::invalid_argument, "pinning '" + r.host.model + "' asks for "
                                              + format_bytes(r.working_bytes) + " of working memory beside "
                                              + format_bytes(model_bytes)
@@ -453,7 +454,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
   auto tensors = r.tensors();
   auto least = least_pin_bytes(tensors, options_.partial_loading, options_.staging_slots);
-  if (least + r.working_bytes > usable_bytes()) {
+  if (least + r.working_bytes + r.leave_bytes > usable_bytes()) {
     bytes_t required = 0;
     for (const auto& t : tensors)
       if (t.required)
@@ -464,7 +465,10 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
                      + (least < model_bytes ? " (required tensors " + format_bytes(required) + " + staging "
                                                 + format_bytes(least - required) + ")"
                                             : std::string{})
-                     + " + " + format_bytes(r.working_bytes) + " working memory, but only "
+                     + " + " + format_bytes(r.working_bytes) + " working memory"
+                     + (r.leave_bytes > 0 ? " + " + format_bytes(r.leave_bytes) + " for the pins asked for with it"
+                                          : std::string{})
+                     + ", but only "
                      + format_bytes(usable_bytes()) + " of the budget " + format_bytes(options_.budget_bytes)
                      + " is usable after the reserve " + format_bytes(options_.reserve_bytes)
                      + "; ask for less working memory, lower the reserve or use a larger device"});

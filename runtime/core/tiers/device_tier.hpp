@@ -93,6 +93,9 @@ struct pin_request {
   // evicting a model with a known next use.
   std::vector<std::pair<model_id, bytes_t>> sooner;
   bytes_t sooner_working = 0;
+  // Note [A stage's pins leave room for the ones after]: room this pin must leave beside it, the least the
+  // pins that its caller asks for next (a scheduler stage's other models) could each need.
+  bytes_t leave_bytes = 0;
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;

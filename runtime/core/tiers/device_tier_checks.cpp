@@ -34,7 +34,8 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   const entry& e = present ? i->second : fresh;
   // The plan admission would take with the room there is, or else with the whole usable budget (partial,
   // with staging, when the model could never fit whole).
-  auto p = admission_plan(e, present, r.working_bytes, free_bytes() + evictable_bytes(r.host.model));
+  auto room = free_bytes() + evictable_bytes(r.host.model);
+  auto p = admission_plan(e, present, r.working_bytes, room > r.leave_bytes ? room - r.leave_bytes : 0);
   if (!p)
     p = admission_plan(e, present, r.working_bytes, usable_bytes());
   if (!p)
@@ -44,7 +45,9 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   if (p->staging_bytes > 0)
     report.parts.push_back({"staging", p->staging_bytes});
   report.parts.push_back({"working", r.working_bytes});
-  report.wanted = p->need() + r.working_bytes;
+  if (r.leave_bytes > 0)
+    report.parts.push_back({"left for the pins asked for with it", r.leave_bytes});
+  report.wanted = p->need() + r.working_bytes + r.leave_bytes;
   report.free = free_bytes();
   report.usable = usable_bytes();
   report.evictable = evictable_bytes(r.host.model);

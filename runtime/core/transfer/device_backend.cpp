@@ -53,7 +53,7 @@ public:
 
   std::string describe() const override { return "simulated device " + std::to_string(device_); }
 
-  bytes_t footprint(const at::Tensor& tensor) const override { return tensor_bytes(tensor); }
+  bytes_t footprint(bytes_t tensor_bytes) const override { return tensor_bytes; }
 
   std::shared_ptr<const device_model> copy_in(const host_model& model, const std::vector<size_t>& indices) override {
     auto start = std::chrono::steady_clock::now();
@@ -136,7 +136,7 @@ private:
 class host_backend final : public device_backend {
 public:
   std::string describe() const override { return "host (CPU pins)"; }
-  bytes_t footprint(const at::Tensor&) const override { return 0; }
+  bytes_t footprint(bytes_t) const override { return 0; }
   std::shared_ptr<const device_model> copy_in(const host_model& model, const std::vector<size_t>& indices) override {
     auto alias = std::make_shared<device_model>();
     for (auto i : indices)

@@ -44,8 +44,9 @@ public:
   virtual ~device_backend() = default;
   /// "simulated device 0", "host (CPU pins)", ...
   virtual std::string describe() const = 0;
-  /// What a device copy of `tensor` costs this device's budget, in bytes.
-  virtual bytes_t footprint(const at::Tensor& tensor) const = 0;
+  /// What a device copy of a tensor of `tensor_bytes` bytes costs this device's budget, in bytes: known
+  /// before the copy, from a host tensor or from a model's description in the catalog.
+  virtual bytes_t footprint(bytes_t tensor_bytes) const = 0;
   /// Copies the tensors `indices` of `model` to the device; the result lists them in that order. Blocking:
   /// runs on a copy thread, never on an actor's thread. Throws device_oom_error when the device's
   /// allocator fails, anything else on other failures (the text is kept).

@@ -41,8 +41,7 @@ public:
   std::string describe() const override { return device_.str(); }
   c10::Device torch_device() const override { return device_; }
 
-  bytes_t footprint(const at::Tensor& tensor) const override {
-    auto bytes = tensor_bytes(tensor);
+  bytes_t footprint(bytes_t bytes) const override {
     return (bytes + allocation_granularity - 1) / allocation_granularity * allocation_granularity;
   }
 
@@ -57,7 +56,7 @@ public:
         auto dst = at::empty(src.sizes(), src.options().device(device_).pinned_memory(false));
         dst.copy_(src, /*non_blocking=*/true);
         copy->tensors.push_back({nt.name, dst});
-        copy->device_bytes += footprint(dst);
+        copy->device_bytes += footprint(tensor_bytes(dst));
       }
       copy_stream_.synchronize();  // on the copy thread: the copy is complete before anyone is told
     } catch (const c10::OutOfMemoryError& e) {
