@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <future>
 #include <iterator>
 #include <utility>
@@ -49,6 +50,8 @@ struct device_state {
   // Note [Grants wait for the frees before them]
   std::uint64_t frees_posted = 0;        // tickets posted to the copy queue behind frees
   std::uint64_t frees_done = 0;          // the last ticket the copy queue reached
+  std::deque<std::pair<std::uint64_t, bytes_t>> let_go_behind;  // per ticket posted, the bytes its frees give back
+  bytes_t not_freed_yet = 0;             // their sum, for the tickets the copy queue has not reached
   std::unordered_map<request_id, std::uint64_t> admitted_behind;  // admitted requests, the ticket of their step
   std::vector<std::pair<std::uint64_t, reply<device_pin>>> held_grants;  // with the ticket each waits for
 };
@@ -173,14 +176,19 @@ void report_whole(self_ptr self) {
 // But a pin's working memory (and staging) is the caller's to allocate as soon as it has the grant: a hit
 // granted at once, or a pin that joined a copy already queued ahead of those frees, could allocate in
 // memory a queued free has not given back yet, and on a real GPU run out of memory although the budget
-// had room. So each step that lets memory go posts a ticket behind its frees, and each request admitted
-// in a step remembers the last ticket posted by then (`admitted_behind`): every free that could have made
-// its room is ahead of that ticket. A grant that reserves working memory is held until the copy queue
-// reaches its ticket (`freed`); a grant that reserves none (a hit without working memory), one whose
-// frees have run (a copy admitted with them lands after them) and every failure go out at once. After
-// shutdown the copy queue stops: frees run on the actor's thread, and grants are no longer held.
-void post_free_ticket(self_ptr self) {
+// had room. So each step that lets memory go posts a ticket behind its frees, with the bytes they give
+// back, and each request admitted in a step remembers the last ticket posted by then (`admitted_behind`):
+// every free that could have made its room is ahead of that ticket. A grant that reserves working memory
+// is held until the copy queue reaches its ticket (`freed`), unless the bytes not freed yet fit in what
+// the tier counts free (then the device holds no more than the budget even before those frees run: a
+// grant with room to spare does not wait behind an unrelated copy and the free queued after it). A
+// grant that reserves none (a hit without working memory), one whose frees have run (a copy admitted
+// with them lands after them) and every failure go out at once. After shutdown the copy queue stops:
+// frees run on the actor's thread, and grants are no longer held.
+void post_free_ticket(self_ptr self, bytes_t let_go) {
   auto ticket = ++self->state.frees_posted;
+  self->state.let_go_behind.emplace_back(ticket, let_go);
+  self->state.not_freed_yet += let_go;
   self->state.config.copiers->post([reply_to = caf::actor_cast<device_actor>(self), ticket] {
     caf::anon_send(reply_to, freed_atom::value, ticket);
   });
@@ -200,7 +208,7 @@ void deliver_grants(self_ptr self, std::vector<reply<device_pin>>& replies) {
       auto& grant = std::get<device_pin>(r.result);
       grant.backend = st.config.backend;
       grant.streamed_bytes = st.streamed_bytes;
-      if (grant.working_bytes > 0 && ticket > st.frees_done) {
+      if (grant.working_bytes > 0 && ticket > st.frees_done && st.not_freed_yet > st.tier->free_bytes()) {
         st.held_grants.emplace_back(ticket, std::move(r));
         continue;
       }
@@ -213,8 +221,9 @@ void deliver_grants(self_ptr self, std::vector<reply<device_pin>>& replies) {
 
 void deliver_held_grants(self_ptr self) {
   auto& held = self->state.held_grants;
+  auto fits = self->state.not_freed_yet <= self->state.tier->free_bytes();
   auto reached = std::stable_partition(held.begin(), held.end(), [&](const auto& h) {
-    return h.first <= self->state.frees_done || self->state.stopping;
+    return h.first <= self->state.frees_done || self->state.stopping || fits;
   });
   std::vector<reply<device_pin>> now;
   for (auto h = held.begin(); h != reached; ++h)
@@ -229,6 +238,7 @@ void apply(self_ptr self, device_effects& fx) {
   // the RAM-cache actor before the reports below. Then the other frees, and a ticket behind them.
   auto copy_backs = self->state.tier->take_copy_backs();
   auto released = self->state.tier->take_released();
+  auto let_go = self->state.tier->take_let_go_bytes();
   if (self->state.stopping) {
     // The copy queue stops after the shutdown: what is let go now is freed here, and an only copy is
     // dropped (no acquire will ask for it; the RAM tier hears it is no longer held whole, below).
@@ -241,7 +251,7 @@ void apply(self_ptr self, device_effects& fx) {
   if (!released.empty())
     self->state.config.copiers->post([released = std::move(released)]() mutable { released.clear(); });
   if (frees)
-    post_free_ticket(self);
+    post_free_ticket(self, let_go);
   if (self->state.frees_done < self->state.frees_posted && !self->state.stopping)
     for (auto request : fx.admitted)
       self->state.admitted_behind[request] = self->state.frees_posted;
@@ -253,6 +263,8 @@ void apply(self_ptr self, device_effects& fx) {
     give_back_lease(self, lease);
   fx.ram_leases_to_release.clear();
   deliver_grants(self, fx.replies);
+  if (!self->state.held_grants.empty())  // a step that let go of a reservation may make them fit
+    deliver_held_grants(self);
   for (const auto& order : fx.copies)
     start_copy(self, order);
   fx.copies.clear();
@@ -469,6 +481,11 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
     [self](place_atom, const model_id& model) -> placement_view { return self->state.tier->placement(model); },
     [self](freed_atom, std::uint64_t ticket) {
       self->state.frees_done = std::max(self->state.frees_done, ticket);
+      auto& behind = self->state.let_go_behind;
+      while (!behind.empty() && behind.front().first <= ticket) {
+        self->state.not_freed_yet -= behind.front().second;
+        behind.pop_front();
+      }
       deliver_held_grants(self);
     },
     [self](copied_atom, copied_model& done) {

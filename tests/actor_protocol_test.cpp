@@ -520,3 +520,42 @@ TEST_CASE("without a kept RAM copy, an only copy offloaded after shutdown is dro
   CHECK(rt.device_snapshot(device).used_bytes == 0);
   rt.check_all();
 }
+
+TEST_CASE("a pin granted at once with working memory is not held behind frees it did not need") {
+  // From an outside probe: such a pin waited ~2 s for an unrelated 40 MiB copy and the free queued behind
+  // it, with room to spare. 'c' is cached; 'b' is being copied; an offload of 'a' queues its free behind
+  // that copy. A pin of 'c' with 1 MiB of working memory leaves 1 MiB counted free, as much as is
+  // still to be freed: the device never holds more than its budget, so it is granted at once.
+  deterministic_runtime rt{8 * mib, {4 * mib}};
+  rt.add(synthetic_model("a", {mib_floats}));
+  rt.add(synthetic_model("b", {mib_floats}));
+  rt.add(synthetic_model("c", {mib_floats}));
+  client alice{rt.sys};
+  auto& device = rt.devices[0];
+  auto a = rt.lease(alice, "a");
+  auto c = rt.lease(alice, "c");
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, a.lease).pin));
+  REQUIRE_FALSE(rt.release(alice, device, rt.pinned(alice, device, c.lease).pin));
+  auto b = rt.lease(alice, "b");
+  rt.send_pin(alice, device, b.lease, 0);
+  rt.deliver();
+  client operator_{rt.sys};
+  operator_.self->send(device, offload_atom::value, model_id{"a"}, bytes_t{0});
+  rt.deliver();
+  REQUIRE(rt.copies->pending() == 3);  // the copy of 'b', the free of 'a', its ticket
+  REQUIRE(succeeded(*operator_.poll<bytes_t>()));
+  rt.send_pin(alice, device, c.lease, mib);
+  rt.deliver();
+  CHECK(rt.copies->pending() == 3);
+  auto hit = alice.poll<device_pin>();
+  REQUIRE(hit);  // at once, the copy and the free still queued
+  REQUIRE(succeeded(*hit));
+  CHECK(std::get<device_pin>(*hit).working_bytes == mib);
+  rt.settle();
+  auto copied = alice.poll<device_pin>();
+  REQUIRE(copied);
+  REQUIRE(succeeded(*copied));
+  REQUIRE_FALSE(rt.release(alice, device, std::get<device_pin>(*hit).pin));
+  REQUIRE_FALSE(rt.release(alice, device, std::get<device_pin>(*copied).pin));
+  rt.check_all();
+}

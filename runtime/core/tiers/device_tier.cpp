@@ -89,6 +89,7 @@ void device_tier::transition(const model_id& model, device_residency to) {
                            + to_string(to));
   if (to == device_residency::absent) {
     used_ -= i->second.bytes;
+    let_go_ += i->second.bytes;
     evictable_ -= i->second.counted_evictable;
     policy_->erase(model);
     if (i->second.view)
@@ -166,6 +167,7 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
     copy_backs_.push_back({model, std::move(e.view)});
     e.bytes = 0;
     used_ -= freed;
+    let_go_ += freed;
     transition(model, device_residency::absent);
     return freed;
   }
@@ -180,6 +182,7 @@ bytes_t device_tier::trim(const model_id& model, bytes_t wanted) {
   if (freed == e.bytes) {
     e.bytes = 0;
     used_ -= freed;
+    let_go_ += freed;
     transition(model, device_residency::absent);
     return freed;
   }
@@ -198,6 +201,7 @@ bytes_t device_tier::drop_tensors(const model_id& model, const std::vector<size_
   }
   e.bytes -= freed;
   used_ -= freed;
+  let_go_ += freed;
   v->device_bytes = e.bytes;
   released_.push_back(std::move(e.view));
   e.view = v;

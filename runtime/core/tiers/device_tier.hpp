@@ -56,6 +56,7 @@
 #include <memory>
 #include <set>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mcache {
@@ -180,6 +181,11 @@ public:
     std::shared_ptr<const device_model> copy;
   };
   std::vector<copy_back> take_copy_backs() { return std::move(copy_backs_); }
+  /// Device bytes of the copies let go of since the last call (those `take_released` and
+  /// `take_copy_backs` hand out): counted free here already, really free only once the actor frees them.
+  bytes_t take_let_go_bytes() { return std::exchange(let_go_, 0); }
+  /// What this tier counts free now: its usable bytes less models, copies and reservations.
+  bytes_t free_bytes() const { return usable_bytes() - used_; }
 
   /// Note [Eviction with known next uses]: the models the scheduler will use next, soonest first.
   void set_next_uses(const std::vector<model_id>& soonest_first) { policy_->set_next_uses(soonest_first); }
@@ -252,7 +258,6 @@ private:
   void withdraw(const failure& why, Whose whose, device_effects& out);
   failure no_room(const pin_request& r, size_t queued_ahead) const;
   bytes_t usable_bytes() const { return options_.budget_bytes - options_.reserve_bytes; }
-  bytes_t free_bytes() const { return usable_bytes() - used_; }
   /// Candidates' bytes, without those of `excluded` (the model being admitted is never its own victim).
   bytes_t evictable_bytes(const model_id& excluded = {}) const;
   /// What a prefetch could free: evictable bytes of models with no known next use, `excluded` aside.
@@ -270,6 +275,7 @@ private:
   device_stats counters_;
   std::vector<std::shared_ptr<const device_model>> released_;  // see take_released()
   std::vector<copy_back> copy_backs_;                            // see take_copy_backs()
+  bytes_t let_go_ = 0;                                           // see take_let_go_bytes()
 };
 
 } // namespace mcache
