@@ -84,6 +84,16 @@ struct device_harness : test::answer_book<device_pin> {
     REQUIRE(granted(r));
     return std::get<device_pin>(answers.at(r)).pin;
   }
+  /// Pins `m` (made of `tensors`), lets its copy land and releases the pin: resident and unpinned.
+  void cached(const model_id& m, std::vector<bytes_t> tensors) {
+    bytes_t bytes = 0;
+    for (auto b : tensors)
+      bytes += b;
+    auto r = pin(m, bytes, alice, 0, true, tensors);
+    finish_copy(m);
+    REQUIRE(granted(r));
+    release(std::get<device_pin>(answers.at(r)).pin, alice);
+  }
   std::optional<failure> release(pin_id p, holder_id h) {
     device_effects fx;
     auto err = tier.release(p, h, fx);
@@ -798,9 +808,7 @@ TEST_CASE("a pin that costs the device nothing (a CPU pin without working memory
 TEST_CASE("a pin with working memory of its own resident, unpinned model gives up the model's last tensors instead of waiting on nothing") {
   // Note [A pin may trim its own model]. 'm' is resident whole (6 x 10), unpinned; 'b' is pinned; 10 free.
   device_harness h{100};
-  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
-  h.finish_copy("m");
-  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  h.cached("m", {10, 10, 10, 10, 10, 10});
   auto pb = h.pinned("b", 30, bob);
   // 30 of working memory: dropping t5..t2 frees 40 beside the 10 free, and the ring is 2 x 10.
   auto r = h.pin("m", 60, alice, 30, true, {10, 10, 10, 10, 10, 10});
@@ -821,9 +829,7 @@ TEST_CASE("a pin with working memory of its own resident, unpinned model gives u
 
 TEST_CASE("a pin takes the other unpinned models' room before its own model's tensors") {
   device_harness h{100};
-  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
-  h.finish_copy("m");
-  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  h.cached("m", {10, 10, 10, 10, 10, 10});
   auto pc = h.pinned("c", 30, bob);
   h.release(pc, bob);  // used after 'm': 'm' is first in the eviction order
   auto r = h.pin("m", 60, alice, 40, false, {10, 10, 10, 10, 10, 10});
@@ -835,9 +841,7 @@ TEST_CASE("a pin takes the other unpinned models' room before its own model's te
 
 TEST_CASE("an only copy is not trimmed for a pin of its own model, which waits for room as before") {
   device_harness h{100};
-  auto first = h.pin("m", 60, alice, 0, true, {10, 10, 10, 10, 10, 10});
-  h.finish_copy("m");
-  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  h.cached("m", {10, 10, 10, 10, 10, 10});
   REQUIRE(h.tier.hand_over("m"));
   h.pinned("b", 30, bob);
   auto r = h.pin("m", 60, alice, 30, false, {10, 10, 10, 10, 10, 10});
