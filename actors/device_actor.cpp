@@ -3,7 +3,6 @@
 #include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
 #include "messages/waits.hpp"
-#include "runtime/core/admission/sizes.hpp"
 #include "runtime/core/policies/placement_policy.hpp"
 
 #include <caf/all.hpp>
@@ -28,7 +27,7 @@ struct borrowing {
   bool prefetch = false;
   std::vector<std::pair<model_id, bytes_t>> sooner;  // a prefetch's sooner uses (pin_request::sooner)
   bytes_t sooner_working = 0;
-  std::vector<model_id> pins_after;  // the models its holder pins next (pin_request::leave_bytes)
+  std::vector<model_id> pins_after;  // the models its holder pins next (pin_request::pins_after)
   bool withdrawn = false;  // its holder withdrew it before the lease arrived
 };
 
@@ -278,18 +277,18 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
     self->delayed_send(caf::actor_cast<device_actor>(self), self->state.ticks.period(), tick_atom::value);
 }
 
-// Note [A stage's pins leave room for the ones after]: the least the pins of `models` could each need on
-// this device, as the catalog describes them (a model it describes without its tensors counts 0, as at
-// the scheduler's submit check).
-bytes_t least_of(self_ptr self, const std::vector<model_id>& models) {
-  bytes_t total = 0;
+// Note [A stage's pins leave room for the ones after]: each of `models` with the least a pin of it could
+// need on this device were it absent, as the catalog describes it (a model it describes without its
+// tensors counts 0 with partial loading, as at the scheduler's submit check).
+std::vector<std::pair<model_id, bytes_t>> least_of(self_ptr self, const std::vector<model_id>& models) {
+  std::vector<std::pair<model_id, bytes_t>> out;
   const auto& options = self->state.config.tier;
   const auto& backend = *self->state.config.backend;
   for (const auto& m : models)
     if (auto d = self->state.config.models ? self->state.config.models->find_generation(m) : nullptr)
-      total = saturating_add(total, least_pin_bytes(*d, options.partial_loading, options.staging_slots,
-                                                    [&](bytes_t b) { return backend.footprint(b); }));
-  return total;
+      out.emplace_back(m, least_pin_bytes(*d, options.partial_loading, options.staging_slots,
+                                          [&](bytes_t b) { return backend.footprint(b); }));
+  return out;
 }
 
 void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, caf::timespan wait) {
@@ -341,7 +340,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.prefetch = prefetch;
   r.sooner = std::move(sooner);
   r.sooner_working = sooner_working;
-  r.leave_bytes = least_of(self, pins_after);
+  r.pins_after = least_of(self, pins_after);
   if (self->state.config.models)
     if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;

@@ -523,11 +523,12 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
 // next pin of the same stage waiting for room its own stage holds: until `wait_for_room`, holding the
 // device's pin turn, as found by a probe (two 10 MiB models on an 11 MiB device). So the stage's pins go
 // one after another, in the stage's order, and each names the models pinned after it: the device plans it
-// in the room there is less the least those could each need (`least_pin_bytes`: the whole model, or its
-// required tensors and a staging ring; the submit check made sure they fit together), and admits it only
-// when that much is left beside it. A model it evicts to make room only ever needs that least again. One
-// after another also means no later pin of the stage is granted before an earlier one (a resident model
-// needs no room), which would hold bytes the earlier pin's plan did not count on.
+// in the room there is less what those could still need, and admits it only when that much is left
+// beside it (device_tier::room_to_leave: a model pinned there already needs at most its staging ring;
+// any other at most `least_pin_bytes`, the whole model or its required tensors and a ring, which the
+// submit check made sure fit together, however much of it this pin evicts). One after another also
+// means no later pin of the stage is granted before an earlier one (a resident model needs no room),
+// which would hold bytes the earlier pin's plan did not count on.
 void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];

@@ -207,6 +207,7 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
                + ", reserve " + format_bytes(d.reserve_bytes);
     torch_devices_.push_back(backend->torch_device());
+    backends_.push_back(backend);
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots,
                                     options_.keep_alive, {}},
                                    std::move(backend)));
@@ -294,6 +295,14 @@ device_actor runtime::device(device_index index) const {
   if (index < 0 || static_cast<size_t>(index) >= devices_.size())
     no_such_device(index, devices_.size());
   return devices_[static_cast<size_t>(index)];
+}
+
+bytes_t runtime::device_footprint(device_index index, bytes_t tensor_bytes) const {
+  if (index == cpu_device)
+    return 0;
+  if (index < 0 || static_cast<size_t>(index) >= backends_.size())
+    no_such_device(index, backends_.size());
+  return backends_[static_cast<size_t>(index)]->footprint(tensor_bytes);
 }
 
 c10::Device runtime::torch_device(device_index index) const {

@@ -35,6 +35,8 @@ class actor_system_config;
 
 namespace mcache {
 
+class device_backend;
+
 /// What `empty_cache` freed and what it kept, with why.
 struct empty_cache_report {
   bytes_t ram_freed_bytes = 0;
@@ -72,6 +74,10 @@ public:
   /// simulated device and for `cpu_device`): where a stage's own tensors go. Throws `request_error`
   /// (invalid_device).
   c10::Device torch_device(device_index index) const;
+  /// What a device copy of a tensor of `tensor_bytes` bytes costs device `index`'s budget: a GPU
+  /// allocator's blocks are rounded up, and CPU pins (`cpu_device`) alias the RAM copy and cost nothing.
+  /// Throws `request_error` (invalid_device).
+  bytes_t device_footprint(device_index index, bytes_t tensor_bytes) const;
 
   /// The placement policy of `session::pin_anywhere`.
   const placement_policy& placement() const { return *placement_; }
@@ -139,6 +145,7 @@ private:
   ram_cache_actor ram_;
   std::vector<device_actor> devices_;
   std::vector<c10::Device> torch_devices_;  // index i is device i's
+  std::vector<std::shared_ptr<const device_backend>> backends_;  // index i is device i's
   device_actor cpu_;
   std::shared_ptr<timeline> trace_;
   mutable std::mutex names_mutex_;

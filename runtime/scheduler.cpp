@@ -141,8 +141,8 @@ struct scheduler::impl {
     bytes_t whole = 0;
     for (const auto& m : models) {
       whole += m->bytes;
-      if (d != cpu_device)
-        least += least_pin_bytes(*m, partial, slots);
+      if (d != cpu_device)  // as the device tier counts it: each tensor as its device copy costs
+        least += least_pin_bytes(*m, partial, slots, [&](bytes_t b) { return rt->device_footprint(d, b); });
     }
     if (could_ever_hold(room, least, s.working_bytes))
       return std::nullopt;

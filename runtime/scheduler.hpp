@@ -84,11 +84,11 @@ public:
   bool cancelled() const {
     if (!cancelled_->load())
       return false;
-    told_to_stop_ = true;
+    told_to_stop_.store(true);
     return true;
   }
   /// Whether `cancelled()` said so to the work: the work may have returned before finishing.
-  bool told_to_stop() const { return told_to_stop_; }
+  bool told_to_stop() const { return told_to_stop_.load(); }
 
   // Built by the scheduler's worker.
   stage_context(job_id job, std::size_t stage, device_index device, c10::Device torch_device,
@@ -108,7 +108,7 @@ private:
   std::vector<ram_lease> leases_;
   std::vector<pin_handle> pins_;
   std::shared_ptr<const std::atomic<bool>> cancelled_;
-  mutable bool told_to_stop_ = false;  // read by the worker after the work returned, on the same thread
+  mutable std::atomic<bool> told_to_stop_{false};  // the work may ask from threads of its own
 };
 
 struct job_status;

@@ -855,7 +855,7 @@ TEST_CASE("a pin that leaves room for the pins asked for after it loads its mode
   device_harness h{110};
   std::vector<bytes_t> tens(10, 10);
   auto rx = h.request("x", 100, alice, 0, tens);
-  rx.leave_bytes = 20;
+  rx.pins_after = {{"y", 20}};
   auto x = h.submit(std::move(rx), true);
   h.finish_copy("x");
   REQUIRE(h.granted(x));
@@ -871,18 +871,56 @@ TEST_CASE("a pin whose room to leave is not there waits or is refused, saying so
   std::vector<bytes_t> tens(10, 10);
   h.pinned("held", 60, bob);
   auto rx = h.request("x", 100, alice, 0, tens);
-  rx.leave_bytes = 30;  // 50 free: its ring of 20 and 30 to leave fit, nothing more
+  rx.pins_after = {{"q", 30}};  // 50 free: its ring of 20 and 30 to leave fit, nothing more
   auto x = h.submit(std::move(rx), false);
   REQUIRE(h.granted(x));
   CHECK(h.tier.resident_bytes("x") == 0);  // it streams entirely
   auto rz = h.request("z", 100, alice, 0, tens);
-  rz.leave_bytes = 20;
+  rz.pins_after = {{"q", 20}};
   auto z = h.submit(std::move(rz), false);
   CHECK(h.error_of(z) == errc::budget_exhausted);
   CHECK(h.text_of(z).find("left for the pins asked for with it 20 B") != std::string::npos);
   auto rw = h.request("w", 100, alice, 0, tens);
-  rw.leave_bytes = 100;  // a ring of 20 and 100 to leave: more than 110 could ever give
+  rw.pins_after = {{"q", 100}};  // a ring of 20 and 100 to leave: more than 110 could ever give
   auto w = h.submit(std::move(rw), true);
   CHECK(h.error_of(w) == errc::model_too_large);
   CHECK(h.text_of(w).find("for the pins asked for with it") != std::string::npos);
+}
+
+TEST_CASE("a later model pinned here already is taken as it is: the pin leaves only that model's ring") {
+  // From a review: the room left was the catalog's least for every later model, also one pinned here
+  // whole by another holder, and a stage then waited for that holder although it had room.
+  device_harness h{110};
+  auto b = h.pin("b", 60, bob, 0, true, {10, 10, 10, 10, 10, 10});
+  h.finish_copy("b");
+  REQUIRE(h.granted(b));
+  auto rx = h.request("x", 40, alice, 0, {10, 10, 10, 10});
+  rx.pins_after = {{"b", 20}};  // were 'b' absent, its pin would need a ring of 2 x 10
+  auto x = h.submit(std::move(rx), false);
+  h.finish_copy("x");
+  REQUIRE(h.granted(x));
+  CHECK(h.tier.resident_bytes("x") == 40);  // whole: 'b' needs nothing more
+  auto z_request = h.request("z", 40, alice, 0, {10, 10, 10, 10});
+  z_request.pins_after = {{"y", 20}};  // 'y' is absent: its least is left
+  auto z = h.submit(std::move(z_request), false);
+  CHECK(h.error_of(z) == errc::budget_exhausted);  // 10 free: not its ring and the 20 to leave
+  CHECK(h.tier.stats().used_bytes == 60 + 40);
+}
+
+TEST_CASE("a pin that trims its own model copies back the required tensor an eviction took") {
+  // 'm' is 5 x 10 with its last tensor required (a final norm): trimming from the end took it first.
+  device_harness h{100};
+  auto first = h.pin("m", 50, alice, 0, true, {10, 10, 10, 10, 10}, {false, false, false, false, true});
+  h.finish_copy("m");
+  h.release(std::get<device_pin>(h.answers.at(first)).pin, alice);
+  REQUIRE(succeeded(h.offload("m", 10)));
+  h.pinned("b", 40, bob);  // 20 free
+  // 20 of working memory: t4 back (10) and a ring of 2 x 10 need t3, t2 and t1 dropped.
+  auto r = h.pin("m", 50, alice, 20, true, {10, 10, 10, 10, 10}, {false, false, false, false, true});
+  REQUIRE_FALSE(h.answered(r));  // it waits for the copy of t4, not for room
+  CHECK(h.last_order.at("m") == std::vector<size_t>{4});
+  h.finish_copy("m");
+  REQUIRE(h.granted(r));
+  CHECK(h.tier.resident_bytes("m") == 20);
+  CHECK(h.tier.stats().used_bytes == 100);
 }

@@ -56,3 +56,20 @@ TEST_CASE("placement sees from the catalog's tensor sizes that a device loading 
   m.tensor_bytes.clear();  // sizes unknown (a custom loader): the device tier decides
   CHECK(least_pin_bytes(m, true, 2) == 0);
 }
+
+TEST_CASE("the least a pin could need counts what each tensor costs the device, sizes known or not") {
+  model_descriptor m;
+  m.id = "m";
+  m.bytes = 600;
+  m.tensor_names = {"embed", "block0", "block1"};
+  m.tensor_bytes = {100, 250, 250};
+  m.required_tensors = {"embed"};
+  auto blocks_of_512 = [](bytes_t b) { return (b + 511) / 512 * 512; };
+  CHECK(least_pin_bytes(m, true, 2, blocks_of_512) == 512 + 2 * 512);
+  CHECK(least_pin_bytes(m, false, 2, blocks_of_512) == 3 * 512);
+  auto nothing = [](bytes_t) { return bytes_t{0}; };  // the CPU pin tier: its pins alias the RAM copy
+  CHECK(least_pin_bytes(m, false, 2, nothing) == 0);
+  m.tensor_bytes.clear();
+  CHECK(least_pin_bytes(m, false, 2, nothing) == 0);  // was the model's bytes: a CPU stage then failed
+  CHECK(least_pin_bytes(m, false, 2) == 600);
+}

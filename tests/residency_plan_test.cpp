@@ -92,14 +92,15 @@ TEST_CASE("a pin of its own resident model drops the fewest of the model's last 
   REQUIRE(t);
   CHECK(t->drop == std::vector<size_t>{5, 4, 3});
   CHECK(t->freed == 30);
-  CHECK(t->staging_bytes == 20);
+  CHECK(t->plan.staging_bytes == 20);
+  CHECK(t->plan.copy.empty());
   // The ring is sized by the largest tensor that then streams, one already absent included.
   auto mixed = resident({10, 30, 10, 10});
   mixed[1].state = tensor_residency::absent;
   auto m = plan_own_trim(mixed, 10, 60, 2);
   REQUIRE(m);
   CHECK(m->drop == std::vector<size_t>{3});
-  CHECK(m->staging_bytes == 60);
+  CHECK(m->plan.staging_bytes == 60);
 }
 
 TEST_CASE("a pin never drops its own model's required tensors, and has no trim when dropping all the others is not enough") {
@@ -109,4 +110,18 @@ TEST_CASE("a pin never drops its own model's required tensors, and has no trim w
   auto enough = plan_own_trim(resident({10, 10, 10}, {0}), 0, 0, 2);
   REQUIRE(enough);
   CHECK(enough->drop == std::vector<size_t>{2, 1});
+}
+
+TEST_CASE("a pin of its own model copies the required tensors an eviction dropped, and makes room for them too") {
+  // t0 (required, 10) was evicted; t1..t3 are resident. 11 of working memory, t0 and a ring of 2 x 10
+  // need 41: 10 of room and all three others dropped (30) are not enough.
+  auto tensors = resident({10, 10, 10, 10}, {0});
+  tensors[0].state = tensor_residency::absent;
+  CHECK_FALSE(plan_own_trim(tensors, 11, 10, 2));
+  auto t = plan_own_trim(tensors, 10, 30, 2);  // dropping t3 frees 10: 10 + 10 + 20 <= 30 + 10
+  REQUIRE(t);
+  CHECK(t->drop == std::vector<size_t>{3});
+  CHECK(t->plan.copy == std::vector<size_t>{0});
+  CHECK(t->plan.copy_bytes == 10);
+  CHECK(t->plan.staging_bytes == 20);
 }

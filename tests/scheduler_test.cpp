@@ -74,6 +74,13 @@ job_spec one_stage(std::vector<model_id> models, std::function<void(stage_contex
   return j;
 }
 
+/// One stage on any GPU doing nothing, with `working` bytes of working memory.
+job_spec one_stage_with_working(std::vector<model_id> models, bytes_t working) {
+  job_spec j;
+  j.stages.push_back(stage(std::move(models), [](stage_context&) {}, stage_target::any_gpu(), working));
+  return j;
+}
+
 errc submit_error(scheduler& s, job_spec j) {
   try {
     s.submit(std::move(j));
@@ -898,4 +905,26 @@ TEST_CASE("a stage whose models fit on its device only in part together pins the
   auto again = sched.submit(one_stage({"x", "y"}, [](stage_context&) {})).wait();
   CHECK(again.state == job_state::done);
   expect_nothing_held(rt);
+}
+
+TEST_CASE("a stage whose later model another holder has pinned on the device already leaves no room for it") {
+  // From a review: the room left for a later model was what it would need were it absent, even when it was
+  // pinned there whole; the stage then waited for that holder (here a session holding it throughout)
+  // until wait_for_room, and failed.
+  auto o = options(/*ram=*/64 * kib, /*device=*/20 * kib);
+  o.devices[0].partial_loading = false;
+  runtime rt{o};
+  REQUIRE_FALSE(rt.models().add(synthetic_model("a", {4 * kib_floats})));
+  REQUIRE_FALSE(rt.models().add(synthetic_model("b", {10 * kib_floats})));
+  auto s = rt.open_session();
+  s.pin(s.acquire("a"), 0, 0).release();  // 'a' cached on the device
+  auto b_lease = s.acquire("b");
+  auto b_pin = s.pin(b_lease, 0, 0);      // held by the session until the job has ended
+  scheduler_options so;
+  so.wait_for_room = 2s;
+  scheduler sched{rt, so};
+  auto status = sched.submit(one_stage_with_working({"a", "b"}, 3 * kib)).wait();
+  CHECK(status.state == job_state::done);
+  if (status.error)
+    FAIL_CHECK(status.error->detail);
 }

@@ -11,7 +11,7 @@ bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, siz
                         const std::function<bytes_t(bytes_t)>& footprint) {
   bool described = !model.tensor_bytes.empty() && model.tensor_bytes.size() == model.tensor_names.size();
   if (!described)
-    return partial_loading ? 0 : model.bytes;
+    return partial_loading ? 0 : footprint ? footprint(model.bytes) : model.bytes;
   std::vector<tensor_slot> tensors;
   for (size_t i = 0; i < model.tensor_names.size(); ++i) {
     bool required = std::find(model.required_tensors.begin(), model.required_tensors.end(), model.tensor_names[i])

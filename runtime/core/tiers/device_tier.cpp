@@ -346,6 +346,22 @@ bool device_tier::needs_room(const pin_request& r) const {
   return !p || p->need() + r.working_bytes > 0;
 }
 
+// Note [A stage's pins leave room for the ones after], on the device: a later model pinned (or being copied)
+// here is taken as it is, so its pin needs at most its staging ring. Any other needs at most the least a
+// pin of it could need were it absent: whatever this pin evicts of it, a pin of what is left of it never
+// needs more (fewer absent tensors, a ring no larger). So this pin may evict it, and what it leaves is
+// enough. (Were such a model let go and evicted by someone else between this pin and its own, its pin
+// would wait for room, as any pin does.)
+bytes_t device_tier::room_to_leave(const pin_request& r) const {
+  bytes_t total = 0;
+  for (const auto& [model, least_if_absent] : r.pins_after) {
+    auto i = entries_.find(model);
+    bool taken_as_it_is = i != entries_.end() && (i->second.state == device_residency::copying || i->second.pins > 0);
+    total = saturating_add(total, taken_as_it_is ? staging_for(i->second, {}) : least_if_absent);
+  }
+  return total;
+}
+
 // Reserves working memory and staging (and room for a copy when needed) for `r`. False (nothing
 // changed, the eviction order included) if there is no room.
 bool device_tier::try_admit(const pin_request& r, device_effects& out) {
@@ -366,7 +382,8 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
       usable += evictable_without_next_use(model);
     room = usable > keep ? usable - keep : 0;
   }
-  room = room > r.leave_bytes ? room - r.leave_bytes : 0;  // Note [A stage's pins leave room for the ones after]
+  auto leave = room_to_leave(r);
+  room = room > leave ? room - leave : 0;
   entry fresh;
   if (!present)
     fresh.tensors = r.tensors();
@@ -377,8 +394,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
       && e.state == device_residency::resident && e.pins == 0 && !e.only_copy) {
     own = plan_own_trim(e.tensors, r.working_bytes, room, options_.staging_slots);
     if (own) {
-      p = residency_plan{};
-      p->staging_bytes = own->staging_bytes;
+      p = own->plan;
       room += own->freed;
     }
   }
@@ -447,7 +463,8 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   bytes_t model_bytes = 0;
   for (auto b : r.tensor_bytes)
     model_bytes = saturating_add(model_bytes, b);
-  if (!plausible_sum({model_bytes, r.working_bytes, r.leave_bytes})) {
+  auto leave = room_to_leave(r);
+  if (!plausible_sum({model_bytes, r.working_bytes, leave})) {
     refuse(failure{errc::invalid_argument, "pinning '" + r.host.model + "' asks for "
                                              + format_bytes(r.working_bytes) + " of working memory beside "
                                              + format_bytes(model_bytes)
@@ -458,7 +475,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   // The least this pin could ever need: the whole model, or (partial) its required tensors and staging.
   auto tensors = r.tensors();
   auto least = least_pin_bytes(tensors, options_.partial_loading, options_.staging_slots);
-  if (least + r.working_bytes + r.leave_bytes > usable_bytes()) {
+  if (least + r.working_bytes + leave > usable_bytes()) {
     bytes_t required = 0;
     for (const auto& t : tensors)
       if (t.required)
@@ -470,7 +487,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
                                                 + format_bytes(least - required) + ")"
                                             : std::string{})
                      + " + " + format_bytes(r.working_bytes) + " working memory"
-                     + (r.leave_bytes > 0 ? " + " + format_bytes(r.leave_bytes) + " for the pins asked for with it"
+                     + (leave > 0 ? " + " + format_bytes(leave) + " for the pins asked for with it"
                                           : std::string{})
                      + ", but only "
                      + format_bytes(usable_bytes()) + " of the budget " + format_bytes(options_.budget_bytes)

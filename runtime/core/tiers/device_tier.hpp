@@ -94,9 +94,9 @@ struct pin_request {
   // evicting a model with a known next use.
   std::vector<std::pair<model_id, bytes_t>> sooner;
   bytes_t sooner_working = 0;
-  // Note [A stage's pins leave room for the ones after]: room this pin must leave beside it, the least the
-  // pins that its caller asks for next (a scheduler stage's other models) could each need.
-  bytes_t leave_bytes = 0;
+  // Note [A stage's pins leave room for the ones after]: the models its caller pins next (a scheduler
+  // stage's other models), each with the least a pin of it could need were it absent from the device.
+  std::vector<std::pair<model_id, bytes_t>> pins_after;
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
@@ -238,6 +238,8 @@ private:
   bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
   std::optional<residency_plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
   bool needs_room(const pin_request& r) const;
+  /// Note [A stage's pins leave room for the ones after]: the room `r` leaves for the pins after it.
+  bytes_t room_to_leave(const pin_request& r) const;
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,

@@ -35,7 +35,8 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   // The plan admission would take with the room there is, or else with the whole usable budget (partial,
   // with staging, when the model could never fit whole).
   auto room = free_bytes() + evictable_bytes(r.host.model);
-  auto p = admission_plan(e, present, r.working_bytes, room > r.leave_bytes ? room - r.leave_bytes : 0);
+  auto leave = room_to_leave(r);
+  auto p = admission_plan(e, present, r.working_bytes, room > leave ? room - leave : 0);
   if (!p)
     p = admission_plan(e, present, r.working_bytes, usable_bytes());
   if (!p)
@@ -45,9 +46,9 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   if (p->staging_bytes > 0)
     report.parts.push_back({"staging", p->staging_bytes});
   report.parts.push_back({"working", r.working_bytes});
-  if (r.leave_bytes > 0)
-    report.parts.push_back({"left for the pins asked for with it", r.leave_bytes});
-  report.wanted = p->need() + r.working_bytes + r.leave_bytes;
+  if (leave > 0)
+    report.parts.push_back({"left for the pins asked for with it", leave});
+  report.wanted = p->need() + r.working_bytes + leave;
   report.free = free_bytes();
   report.usable = usable_bytes();
   report.evictable = evictable_bytes(r.host.model);

@@ -69,9 +69,14 @@ std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& ten
 
 std::optional<own_trim> plan_own_trim(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
                                       size_t slots) {
+  own_trim t;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].required && tensors[i].state == tensor_residency::absent) {
+      t.plan.copy.push_back(i);
+      t.plan.copy_bytes += tensors[i].bytes;
+    }
   // staging_for's ring, kept up to date as tensors are dropped (each drop only adds a streamed tensor).
   bytes_t largest_streamed = staging_for(tensors, {}, 1);
-  own_trim t;
   for (size_t k = tensors.size(); k-- > 0;) {
     const auto& slot = tensors[k];
     if (slot.state != tensor_residency::resident || slot.required)
@@ -79,8 +84,8 @@ std::optional<own_trim> plan_own_trim(const std::vector<tensor_slot>& tensors, b
     t.drop.push_back(k);
     t.freed += slot.bytes;
     largest_streamed = std::max(largest_streamed, slot.bytes);
-    if (working + largest_streamed * slots <= room + t.freed) {
-      t.staging_bytes = largest_streamed * slots;
+    if (working + t.plan.copy_bytes + largest_streamed * slots <= room + t.freed) {
+      t.plan.staging_bytes = largest_streamed * slots;
       return t;
     }
   }

@@ -56,8 +56,9 @@ std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& ten
 // model's own unused tensors are the only bytes left to give it, and nothing else will ever change: a pin
 // that waited would wait on nothing (a cold device admits the same pin at once, loading the model in
 // part). So such a pin gives up the model's own tensors, from the end of execution order (the ones used
-// last) and never the required ones, as few as make its working memory and the staging ring the dropped
-// ones then need fit; the other candidates' bytes are taken first. Only with partial loading, and never
+// last) and never the required ones, as few as make its working memory, the staging ring the dropped
+// ones then need and the required tensors it lacks (an eviction may have dropped them; they are copied)
+// fit; the other candidates' bytes are taken first. Only with partial loading, and never
 // for an only copy (keep_ram_copy = false), which is not trimmed in part.
 
 /// What a pin of a resident, unpinned model gives up of the model itself (Note [A pin may trim its own
@@ -65,11 +66,12 @@ std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& ten
 struct own_trim {
   std::vector<size_t> drop;  // its tensors to drop, last in execution order first
   bytes_t freed = 0;
-  bytes_t staging_bytes = 0;  // the ring the pin then reserves (it copies nothing)
+  residency_plan plan;       // then: its absent required tensors copied, and the staging ring
 };
 
-/// The fewest of the model's own resident, non-required tensors, from its end, to drop so that `working`
-/// and the staging ring fit in `room` plus what they free; nothing if dropping all of them is not enough.
+/// The fewest of the model's own resident, non-required tensors, from its end, to drop so that `working`,
+/// its absent required tensors and the staging ring fit in `room` plus what they free; nothing if
+/// dropping all of them is not enough.
 std::optional<own_trim> plan_own_trim(const std::vector<tensor_slot>& tensors, bytes_t working, bytes_t room,
                                       size_t slots);
 
