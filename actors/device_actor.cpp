@@ -3,7 +3,6 @@
 #include "actors/idle_ticks.hpp"
 #include "actors/request_book.hpp"
 #include "messages/waits.hpp"
-#include "runtime/core/policies/placement_policy.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -13,6 +12,7 @@
 #include <deque>
 #include <future>
 #include <iterator>
+#include <tuple>
 #include <utility>
 
 namespace mcache {
@@ -27,7 +27,7 @@ struct borrowing {
   bool prefetch = false;
   std::vector<std::pair<model_id, bytes_t>> sooner;  // a prefetch's sooner uses (pin_request::sooner)
   bytes_t sooner_working = 0;
-  std::vector<model_id> pins_after;  // the models its holder pins next (pin_request::pins_after)
+  stage_pins stage;  // of a scheduler stage's pin: its later pins (pin_request::pins_after)
   bool withdrawn = false;  // its holder withdrew it before the lease arrived
 };
 
@@ -277,17 +277,41 @@ void start_idle_ticks(self_ptr self, std::chrono::nanoseconds keep_alive) {
     self->delayed_send(caf::actor_cast<device_actor>(self), self->state.ticks.period(), tick_atom::value);
 }
 
-// Note [A stage's pins leave room for the ones after]: each of `models` with the least a pin of it could
-// need on this device were it absent, as the catalog describes it (a model it describes without its
-// tensors counts 0 with partial loading, as at the scheduler's submit check).
-std::vector<std::pair<model_id, bytes_t>> least_of(self_ptr self, const std::vector<model_id>& models) {
+/// The device bytes of each tensor of a leased host copy, and which must stay resident when pinned.
+std::pair<std::vector<bytes_t>, std::vector<bool>> device_tensors(self_ptr self, const ram_lease& host) {
+  // Which tensors must stay resident is looked up once per model (ids are never registered twice).
+  auto& required = self->state.required_of[host.model];
+  if (required.empty()) {
+    descriptor_ptr descriptor;
+    if (self->state.config.models)
+      descriptor = self->state.config.models->find_generation(host.model);
+    for (const auto& t : host.payload->tensors)
+      required.push_back(descriptor
+                         && std::find(descriptor->required_tensors.begin(), descriptor->required_tensors.end(),
+                                      t.name)
+                              != descriptor->required_tensors.end());
+  }
+  std::vector<bytes_t> bytes;
+  for (const auto& t : host.payload->tensors)
+    bytes.push_back(self->state.config.backend->footprint(tensor_bytes(t.tensor)));
+  return {std::move(bytes), required};
+}
+
+// Note [A stage's pins leave room for the ones after]: each model of `later` with the least a pin of it
+// could need on this device were it absent, from its leased host copy's tensors (whatever the catalog
+// knows of it).
+std::vector<std::pair<model_id, bytes_t>> least_of(self_ptr self, const std::vector<ram_lease>& later) {
   std::vector<std::pair<model_id, bytes_t>> out;
   const auto& options = self->state.config.tier;
-  const auto& backend = *self->state.config.backend;
-  for (const auto& m : models)
-    if (auto d = self->state.config.models ? self->state.config.models->find_generation(m) : nullptr)
-      out.emplace_back(m, least_pin_bytes(*d, options.partial_loading, options.staging_slots,
-                                          [&](bytes_t b) { return backend.footprint(b); }));
+  for (const auto& lease : later) {
+    if (!lease.payload)
+      continue;
+    auto [bytes, required] = device_tensors(self, lease);
+    std::vector<tensor_slot> tensors;
+    for (std::size_t k = 0; k < bytes.size(); ++k)
+      tensors.push_back({bytes[k], k < required.size() && required[k], tensor_residency::absent});
+    out.emplace_back(lease.model, least_pin_bytes(tensors, options.partial_loading, options.staging_slots));
+  }
   return out;
 }
 
@@ -299,11 +323,11 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   bool prefetch = b != self->state.borrowing_.end() && b->second.prefetch;
   std::vector<std::pair<model_id, bytes_t>> sooner;
   bytes_t sooner_working = 0;
-  std::vector<model_id> pins_after;
+  stage_pins stage;
   if (b != self->state.borrowing_.end()) {
     sooner = std::move(b->second.sooner);
     sooner_working = b->second.sooner_working;
-    pins_after = std::move(b->second.pins_after);
+    stage = std::move(b->second.stage);
   }
   if (b != self->state.borrowing_.end())
     self->state.borrowing_.erase(b);
@@ -318,29 +342,15 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   pin_request r;
   r.request = id;
   r.holder = holder;
-  if (host.payload) {
-    // Which tensors must stay resident is looked up once per model (ids are never registered twice).
-    auto& required = self->state.required_of[host.model];
-    if (required.empty()) {
-      descriptor_ptr descriptor;
-      if (self->state.config.models)
-        descriptor = self->state.config.models->find_generation(host.model);
-      for (const auto& t : host.payload->tensors)
-        required.push_back(descriptor
-                           && std::find(descriptor->required_tensors.begin(), descriptor->required_tensors.end(),
-                                        t.name)
-                                != descriptor->required_tensors.end());
-    }
-    r.required = required;
-    for (const auto& t : host.payload->tensors)
-      r.tensor_bytes.push_back(self->state.config.backend->footprint(tensor_bytes(t.tensor)));
-  }
+  if (host.payload)
+    std::tie(r.tensor_bytes, r.required) = device_tensors(self, host);
   r.host = std::move(host);
   r.working_bytes = working;
   r.prefetch = prefetch;
   r.sooner = std::move(sooner);
   r.sooner_working = sooner_working;
-  r.pins_after = least_of(self, pins_after);
+  r.pins_after = least_of(self, stage.later);
+  r.follows_granted = stage.follows_granted;
   if (self->state.config.models)
     if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;
@@ -356,7 +366,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
 // A pin, or a prefetch (Note [Eviction with known next uses]): borrows a RAM lease, then asks the tier.
 caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working, caf::timespan wait, bool prefetch,
                                   std::vector<std::pair<model_id, bytes_t>> sooner = {}, bytes_t sooner_working = 0,
-                                  std::vector<model_id> pins_after = {}) {
+                                  stage_pins stage = {}) {
   if (self->state.stopping)
     return make_error(errc::shutting_down, "the runtime is shutting down: no new pins");
   auto holder = watch_sender(self, self->state.watched);
@@ -368,7 +378,7 @@ caf::result<device_pin> begin_pin(self_ptr self, lease_id lease, bytes_t working
   auto id = self->state.next_request++;
   self->state.requests.open(id, promise);
   self->state.borrowing_.emplace(
-    id, borrowing{holder, false, prefetch, std::move(sooner), sooner_working, std::move(pins_after)});
+    id, borrowing{holder, false, prefetch, std::move(sooner), sooner_working, std::move(stage)});
   self->state.by_lease.remember(holder, lease, id);
   // Waits on the RAM-cache actor: other messages run before the lease arrives. The state it resumes
   // in is `borrowing_[id]`, which the down handler marks if the holder goes away meanwhile.
@@ -406,8 +416,8 @@ device_actor::behavior_type device_impl(self_ptr self, device_actor_config confi
       return begin_pin(self, lease, working, wait, false);
     },
     [self](pin_atom, lease_id lease, bytes_t working, caf::timespan wait,
-           std::vector<model_id>& pins_after) -> caf::result<device_pin> {
-      return begin_pin(self, lease, working, wait, false, {}, 0, std::move(pins_after));
+           stage_pins& stage) -> caf::result<device_pin> {
+      return begin_pin(self, lease, working, wait, false, {}, 0, std::move(stage));
     },
     [self](retire_atom, const model_id& model) {
       self->state.required_of.erase(model);

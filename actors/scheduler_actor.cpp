@@ -1,6 +1,7 @@
 #include "actors/scheduler_actor.hpp"
 
 #include "messages/errors.hpp"
+#include "messages/waits.hpp"
 #include "runtime/core/outcome.hpp"
 
 #include <caf/all.hpp>
@@ -34,6 +35,7 @@ struct running_job {
   std::vector<ram_lease> leases;
   std::vector<device_pin> pins;
   bool trying_at_once = false;  // pins asked for without waiting, out of turn (Note [One stage pins ...])
+  clock::time_point pins_until;  // the stage's pins, asked one after another, wait for room until then
   bool refused_at_once = false; // one of those needed room it could not have at once
   std::optional<failure> stop;  // why it ends after the current step (cancel, deadline, a failure)
   clock::time_point step_start = clock::now();
@@ -528,7 +530,10 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
 // any other at most `least_pin_bytes`, the whole model or its required tensors and a ring, which the
 // submit check made sure fit together, however much of it this pin evicts). One after another also
 // means no later pin of the stage is granted before an earlier one (a resident model needs no room),
-// which would hold bytes the earlier pin's plan did not count on.
+// which would hold bytes the earlier pin's plan did not count on. A later pin is tried at once and waits,
+// if it must, at the head of the device's queue (Note [Admission] rule 7): a request queued there may be
+// waiting for what the stage's earlier pins hold, which goes only once the stage has all its pins and
+// has worked. Together the stage's pins wait for room no longer than `wait_for_room`.
 void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];
@@ -538,6 +543,8 @@ void request_pins(self_ptr self, job_id id, bool at_once) {
   run.trying_at_once = at_once;
   run.now = running_job::phase::pinning;
   run.pins.assign(run.leases.size(), device_pin{});
+  auto wait = self->state.config.options.wait_for_room;
+  run.pins_until = waits_forever(wait) ? clock::time_point::max() : clock::now() + wait;
   request_pin(self, id, 0);
 }
 
@@ -545,12 +552,17 @@ void request_pin(self_ptr self, job_id id, std::size_t k) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];
   auto target = device_for(self, stage_device(stage, run.worker));
-  auto wait = run.trying_at_once ? caf::timespan::zero() : caf::timespan{self->state.config.options.wait_for_room};
+  // Together the stage's pins wait for room no longer than `wait_for_room`.
+  auto wait = caf::timespan{self->state.config.options.wait_for_room};
+  if (run.trying_at_once)
+    wait = caf::timespan::zero();
+  else if (run.pins_until != clock::time_point::max())
+    wait = std::max(caf::timespan::zero(), caf::timespan{run.pins_until - clock::now()});
   auto working = k == 0 ? stage.working_bytes : 0;
-  std::vector<model_id> after;
-  for (auto j = k + 1; j < run.leases.size(); ++j)
-    after.push_back(run.leases[j].model);
-  self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait, std::move(after))
+  stage_pins others;
+  others.later.assign(run.leases.begin() + static_cast<std::ptrdiff_t>(k + 1), run.leases.end());
+  others.follows_granted = k > 0;
+  self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait, std::move(others))
     .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
           [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });
 }

@@ -11,10 +11,19 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace mcache {
 
 // `ram_lease` (the reply to acquire and share) and `device_pin` (the reply to pin) are in grants.hpp.
+
+/// What a pin of a scheduler stage tells its device of the stage's other pins there (Note [A stage's pins
+/// leave room for the ones after], actors/scheduler_actor.cpp).
+struct stage_pins {
+  std::vector<ram_lease> later;   // the leases of the models pinned next, in order: the device reads their
+                                  // tensors' sizes (the sender keeps holding them)
+  bool follows_granted = false;   // the stage's earlier pins here were granted, leaving room for this one
+};
 
 /// Internal: a loader thread reports a finished load to the RAM-cache actor.
 struct loaded_model {
@@ -49,6 +58,7 @@ struct copied_model {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::ram_lease)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<mcache::ram_lease>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::device_pin)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::stage_pins)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::loaded_model)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::copied_model)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(mcache::checked_model)

@@ -162,7 +162,8 @@ public:
   std::optional<job_status> wait_for(std::chrono::nanoseconds timeout) const;
   /// Asks the job to stop: a queued job ends at once; a running one that waits for room is withdrawn
   /// from that wait and ends at once, one whose work runs ends when the work returns (the work can read
-  /// `cancelled()`). What it holds is released. No-op on an ended job.
+  /// `cancelled()`; if it never saw it say true and that was the last stage, the job is done). What it
+  /// holds is released. No-op on an ended job.
   void cancel();
 
 private:

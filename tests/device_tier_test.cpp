@@ -924,3 +924,33 @@ TEST_CASE("a pin that trims its own model copies back the required tensor an evi
   CHECK(h.tier.resident_bytes("m") == 20);
   CHECK(h.tier.stats().used_bytes == 100);
 }
+
+TEST_CASE("a stage's later pin goes ahead of the queue, where a request may wait for what its earlier pins hold") {
+  // Note [Admission] rule 7. Alice's stage holds 'x' (60); Bob's pin of 'p' (50) waits for it. Alice's
+  // next pin 'y' (30) fits in the 40 free: it is admitted at once, not queued behind Bob, who waits for
+  // 'x', which Alice lets go only once she has 'y'.
+  device_harness h{100};
+  auto x = h.pinned("x", 60, alice);
+  auto p = h.pin("p", 50, bob);
+  REQUIRE_FALSE(h.answered(p));
+  auto ry = h.request("y", 30, alice);
+  ry.follows_granted = true;
+  auto y = h.submit(std::move(ry), true);
+  h.finish_copy("y");
+  REQUIRE(h.granted(y));
+  CHECK_FALSE(h.answered(p));
+  // One that must wait waits at the head: it gets the room 'y' gives back before Bob does.
+  auto rz = h.request("z", 40, alice);
+  rz.follows_granted = true;
+  auto z = h.submit(std::move(rz), true);
+  REQUIRE_FALSE(h.answered(z));
+  CHECK(h.tier.stats().waiting_now == 2);
+  h.release(std::get<device_pin>(h.answers.at(y)).pin, alice);  // 'z' is served first, evicting 'y'
+  h.finish_copy("z");
+  REQUIRE(h.granted(z));
+  CHECK_FALSE(h.answered(p));
+  h.release(std::get<device_pin>(h.answers.at(z)).pin, alice);
+  h.release(x, alice);
+  h.finish_copy("p");
+  CHECK(h.granted(p));
+}

@@ -928,3 +928,22 @@ TEST_CASE("a stage whose later model another holder has pinned on the device alr
   if (status.error)
     FAIL_CHECK(status.error->detail);
 }
+
+TEST_CASE("a stage of models the catalog has no tensor sizes for still leaves room for its later pins") {
+  // From a review: the room to leave came from the catalog, so a custom loader's models counted nothing
+  // and the self-wait of two 10 x 1 KiB models on an 11 KiB device came back. The device now reads the
+  // sizes from the later models' leases.
+  runtime rt{options(/*ram=*/64 * kib, /*device=*/11 * kib)};
+  for (auto name : {"x", "y"}) {
+    auto m = synthetic_model(name, std::vector<int64_t>(10, kib_floats));
+    m.tensor_bytes.clear();  // as a custom loader registers it
+    REQUIRE_FALSE(rt.models().add(std::move(m)));
+  }
+  scheduler_options o;
+  o.wait_for_room = 2s;
+  scheduler sched{rt, o};
+  auto status = sched.submit(one_stage({"x", "y"}, [](stage_context&) {})).wait();
+  CHECK(status.state == job_state::done);
+  if (status.error)
+    FAIL_CHECK(status.error->detail);
+}

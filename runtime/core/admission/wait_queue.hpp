@@ -23,8 +23,12 @@
 //      claims are released, so its releases never admit work for it; at shutdown every queued request is
 //      answered `shutting_down`. A holder may also withdraw one queued request it no longer wants (a
 //      cancelled job's): answered `cancelled`, and the queue is served, since it may have been the head.
+//   7. A request that continues a claim its holder was just granted, taken one part after another (a
+//      scheduler stage's later pin on a device, after its earlier pins there), is tried at once and, if
+//      it must wait, waits at the head of the queue: the earlier parts left room for it, and whoever is
+//      queued may be waiting for what those parts hold, which goes only once this one is granted.
 //
-// What rule 1 does not cover: a job that holds a claim and then asks for one that needs room queues behind
+// What rules 1 and 7 do not cover: a job that holds a claim and then asks for one that needs room queues behind
 // requests that may be waiting for the claim it holds; both wait until one's deadline passes. Jobs that
 // need several models take them together (`acquire_all`), which never holds some while waiting for others.
 
@@ -54,6 +58,7 @@ public:
   bool may_try_now(bool needs_room) const { return !needs_room || items_.empty(); }
 
   void push(Item item) { items_.push_back(std::move(item)); }
+  void push_front(Item item) { items_.push_front(std::move(item)); }
 
   /// Rule 4: admits from the head while `try_admit(head)` admits it (true); stops at the first that
   /// cannot be admitted. `try_admit` may change the tier but must not touch the queue.
@@ -103,15 +108,20 @@ private:
   std::deque<Item> items_;
 };
 
-/// Rules 1 to 3 for a new request: admits it (`try_admit(item)` returned true), queues it (moved into the
-/// queue), or refuses it (`item` is left to the caller, who answers it).
+/// Rules 1 to 3 (and 7 for a request that `continues` a claim) for a new request: admits it (`try_admit(item)`
+/// returned true), queues it (moved into the queue), or refuses it (`item` is left to the caller, who
+/// answers it).
 template <class Item, class TryAdmit>
-admission admit_or_wait(wait_queue<Item>& queue, Item& item, bool needs_room, bool may_wait, TryAdmit try_admit) {
-  if (queue.may_try_now(needs_room) && try_admit(item))
+admission admit_or_wait(wait_queue<Item>& queue, Item& item, bool needs_room, bool may_wait, TryAdmit try_admit,
+                        bool continues = false) {
+  if ((continues || queue.may_try_now(needs_room)) && try_admit(item))
     return admission::admitted;
   if (!may_wait)
     return admission::refused;
-  queue.push(std::move(item));
+  if (continues)
+    queue.push_front(std::move(item));
+  else
+    queue.push(std::move(item));
   return admission::queued;
 }
 

@@ -496,7 +496,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
     return;
   }
   auto verdict = admit_or_wait(queue_, r, needs_room(r), may_wait,
-                               [&](const pin_request& x) { return try_admit(x, out); });
+                               [&](const pin_request& x) { return try_admit(x, out); }, r.follows_granted);
   if (verdict == admission::queued)
     ++counters_.waits;
   else if (verdict == admission::refused)

@@ -97,6 +97,7 @@ struct pin_request {
   // Note [A stage's pins leave room for the ones after]: the models its caller pins next (a scheduler
   // stage's other models), each with the least a pin of it could need were it absent from the device.
   std::vector<std::pair<model_id, bytes_t>> pins_after;
+  bool follows_granted = false;  // stage_pins::follows_granted: tried at once, and waits at the queue's head
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;

@@ -52,10 +52,12 @@ std::optional<residency_plan> plan_residency(const std::vector<tensor_slot>& ten
 
 // Note [A pin may trim its own model]: a model resident on a device (whole or in part) and pinned by
 // nobody is an eviction candidate, but not for a pin of itself: the room a pin can have is the free bytes
-// and the other candidates'. When a pin of it asks for working memory that this room cannot give, the
-// model's own unused tensors are the only bytes left to give it, and nothing else will ever change: a pin
-// that waited would wait on nothing (a cold device admits the same pin at once, loading the model in
-// part). So such a pin gives up the model's own tensors, from the end of execution order (the ones used
+// and the other candidates'. When a pin of it finds no plan in this room (its working memory, or the
+// staging ring and required tensors a partly resident model needs, do not fit), the model's own unused
+// tensors are the only bytes left to give it, and nothing else will ever change: a pin that waited would
+// wait on nothing (a cold device admits the same pin at once, loading the model in part). This is also
+// why a pin of what is left of a model after any eviction never needs more room than the least a pin of
+// it could need were it absent (Note [A stage's pins leave room for the ones after]). So such a pin gives up the model's own tensors, from the end of execution order (the ones used
 // last) and never the required ones, as few as make its working memory, the staging ring the dropped
 // ones then need and the required tensors it lacks (an eviction may have dropped them; they are copied)
 // fit; the other candidates' bytes are taken first. Only with partial loading, and never
