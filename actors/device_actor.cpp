@@ -350,7 +350,7 @@ void on_borrowed(self_ptr self, request_id id, ram_lease host, bytes_t working, 
   r.sooner = std::move(sooner);
   r.sooner_working = sooner_working;
   r.pins_after = least_of(self, stage.later);
-  r.follows_granted = stage.follows_granted;
+  r.earlier = stage.earlier;
   if (self->state.config.models)
     if (auto d = self->state.config.models->find_generation(r.host.model)) {
       r.keep_alive = d->keep_alive;

@@ -523,17 +523,20 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
 // admits each pin on its own. Were the first pin planned alone, it could take all the room there is (a
 // whole copy of its model, where the stage was accepted because each model fits in part) and leave the
 // next pin of the same stage waiting for room its own stage holds: until `wait_for_room`, holding the
-// device's pin turn, as found by a probe (two 10 MiB models on an 11 MiB device). So the stage's pins go
-// one after another, in the stage's order, and each names the models pinned after it: the device plans it
-// in the room there is less what those could still need, and admits it only when that much is left
-// beside it (device_tier::room_to_leave: a model pinned there already needs at most its staging ring;
-// any other at most `least_pin_bytes`, the whole model or its required tensors and a ring, which the
-// submit check made sure fit together, however much of it this pin evicts). One after another also
-// means no later pin of the stage is granted before an earlier one (a resident model needs no room),
-// which would hold bytes the earlier pin's plan did not count on. A later pin is tried at once and waits,
-// if it must, at the head of the device's queue (Note [Admission] rule 7): a request queued there may be
-// waiting for what the stage's earlier pins hold, which goes only once the stage has all its pins and
-// has worked. Together the stage's pins wait for room no longer than `wait_for_room`.
+// device's pin turn, as found by a probe (two 10 MiB models on an 11 MiB device). And two stages of two
+// holders (two schedulers, or a stage and a session) could each get a first pin and wait for the room
+// the other's holds. So the stage's pins go one after another, in the stage's order: each carries the
+// leases of the models after it, and the device admits it only with room beside it for what those could
+// still need (device_tier::room_to_leave: a model pinned there already needs at most its staging ring;
+// any other at most `least_pin_bytes`, the whole model or its required tensors and a ring, however much
+// of it this pin evicts; the submit check made sure they fit together), and reserves that room for
+// them, held by this pin. The next pin names it (`stage_pins::earlier`) and takes the room: it needs no
+// new room (Note [Admission] rule 1), so it goes ahead of any queue, and reserves in turn for the pins
+// after it. A stage thus holds, from its first pin, the room for all of its pins, or waits holding none;
+// the reservation goes back when the next pin takes it or the pin holding it ends. Only a later model that
+// was pinned there (its ring reserved) and then let go and evicted before its own pin can need more than
+// was reserved; that pin waits for room like any. Together the stage's pins wait no longer than
+// `wait_for_room`.
 void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];
@@ -561,7 +564,7 @@ void request_pin(self_ptr self, job_id id, std::size_t k) {
   auto working = k == 0 ? stage.working_bytes : 0;
   stage_pins others;
   others.later.assign(run.leases.begin() + static_cast<std::ptrdiff_t>(k + 1), run.leases.end());
-  others.follows_granted = k > 0;
+  others.earlier = k > 0 ? run.pins[k - 1].pin : 0;
   self->request(target, caf::infinite, pin_atom::value, run.leases[k].lease, working, wait, std::move(others))
     .then([self, id, k](device_pin& pin) { on_pinned(self, id, k, std::move(pin)); },
           [self, id, k](caf::error& e) { on_pinned(self, id, k, to_failure(e)); });

@@ -77,9 +77,9 @@ using device_actor = caf::typed_actor<
   // Pin the model of a lease held by the sender on this device with this much working memory (bytes),
   // waiting up to the timespan for room (0: do not wait); a copy, once started, is waited for.
   caf::replies_to<pin_atom, lease_id, bytes_t, caf::timespan>::with<device_pin>,
-  // As above, for a pin of a scheduler stage: it leaves room beside it for the stage's later pins, and
-  // one that follows the stage's granted pins goes ahead of the queue (Note [A stage's pins leave room
-  // for the ones after], actors/scheduler_actor.cpp).
+  // As above, for a pin of a scheduler stage: it takes the room the stage's earlier pin reserved for it,
+  // and reserves room for the stage's later pins (Note [A stage's pins leave room for the ones after],
+  // actors/scheduler_actor.cpp).
   caf::replies_to<pin_atom, lease_id, bytes_t, caf::timespan, stage_pins>::with<device_pin>,
   // The sender no longer wants its pin of this lease: if it still waits for room it is answered
   // `cancelled` and leaves the queue (see device_tier::withdraw); else nothing happens.

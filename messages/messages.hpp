@@ -22,7 +22,8 @@ namespace mcache {
 struct stage_pins {
   std::vector<ram_lease> later;   // the leases of the models pinned next, in order: the device reads their
                                   // tensors' sizes (the sender keeps holding them)
-  bool follows_granted = false;   // the stage's earlier pins here were granted, leaving room for this one
+  pin_id earlier = 0;             // the stage's pin here just before this one (0: none), whose room
+                                  // reserved for the pins after it this one takes
 };
 
 /// Internal: a loader thread reports a finished load to the RAM-cache actor.

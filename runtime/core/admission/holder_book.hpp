@@ -63,6 +63,10 @@ public:
     auto i = records_.find(id);
     return i == records_.end() ? nullptr : &i->second;
   }
+  Record* find(uint64_t id) {
+    auto i = records_.find(id);
+    return i == records_.end() ? nullptr : &i->second;
+  }
 
   /// Removes a claim that exists and returns its record.
   Record take(uint64_t id) {

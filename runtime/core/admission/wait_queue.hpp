@@ -5,8 +5,9 @@
 //
 //   1. A request that needs no new room is admitted at once, whatever is queued: a RAM hit or a join of a
 //      load in flight; a pin of a model already on the device (or being copied there), or one that costs
-//      the device nothing (a CPU pin), that asks for no working memory and no staging. It takes no free
-//      memory. It does keep a cached model from being evicted while held, so a queued request may wait
+//      the device nothing (a CPU pin), that asks for no working memory and no staging; or a scheduler
+//      stage's later pin whose room its earlier pin reserved (Note [A stage's pins leave room for the
+//      ones after]): ahead of others, it takes only that room. It takes no free memory. It does keep a cached model from being evicted while held, so a queued request may wait
 //      longer (up to its deadline). Making it
 //      wait behind a queued request that may itself be waiting for this holder's memory is how two jobs
 //      end up waiting on each other (a job that pins its text encoder, then its transformer, while
@@ -23,12 +24,8 @@
 //      claims are released, so its releases never admit work for it; at shutdown every queued request is
 //      answered `shutting_down`. A holder may also withdraw one queued request it no longer wants (a
 //      cancelled job's): answered `cancelled`, and the queue is served, since it may have been the head.
-//   7. A request that continues a claim its holder was just granted, taken one part after another (a
-//      scheduler stage's later pin on a device, after its earlier pins there), is tried at once and, if
-//      it must wait, waits at the head of the queue: the earlier parts left room for it, and whoever is
-//      queued may be waiting for what those parts hold, which goes only once this one is granted.
 //
-// What rules 1 and 7 do not cover: a job that holds a claim and then asks for one that needs room queues behind
+// What rule 1 does not cover: a job that holds a claim and then asks for one that needs room queues behind
 // requests that may be waiting for the claim it holds; both wait until one's deadline passes. Jobs that
 // need several models take them together (`acquire_all`), which never holds some while waiting for others.
 
@@ -58,7 +55,6 @@ public:
   bool may_try_now(bool needs_room) const { return !needs_room || items_.empty(); }
 
   void push(Item item) { items_.push_back(std::move(item)); }
-  void push_front(Item item) { items_.push_front(std::move(item)); }
 
   /// Rule 4: admits from the head while `try_admit(head)` admits it (true); stops at the first that
   /// cannot be admitted. `try_admit` may change the tier but must not touch the queue.
@@ -108,20 +104,15 @@ private:
   std::deque<Item> items_;
 };
 
-/// Rules 1 to 3 (and 7 for a request that `continues` a claim) for a new request: admits it (`try_admit(item)`
-/// returned true), queues it (moved into the queue), or refuses it (`item` is left to the caller, who
-/// answers it).
+/// Rules 1 to 3 for a new request: admits it (`try_admit(item)` returned true), queues it (moved into the
+/// queue), or refuses it (`item` is left to the caller, who answers it).
 template <class Item, class TryAdmit>
-admission admit_or_wait(wait_queue<Item>& queue, Item& item, bool needs_room, bool may_wait, TryAdmit try_admit,
-                        bool continues = false) {
-  if ((continues || queue.may_try_now(needs_room)) && try_admit(item))
+admission admit_or_wait(wait_queue<Item>& queue, Item& item, bool needs_room, bool may_wait, TryAdmit try_admit) {
+  if (queue.may_try_now(needs_room) && try_admit(item))
     return admission::admitted;
   if (!may_wait)
     return admission::refused;
-  if (continues)
-    queue.push_front(std::move(item));
-  else
-    queue.push(std::move(item));
+  queue.push(std::move(item));
   return admission::queued;
 }
 

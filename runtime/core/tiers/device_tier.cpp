@@ -105,7 +105,7 @@ void device_tier::transition(const model_id& model, device_residency to) {
 // after every change of an entry's state, pins or bytes, so that evictable_ stays exact.
 void device_tier::update_candidacy(const model_id& model) {
   auto& e = entries_.at(model);
-  bool candidate = e.state == device_residency::resident && e.pins == 0 && e.bytes > 0;
+  bool candidate = e.state == device_residency::resident && !e.held() && e.bytes > 0;
   evictable_ -= e.counted_evictable;
   e.counted_evictable = candidate ? e.bytes : 0;
   evictable_ += e.counted_evictable;
@@ -281,7 +281,7 @@ bool device_tier::make_room_for(bytes_t need, const model_id& excluded, bool pre
 
 device_pin device_tier::grant(const model_id& model, const admitted& a) {
   auto& e = entries_.at(model);
-  auto id = pins_.issue(pin_record{model, a.holder, a.working_bytes, a.host.lease});
+  auto id = pins_.issue(pin_record{model, a.holder, a.working_bytes, a.host.lease, a.reserved_after, a.kept_after});
   ++e.pins;
   update_candidacy(model);
   device_pin p;
@@ -298,9 +298,25 @@ device_pin device_tier::grant(const model_id& model, const admitted& a) {
   return p;
 }
 
+void device_tier::unreserve(bytes_t bytes) {
+  working_reserved_ -= bytes;
+  used_ -= bytes;
+}
+
+void device_tier::unkeep(const std::vector<model_id>& models) {
+  for (const auto& m : models) {
+    auto& e = entries_.at(m);  // a kept entry is never dropped (nor evicted) until unkept
+    --e.kept;
+    if (!e.held() && e.bytes == 0 && e.state == device_residency::resident)
+      transition(m, device_residency::absent);  // streamed entirely: nothing to keep
+    else
+      update_candidacy(m);
+  }
+}
+
 void device_tier::fail_request(const admitted& a, failure why, device_effects& out) {
-  working_reserved_ -= a.working_bytes;
-  used_ -= a.working_bytes;
+  unreserve(a.working_bytes + a.reserved_after);
+  unkeep(a.kept_after);
   out.ram_leases_to_release.push_back(a.host.lease);
   out.replies.push_back({a.request, std::move(why)});
 }
@@ -338,25 +354,42 @@ std::vector<tensor_slot> pin_request::tensors() const {
 // Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving), or costs this
 // device nothing (the CPU pin tier: its tensors take no device bytes), and the pin asks for no working
 // memory and no staging.
+// A stage's later pin needs no new room when the room its stage's earlier pin reserved for it holds a
+// plan for it and the room it reserves in turn (Note [A stage's pins leave room for the ones after]).
 bool device_tier::needs_room(const pin_request& r) const {
+  auto reserved = reserved_for(r);
+  auto leave = room_to_leave(r);
+  if (leave > reserved)
+    return true;
   auto i = entries_.find(r.host.model);
-  if (i == entries_.end())
-    return r.model_bytes() + r.working_bytes > 0;
-  auto p = admission_plan(i->second, true, r.working_bytes, std::numeric_limits<bytes_t>::max() / 2);
-  return !p || p->need() + r.working_bytes > 0;
+  bool present = i != entries_.end();
+  entry fresh;
+  if (!present)
+    fresh.tensors = r.tensors();
+  auto room = reserved - leave;
+  auto p = admission_plan(present ? i->second : fresh, present, r.working_bytes, room);
+  return !p || p->need() + r.working_bytes > room;
 }
 
 // Note [A stage's pins leave room for the ones after], on the device: a later model pinned (or being copied)
 // here is taken as it is, so its pin needs at most its staging ring. Any other needs at most the least a
 // pin of it could need were it absent: whatever this pin evicts of it, a pin of what is left of it never
 // needs more (fewer absent tensors, a ring no larger). So this pin may evict it, and what it leaves is
-// enough. (Were such a model let go and evicted by someone else between this pin and its own, its pin
-// would wait for room, as any pin does.)
+// enough; this pin reserves it, and the next pin of the stage takes it (`reserved_for`). A model counted as
+// it is, this pin keeps so (entry::kept: not evicted, not dropped) until that pin comes or this one ends.
+// Only a failed copy of such a model can leave its pin needing more than was reserved; that pin then
+// waits for room, as any pin does.
+bytes_t device_tier::reserved_for(const pin_request& r) const {
+  if (r.earlier == 0 || pins_.check(r.earlier, r.holder))
+    return 0;  // none, another holder's, or ended (its reservation went with it)
+  return pins_.find(r.earlier)->reserved_after;
+}
+
 bytes_t device_tier::room_to_leave(const pin_request& r) const {
   bytes_t total = 0;
   for (const auto& [model, least_if_absent] : r.pins_after) {
     auto i = entries_.find(model);
-    bool taken_as_it_is = i != entries_.end() && (i->second.state == device_residency::copying || i->second.pins > 0);
+    bool taken_as_it_is = i != entries_.end() && (i->second.state == device_residency::copying || i->second.held());
     total = saturating_add(total, taken_as_it_is ? staging_for(i->second, {}) : least_if_absent);
   }
   return total;
@@ -368,7 +401,10 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   const auto& model = r.host.model;
   auto i = entries_.find(model);
   bool present = i != entries_.end();
-  auto room = free_bytes() + evictable_bytes(model);
+  auto reserved = reserved_for(r);  // room its stage's earlier pin holds for it
+  // Admitted ahead of others waiting (rule 1), it takes only that room.
+  bool ahead = reserved > 0 && !queue_.empty() && queue_.front().request != r.request;
+  auto room = (ahead ? 0 : free_bytes() + evictable_bytes(model)) + reserved;
   if (r.prefetch) {
     // A prefetch takes only room that neither a model with a known next use nor the sooner uses it was
     // told of would need: otherwise the running job's next stage evicts it again.
@@ -383,7 +419,9 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
     room = usable > keep ? usable - keep : 0;
   }
   auto leave = room_to_leave(r);
-  room = room > leave ? room - leave : 0;
+  if (leave > room)
+    return false;  // the room its stage's later pins need is not there
+  room -= leave;
   entry fresh;
   if (!present)
     fresh.tensors = r.tensors();
@@ -391,7 +429,7 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   auto p = admission_plan(e, present, r.working_bytes, room);
   std::optional<own_trim> own;  // Note [A pin may trim its own model]
   if (present && !r.prefetch && (!p || p->need() + r.working_bytes > room) && options_.partial_loading
-      && e.state == device_residency::resident && e.pins == 0 && !e.only_copy) {
+      && e.state == device_residency::resident && !e.held() && !e.only_copy) {
     own = plan_own_trim(e.tensors, r.working_bytes, room, options_.staging_slots);
     if (own) {
       p = own->plan;
@@ -400,17 +438,39 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   }
   if (!p || p->need() + r.working_bytes > room)
     return false;
+  std::vector<model_id> kept;  // the later models the earlier pin kept, this one keeps on
+  if (auto* before = r.earlier != 0 && !pins_.check(r.earlier, r.holder) ? pins_.find(r.earlier) : nullptr) {
+    // Taken: the room is this pin's now, and the kept models are its own or its to keep.
+    before->reserved_after = 0;
+    unreserve(reserved);
+    for (auto& m : std::exchange(before->kept_after, {}))
+      if (m == model) {
+        --i->second.kept;  // this pin holds it now (it stays, even with nothing on the device)
+        update_candidacy(m);
+      } else {
+        kept.push_back(m);
+      }
+  }
   if (own) {
     drop_tensors(model, own->drop);
     ++counters_.partial_evictions;
     counters_.evicted_bytes += own->freed;
   }
-  if (!make_room_for(p->need() + r.working_bytes, model, r.prefetch))
+  if (!make_room_for(p->need() + r.working_bytes + leave, model, r.prefetch))
     return false;
+  // The later models counted as they are (pinned or being copied now) are kept so until their pins come.
+  for (const auto& later : r.pins_after) {
+    auto f = entries_.find(later.first);
+    if (f != entries_.end() && (f->second.state == device_residency::copying || f->second.held())
+        && std::find(kept.begin(), kept.end(), later.first) == kept.end()) {
+      ++f->second.kept;
+      kept.push_back(later.first);
+    }
+  }
   auto reserve = r.working_bytes + p->staging_bytes;
-  working_reserved_ += reserve;
-  used_ += reserve;
-  admitted a{r.request, r.holder, r.host, reserve, p->staging_bytes};
+  working_reserved_ += reserve + leave;
+  used_ += reserve + leave;
+  admitted a{r.request, r.holder, r.host, reserve, p->staging_bytes, leave, std::move(kept)};
   if (!present) {
     auto& created = entries_[model];
     created.tensors = std::move(fresh.tensors);
@@ -496,7 +556,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
     return;
   }
   auto verdict = admit_or_wait(queue_, r, needs_room(r), may_wait,
-                               [&](const pin_request& x) { return try_admit(x, out); }, r.follows_granted);
+                               [&](const pin_request& x) { return try_admit(x, out); });
   if (verdict == admission::queued)
     ++counters_.waits;
   else if (verdict == admission::refused)
@@ -518,7 +578,7 @@ void device_tier::drop_retired() {
   retirements_.sweep([&](const model_id& model) {
     auto e = entries_.find(model);
     if (e != entries_.end()) {
-      if (e->second.state != device_residency::resident || e->second.pins > 0)
+      if (e->second.state != device_residency::resident || e->second.held())
         return retired_copy::held;
       ++counters_.retired_drops;
       discard(model);  // not copied back: no catalog entry would ever read it
@@ -536,11 +596,11 @@ std::optional<failure> device_tier::release(pin_id pin, holder_id holder, device
   if (auto err = pins_.check(pin, holder))
     return err;
   auto rec = pins_.take(pin);
-  working_reserved_ -= rec.working_bytes;
-  used_ -= rec.working_bytes;
+  unreserve(rec.working_bytes + rec.reserved_after);
+  unkeep(rec.kept_after);
   auto& e = entries_.at(rec.model);
   --e.pins;
-  if (e.pins == 0 && e.bytes == 0 && e.state == device_residency::resident)
+  if (!e.held() && e.bytes == 0 && e.state == device_residency::resident)
     transition(rec.model, device_residency::absent);  // it was streamed entirely: nothing to keep
   else
     update_candidacy(rec.model);
@@ -558,11 +618,12 @@ outcome<bytes_t> device_tier::offload(const model_id& model, bytes_t bytes, devi
       return failure{errc::not_resident,
                      "'" + model + "' is " + (i == entries_.end() ? "not on" : "still being copied to")
                        + " device " + std::to_string(options_.device)};
-    if (i->second.pins > 0)
+    if (i->second.held())
       return failure{errc::model_pinned, "'" + model + "' is pinned on device "
                                            + std::to_string(options_.device) + " by "
-                                           + std::to_string(i->second.pins)
-                                           + " pin(s); release them before offloading"};
+                                           + std::to_string(i->second.pins) + " pin(s)"
+                                           + (i->second.kept > 0 ? " and kept for a stage's next pin" : "")
+                                           + "; release them before offloading"};
     ++counters_.offloads;
     freed = trim(model, bytes == 0 ? all : bytes);
   } else {
@@ -614,8 +675,8 @@ void device_tier::withdraw(const failure& why, Whose whose, device_effects& out)
         continue;
       }
       // The copy in flight still reads the host copy: keep its lease until the copy ends.
-      working_reserved_ -= w->working_bytes;
-      used_ -= w->working_bytes;
+      unreserve(w->working_bytes + w->reserved_after);
+      unkeep(w->kept_after);
       kv.second.orphaned_leases.push_back(w->host.lease);
       out.replies.push_back({w->request, why});
       w = ws.erase(w);

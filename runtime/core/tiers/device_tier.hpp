@@ -97,7 +97,7 @@ struct pin_request {
   // Note [A stage's pins leave room for the ones after]: the models its caller pins next (a scheduler
   // stage's other models), each with the least a pin of it could need were it absent from the device.
   std::vector<std::pair<model_id, bytes_t>> pins_after;
-  bool follows_granted = false;  // stage_pins::follows_granted: tried at once, and waits at the queue's head
+  pin_id earlier = 0;  // stage_pins::earlier: the holder's pin whose reserved room this one takes
   bytes_t model_bytes() const;
   /// Every tensor as the plan sees it, none on the device yet.
   std::vector<tensor_slot> tensors() const;
@@ -205,6 +205,8 @@ private:
     ram_lease host;
     bytes_t working_bytes;  // the caller's working memory + staging
     bytes_t staging_bytes;
+    bytes_t reserved_after = 0;  // room reserved for the pins after it (Note [A stage's pins leave room ...])
+    std::vector<model_id> kept_after;  // models of those pins kept as they are (entry::kept)
   };
   struct entry {
     device_residency state = device_residency::absent;
@@ -212,6 +214,8 @@ private:
     bytes_t bytes = 0;  // device bytes of resident + copying tensors
     bytes_t counted_evictable = 0;  // what this entry adds to evictable_ (its bytes while a candidate)
     size_t pins = 0;
+    size_t kept = 0;  // kept for a stage's next pin of it, by an earlier pin (Note [A stage's pins ...])
+    bool held() const { return pins > 0 || kept > 0; }  // neither evicted nor dropped
     std::shared_ptr<const device_model> view;
     std::shared_ptr<const host_model> host;  // while copying: the source, for an OOM retry
     int oom_attempts = 0;
@@ -228,6 +232,8 @@ private:
     holder_id holder;
     bytes_t working_bytes;
     lease_id ram_lease;
+    bytes_t reserved_after = 0;  // room reserved for the stage's next pin, until it takes it or this ends
+    std::vector<model_id> kept_after;  // and the later models kept as they are (entry::kept)
   };
 
   /// A copy of `old` listing `n` tensors (names from `host` when given); tensors past old's end undefined.
@@ -239,8 +245,14 @@ private:
   bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
   std::optional<residency_plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
   bool needs_room(const pin_request& r) const;
-  /// Note [A stage's pins leave room for the ones after]: the room `r` leaves for the pins after it.
+  /// Note [A stage's pins leave room for the ones after]: the room `r` leaves for the pins after it, and
+  /// the room its stage's earlier pin reserved for it.
   bytes_t room_to_leave(const pin_request& r) const;
+  bytes_t reserved_for(const pin_request& r) const;
+  /// Gives back reserved working memory (and room reserved for later pins).
+  void unreserve(bytes_t bytes);
+  /// Ends the keeping of `models` (entry::kept) for a stage's later pins.
+  void unkeep(const std::vector<model_id>& models);
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,

@@ -18,7 +18,7 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   report.tier = "device " + std::to_string(options_.device);
   report.subject = "'" + r.host.model + "'";
   for (const auto& kv : entries_) {
-    if (kv.second.pins == 0 && kv.second.state == device_residency::resident)
+    if (!kv.second.held() && kv.second.state == device_residency::resident)
       continue;
     report.held.push_back("'" + kv.first + "' " + format_bytes(kv.second.bytes)
                           + (kv.second.state == device_residency::copying
@@ -99,10 +99,17 @@ void device_tier::check_invariants() const {
   size_t candidates = 0;
   bytes_t evictable = 0;
   std::map<model_id, size_t> pin_count;
+  std::map<model_id, size_t> kept_count;
   pins_.for_each([&](pin_id, const pin_record& p) {
     ++pin_count[p.model];
-    working += p.working_bytes;
+    working += p.working_bytes + p.reserved_after;
+    for (const auto& m : p.kept_after)
+      ++kept_count[m];
   });
+  for (const auto& kv : entries_)
+    for (const auto& w : kv.second.waiters)
+      for (const auto& m : w.kept_after)
+        ++kept_count[m];
   for (const auto& kv : entries_) {
     const auto& e = kv.second;
     auto name = "'" + kv.first + "'";
@@ -125,7 +132,7 @@ void device_tier::check_invariants() const {
       fail(name + " counts " + std::to_string(e.bytes) + " bytes, its tensors " + std::to_string(held));
     sum += e.bytes;
     for (const auto& w : e.waiters)
-      working += w.working_bytes;
+      working += w.working_bytes + w.reserved_after;
     if (e.state == device_residency::absent)
       fail(name + " has an entry but is absent");
     if ((e.state == device_residency::copying) != any_copying)
@@ -136,11 +143,14 @@ void device_tier::check_invariants() const {
       fail("pinned " + name + " is not resident");
     if (e.only_copy && (e.state != device_residency::resident || held != e.model_bytes()))
       fail(name + " holds the only copy but is not resident whole");
-    if (e.state == device_residency::resident && e.pins == 0 && e.bytes == 0)
+    if (e.state == device_residency::resident && !e.held() && e.bytes == 0)
       fail(name + " is resident with nothing on the device and no pin");
+    if (kept_count[kv.first] != e.kept)
+      fail(name + " is kept " + std::to_string(e.kept) + " times, by " + std::to_string(kept_count[kv.first])
+           + " earlier pins");
     if (!e.waiters.empty() && e.state != device_residency::copying)
       fail(name + " has waiters but is not copying");
-    bool candidate = e.state == device_residency::resident && e.pins == 0 && e.bytes > 0;
+    bool candidate = e.state == device_residency::resident && !e.held() && e.bytes > 0;
     if (candidate != policy_->contains(kv.first))
       fail(name + " candidacy disagrees with the policy");
     candidates += candidate;

@@ -112,7 +112,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
                    + " usable. The device has less memory than the budget says: lower budget_bytes. ("
                    + why.detail + ")";
     drop_copying(e);
-    bool keeps_some = e.bytes > 0;
+    bool keeps_some = e.bytes > 0 || e.kept > 0;  // a kept entry stays until unkept, if with nothing
     transition(model, keeps_some ? device_residency::resident : device_residency::absent);
     for (const auto& w : waiters)
       fail_request(w, why, out);
@@ -132,7 +132,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
     transition(model, device_residency::resident);
     for (const auto& w : waiters)
       out.replies.push_back({w.request, grant(model, w)});
-    if (e.pins == 0 && e.bytes == 0)
+    if (!e.held() && e.bytes == 0)
       transition(model, device_residency::absent);  // every waiter went away and nothing is resident
   }
   serve_queue(out);
