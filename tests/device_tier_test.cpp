@@ -975,6 +975,19 @@ TEST_CASE("a stage's first pin needs room for its later pins even when its own m
   CHECK(h.tier.stats().used_bytes == 90);
 }
 
+TEST_CASE("a first pin of a resident model that reserves room for later pins waits its turn behind the queue") {
+  device_harness h{100};
+  h.cached("m", {20});
+  h.pinned("held", 40, bob);                  // 40 free
+  auto big = h.pin("big", 70, carol);         // 40 free + 'm' 20 < 70: queued
+  REQUIRE_FALSE(h.answered(big));
+  auto rm = h.request("m", 20, alice);
+  rm.pins_after = {{"y", 30}};                // 30 of the 40 free: there, but Carol is first
+  auto m = h.submit(std::move(rm), true);
+  CHECK_FALSE(h.answered(m));
+  CHECK(h.tier.stats().waiting_now == 2);
+}
+
 
 TEST_CASE("a later model counted as it is stays so until its pin comes: neither evicted nor offloaded") {
   // From a probe (two schedulers, multi-model stages, waits for ever): a later model pinned by another
