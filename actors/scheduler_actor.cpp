@@ -527,16 +527,18 @@ void on_pinned(self_ptr self, job_id id, std::size_t k, outcome<device_pin> resu
 // holders (two schedulers, or a stage and a session) could each get a first pin and wait for the room
 // the other's holds. So the stage's pins go one after another, in the stage's order: each carries the
 // leases of the models after it, and the device admits it only with room beside it for what those could
-// still need (device_tier::room_to_leave: a model pinned there already needs at most its staging ring;
-// any other at most `least_pin_bytes`, the whole model or its required tensors and a ring, however much
-// of it this pin evicts; the submit check made sure they fit together), and reserves that room for
-// them, held by this pin. The next pin names it (`stage_pins::earlier`) and takes the room: it needs no
-// new room (Note [Admission] rule 1), so it goes ahead of any queue, and reserves in turn for the pins
-// after it. A stage thus holds, from its first pin, the room for all of its pins, or waits holding none;
-// the reservation goes back when the next pin takes it or the pin holding it ends. Only a later model that
-// was pinned there (its ring reserved) and then let go and evicted before its own pin can need more than
-// was reserved; that pin waits for room like any. Together the stage's pins wait no longer than
-// `wait_for_room`.
+// still need, and reserves that room for them, held by this pin (device_tier::room_to_leave: a model
+// here is counted as it is, what its pin would add, and kept so, never evicted or dropped, until its pin
+// comes; where that leaves no room, one here unpinned is counted as if absent instead, which this pin may
+// evict: the least a pin of it could need, the whole model or its required tensors and a ring, which no
+// eviction can raise; the submit check made sure they fit together). The next pin names it
+// (`stage_pins::earlier`) and takes the room: it needs no new room (Note [Admission] rule 1), so it goes
+// ahead of any queue, and reserves in turn for the pins after it. A stage of models all here needs
+// nothing new at all. So a stage holds, from its first pin, the room for all of its pins, or waits
+// holding none; the reservation goes back when the next pin takes it or the pin holding it ends. Only a
+// later model counted as it is while being copied can come to need more (its copy fails, or falls back
+// to its required tensors after the device ran out of memory): its pin then waits for room like any, at
+// worst until `wait_for_room`. Together the stage's pins wait no longer than `wait_for_room`.
 void request_pins(self_ptr self, job_id id, bool at_once) {
   auto& run = self->state.running.at(id);
   const auto& stage = run.job->spec.stages[run.stage];

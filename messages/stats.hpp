@@ -63,7 +63,8 @@ struct device_stats {
   bytes_t peak_used_bytes = 0;
   bytes_t resident_bytes = 0;     // bytes of models resident or being copied in
   bytes_t pinned_bytes = 0;       // bytes of models with at least one pin
-  bytes_t working_bytes = 0;      // working memory reserved by pins and admitted pin requests
+  bytes_t working_bytes = 0;      // working memory reserved by pins and admitted pin requests, with the
+                                  // room a stage's pin reserves for its later pins
   std::uint64_t models_resident = 0;
   std::uint64_t pins_active = 0;
   std::uint64_t hits = 0;            // pins served without a copy

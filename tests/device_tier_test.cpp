@@ -1038,3 +1038,26 @@ TEST_CASE("a kept later model with nothing on the device is still there when its
     h.finish_copy("f");
   REQUIRE(h.granted(mine));
 }
+
+TEST_CASE("a stage whose models are all here needs nothing new: its pins are granted at once while others wait") {
+  // From a review: a later model here but unpinned was counted as if absent, so the first pin needed room
+  // for it, and a stage of resident models waited behind the queue (and could evict what it then copied
+  // back). Counted as they are, and kept so, they need nothing.
+  device_harness h{100};
+  h.cached("a", {20});
+  h.cached("b", {20});
+  h.pinned("held", 40, bob);          // 20 free
+  auto big = h.pin("big", 70, carol);  // 20 free + 40 evictable < 70: queued
+  REQUIRE_FALSE(h.answered(big));
+  auto ra = h.request("a", 20, alice);
+  ra.pins_after = {{"b", 20}};
+  auto a = h.submit(std::move(ra), false);
+  REQUIRE(h.granted(a));
+  auto rb = h.request("b", 20, alice);
+  rb.earlier = std::get<device_pin>(h.answers.at(a)).pin;
+  auto b = h.submit(std::move(rb), false);
+  REQUIRE(h.granted(b));
+  CHECK(h.tier.resident_bytes("b") == 20);
+  CHECK(h.copies_started == std::vector<model_id>{"a", "b", "held"});  // nothing copied again
+  CHECK_FALSE(h.answered(big));
+}

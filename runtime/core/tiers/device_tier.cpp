@@ -358,7 +358,7 @@ std::vector<tensor_slot> pin_request::tensors() const {
 // plan for it and the room it reserves in turn (Note [A stage's pins leave room for the ones after]).
 bool device_tier::needs_room(const pin_request& r) const {
   auto reserved = reserved_for(r);
-  auto leave = room_to_leave(r);
+  auto leave = room_to_leave(r, true).leave;
   if (leave > reserved)
     return true;
   auto i = entries_.find(r.host.model);
@@ -377,22 +377,36 @@ bool device_tier::needs_room(const pin_request& r) const {
 // needs more (fewer absent tensors, a ring no larger). So this pin may evict it, and what it leaves is
 // enough; this pin reserves it, and the next pin of the stage takes it (`reserved_for`). A model counted as
 // it is, this pin keeps so (entry::kept: not evicted, not dropped) until that pin comes or this one ends.
-// Only a failed copy of such a model can leave its pin needing more than was reserved; that pin then
-// waits for room, as any pin does.
+// Only a copy of such a model that fails, or falls back to its required tensors after an out-of-memory,
+// can leave its pin needing more than was reserved; that pin then waits for room, as any pin does.
 bytes_t device_tier::reserved_for(const pin_request& r) const {
   if (r.earlier == 0 || pins_.check(r.earlier, r.holder))
     return 0;  // none, another holder's, or ended (its reservation went with it)
   return pins_.find(r.earlier)->reserved_after;
 }
 
-bytes_t device_tier::room_to_leave(const pin_request& r) const {
-  bytes_t total = 0;
+device_tier::later_pins device_tier::room_to_leave(const pin_request& r, bool all_as_they_are) const {
+  later_pins later;
   for (const auto& [model, least_if_absent] : r.pins_after) {
     auto i = entries_.find(model);
-    bool taken_as_it_is = i != entries_.end() && (i->second.state == device_residency::copying || i->second.held());
-    total = saturating_add(total, taken_as_it_is ? staging_for(i->second, {}) : least_if_absent);
+    if (i == entries_.end()) {
+      later.leave = saturating_add(later.leave, least_if_absent);
+      continue;
+    }
+    const auto& e = i->second;
+    if (e.state == device_residency::copying || e.held()) {
+      later.leave = saturating_add(later.leave, staging_for(e, {}));  // its pin takes it as it is
+    } else if (all_as_they_are) {
+      later.leave = saturating_add(later.leave, least_pin_bytes(e.tensors, options_.partial_loading,
+                                                                options_.staging_slots));
+      later.kept_evictable += e.counted_evictable;
+    } else {
+      later.leave = saturating_add(later.leave, least_if_absent);  // this pin may evict it
+      continue;
+    }
+    later.kept.push_back(model);
   }
-  return total;
+  return later;
 }
 
 // Reserves working memory and staging (and room for a copy when needed) for `r`. False (nothing
@@ -418,27 +432,45 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
       usable += evictable_without_next_use(model);
     room = usable > keep ? usable - keep : 0;
   }
-  auto leave = room_to_leave(r);
-  if (leave > room)
-    return false;  // the room its stage's later pins need is not there
-  room -= leave;
+  // The later models are counted as they are and kept so, where that leaves the room; else those not
+  // held are counted as if absent, and this pin may evict them (Note [A stage's pins leave room ...]).
+  const auto base_room = room;
+  later_pins later;
+  std::optional<residency_plan> p;
+  std::optional<own_trim> own;  // Note [A pin may trim its own model]
   entry fresh;
   if (!present)
     fresh.tensors = r.tensors();
   const entry& e = present ? i->second : fresh;
-  auto p = admission_plan(e, present, r.working_bytes, room);
-  std::optional<own_trim> own;  // Note [A pin may trim its own model]
-  if (present && !r.prefetch && (!p || p->need() + r.working_bytes > room) && options_.partial_loading
-      && e.state == device_residency::resident && !e.held() && !e.only_copy) {
-    own = plan_own_trim(e.tensors, r.working_bytes, room, options_.staging_slots);
-    if (own) {
-      p = own->plan;
-      room += own->freed;
+  for (bool all_as_they_are : {true, false}) {
+    later = room_to_leave(r, all_as_they_are);
+    room = base_room;
+    if (!ahead)
+      room -= std::min(room, later.kept_evictable);  // they will not be evicted
+    if (later.leave > room)
+      continue;  // the room its stage's later pins need is not there
+    room -= later.leave;
+    p = admission_plan(e, present, r.working_bytes, room);
+    own.reset();
+    if (present && !r.prefetch && (!p || p->need() + r.working_bytes > room) && options_.partial_loading
+        && e.state == device_residency::resident && !e.held() && !e.only_copy) {
+      own = plan_own_trim(e.tensors, r.working_bytes, room, options_.staging_slots);
+      if (own) {
+        p = own->plan;
+        room += own->freed;
+      }
     }
+    if (p && p->need() + r.working_bytes <= room)
+      break;
+    p.reset();
+    if (r.pins_after.empty())
+      break;  // nothing to count otherwise
   }
-  if (!p || p->need() + r.working_bytes > room)
+  if (!p)
     return false;
-  std::vector<model_id> kept;  // the later models the earlier pin kept, this one keeps on
+  // From here on it is admitted: nothing below can fail.
+  const auto leave = later.leave;
+  std::vector<model_id> kept;  // the later models it keeps as they are
   if (auto* before = r.earlier != 0 && !pins_.check(r.earlier, r.holder) ? pins_.find(r.earlier) : nullptr) {
     // Taken: the room is this pin's now, and the kept models are its own or its to keep.
     before->reserved_after = 0;
@@ -451,22 +483,19 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
         kept.push_back(m);
       }
   }
+  for (const auto& m : later.kept)
+    if (std::find(kept.begin(), kept.end(), m) == kept.end()) {
+      ++entries_.at(m).kept;  // before making room: never evicted for it
+      update_candidacy(m);
+      kept.push_back(m);
+    }
   if (own) {
     drop_tensors(model, own->drop);
     ++counters_.partial_evictions;
     counters_.evicted_bytes += own->freed;
   }
   if (!make_room_for(p->need() + r.working_bytes + leave, model, r.prefetch))
-    return false;
-  // The later models counted as they are (pinned or being copied now) are kept so until their pins come.
-  for (const auto& later : r.pins_after) {
-    auto f = entries_.find(later.first);
-    if (f != entries_.end() && (f->second.state == device_residency::copying || f->second.held())
-        && std::find(kept.begin(), kept.end(), later.first) == kept.end()) {
-      ++f->second.kept;
-      kept.push_back(later.first);
-    }
-  }
+    throw std::logic_error("device tier: no room made for '" + model + "' after its admission was decided");
   auto reserve = r.working_bytes + p->staging_bytes;
   working_reserved_ += reserve + leave;
   used_ += reserve + leave;
@@ -523,7 +552,7 @@ void device_tier::pin(pin_request r, bool may_wait, device_effects& out) {
   bytes_t model_bytes = 0;
   for (auto b : r.tensor_bytes)
     model_bytes = saturating_add(model_bytes, b);
-  auto leave = room_to_leave(r);
+  auto leave = room_to_leave(r, true).leave;
   if (!plausible_sum({model_bytes, r.working_bytes, leave})) {
     refuse(failure{errc::invalid_argument, "pinning '" + r.host.model + "' asks for "
                                              + format_bytes(r.working_bytes) + " of working memory beside "
@@ -619,10 +648,11 @@ outcome<bytes_t> device_tier::offload(const model_id& model, bytes_t bytes, devi
                      "'" + model + "' is " + (i == entries_.end() ? "not on" : "still being copied to")
                        + " device " + std::to_string(options_.device)};
     if (i->second.held())
-      return failure{errc::model_pinned, "'" + model + "' is pinned on device "
-                                           + std::to_string(options_.device) + " by "
-                                           + std::to_string(i->second.pins) + " pin(s)"
-                                           + (i->second.kept > 0 ? " and kept for a stage's next pin" : "")
+      return failure{errc::model_pinned, "'" + model + "' is "
+                                           + (i->second.pins > 0 ? "pinned by " + std::to_string(i->second.pins)
+                                                                     + " pin(s)"
+                                                                 : std::string{"kept for a stage's next pin"})
+                                           + " on device " + std::to_string(options_.device)
                                            + "; release them before offloading"};
     ++counters_.offloads;
     freed = trim(model, bytes == 0 ? all : bytes);

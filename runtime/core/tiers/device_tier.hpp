@@ -245,9 +245,15 @@ private:
   bytes_t staging_for(const entry& e, const std::vector<size_t>& also_resident) const;
   std::optional<residency_plan> admission_plan(const entry& e, bool present, bytes_t working, bytes_t room) const;
   bool needs_room(const pin_request& r) const;
-  /// Note [A stage's pins leave room for the ones after]: the room `r` leaves for the pins after it, and
-  /// the room its stage's earlier pin reserved for it.
-  bytes_t room_to_leave(const pin_request& r) const;
+  /// Note [A stage's pins leave room for the ones after]: the room `r` leaves for the pins after it, with
+  /// the later models it keeps as they are (all of those here, or only those pinned or being copied, the
+  /// others counted as if absent) and their evictable bytes; and the room its earlier pin reserved for it.
+  struct later_pins {
+    bytes_t leave = 0;
+    std::vector<model_id> kept;
+    bytes_t kept_evictable = 0;
+  };
+  later_pins room_to_leave(const pin_request& r, bool all_as_they_are) const;
   bytes_t reserved_for(const pin_request& r) const;
   /// Gives back reserved working memory (and room reserved for later pins).
   void unreserve(bytes_t bytes);

@@ -35,7 +35,7 @@ failure device_tier::no_room(const pin_request& r, size_t queued_ahead) const {
   // The plan admission would take with the room there is, or else with the whole usable budget (partial,
   // with staging, when the model could never fit whole).
   auto room = free_bytes() + evictable_bytes(r.host.model);
-  auto leave = room_to_leave(r);
+  auto leave = room_to_leave(r, true).leave;
   auto p = admission_plan(e, present, r.working_bytes, room > leave ? room - leave : 0);
   if (!p)
     p = admission_plan(e, present, r.working_bytes, usable_bytes());
@@ -145,7 +145,7 @@ void device_tier::check_invariants() const {
       fail(name + " holds the only copy but is not resident whole");
     if (e.state == device_residency::resident && !e.held() && e.bytes == 0)
       fail(name + " is resident with nothing on the device and no pin");
-    if (kept_count[kv.first] != e.kept)
+    if (kept_count.count(kv.first) ? kept_count[kv.first] != e.kept : e.kept != 0)
       fail(name + " is kept " + std::to_string(e.kept) + " times, by " + std::to_string(kept_count[kv.first])
            + " earlier pins");
     if (!e.waiters.empty() && e.state != device_residency::copying)
@@ -168,6 +168,9 @@ void device_tier::check_invariants() const {
   for (const auto& kv : pin_count)
     if (!entries_.count(kv.first))
       fail("a pin names '" + kv.first + "', which has no entry");
+  for (const auto& kv : kept_count)
+    if (!entries_.count(kv.first))
+      fail("a pin keeps '" + kv.first + "' for a later pin, which has no entry");
   if (working != working_reserved_)
     fail("working memory reserved " + std::to_string(working_reserved_) + " != sum over pins and waiters "
          + std::to_string(working));

@@ -19,8 +19,10 @@ bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<s
 bytes_t least_pin_bytes(const std::vector<tensor_slot>& tensors, bool partial_loading, size_t slots) {
   bytes_t whole = 0;
   bytes_t required = 0;
-  bytes_t largest_other = 0;  // staging_for's ring on a device that holds none of the model
+  bytes_t largest_other = 0;  // staging_for's ring
   for (const auto& t : tensors) {
+    if (t.state != tensor_residency::absent)
+      continue;  // here already, or arriving
     whole += t.bytes;
     if (t.required)
       required += t.bytes;

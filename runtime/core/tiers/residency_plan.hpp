@@ -41,8 +41,9 @@ bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<s
 
 /// The least a pin of a model made of `tensors` could ever need on a device beside its working memory: the
 /// whole model, or with partial loading its required tensors and a staging ring of `slots` buffers of the
-/// largest other tensor, when that is less. A device whose usable bytes are under this plus the working
-/// memory can never hold the pin; the device tier refuses it at once, the scheduler at submit.
+/// largest other tensor, when that is less; of the tensors absent only (all of them for a model the device
+/// has none of). A device whose usable bytes are under this plus the working memory can never hold the
+/// pin; the device tier refuses it at once, the scheduler at submit.
 bytes_t least_pin_bytes(const std::vector<tensor_slot>& tensors, bool partial_loading, size_t slots);
 
 /// The plan for `room` bytes that can be had beside `working` bytes of working memory; nothing if even the
