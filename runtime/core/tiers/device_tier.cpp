@@ -394,9 +394,9 @@ device_tier::later_pins device_tier::room_to_leave(const pin_request& r, bool al
       continue;
     }
     const auto& e = i->second;
-    if (e.state == device_residency::copying || e.held()) {
+    if (e.state == device_residency::copying || e.pins > 0) {
       later.leave = saturating_add(later.leave, staging_for(e, {}));  // its pin takes it as it is
-    } else if (all_as_they_are) {
+    } else if (all_as_they_are || e.kept > 0) {  // its pin plans from what is here (admission_plan)
       later.leave = saturating_add(later.leave, least_pin_bytes(e.tensors, options_.partial_loading,
                                                                 options_.staging_slots));
       later.kept_evictable += e.counted_evictable;
