@@ -947,3 +947,37 @@ TEST_CASE("a stage of models the catalog has no tensor sizes for still leaves ro
   if (status.error)
     FAIL_CHECK(status.error->detail);
 }
+
+TEST_CASE("two schedulers' stages on one device never each hold a first pin while waiting for the other's room") {
+  // From a probe: S1's stage [a, b] had 'a' admitted (its copy slow) leaving room for 'b'; S2's stage
+  // [m, y] then had 'm' granted at once (resident: it needed nothing) with no room left for 'y'. 'b'
+  // and 'y' each waited for what the other stage held, until wait_for_room, and [a, b] failed. Now a
+  // first pin reserves its later pins' room, so [m, y] waits holding nothing.
+  auto o = options(/*ram=*/64 * kib, /*device=*/10 * kib);
+  o.devices[0].partial_loading = false;
+  o.devices[0].simulated_bandwidth_bytes_per_s = 7500;  // 3 KiB in about 0.4 s
+  runtime rt{o};
+  REQUIRE_FALSE(rt.models().add(synthetic_model("a", {3 * kib_floats})));
+  REQUIRE_FALSE(rt.models().add(synthetic_model("b", {4 * kib_floats})));
+  REQUIRE_FALSE(rt.models().add(synthetic_model("m", {4 * kib_floats})));
+  REQUIRE_FALSE(rt.models().add(synthetic_model("y", {4 * kib_floats})));
+  {
+    auto s = rt.open_session();
+    s.pin(s.acquire("m"), 0, 0).release();  // 'm' cached on the device
+    auto in_ram = s.acquire_all({"a", "b", "y"});
+  }
+  scheduler_options so;
+  so.wait_for_room = 3s;
+  scheduler s1{rt, so};
+  scheduler s2{rt, so};
+  auto ab = s1.submit(one_stage({"a", "b"}, [](stage_context&) {}));
+  std::this_thread::sleep_for(150ms);  // 'a' is being copied
+  auto my = s2.submit(one_stage({"m", "y"}, [](stage_context&) {}));
+  for (auto* job : {&ab, &my}) {
+    auto status = job->wait();
+    CHECK(status.state == job_state::done);
+    if (status.error)
+      FAIL_CHECK(status.error->detail);
+  }
+  expect_nothing_held(rt);
+}
