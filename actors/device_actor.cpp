@@ -307,10 +307,8 @@ std::vector<std::pair<model_id, bytes_t>> least_of(self_ptr self, const std::vec
     if (!lease.payload)
       continue;
     auto [bytes, required] = device_tensors(self, lease);
-    std::vector<tensor_slot> tensors;
-    for (std::size_t k = 0; k < bytes.size(); ++k)
-      tensors.push_back({bytes[k], k < required.size() && required[k], tensor_residency::absent});
-    out.emplace_back(lease.model, least_pin_bytes(tensors, options.partial_loading, options.staging_slots));
+    out.emplace_back(lease.model,
+                     least_pin_bytes(absent_tensors(bytes, required), options.partial_loading, options.staging_slots));
   }
   return out;
 }

@@ -206,7 +206,6 @@ runtime::runtime(runtime_options options) : options_(resolve(std::move(options))
       backend = make_torch_backend(torch_device_of(d));
     devices += "; device " + std::to_string(i) + " (" + backend->describe() + "): " + format_bytes(d.budget_bytes)
                + ", reserve " + format_bytes(d.reserve_bytes);
-    torch_devices_.push_back(backend->torch_device());
     backends_.push_back(backend);
     devices_.push_back(make_device({index, d.budget_bytes, d.reserve_bytes, d.partial_loading, d.staging_slots,
                                     options_.keep_alive, {}},
@@ -308,9 +307,9 @@ bytes_t runtime::device_footprint(device_index index, bytes_t tensor_bytes) cons
 c10::Device runtime::torch_device(device_index index) const {
   if (index == cpu_device)
     return c10::Device(c10::DeviceType::CPU);
-  if (index < 0 || static_cast<size_t>(index) >= torch_devices_.size())
-    no_such_device(index, torch_devices_.size());
-  return torch_devices_[static_cast<size_t>(index)];
+  if (index < 0 || static_cast<size_t>(index) >= backends_.size())
+    no_such_device(index, backends_.size());
+  return backends_[static_cast<size_t>(index)]->torch_device();
 }
 
 session runtime::open_session(std::string name) {

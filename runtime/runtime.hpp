@@ -144,8 +144,7 @@ private:
   std::unique_ptr<caf::actor_system> system_;
   ram_cache_actor ram_;
   std::vector<device_actor> devices_;
-  std::vector<c10::Device> torch_devices_;  // index i is device i's
-  std::vector<std::shared_ptr<const device_backend>> backends_;  // index i is device i's
+  std::vector<std::shared_ptr<const device_backend>> backends_;  // index i is device i's (its LibTorch device)
   device_actor cpu_;
   std::shared_ptr<timeline> trace_;
   mutable std::mutex names_mutex_;

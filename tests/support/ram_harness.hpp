@@ -101,6 +101,15 @@ struct ram_harness : test::answer_book<ram_lease> {
     REQUIRE_FALSE(release(lease(other, bob), bob));
     return acquire(d, alice);
   }
+  /// After `acquire_handed_over(d, other)` saw its copy back fail: the acquire `r` is not failed but waits
+  /// for `d` read from the disk again, and is granted when that load ends.
+  void expect_served_from_disk(request_id r, const model_descriptor& d, const model_descriptor& other) {
+    CHECK_FALSE(answered(r));
+    CHECK(loads_started == std::vector<model_id>{d.id, other.id, d.id});
+    finish_load(d.id);
+    CHECK(granted(r));
+    CHECK(tier.stats().load_failures == 0);
+  }
   /// `d` leaves RAM while device 0 holds it whole (`other`, as large, takes its place), then `other` is
   /// trimmed: RAM is free, and device 0 has the only copy of `d`.
   void handed_over_with_free_room(const model_descriptor& d, const model_descriptor& other) {

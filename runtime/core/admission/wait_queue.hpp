@@ -7,11 +7,11 @@
 //      load in flight; a pin of a model already on the device (or being copied there), or one that costs
 //      the device nothing (a CPU pin), that asks for no working memory and no staging; or a scheduler
 //      stage's later pin whose room its earlier pin reserved (Note [A stage's pins leave room for the
-//      ones after]), which ahead of others takes only that room. It takes no other free memory. It does keep a cached model from being evicted while held, so a queued request may wait
-//      longer (up to its deadline). Making it
-//      wait behind a queued request that may itself be waiting for this holder's memory is how two jobs
-//      end up waiting on each other (a job that pins its text encoder, then its transformer, while
-//      another job waits for room).
+//      ones after]), which ahead of others takes only that room. It takes no other free memory. It does
+//      keep a cached model from being evicted while held, so a queued request may wait longer (up to its
+//      deadline). Making it wait behind a queued request that may itself be waiting for this holder's
+//      memory is how two jobs end up waiting on each other (a job that pins its text encoder, then its
+//      transformer, while another job waits for room).
 //   2. A request that needs room is tried at once only when nobody is queued: strict FIFO, so a large
 //      request is never starved by a stream of small ones.
 //   3. Otherwise it waits at the back of the queue until its deadline, or, if it may not wait, is refused

@@ -9,15 +9,15 @@ namespace mcache {
 
 bytes_t least_pin_bytes(const model_descriptor& model, bool partial_loading, size_t slots,
                         const std::function<bytes_t(bytes_t)>& footprint) {
+  auto cost = [&](bytes_t bytes) { return footprint ? footprint(bytes) : bytes; };
   bool described = !model.tensor_bytes.empty() && model.tensor_bytes.size() == model.tensor_names.size();
   if (!described)
-    return partial_loading ? 0 : footprint ? footprint(model.bytes) : model.bytes;
+    return partial_loading ? 0 : cost(model.bytes);
   std::vector<tensor_slot> tensors;
   for (size_t i = 0; i < model.tensor_names.size(); ++i) {
     bool required = std::find(model.required_tensors.begin(), model.required_tensors.end(), model.tensor_names[i])
                     != model.required_tensors.end();
-    tensors.push_back({footprint ? footprint(model.tensor_bytes[i]) : model.tensor_bytes[i], required,
-                       tensor_residency::absent});
+    tensors.push_back({cost(model.tensor_bytes[i]), required, tensor_residency::absent});
   }
   return least_pin_bytes(tensors, partial_loading, slots);
 }

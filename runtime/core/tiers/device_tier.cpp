@@ -303,14 +303,18 @@ void device_tier::unreserve(bytes_t bytes) {
   used_ -= bytes;
 }
 
+void device_tier::settle(const model_id& model) {
+  auto& e = entries_.at(model);
+  if (!e.held() && e.bytes == 0 && e.state == device_residency::resident)
+    transition(model, device_residency::absent);  // streamed entirely: nothing to keep
+  else
+    update_candidacy(model);
+}
+
 void device_tier::unkeep(const std::vector<model_id>& models) {
   for (const auto& m : models) {
-    auto& e = entries_.at(m);  // a kept entry is never dropped (nor evicted) until unkept
-    --e.kept;
-    if (!e.held() && e.bytes == 0 && e.state == device_residency::resident)
-      transition(m, device_residency::absent);  // streamed entirely: nothing to keep
-    else
-      update_candidacy(m);
+    --entries_.at(m).kept;  // a kept entry is never dropped (nor evicted) until unkept
+    settle(m);
   }
 }
 
@@ -344,12 +348,7 @@ std::optional<residency_plan> device_tier::admission_plan(const entry& e, bool p
   return plan_for(e, working, room);
 }
 
-std::vector<tensor_slot> pin_request::tensors() const {
-  std::vector<tensor_slot> out;
-  for (size_t k = 0; k < tensor_bytes.size(); ++k)
-    out.push_back({tensor_bytes[k], k < required.size() && required[k], tensor_residency::absent});
-  return out;
-}
+std::vector<tensor_slot> pin_request::tensors() const { return absent_tensors(tensor_bytes, required); }
 
 // Note [Admission] rule 1: a pin needs no new room when the model is here (or arriving), or costs this
 // device nothing (the CPU pin tier: its tensors take no device bytes), and the pin asks for no working
@@ -379,10 +378,12 @@ bool device_tier::needs_room(const pin_request& r) const {
 // it is, this pin keeps so (entry::kept: not evicted, not dropped) until that pin comes or this one ends.
 // Only a copy of such a model that fails, or falls back to its required tensors after an out-of-memory,
 // can leave its pin needing more than was reserved; that pin then waits for room, as any pin does.
+bool device_tier::has_earlier(const pin_request& r) const {
+  return r.earlier != 0 && !pins_.check(r.earlier, r.holder);  // not another holder's, nor ended
+}
+
 bytes_t device_tier::reserved_for(const pin_request& r) const {
-  if (r.earlier == 0 || pins_.check(r.earlier, r.holder))
-    return 0;  // none, another holder's, or ended (its reservation went with it)
-  return pins_.find(r.earlier)->reserved_after;
+  return has_earlier(r) ? pins_.find(r.earlier)->reserved_after : 0;
 }
 
 device_tier::later_pins device_tier::room_to_leave(const pin_request& r, bool all_as_they_are) const {
@@ -471,11 +472,12 @@ bool device_tier::try_admit(const pin_request& r, device_effects& out) {
   // From here on it is admitted: nothing below can fail.
   const auto leave = later.leave;
   std::vector<model_id> kept;  // the later models it keeps as they are
-  if (auto* before = r.earlier != 0 && !pins_.check(r.earlier, r.holder) ? pins_.find(r.earlier) : nullptr) {
+  if (has_earlier(r)) {
     // Taken: the room is this pin's now, and the kept models are its own or its to keep.
-    before->reserved_after = 0;
+    auto& before = *pins_.find(r.earlier);
+    before.reserved_after = 0;
     unreserve(reserved);
-    for (auto& m : std::exchange(before->kept_after, {}))
+    for (auto& m : std::exchange(before.kept_after, {}))
       if (m == model) {
         --i->second.kept;  // this pin holds it now (it stays, even with nothing on the device)
         update_candidacy(m);
@@ -627,12 +629,8 @@ std::optional<failure> device_tier::release(pin_id pin, holder_id holder, device
   auto rec = pins_.take(pin);
   unreserve(rec.working_bytes + rec.reserved_after);
   unkeep(rec.kept_after);
-  auto& e = entries_.at(rec.model);
-  --e.pins;
-  if (!e.held() && e.bytes == 0 && e.state == device_residency::resident)
-    transition(rec.model, device_residency::absent);  // it was streamed entirely: nothing to keep
-  else
-    update_candidacy(rec.model);
+  --entries_.at(rec.model).pins;
+  settle(rec.model);
   out.ram_leases_to_release.push_back(rec.ram_lease);
   serve_queue(out);
   return std::nullopt;

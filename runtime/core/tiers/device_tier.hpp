@@ -254,11 +254,16 @@ private:
     bytes_t kept_evictable = 0;
   };
   later_pins room_to_leave(const pin_request& r, bool all_as_they_are) const;
+  /// Whether `r` names an earlier pin of its holder (not ended) whose reservation it takes.
+  bool has_earlier(const pin_request& r) const;
   bytes_t reserved_for(const pin_request& r) const;
   /// Gives back reserved working memory (and room reserved for later pins).
   void unreserve(bytes_t bytes);
   /// Ends the keeping of `models` (entry::kept) for a stage's later pins.
   void unkeep(const std::vector<model_id>& models);
+  /// After a pin or a keep of `model` ended: a resident entry no longer held with nothing on the device
+  /// goes; any other is an eviction candidate or not as it now is.
+  void settle(const model_id& model);
   bool try_admit(const pin_request& r, device_effects& out);
   device_pin grant(const model_id& model, const admitted& a);
   void start_copy(const model_id& model, entry& e, const std::vector<size_t>& tensors,

@@ -132,8 +132,7 @@ void device_tier::copy_finished(const model_id& model, outcome<std::shared_ptr<c
     transition(model, device_residency::resident);
     for (const auto& w : waiters)
       out.replies.push_back({w.request, grant(model, w)});
-    if (!e.held() && e.bytes == 0)
-      transition(model, device_residency::absent);  // every waiter went away and nothing is resident
+    settle(model);  // if every waiter went away and nothing is resident, it goes
   }
   serve_queue(out);
 }

@@ -4,6 +4,13 @@
 
 namespace mcache {
 
+std::vector<tensor_slot> absent_tensors(const std::vector<bytes_t>& bytes, const std::vector<bool>& required) {
+  std::vector<tensor_slot> out;
+  for (size_t k = 0; k < bytes.size(); ++k)
+    out.push_back({bytes[k], k < required.size() && required[k], tensor_residency::absent});
+  return out;
+}
+
 bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<size_t>& also_resident, size_t slots) {
   bytes_t largest = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {

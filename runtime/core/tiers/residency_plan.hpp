@@ -35,6 +35,9 @@ struct residency_plan {
   bytes_t need() const { return copy_bytes + staging_bytes; }
 };
 
+/// Tensors of `bytes` each, none on the device yet; `required[k]`, where given, marks tensor k required.
+std::vector<tensor_slot> absent_tensors(const std::vector<bytes_t>& bytes, const std::vector<bool>& required);
+
 /// Staging for a pin: `slots` x the largest tensor that will stream: neither resident, nor being copied,
 /// nor required, nor in `also_resident`.
 bytes_t staging_for(const std::vector<tensor_slot>& tensors, const std::vector<size_t>& also_resident, size_t slots);
