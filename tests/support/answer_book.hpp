@@ -1,5 +1,6 @@
 #pragma once
-// The answers a tier gave to the requests a test harness sent it, by request id.
+// The answers a tier gave to the requests a test harness sent it, by request id, and the holders it sent
+// them for.
 
 #include "runtime/core/outcome.hpp"
 
@@ -8,6 +9,11 @@
 #include <vector>
 
 namespace mcache::test {
+
+/// The holders a tier harness asks for.
+constexpr holder_id alice = 11;
+constexpr holder_id bob = 22;
+constexpr holder_id carol = 33;
 
 template <class T>
 struct answer_book {

@@ -17,10 +17,6 @@
 
 namespace mcache::test {
 
-constexpr holder_id alice = 11;
-constexpr holder_id bob = 22;
-constexpr holder_id carol = 33;
-
 /// One tier, its answers, and what it asked its actor to do.
 struct ram_harness : test::answer_book<ram_lease> {
   explicit ram_harness(bytes_t budget, bool keep_ram_copy = true)
