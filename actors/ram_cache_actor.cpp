@@ -31,6 +31,8 @@ struct ram_cache_state {
   int track = 0;          // its timeline track
   idle_ticks ticks;       // Note [Keep-alive]
   withdraw_book tagged;  // tagged acquires still open, by tag, for `withdraw`
+  // Note [An abandoned load stops]: each disk load in flight, and the flag it reads.
+  std::map<model_id, std::shared_ptr<std::atomic<bool>>> abandoned;
 };
 
 const char* ram_cache_state::name = "mcache.ram_cache";
@@ -41,16 +43,22 @@ using released_copies = std::vector<std::shared_ptr<const host_model>>;
 
 void start_load(self_ptr self, const descriptor_ptr& model, released_copies free_first) {
   auto reply_to = caf::actor_cast<ram_cache_actor>(self);
+  auto abandoned = std::make_shared<std::atomic<bool>>(false);
+  self->state.abandoned[model->id] = abandoned;
   self->state.config.loaders->post([model, reply_to, memory = self->state.config.memory,
                                     trace = self->state.config.trace, track = self->state.track,
-                                    free_first = std::move(free_first)]() mutable {
+                                    free_first = std::move(free_first), abandoned]() mutable {
     free_first.clear();
     host_memory::scope buffers_from{memory};
+    detail::load_scope stops_when{abandoned.get()};
     loaded_model done;
     done.model = model->id;
     auto start = std::chrono::steady_clock::now();
     try {
       done.payload = model->loader(*model);
+    } catch (const load_stopped& e) {
+      done.stopped = true;
+      done.error = e.what();
     } catch (const load_error& e) {
       done.error = e.what();
       done.code = e.code();
@@ -111,6 +119,10 @@ void apply(self_ptr self, ram_effects& fx) {
     self->send(caf::actor_cast<ram_cache_actor>(self), loaded_atom::value, std::move(gone));
   }
   fx.fetches.clear();
+  // Note [An abandoned load stops]: after every step, each load's flag says whether anyone waits for it
+  // now (a withdrawal may have left it alone; a join may have come back to it).
+  for (auto& kv : self->state.abandoned)
+    kv.second->store(!self->state.tier->awaited(kv.first), std::memory_order_relaxed);
   check_step(*self->state.tier, self->state.config.check_invariants_each_step);
 }
 
@@ -346,6 +358,13 @@ ram_cache_actor::behavior_type ram_cache_impl(self_ptr self, ram_cache_config co
     },
     [self](loaded_atom, loaded_model& done) {
       ram_effects fx;
+      if (!done.from_device)
+        self->state.abandoned.erase(done.model);
+      if (done.stopped) {
+        self->state.tier->load_stopped(done.model, fx);
+        apply(self, fx);
+        return;
+      }
       outcome<std::shared_ptr<const host_model>> result = std::move(done.payload);
       if (!done.error.empty()) {
         result = failure{done.code, "loading '" + done.model + "' failed: " + done.error};

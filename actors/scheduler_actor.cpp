@@ -276,8 +276,8 @@ void stop_job(self_ptr self, job_id id, failure why) {
       break;
     }
     case running_job::phase::acquiring:
-      // A request still queued for room is taken out of the tier's FIFO (answered `cancelled`, which
-      // ends the job), so the requests behind it do not wait for its deadline.
+      // Withdrawn: answered `cancelled` at once (which ends the job), whether it is queued for room (the
+      // requests behind it then do not wait for its deadline) or waits for a load (Note [Admission] rule 6).
       self->send(self->state.config.ram, withdraw_atom::value, std::uint64_t{id});
       break;
     case running_job::phase::pinning:

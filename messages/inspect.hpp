@@ -11,7 +11,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ram_stats& x) {
   return f(caf::meta::type_name("mcache_ram_stats"), x.budget_bytes, x.used_bytes, x.peak_used_bytes,
            x.leased_bytes, x.loading_bytes, x.models_resident, x.leases_active, x.hits, x.loads,
-           x.reloads, x.shared_loads, x.load_failures, x.bytes_loaded, x.load_ns, x.evictions, x.evicted_bytes,
+           x.reloads, x.shared_loads, x.load_failures, x.loads_stopped, x.bytes_loaded, x.load_ns, x.evictions, x.evicted_bytes,
            x.idle_drops, x.retired_drops, x.trims, x.trimmed_bytes, x.waits, x.waiting_now, x.timeouts, x.hand_overs, x.device_fetches, x.copy_backs, x.copy_backs_refused,
            x.bytes_from_devices, x.skeleton_bytes, x.pinned_budget_bytes, x.pinned_bytes,
            x.pinned_peak_bytes, x.pageable_fallbacks, x.pageable_fallback_bytes, x.host_cached_bytes,

@@ -35,6 +35,7 @@ struct loaded_model {
   uint64_t load_ns = 0;
   bool from_device = false;                   // a copy back from a device (tensors only)
   device_index device = 0;                    // from_device: which device
+  bool stopped = false;                       // the loader stopped: nobody waited (Note [An abandoned load stops])
 };
 
 /// Internal: a loader thread reports the precheck of a model about to be loaded.

@@ -24,6 +24,8 @@ struct ram_stats {
   std::uint64_t reloads = 0;         // of those, loads of a model that had been loaded and evicted before
   std::uint64_t shared_loads = 0;    // acquires that joined a load already in flight
   std::uint64_t load_failures = 0;
+  std::uint64_t loads_stopped = 0;   // loads stopped because their every waiter withdrew (Note [An
+                                     // abandoned load stops]); their bytes were freed
   bytes_t bytes_loaded = 0;          // bytes brought into RAM by successful loads
   std::uint64_t load_ns = 0;         // wall time of successful loads, summed
   std::uint64_t evictions = 0;

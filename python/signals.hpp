@@ -5,13 +5,14 @@
 // on the main thread only, it takes the GIL and, where SIGINT's handler is Python's default (the one that
 // raises KeyboardInterrupt), asks whether SIGINT arrived (PyOS_InterruptOccurred). If so it trips SIGINT
 // again, for later, and the session withdraws its request: the call ends with `cancelled` if it still
-// waited for room, or with the grant if that came first. Then, the session's mutex let go, the handler
+// waited (for room, a load or a copy: Note [Admission] rule 6), or with the grant if that came first. Then, the session's mutex let go, the handler
 // runs (PyErr_CheckSignals), what the call got is given back, and KeyboardInterrupt is raised. A handler
 // of the program's own (asyncio's, a server's "stop after this step") is left alone: the wait goes on,
 // and the handler runs when the call returns, as it would for any C call. Handlers never run under the
 // session's mutex, so one that uses the session cannot deadlock on it. On the main thread, waiting for
 // the session's mutex itself (another thread's call holds it) also looks for signals every 100 ms. A
-// load or copy already under way is waited for. Other threads never take the GIL here.
+// load the call leaves goes on for others waiting for it, or stops (Note [An abandoned load stops]).
+// Other threads never take the GIL here.
 
 #include "python/binding.hpp"
 

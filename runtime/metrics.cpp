@@ -30,6 +30,7 @@ const metric<ram_stats> ram_metrics[] = {
   {"reloads_total", "counter", "Loads of models evicted before.", MCACHE_FIELD(ram_stats, reloads)},
   {"shared_loads_total", "counter", "Acquires that joined a load in flight.", MCACHE_FIELD(ram_stats, shared_loads)},
   {"load_failures_total", "counter", "Loads that failed.", MCACHE_FIELD(ram_stats, load_failures)},
+  {"loads_stopped_total", "counter", "Loads stopped because nobody waited for them any more.", MCACHE_FIELD(ram_stats, loads_stopped)},
   {"loaded_bytes_total", "counter", "Bytes brought into RAM by loads.", MCACHE_FIELD(ram_stats, bytes_loaded)},
   {"load_nanoseconds_total", "counter", "Wall time of loads.", MCACHE_FIELD(ram_stats, load_ns)},
   {"evictions_total", "counter", "Models evicted to make room.", MCACHE_FIELD(ram_stats, evictions)},

@@ -18,9 +18,11 @@
 //   Any step of a running job may end it: a failed acquire or pin, work that throws, a cancel or the
 //   deadline. Then everything the stage holds (pins, then leases, including grants that arrive later) is
 //   released, the job ends with the typed error, and its worker takes the next job. A cancel or deadline
-//   during an acquire or a pin that waits for room withdraws that request from its tier's queue (tagged by
-//   job id in RAM, by lease on a device): the queue is FIFO, so a stopped job at its head would otherwise
-//   hold up every request behind it until its own deadline. A stop (cancel, deadline, shutdown) that
+//   during an acquire or a pin withdraws that request from its tier (tagged by job id in RAM, by lease on
+//   a device), which answers it at once: one waiting for room leaves the queue (FIFO, so a stopped job at
+//   its head would otherwise hold up every request behind it until its own deadline); one waiting for a
+//   load or copy leaves it to its other waiters (a load nobody waits for stops: Note [An abandoned load
+//   stops]). A stop (cancel, deadline, shutdown) that
 //   comes while a stage's work runs counts once that work returns: a stage whose work returned without
 //   having been told of the stop (`stage_context::cancelled()` said true) finished, so a job whose last
 //   stage did so is done; otherwise the job ends with the stop.
@@ -160,8 +162,8 @@ public:
   job_status wait() const;
   /// Its final status, or nothing if it has not ended within `timeout`.
   std::optional<job_status> wait_for(std::chrono::nanoseconds timeout) const;
-  /// Asks the job to stop: a queued job ends at once; a running one that waits for room is withdrawn
-  /// from that wait and ends at once, one whose work runs ends when the work returns (the work can read
+  /// Asks the job to stop: a queued job ends at once; a running one that waits (for room, a load or a
+  /// copy) is withdrawn from that wait and ends at once, one whose work runs ends when the work returns (the work can read
   /// `cancelled()`; if it never saw it say true and that was the last stage, the job is done). What it
   /// holds is released. No-op on an ended job.
   void cancel();

@@ -161,9 +161,10 @@ public:
   bytes_t trim_ram(const model_id& model = {}, bytes_t bytes = 0);
 
   /// Asked every `every`, on the calling thread, while `acquire`, `acquire_all` or `pin` waits for its
-  /// answer; once it returns true, the call withdraws its request: one still waiting for room ends with
-  /// `cancelled`; one granted first, or whose load or copy was under way (those are waited for), returns
-  /// its lease or pin as usual: the caller decides whether to keep it. The Python binding checks for
+  /// answer; once it returns true, the call withdraws its request, which ends with `cancelled` whether it
+  /// waited for room or for a load or copy under way (Note [Admission] rule 6: the load goes on for others
+  /// waiting for it, or stops if nobody does); one granted before the withdrawal arrived returns its lease
+  /// or pin as usual: the caller decides whether to keep it. The Python binding checks for
   /// Ctrl-C here. A check that reads an atomic flag lets another thread cancel. A check that throws
   /// withdraws the call too, and the call throws that once its answer is in.
   void set_wait_check(std::function<bool()> check, std::chrono::milliseconds every = std::chrono::milliseconds(100));

@@ -178,13 +178,20 @@ TEST_CASE("a withdrawn pin request leaves the head of the queue at once, returns
   CHECK(h.tier.stats().timeouts == 0);
 }
 
-TEST_CASE("withdrawing a pin whose copy is in flight changes nothing: it is answered when the copy ends") {
+TEST_CASE("a withdrawn pin waiting for its copy is answered at once, and the copy lands unpinned and gives its lease back") {
   device_harness h{100};
-  auto r = h.pin("a", 40, alice);
+  auto r = h.pin("a", 40, alice, /*working=*/20);
+  REQUIRE(h.tier.stats().working_bytes == 20);
   h.withdraw(r);
-  CHECK_FALSE(h.answered(r));
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::cancelled);
+  CHECK(h.tier.stats().working_bytes == 0);              // its working memory went at once
+  CHECK(h.leases_out.count(h.lease_of.at(r)) == 1);      // the copy still reads the host copy
   h.finish_copy("a");
-  CHECK(h.granted(r));
+  CHECK(h.leases_out.count(h.lease_of.at(r)) == 0);
+  CHECK(h.tier.residency("a") == device_residency::resident);
+  CHECK(h.tier.stats().pins_active == 0);
+  CHECK(h.tier.stats().used_bytes == 40);
 }
 
 // -- Note [Remove and replace] ------------------------------------------------------------------------------

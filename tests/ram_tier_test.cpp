@@ -151,16 +151,84 @@ TEST_CASE("a withdrawn request leaves the head of the queue at once and the one 
   CHECK(h.tier.stats().timeouts == 0);
 }
 
-TEST_CASE("withdrawing an admitted request changes nothing: it is answered when its load ends") {
+TEST_CASE("a withdrawn request waiting for its load is answered at once and the load lands unleased") {
   ram_harness h{100};
   auto a = fake_model("a", 40);
   auto r = h.acquire(a, alice);
+  REQUIRE(h.tier.awaited("a"));
   h.withdraw(r);
-  CHECK_FALSE(h.answered(r));
-  h.finish_load("a");
-  CHECK(h.granted(r));
+  REQUIRE(h.answered(r));
+  CHECK(h.error_of(r) == errc::cancelled);
+  CHECK_FALSE(h.tier.awaited("a"));  // its loader may stop now
+  CHECK(h.tier.residency("a") == ram_residency::loading);
+  h.finish_load("a");  // a loader that did not stop: its model is cached like any other
+  CHECK(h.tier.residency("a") == ram_residency::resident);
+  CHECK(h.tier.stats().leases_active == 0);
+  CHECK(h.tier.stats().used_bytes == 40);
   h.withdraw(r);  // answered already: a no-op
-  CHECK(h.granted(r));
+  CHECK(h.error_of(r) == errc::cancelled);
+}
+
+TEST_CASE("a load goes on for the acquires still waiting for it when one of them is withdrawn") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  auto ra = h.acquire(a, alice);
+  auto rb = h.acquire(a, bob);  // joins the load
+  h.withdraw(ra);
+  CHECK(h.error_of(ra) == errc::cancelled);
+  CHECK(h.tier.awaited("a"));
+  CHECK_FALSE(h.answered(rb));
+  h.finish_load("a");
+  CHECK(h.granted(rb));
+  CHECK(h.tier.stats().leases_active == 1);
+}
+
+TEST_CASE("a withdrawn acquire_all gives back the leases it was granted while it waited for its other loads") {
+  group_harness h{100};
+  auto a = fake_model("a", 30), b = fake_model("b", 40);
+  REQUIRE_FALSE(h.release(h.lease(a, alice), alice));
+  auto r = h.acquire_all({a, b}, bob);  // a granted at once, b loading
+  REQUIRE(h.tier.stats().leases_active == 1);
+  h.withdraw(r);
+  REQUIRE(h.group_answered(r));
+  CHECK(h.test_answers::error_of(r) == errc::cancelled);
+  CHECK(h.tier.stats().leases_active == 0);
+  h.finish("b");
+  CHECK(h.tier.stats().leases_active == 0);
+  CHECK(h.tier.stats().used_bytes == 70);
+}
+
+TEST_CASE("a load stopped because its every waiter withdrew frees its bytes and the queue is served") {
+  ram_harness h{100};
+  auto a = fake_model("a", 70), b = fake_model("b", 50);
+  auto ra = h.acquire(a, alice);
+  auto rb = h.acquire(b, bob);  // 70 + 50 > 100, and a loading cannot be evicted: b waits
+  REQUIRE_FALSE(h.answered(rb));
+  h.withdraw(ra);
+  REQUIRE_FALSE(h.tier.awaited("a"));
+  CHECK(h.loads_started == std::vector<model_id>{"a"});  // a's bytes stay reserved while its loader runs
+  h.stop_load("a");
+  CHECK(h.tier.residency("a") == ram_residency::absent);
+  CHECK(h.tier.stats().loads_stopped == 1);
+  CHECK(h.tier.stats().load_failures == 0);
+  CHECK(h.loads_started == std::vector<model_id>{"a", "b"});
+  h.finish_load("b");
+  CHECK(h.granted(rb));
+  CHECK(h.tier.stats().used_bytes == 50);
+}
+
+TEST_CASE("a load that stopped after an acquire joined it again is started again for that acquire") {
+  ram_harness h{100};
+  auto a = fake_model("a", 40);
+  h.withdraw(h.acquire(a, alice));
+  auto rb = h.acquire(a, bob);  // joins before the stop arrives: the flag and the stop crossed
+  CHECK(h.tier.awaited("a"));
+  h.stop_load("a");
+  CHECK_FALSE(h.answered(rb));
+  CHECK(h.loads_started == std::vector<model_id>{"a", "a"});
+  CHECK(h.tier.stats().loads_stopped == 0);
+  h.finish_load("a");
+  CHECK(h.granted(rb));
 }
 
 // -- Note [Remove and replace] ------------------------------------------------------------------------------

@@ -297,6 +297,64 @@ TEST_CASE("a wait check ends a session's wait for room with cancelled once it sa
   CHECK(code_of([&] { waiter.set_wait_check([] { return false; }, 0ms); }) == errc::invalid_argument);
 }
 
+// A model whose loader takes `for_up_to` unless nobody waits for it any more (Note [An abandoned load
+// stops]): it asks between steps, as the safetensors reader does between chunks.
+model_descriptor slow_model(model_id id, std::chrono::milliseconds for_up_to) {
+  auto d = synthetic_model(std::move(id), {mib_floats});
+  d.loader = [inner = d.loader, for_up_to](const model_descriptor& self) {
+    auto until = std::chrono::steady_clock::now() + for_up_to;
+    while (std::chrono::steady_clock::now() < until) {
+      stop_if_abandoned();
+      std::this_thread::sleep_for(1ms);
+    }
+    return inner(self);
+  };
+  return d;
+}
+
+TEST_CASE("a wait check ends a session's wait for a slow load at once, and the load nobody waits for stops and frees its bytes") {
+  runtime rt{small_options()};
+  rt.models().add(slow_model("slow", 20s));
+  auto waiter = rt.open_session("waiter");
+  std::atomic<bool> stop{false};
+  waiter.set_wait_check([&] { return stop.load(); }, 5ms);
+  std::thread flip{[&] {
+    std::this_thread::sleep_for(100ms);
+    stop = true;
+  }};
+  auto start = std::chrono::steady_clock::now();
+  CHECK(code_of([&] { waiter.acquire("slow", 60s); }) == errc::cancelled);
+  auto took = std::chrono::steady_clock::now() - start;
+  flip.join();
+  CHECK(took < 10s);
+  for (int i = 0; i < 5000 && rt.stats().ram.loads_stopped == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  auto s = rt.stats().ram;
+  CHECK(s.loads_stopped == 1);
+  CHECK(s.load_failures == 0);
+  CHECK(s.used_bytes == 0);
+  CHECK(s.leases_active == 0);
+}
+
+TEST_CASE("a slow load goes on for the session still waiting for it when another session's wait check withdraws") {
+  runtime rt{small_options()};
+  rt.models().add(slow_model("slow", 300ms));
+  auto quitter = rt.open_session("quitter");
+  auto patient = rt.open_session("patient");
+  quitter.set_wait_check([] { return true; }, 5ms);
+  std::optional<std::size_t> patient_bytes;
+  std::thread waits{[&] { patient_bytes = patient.acquire("slow", 60s).bytes(); }};
+  for (int i = 0; i < 5000 && rt.stats().ram.loads == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  CHECK(code_of([&] { quitter.acquire("slow", 60s); }) == errc::cancelled);
+  waits.join();
+  REQUIRE(patient_bytes);
+  CHECK(*patient_bytes == mib);
+  auto s = rt.stats().ram;
+  CHECK(s.loads == 1);
+  CHECK(s.loads_stopped == 0);
+}
+
 TEST_CASE("handles read after their release throw a typed error instead of reading freed memory") {
   runtime rt{small_options()};
   rt.models().add(synthetic_model("m", {mib_floats}));

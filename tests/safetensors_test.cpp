@@ -306,3 +306,26 @@ TEST_CASE("in mmap mode, a file truncated after the load ends the process at the
   CHECK(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGBUS);
 }
+
+TEST_CASE("in read mode, a load whose every waiter left stops between chunks and a load still wanted reads on") {
+  // Note [An abandoned load stops]: the RAM-cache actor raises the flag; the reader asks before each chunk.
+  temp_dir dir;
+  auto path = dir.file("m.safetensors");
+  auto w = at::arange(1 << 16, at::kFloat);  // 256 KiB: 4 chunks of 64 KiB
+  write_file(path, {{"w", w, {}}});
+  auto layout = read_layout(path);
+  REQUIRE(succeeded(layout));
+  load_options chunked{read_mode::read};
+  chunked.chunk_bytes = 64 << 10;
+  std::atomic<bool> abandoned{true};
+  {
+    mcache::detail::load_scope stops_when{&abandoned};
+    CHECK(load_abandoned());
+    CHECK_THROWS_AS(load("m", {std::get<file_layout>(layout)}, {}, chunked), load_stopped);
+    abandoned = false;
+    CHECK(load("m", {std::get<file_layout>(layout)}, {}, chunked)->find("w").equal(w));
+  }
+  abandoned = true;
+  CHECK_FALSE(load_abandoned());  // outside the scope, nothing reads the flag
+  CHECK(load("m", {std::get<file_layout>(layout)}, {}, chunked)->find("w").equal(w));
+}

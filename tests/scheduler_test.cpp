@@ -660,6 +660,35 @@ TEST_CASE("a cancelled job waiting for RAM leaves the queue at once, and the job
   expect_nothing_held(rt);
 }
 
+TEST_CASE("a cancelled job waiting for its model's load ends at once, and the load nobody waits for stops") {
+  runtime rt{options(64 * kib, 32 * kib)};
+  auto slow = synthetic_model("slow", {kib_floats * 8});
+  slow.loader = [inner = slow.loader](const model_descriptor& self) {
+    for (int i = 0; i < 20000; ++i) {  // 20 s unless nobody waits for it (Note [An abandoned load stops])
+      stop_if_abandoned();
+      std::this_thread::sleep_for(1ms);
+    }
+    return inner(self);
+  };
+  rt.models().add(slow);
+  scheduler_options so;
+  so.wait_for_room = 30s;
+  scheduler sched{rt, so};
+  auto waiting = sched.submit(one_stage({"slow"}, [](stage_context&) { FAIL("ran without its model"); }));
+  for (int i = 0; i < 5000 && rt.stats().ram.loads == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(rt.stats().ram.loads == 1);
+  waiting.cancel();
+  auto w = waiting.wait_for(5s);
+  REQUIRE(w.has_value());
+  CHECK(w->state == job_state::cancelled);
+  for (int i = 0; i < 5000 && rt.stats().ram.loads_stopped == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  CHECK(rt.stats().ram.loads_stopped == 1);
+  CHECK(rt.stats().ram.used_bytes == 0);
+  expect_nothing_held(rt);
+}
+
 TEST_CASE("a cancelled job waiting for room on its device leaves that queue at once and lets its leases go") {
   auto o = options(64 * kib, 8 * kib);
   o.devices[0].partial_loading = false;

@@ -40,6 +40,12 @@ struct ram_harness : test::answer_book<ram_lease> {
     tier.load_finished(m, failure{errc::load_failed, std::move(why)}, 0, fx);
     absorb(fx);
   }
+  /// Its loader stopped: nobody waited for it (Note [An abandoned load stops]).
+  void stop_load(const model_id& m) {
+    ram_effects fx;
+    tier.load_stopped(m, fx);
+    absorb(fx);
+  }
   /// Acquire and, when it starts a load, finish it: the lease id.
   lease_id lease(const model_descriptor& d, holder_id h) {
     auto r = acquire(d, h);
@@ -164,6 +170,12 @@ struct group_harness : ram_harness, test::answer_book<std::vector<ram_lease>> {
     test_answers::record(fx.group_replies);
     absorb(fx);
     return err;
+  }
+  void withdraw(request_id r) {
+    ram_effects fx;
+    tier.withdraw(r, failure{errc::cancelled, "withdrawn"}, fx);
+    test_answers::record(fx.group_replies);
+    absorb(fx);
   }
   bool group_granted(request_id r) const { return test_answers::granted(r); }
   bool group_answered(request_id r) const { return test_answers::answered(r); }

@@ -22,8 +22,12 @@
 //      copy ends, however long that takes.
 //   6. A holder that goes away has its queued requests withdrawn (answered `shutting_down`) before its
 //      claims are released, so its releases never admit work for it; at shutdown every queued request is
-//      answered `shutting_down`. A holder may also withdraw one queued request it no longer wants (a
-//      cancelled job's): answered `cancelled`, and the queue is served, since it may have been the head.
+//      answered `shutting_down`. A holder may also withdraw one request it no longer wants (a cancelled
+//      job's, a Ctrl-C's): it is answered `cancelled` at once, queued or admitted. Queued, it leaves the
+//      queue, and the queue is served, since it may have been the head. Admitted, it gives back what it
+//      was granted and stops waiting for its load or copy, which goes on for the others waiting for it
+//      or lands unclaimed (a model cached like any other); a load nobody waits for any more is told to
+//      stop (Note [An abandoned load stops]).
 //
 // What rule 1 does not cover: a job that holds a claim and then asks for one that needs room queues behind
 // requests that may be waiting for the claim it holds; both wait until one's deadline passes. Jobs that
@@ -84,13 +88,13 @@ public:
     items_.erase(i);
     return item;
   }
-  /// Rule 6: removes every request whose holder `whose` picks (a holder gone, or all at shutdown), in
-  /// queue order.
-  template <class Whose>
-  std::vector<Item> take_if(Whose whose) {
+  /// Rule 6: removes every request `which` picks (by its request id and holder: one withdrawn, a holder's
+  /// when it is gone, all at shutdown), in queue order.
+  template <class Which>
+  std::vector<Item> take_if(Which which) {
     std::vector<Item> out;
     for (auto i = items_.begin(); i != items_.end();) {
-      if (whose(i->holder)) {
+      if (which(i->request, i->holder)) {
         out.push_back(std::move(*i));
         i = items_.erase(i);
       } else {

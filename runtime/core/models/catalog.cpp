@@ -10,6 +10,26 @@
 
 namespace mcache {
 
+namespace {
+thread_local const std::atomic<bool>* current_load_abandoned = nullptr;  // Note [An abandoned load stops]
+} // namespace
+
+bool load_abandoned() {
+  return current_load_abandoned != nullptr && current_load_abandoned->load(std::memory_order_relaxed);
+}
+
+void stop_if_abandoned() {
+  if (load_abandoned())
+    throw load_stopped{};
+}
+
+namespace detail {
+load_scope::load_scope(const std::atomic<bool>* abandoned) : previous_(current_load_abandoned) {
+  current_load_abandoned = abandoned;
+}
+load_scope::~load_scope() { current_load_abandoned = previous_; }
+} // namespace detail
+
 std::optional<failure> catalog::validate(const model_descriptor& descriptor) {
   if (descriptor.id.empty())
     return failure{errc::invalid_argument, "a model id must not be empty"};

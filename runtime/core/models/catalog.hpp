@@ -7,6 +7,7 @@
 #include "runtime/core/models/host_model.hpp"
 #include "runtime/core/outcome.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -33,6 +34,43 @@ public:
 private:
   errc code_;
 };
+
+// Note [An abandoned load stops]: a load runs for the acquires waiting for it (and joins); when the last
+// of them is withdrawn (a cancelled job, a Ctrl-C) or its holder goes away, nobody wants the bytes any
+// more, and reading gigabytes into RAM nobody asked for costs the disk, the RAM budget (its bytes stay
+// reserved while it runs) and the requests queued behind it. So the RAM-cache actor raises a flag the
+// load can read, and lowers it again if an acquire joins the load before it stops. A loader that reads
+// in steps asks `load_abandoned()` between them (the safetensors reader does, per chunk) and stops by
+// throwing `load_stopped` (`stop_if_abandoned()` does both); its buffers go back as it unwinds. The tier
+// then forgets the load and frees its bytes, or, if an acquire joined it after all (the flag and the
+// stop crossed), starts it again. A loader that never asks runs to its end and its model lands unleased,
+// cached like any other. Only a load is stopped: a copy back from a device, or a copy to a device, is
+// short next to a disk read and goes on.
+
+/// Thrown by a loader that stopped because nobody waits for its load (see `stop_if_abandoned`).
+class load_stopped : public std::exception {
+public:
+  const char* what() const noexcept override { return "the load was stopped: nobody waits for it"; }
+};
+
+/// On a loader thread, while a load runs: true once nobody waits for it any more. False elsewhere.
+bool load_abandoned();
+/// Throws `load_stopped` if `load_abandoned()`.
+void stop_if_abandoned();
+
+namespace detail {
+/// Makes `abandoned` the flag `load_abandoned()` reads on this thread for the scope's lifetime.
+class load_scope {
+public:
+  explicit load_scope(const std::atomic<bool>* abandoned);
+  ~load_scope();
+  load_scope(const load_scope&) = delete;
+  load_scope& operator=(const load_scope&) = delete;
+
+private:
+  const std::atomic<bool>* previous_;
+};
+} // namespace detail
 
 struct model_descriptor {
   model_id id;

@@ -172,6 +172,7 @@ data_block read_data(const file_layout& f, const load_options& options) {
   uint64_t done = 0;
   ::posix_fadvise(fd.fd, static_cast<off_t>(f.layout.data_offset), static_cast<off_t>(n), POSIX_FADV_SEQUENTIAL);
   while (done < n) {
+    stop_if_abandoned();  // Note [An abandoned load stops]
     auto want = std::min<uint64_t>(options.chunk_bytes, n - done);
     auto got = ::pread(fd.fd, dst + done, want, static_cast<off_t>(f.layout.data_offset + done));
     if (got < 0 && errno == EINTR)

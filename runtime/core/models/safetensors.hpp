@@ -90,7 +90,8 @@ struct load_options {
 
 /// Loads the tensors of `files` (one model, possibly sharded) into host memory, in `order` when given (the
 /// names it lists first, the rest in declaration order). Throws `load_error` (file_missing, file_changed,
-/// bad_file, load_failed) with the file named. The model's total_bytes() equals the sum of the data
+/// bad_file, load_failed) with the file named, or `load_stopped` between chunks once nobody waits for
+/// the load (Note [An abandoned load stops]). The model's total_bytes() equals the sum of the data
 /// sections (bytes between tensors count as opaque padding), which is what registration declares.
 std::shared_ptr<const host_model> load(const model_id& id, const std::vector<file_layout>& files,
                                        const std::vector<std::string>& order, const load_options& options);

@@ -668,37 +668,35 @@ outcome<bytes_t> device_tier::offload(const model_id& model, bytes_t bytes, devi
 void device_tier::holder_down(holder_id holder, device_effects& out) {
   // Withdraw its requests first, so that releasing its pins does not admit (and copy for) a dead holder.
   failure gone{errc::shutting_down, "the holder went away"};
-  withdraw(gone, [&](holder_id h) { return h == holder; }, out);
+  withdraw(gone, [&](request_id, holder_id h) { return h == holder; }, out);
   for (auto pin : pins_.held_by(holder))
     release(pin, holder, out);
   serve_queue(out);
 }
 
 void device_tier::withdraw(request_id request, failure why, device_effects& out) {
-  auto q = queue_.take(request);
-  if (!q)
-    return;
-  out.ram_leases_to_release.push_back(q->host.lease);
-  out.replies.push_back({q->request, std::move(why)});
+  withdraw(why, [&](request_id r, holder_id) { return r == request; }, out);
   serve_queue(out);  // it may have been the head, holding the others
 }
 
 void device_tier::shutdown(device_effects& out) {
-  withdraw(failure{errc::shutting_down, "the runtime is shutting down"}, [](holder_id) { return true; }, out);
+  withdraw(failure{errc::shutting_down, "the runtime is shutting down"}, [](request_id, holder_id) { return true; },
+           out);
 }
 
-// Answers `why` to every request of the holders `whose` picks: queued ones at once, with their lease; those
-// waiting for a copy at once too, their lease kept until the copy (which reads the host copy) ends.
-template <class Whose>
-void device_tier::withdraw(const failure& why, Whose whose, device_effects& out) {
-  for (const auto& q : queue_.take_if(whose)) {
+// Answers `why` to every request `which` picks (Note [Admission] rule 6): queued ones at once, with their
+// lease; those waiting for a copy at once too, their lease kept until the copy (which reads the host copy)
+// ends. The copy goes on for its other waiters, or lands as an unpinned model.
+template <class Which>
+void device_tier::withdraw(const failure& why, Which which, device_effects& out) {
+  for (const auto& q : queue_.take_if(which)) {
     out.ram_leases_to_release.push_back(q.host.lease);
     out.replies.push_back({q.request, why});
   }
   for (auto& kv : entries_) {
     auto& ws = kv.second.waiters;
     for (auto w = ws.begin(); w != ws.end();) {
-      if (!whose(w->holder)) {
+      if (!which(w->request, w->holder)) {
         ++w;
         continue;
       }

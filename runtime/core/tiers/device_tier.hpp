@@ -147,9 +147,11 @@ public:
   /// A request's deadline for room passed: if it is still queued it fails with `budget_exhausted` and its
   /// RAM lease is handed back. An admitted request (copy in flight) is served when the copy ends.
   void expire(request_id request, device_effects& out);
-  /// Its holder no longer wants the request (a cancelled job): if it is still queued for room it is
-  /// answered `why`, its RAM lease handed back, and the queue served (see ram_tier::withdraw). An admitted
-  /// request is answered when its copy ends. No-op if it was answered already.
+  /// Its holder no longer wants the request (a cancelled job): it is answered `why` at once (see
+  /// ram_tier::withdraw). Queued for room, it leaves the queue and its RAM lease is handed back. Waiting
+  /// for a copy, it gives back its working memory and reservations at once and its RAM lease when the
+  /// copy (which reads the host copy) ends; the copy goes on for its other waiters or lands as an
+  /// unpinned model. No-op if it was answered already.
   void withdraw(request_id request, failure why, device_effects& out);
   /// Note [Remove and replace] (catalog.hpp): `model` (a generation's id) no longer names a registered
   /// model. Its device copy stays, valid and counted, while pins hold it or a copy for requests made
@@ -280,8 +282,8 @@ private:
   bool make_room_for(bytes_t need, const model_id& excluded, bool prefetch = false);
   void drop_copying(entry& e);
   void fail_request(const admitted& a, failure why, device_effects& out);
-  template <class Whose>
-  void withdraw(const failure& why, Whose whose, device_effects& out);
+  template <class Which>
+  void withdraw(const failure& why, Which which, device_effects& out);
   failure no_room(const pin_request& r, size_t queued_ahead) const;
   bytes_t usable_bytes() const { return options_.budget_bytes - options_.reserve_bytes; }
   /// Candidates' bytes, without those of `excluded` (the model being admitted is never its own victim).

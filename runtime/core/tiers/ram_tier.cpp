@@ -524,6 +524,25 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
   serve_queue(out);
 }
 
+bool ram_tier::awaited(const model_id& model) const {
+  auto i = entries_.find(model);
+  return i != entries_.end() && i->second.state == ram_residency::loading && !i->second.waiters.empty();
+}
+
+void ram_tier::load_stopped(const model_id& model, ram_effects& out) {
+  auto i = entries_.find(model);
+  if (i == entries_.end() || i->second.state != ram_residency::loading)
+    throw std::logic_error("ram tier: load stopped for '" + model + "', which is not loading");
+  if (!i->second.waiters.empty()) {  // joined after its loader saw the flag: load it after all
+    ++counters_.loads;
+    out.loads.push_back(i->second.descriptor);
+    return;
+  }
+  ++counters_.loads_stopped;
+  transition(model, ram_residency::absent);
+  serve_queue(out);
+}
+
 std::optional<failure> ram_tier::release(lease_id lease, holder_id holder, ram_effects& out) {
   if (auto err = leases_.check(lease, holder))
     return err;
@@ -599,8 +618,10 @@ void ram_tier::holder_down(holder_id holder, ram_effects& out) {
 }
 
 void ram_tier::withdraw(request_id request, failure why, ram_effects& out) {
-  if (!queue_.contains(request))
-    return;
+  if (groups_.count(request) == 0)
+    return;  // answered already
+  // Queued: it leaves the queue. Admitted: it gives back what it was granted and leaves the loads it
+  // waits for, which go on for their other waiters or land as cached models (Note [Admission] rule 6).
   fail_group(request, std::move(why), out);
   serve_queue(out);  // it may have been the head, holding the others
 }

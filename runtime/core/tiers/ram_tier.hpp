@@ -126,6 +126,12 @@ public:
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
                      uint64_t load_ns, ram_effects& out, load_source source = load_source::disk,
                      device_index from = 0);
+  /// Note [An abandoned load stops] (catalog.hpp): is an acquire waiting for the load of `model` in flight?
+  /// False for a model not loading.
+  bool awaited(const model_id& model) const;
+  /// The disk load of `model` stopped because nobody waited for it. If an acquire joined it since, it is
+  /// started again (its bytes stay reserved); else the model is absent again and its bytes are free.
+  void load_stopped(const model_id& model, ram_effects& out);
   /// A device reports whether it holds all of `model`'s tensors (only with keep_ram_copy = false).
   void device_copy(const model_id& model, device_index device, bool whole);
   /// `device` is about to drop the only copy of `model`: true reserves room (the model is then loading,
@@ -154,10 +160,11 @@ public:
   /// `budget_exhausted`. A request already admitted (its load in flight) is served when the load ends, so
   /// a deadline bounds the wait for room, never a load. No-op if it was answered already.
   void expire(request_id request, ram_effects& out);
-  /// Its holder no longer wants the request (a cancelled job): if it is still queued for room it is
-  /// answered `why` and leaves the queue, so the requests behind it are served without waiting for its
-  /// deadline (the queue is FIFO: a cancelled request at its head would hold up everyone). A request
-  /// already admitted is answered when its loads end, as usual. No-op if it was answered already.
+  /// Its holder no longer wants the request (a cancelled job): it is answered `why` at once. Queued for
+  /// room, it leaves the queue, so the requests behind it are served without waiting for its deadline
+  /// (the queue is FIFO: a cancelled request at its head would hold up everyone). Admitted and waiting
+  /// for loads, it gives back the leases it was granted and leaves those loads, which go on for their
+  /// other waiters or land as unleased models. No-op if it was answered already.
   void withdraw(request_id request, failure why, ram_effects& out);
   /// The runtime stops: every request not answered yet (queued, or waiting for a load) fails with
   /// `shutting_down`. Leases stay valid until released; loads in flight finish as usual.
