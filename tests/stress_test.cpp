@@ -1,6 +1,9 @@
 // Randomized stress with real threads: many sessions over several devices with budgets near a third of
 // the working set, one device smaller than the largest model (partial residency and streaming). Every tier checks its invariants after every step (a broken one aborts); every reply
 // must be a grant or one of the errors that contention explains; at the end every budget is back to zero.
+// Half the sessions withdraw a third of their waits (a wait check, as Ctrl-C or a cancelled job does),
+// and every load takes a few milliseconds, so withdrawals reach requests queued for room, requests
+// waiting for a load or copy, and loads nobody waits for any more (Note [An abandoned load stops]).
 // The operation sequence is reproducible from the printed seed (MCACHE_STRESS_SEED=N); the thread
 // interleaving is not, which is the point.
 
@@ -32,11 +35,11 @@ uint64_t stress_seed() {
 
 bool explained_by_contention(errc code) {
   return code == errc::budget_exhausted || code == errc::timed_out || code == errc::not_resident
-         || code == errc::model_pinned;
+         || code == errc::model_pinned || code == errc::cancelled;
 }
 
 struct tally {
-  std::atomic<uint64_t> grants{0}, contention{0}, violations{0}, mismatches{0}, partial_pins{0};
+  std::atomic<uint64_t> grants{0}, contention{0}, withdrawn{0}, violations{0}, mismatches{0}, partial_pins{0};
   std::mutex mutex;
   std::string first_violation;
   void violation(const std::string& what) {
@@ -51,6 +54,9 @@ void run_session(runtime& rt, uint64_t seed, int index, tally& t) {
   std::mt19937_64 rng{seed * 1000003 + static_cast<uint64_t>(index)};
   auto pick = [&](size_t n) { return static_cast<size_t>(rng() % n); };
   auto s = rt.open_session();
+  std::mt19937_64 withdraws{seed + static_cast<uint64_t>(index)};
+  if (index % 2 == 0)
+    s.set_wait_check([&withdraws] { return withdraws() % 3 == 0; }, 1ms);
   std::vector<lease> leases;
   std::vector<pin_handle> pins;
   std::vector<at::Tensor> expected;  // the host tensor each pin's first tensor must equal
@@ -108,6 +114,8 @@ void run_session(runtime& rt, uint64_t seed, int index, tally& t) {
           break;
       }
     } catch (const request_error& e) {
+      if (e.code() == errc::cancelled)
+        ++t.withdrawn;
       if (explained_by_contention(e.code()))
         ++t.contention;
       else
@@ -134,6 +142,14 @@ TEST_CASE("random sessions over three devices keep every invariant and give ever
     for (int k = 0; k < 4; ++k)
       numels.push_back(static_cast<int64_t>(4 * 1024 + rng() % (12 * 1024)));
     ds.push_back(synthetic_model("m" + std::to_string(i), numels, static_cast<uint64_t>(i)));
+    // A load of 1 to 4 ms, in steps that stop once nobody waits for it.
+    ds.back().loader = [inner = ds.back().loader, steps = 1 + static_cast<int>(rng() % 4)](const model_descriptor& d) {
+      for (int k = 0; k < steps; ++k) {
+        stop_if_abandoned();
+        std::this_thread::sleep_for(1ms);
+      }
+      return inner(d);
+    };
     working_set += ds.back().bytes;
   }
   bytes_t largest = 0;
@@ -161,9 +177,17 @@ TEST_CASE("random sessions over three devices keep every invariant and give ever
   CHECK(t.mismatches == 0);
   CHECK(t.grants > 1000);
   CHECK(t.partial_pins > 0);
-  std::printf("stress: %llu grants, %llu refusals explained by contention, %llu partly resident pins checked\n",
+  // Loads that every waiter left may still run (or be stopping): they end on their own.
+  for (int i = 0; i < 5000 && rt.stats().ram.loading_bytes > 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  auto ram = rt.stats().ram;
+  CHECK(ram.load_failures == 0);
+  std::printf("stress: %llu grants, %llu refusals explained by contention (%llu withdrawals), %llu partly "
+              "resident pins checked, %llu loads, %llu of them stopped with nobody waiting\n",
               static_cast<unsigned long long>(t.grants.load()), static_cast<unsigned long long>(t.contention.load()),
-              static_cast<unsigned long long>(t.partial_pins.load()));
+              static_cast<unsigned long long>(t.withdrawn.load()), static_cast<unsigned long long>(t.partial_pins.load()),
+              static_cast<unsigned long long>(ram.loads),
+              static_cast<unsigned long long>(ram.loads_stopped));
 
   auto s = rt.open_session();
   for (int i = 0; i < devices; ++i)
