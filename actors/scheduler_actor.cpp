@@ -142,7 +142,11 @@ void answer_shutdown_if_idle(self_ptr self);
 // runs), the tiers have taken every release of what it held: a caller that then asks for the room finds
 // it free, even without waiting. A pin's release is answered after the device has sent back the RAM lease
 // it borrowed, so that lease is gone from the RAM-cache actor's mailbox's point of view too. The worker
-// itself is free at once; only the status waits for the answers.
+// itself is free at once; only the status waits for the answers. One exception: a job stopped while an
+// acquire or pin of it waited for a load or copy under way is answered at once (Note [Admission] rule 6),
+// and that load or copy ends on its own: a disk load nobody else waits for stops at its next chunk (Note
+// [An abandoned load stops]); a copy to a device runs to its end, holding the pin's borrowed RAM lease
+// until then. Their bytes are counted until they end.
 
 /// A release of job `job` (0: of no job) was answered.
 void released(self_ptr self, job_id job) {

@@ -172,8 +172,8 @@ struct session::core : std::enable_shared_from_this<session::core> {
   /// Receives the answer to the request `mid` (a grant of type T, handed to `granted`, or an error,
   /// thrown). With a wait check set, it asks the check after each `check_every` without an answer; once
   /// the check says so it sends `withdraw` (a message to the request's tier, from this actor, so it
-  /// arrives after the request) and goes on receiving: `cancelled` if the request still waited for room,
-  /// the grant if it came first, or the end of a load or copy under way. A check that throws withdraws
+  /// arrives after the request) and goes on receiving: `cancelled` if the request still waited (for room,
+  /// a load or a copy), or the grant if it came first. A check that throws withdraws
   /// too, and its exception is thrown once the answer is in (a grant then goes with `granted`'s result).
   template <class T, class Granted, class Withdraw>
   void receive_answer(caf::message_id mid, Granted granted, Withdraw withdraw) {

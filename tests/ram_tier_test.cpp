@@ -217,6 +217,17 @@ TEST_CASE("a load stopped because its every waiter withdrew frees its bytes and 
   CHECK(h.tier.stats().used_bytes == 50);
 }
 
+TEST_CASE("a load that a request queued for room needs is still awaited when its last waiter withdraws") {
+  group_harness h{100};
+  auto a = fake_model("a", 40), b = fake_model("b", 50), c = fake_model("c", 20);
+  h.lease(b, alice);
+  auto ra = h.acquire(a, bob);                // loading: 90 of 100 used
+  auto rq = h.acquire_all({a, c}, carol);     // c needs 20, 10 are free: queued
+  REQUIRE_FALSE(h.group_answered(rq));
+  h.withdraw(ra);
+  CHECK(h.tier.awaited("a"));  // stopping it would read it twice
+}
+
 TEST_CASE("a load that stopped after an acquire joined it again is started again for that acquire") {
   ram_harness h{100};
   auto a = fake_model("a", 40);

@@ -39,9 +39,11 @@ private:
 // of them is withdrawn (a cancelled job, a Ctrl-C) or its holder goes away, nobody wants the bytes any
 // more, and reading gigabytes into RAM nobody asked for costs the disk, the RAM budget (its bytes stay
 // reserved while it runs) and the requests queued behind it. So the RAM-cache actor raises a flag the
-// load can read, and lowers it again if an acquire joins the load before it stops. A loader that reads
-// in steps asks `load_abandoned()` between them (the safetensors reader does, per chunk) and stops by
-// throwing `load_stopped` (`stop_if_abandoned()` does both); its buffers go back as it unwinds. The tier
+// load can read, and lowers it again if an acquire joins the load, or a request queued for room needs
+// it, before it stops. A loader that reads in steps asks `load_abandoned()` between them (the
+// safetensors reader does, per chunk and file in read mode; an mmap load is one call and runs to its
+// end) and stops by throwing `load_stopped` (`stop_if_abandoned()` does both); its buffers go back as it
+// unwinds. The flag is the loader thread's: threads a loader starts of its own see `false`. The tier
 // then forgets the load and frees its bytes, or, if an acquire joined it after all (the flag and the
 // stop crossed), starts it again. A loader that never asks runs to its end and its model lands unleased,
 // cached like any other. Only a load is stopped: a copy back from a device, or a copy to a device, is

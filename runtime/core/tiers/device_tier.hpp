@@ -225,8 +225,9 @@ private:
     std::optional<std::chrono::nanoseconds> keep_alive;  // the model's own (Note [Keep-alive])
     std::chrono::steady_clock::time_point idle_since;    // when it last became a candidate
     std::vector<admitted> waiters;          // pins waiting for the copy in flight
-    std::vector<lease_id> orphaned_leases;  // leases of waiters whose holder died mid-copy: the copy
-                                            // still reads the host copy, so they are returned when it ends
+    std::vector<lease_id> orphaned_leases;  // leases of waiters withdrawn mid-copy (or whose holder died):
+                                            // the copy still reads the host copy, so they are returned when
+                                            // it ends
     bytes_t model_bytes() const;
   };
   struct pin_record {

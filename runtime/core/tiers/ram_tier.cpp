@@ -526,7 +526,13 @@ void ram_tier::load_finished(const model_id& model, outcome<std::shared_ptr<cons
 
 bool ram_tier::awaited(const model_id& model) const {
   auto i = entries_.find(model);
-  return i != entries_.end() && i->second.state == ram_residency::loading && !i->second.waiters.empty();
+  if (i == entries_.end() || i->second.state != ram_residency::loading)
+    return false;
+  if (!i->second.waiters.empty())
+    return true;
+  // A request queued for room that needs it will join it once admitted: stopping it would read it twice.
+  return std::any_of(queue_.begin(), queue_.end(),
+                     [&](const waiting& w) { return is_member(groups_.at(w.request), model); });
 }
 
 void ram_tier::load_stopped(const model_id& model, ram_effects& out) {

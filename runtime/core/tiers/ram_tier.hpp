@@ -126,8 +126,8 @@ public:
   void load_finished(const model_id& model, outcome<std::shared_ptr<const host_model>> payload,
                      uint64_t load_ns, ram_effects& out, load_source source = load_source::disk,
                      device_index from = 0);
-  /// Note [An abandoned load stops] (catalog.hpp): is an acquire waiting for the load of `model` in flight?
-  /// False for a model not loading.
+  /// Note [An abandoned load stops] (catalog.hpp): is an acquire waiting for the load of `model` in flight,
+  /// or queued for room and in need of it? False for a model not loading.
   bool awaited(const model_id& model) const;
   /// The disk load of `model` stopped because nobody waited for it. If an acquire joined it since, it is
   /// started again (its bytes stay reserved); else the model is absent again and its bytes are free.
@@ -167,7 +167,8 @@ public:
   /// other waiters or land as unleased models. No-op if it was answered already.
   void withdraw(request_id request, failure why, ram_effects& out);
   /// The runtime stops: every request not answered yet (queued, or waiting for a load) fails with
-  /// `shutting_down`. Leases stay valid until released; loads in flight finish as usual.
+  /// `shutting_down`. Leases stay valid until released; loads in flight, which nobody waits for now, stop
+  /// if their loaders ask (Note [An abandoned load stops]) or land unleased.
   void shutdown(ram_effects& out);
   /// Note [Remove and replace] (catalog.hpp): `model` (a generation's id) no longer names a registered
   /// model. Its host copy stays, valid and counted, while leases hold it or a load for requests made
