@@ -7,7 +7,8 @@
 // than K times; the scheduler's overhead per stage <= 50 us median.
 //
 //   scheduler_bench [--sessions N] [--jobs J] [--speedup X] [--compute-scale C] [--k K]
-//                   [--copy-compute-scale C]
+//                   [--copy-compute-scale C] [--tight-ram-gb G] [--tight-device-gb G]
+//   scheduler_bench --overhead N   (only the overhead per stage, N times)
 
 #include "samples/pipeline_workload.hpp"
 
@@ -90,9 +91,12 @@ int main(int argc, char** argv) {
   double copy_compute_scale = 0.3;
   double tight_ram_gb = 28;     // one FLUX transformer, a little more
   double tight_device_gb = 40;  // about two thirds of the models
+  int overhead_runs = 0;  // --overhead N: only the per-stage overhead, N times (it is the noisiest figure)
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
-    if (a == "--sessions")
+    if (a == "--overhead")
+      overhead_runs = std::stoi(argv[i + 1]);
+    else if (a == "--sessions")
       s.sessions = std::stoul(argv[i + 1]);
     else if (a == "--jobs")
       s.jobs_per_session = std::stoul(argv[i + 1]);
@@ -108,6 +112,17 @@ int main(int argc, char** argv) {
       tight_ram_gb = std::stod(argv[i + 1]);
     else if (a == "--tight-device-gb")
       tight_device_gb = std::stod(argv[i + 1]);
+  }
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0; };
+  if (overhead_runs > 0) {
+    for (int run = 0; run < overhead_runs; ++run) {
+      auto gap = stage_gap_us(500);
+      auto cycle = blocking_cycle_us(500);
+      std::printf("scheduler overhead per stage: %.1f us median (target <= 50); a blocking session's cycle: "
+                  "%.1f us; ratio %.2f\n",
+                  gap, cycle, ratio(gap, cycle));
+    }
+    return 0;
   }
   scheduler_options fifo;
   auto warm4 = fifo;
@@ -137,7 +152,6 @@ int main(int argc, char** argv) {
   row("warm_first W=4", w4);
   row("warm_first W=16", w16);
   row("warm_first W=16+prefetch", p);
-  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0; };
   // Prefetch's scenario: copies to the device about as long as compute. RAM holds every model (disk
   // reads happen once), the device a third of them, and copies run at pageable speed (8 GB/s).
   auto copies = s;
