@@ -689,6 +689,31 @@ TEST_CASE("a cancelled job waiting for its model's load ends at once, and the lo
   expect_nothing_held(rt);
 }
 
+TEST_CASE("a cancelled job waiting for its model's copy to the device ends at once, and the copy lands unpinned") {
+  auto o = options(64 * kib, 32 * kib);
+  o.devices[0].simulated_bandwidth_bytes_per_s = 8 * kib;  // 16 KiB: a copy of 2 s
+  runtime rt{o};
+  rt.models().add(synthetic_model("m", {kib_floats * 16}));
+  scheduler_options so;
+  so.wait_for_room = 30s;
+  scheduler sched{rt, so};
+  auto waiting = sched.submit(one_stage({"m"}, [](stage_context&) { FAIL("ran without its model"); }));
+  for (int i = 0; i < 5000 && rt.stats().devices[0].loads == 0; ++i)
+    std::this_thread::sleep_for(1ms);
+  REQUIRE(rt.stats().devices[0].loads == 1);
+  auto start = std::chrono::steady_clock::now();
+  waiting.cancel();
+  auto w = waiting.wait_for(5s);
+  REQUIRE(w.has_value());
+  CHECK(w->state == job_state::cancelled);
+  CHECK(std::chrono::steady_clock::now() - start < 1500ms);  // not after the copy
+  CHECK(rt.stats().devices[0].pins_active == 0);
+  for (int i = 0; i < 5000 && rt.stats().ram.leases_active > 0; ++i)  // the copy's borrowed lease, at its end
+    std::this_thread::sleep_for(1ms);
+  CHECK(rt.stats().devices[0].models_resident == 1);
+  expect_nothing_held(rt);
+}
+
 TEST_CASE("a cancelled job waiting for room on its device leaves that queue at once and lets its leases go") {
   auto o = options(64 * kib, 8 * kib);
   o.devices[0].partial_loading = false;
