@@ -81,6 +81,14 @@ double blocking_cycle_us(std::size_t cycles) {
 /// LRU blind to what a copy back saves: the baseline of Note [Cheap to get back goes first].
 std::unique_ptr<eviction_policy> make_blind_lru() { return std::make_unique<lru_policy>(/*cost_aware=*/false); }
 
+void print_overhead() {
+  auto gap = stage_gap_us(500);
+  auto cycle = blocking_cycle_us(500);
+  std::printf("scheduler overhead per stage (resident model, end of one stage's work to the start of the next): "
+              "%.1f us median (target <= 50); a blocking session's acquire+pin+release cycle: %.1f us; ratio %.2f\n",
+              gap, cycle, cycle > 0 ? gap / cycle : 0);
+}
+
 int main(int argc, char** argv) {
   workload::settings s;
   s.sessions = 6;
@@ -115,13 +123,8 @@ int main(int argc, char** argv) {
   }
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0; };
   if (overhead_runs > 0) {
-    for (int run = 0; run < overhead_runs; ++run) {
-      auto gap = stage_gap_us(500);
-      auto cycle = blocking_cycle_us(500);
-      std::printf("scheduler overhead per stage: %.1f us median (target <= 50); a blocking session's cycle: "
-                  "%.1f us; ratio %.2f\n",
-                  gap, cycle, ratio(gap, cycle));
-    }
+    for (int run = 0; run < overhead_runs; ++run)
+      print_overhead();
     return 0;
   }
   scheduler_options fifo;
@@ -196,10 +199,6 @@ int main(int argc, char** argv) {
   std::printf("device-held first / LRU, bytes from disk:  %.2f; makespan: %.2f\n",
               ratio(static_cast<double>(aware.bytes_from_disk), static_cast<double>(blind.bytes_from_disk)),
               ratio(aware.makespan_s, blind.makespan_s));
-  auto gap = stage_gap_us(500);
-  auto cycle = blocking_cycle_us(500);
-  std::printf("scheduler overhead per stage (resident model, end of one stage's work to the start of the next): "
-              "%.1f us median (target <= 50); a blocking session's acquire+pin+release cycle: %.1f us; ratio %.2f\n",
-              gap, cycle, ratio(gap, cycle));
+  print_overhead();
   return 0;
 }
