@@ -122,10 +122,13 @@ struct model_report {
   std::vector<holder_report> holders;  // leases (RAM) or pins (device)
 };
 
-/// What a tier holds, model by model, and how many requests wait for room.
+/// What a tier holds, model by model, and how many requests wait for room, all taken in one step of its
+/// actor: `used_bytes` is the sum of the models' `bytes` plus `working_bytes`.
 struct tier_report {
   std::vector<model_report> models;
   std::uint64_t waiting = 0;
+  bytes_t used_bytes = 0;
+  bytes_t working_bytes = 0;  // a device's working memory and staging held by its pins (RAM: 0)
 };
 
 } // namespace mcache

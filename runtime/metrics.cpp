@@ -116,6 +116,24 @@ std::string prometheus_text(const runtime_stats& stats, const std::vector<std::s
   return out.str();
 }
 
+namespace {
+template <class Stats, size_t N>
+std::vector<std::pair<std::string, uint64_t>> values_of(const metric<Stats> (&table)[N], const Stats& stats) {
+  std::vector<std::pair<std::string, uint64_t>> out;
+  out.reserve(N);
+  for (const auto& m : table)
+    out.emplace_back(m.name, m.value(stats));
+  return out;
+}
+} // namespace
+
+std::vector<std::pair<std::string, uint64_t>> metric_values(const ram_stats& stats) {
+  return values_of(ram_metrics, stats);
+}
+std::vector<std::pair<std::string, uint64_t>> metric_values(const device_stats& stats) {
+  return values_of(device_metrics, stats);
+}
+
 std::string prometheus_text(runtime& rt) {
   std::vector<std::string> names;
   for (std::size_t i = 0; i < rt.device_count(); ++i)

@@ -16,4 +16,9 @@ std::string prometheus_text(const runtime_stats& stats, const std::vector<std::s
 /// The same for `rt`: its stats now, and its devices' LibTorch names.
 std::string prometheus_text(runtime& rt);
 
+/// Every metric of one tier's stats by its Prometheus name without the prefix ("loads_total", ...), in the
+/// order `prometheus_text` writes them: what /status lists under "metrics".
+std::vector<std::pair<std::string, uint64_t>> metric_values(const ram_stats& stats);
+std::vector<std::pair<std::string, uint64_t>> metric_values(const device_stats& stats);
+
 } // namespace mcache

@@ -8,6 +8,7 @@
 #include "messages/waits.hpp"
 #include "runtime/core/format.hpp"
 #include "runtime/core/transfer/torch_backend.hpp"
+#include "runtime/metrics.hpp"
 
 #include <caf/all.hpp>
 #include <spdlog/spdlog.h>
@@ -388,6 +389,9 @@ empty_cache_report runtime::empty_cache() {
   return out;
 }
 
+// The levels (used, held, working, loading bytes and the waiting count) come from each tier's report, taken
+// in one step of its actor with its models, so that they add up on every poll; "metrics" holds every
+// counter and level of its stats (as /metrics names them), asked for just after.
 std::string runtime::status_json() {
   auto models = [&](const tier_report& r) {
     auto all = nlohmann::json::array();
@@ -400,27 +404,42 @@ std::string runtime::status_json() {
     }
     return all;
   };
+  auto bytes_where = [](const tier_report& r, auto pred) {
+    bytes_t sum = 0;
+    for (const auto& m : r.models)
+      if (pred(m))
+        sum += m.bytes;
+    return sum;
+  };
+  auto held = [](const model_report& m) { return !m.holders.empty(); };
+  auto metrics = [](const auto& stats) {
+    nlohmann::json all = nlohmann::json::object();
+    for (const auto& kv : metric_values(stats))
+      all[kv.first] = kv.second;
+    return all;
+  };
   auto device = [&](const device_stats& s, const tier_report& r, const std::string& name) {
     return nlohmann::json{{"name", name}, {"device", s.device}, {"torch_device", torch_device(s.device).str()},
                           {"budget_bytes", s.budget_bytes},
-                          {"reserve_bytes", s.reserve_bytes}, {"used_bytes", s.used_bytes},
-                          {"pinned_bytes", s.pinned_bytes}, {"working_bytes", s.working_bytes},
-                          {"waiting", s.waiting_now}, {"hits", s.hits}, {"loads", s.loads},
-                          {"evictions", s.evictions}, {"models", models(r)}};
+                          {"reserve_bytes", s.reserve_bytes}, {"used_bytes", r.used_bytes},
+                          {"pinned_bytes", bytes_where(r, held)}, {"working_bytes", r.working_bytes},
+                          {"waiting", r.waiting}, {"hits", s.hits}, {"loads", s.loads},
+                          {"evictions", s.evictions}, {"models", models(r)}, {"metrics", metrics(s)}};
   };
   detail::release_thread_logger release_logger;
   caf::scoped_actor self{*system_};  // one for both snapshots: a poll pays for one, not two
+  auto holdings = reports(self);
   auto st = stats(self);
-  auto held = reports(self);
   nlohmann::json doc;
-  doc["ram"] = {{"name", "RAM"}, {"budget_bytes", st.ram.budget_bytes}, {"used_bytes", st.ram.used_bytes},
-                {"leased_bytes", st.ram.leased_bytes}, {"loading_bytes", st.ram.loading_bytes},
-                {"waiting", st.ram.waiting_now}, {"hits", st.ram.hits}, {"loads", st.ram.loads},
-                {"evictions", st.ram.evictions}, {"models", models(held.ram)}};
+  doc["ram"] = {{"name", "RAM"}, {"budget_bytes", st.ram.budget_bytes}, {"used_bytes", holdings.ram.used_bytes},
+                {"leased_bytes", bytes_where(holdings.ram, held)},
+                {"loading_bytes", bytes_where(holdings.ram, [](const model_report& m) { return m.state == "loading"; })},
+                {"waiting", holdings.ram.waiting}, {"hits", st.ram.hits}, {"loads", st.ram.loads},
+                {"evictions", st.ram.evictions}, {"models", models(holdings.ram)}, {"metrics", metrics(st.ram)}};
   doc["devices"] = nlohmann::json::array();
   for (std::size_t i = 0; i < st.devices.size(); ++i)
-    doc["devices"].push_back(device(st.devices[i], held.devices[i], "device " + std::to_string(i)));
-  doc["cpu"] = device(st.cpu, held.cpu, "CPU pins");
+    doc["devices"].push_back(device(st.devices[i], holdings.devices[i], "device " + std::to_string(i)));
+  doc["cpu"] = device(st.cpu, holdings.cpu, "CPU pins");
   doc["catalog_models"] = catalog_->size();
   // Names the catalog did not check (a session's) may hold bytes that are not UTF-8: replaced, so that
   // one of them cannot make every /status fail.

@@ -1,6 +1,7 @@
 // The operators' endpoint over real sockets on loopback, every wait bounded (runtime/http_endpoint.hpp).
 
 #include "runtime/http_endpoint.hpp"
+#include "runtime/metrics.hpp"
 #include "runtime/runtime.hpp"
 
 #include "support/catch.hpp"
@@ -14,6 +15,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -113,6 +115,56 @@ TEST_CASE("the endpoint serves metrics, the status as JSON with holders by name,
   auto head = get(http.port(), "/status", "HEAD");
   CHECK(status_of(head) == 200);
   CHECK(body_of(head).empty());
+}
+
+TEST_CASE("the status's levels add up on every poll while pins come and go, and it lists every metric") {
+  runtime rt{small()};
+  for (int i = 0; i < 4; ++i)
+    rt.models().add(synthetic_model("m" + std::to_string(i), {1 << 16, 1 << 15}));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 2; ++w)
+    workers.emplace_back([&, w] {
+      auto s = rt.open_session("worker-" + std::to_string(w));
+      for (int i = 0; !stop; ++i) {
+        auto lease = s.acquire("m" + std::to_string((i + w) % 4));
+        auto pin = s.pin(lease, 0, 4096 * (1 + i % 3));
+        if (i % 5 == 0)
+          s.offload(0);
+      }
+    });
+  int polls = 0;
+  for (; polls < 300; ++polls) {
+    auto doc = nlohmann::json::parse(rt.status_json());
+    auto sum = [](const nlohmann::json& tier) {
+      uint64_t bytes = 0;
+      for (const auto& m : tier["models"])
+        bytes += m["bytes"].get<uint64_t>();
+      return bytes;
+    };
+    const auto& ram = doc["ram"];
+    const auto& dev = doc["devices"][0];
+    auto ram_adds_up = ram["used_bytes"].get<uint64_t>() == sum(ram);
+    auto dev_adds_up = dev["used_bytes"].get<uint64_t>() == sum(dev) + dev["working_bytes"].get<uint64_t>();
+    CHECK(ram_adds_up);
+    CHECK(dev_adds_up);
+    CHECK(ram["leased_bytes"].get<uint64_t>() <= ram["used_bytes"].get<uint64_t>());
+    CHECK(dev["pinned_bytes"].get<uint64_t>() <= dev["used_bytes"].get<uint64_t>());
+    if (!ram_adds_up || !dev_adds_up)
+      break;
+  }
+  stop = true;
+  for (auto& t : workers)
+    t.join();
+  CHECK(polls == 300);
+  auto doc = nlohmann::json::parse(rt.status_json());
+  auto st = rt.stats();
+  CHECK(doc["ram"]["metrics"]["loads_total"] == st.ram.loads);
+  CHECK(doc["ram"]["metrics"]["loads_stopped_total"] == st.ram.loads_stopped);
+  CHECK(doc["ram"]["metrics"]["peak_used_bytes"] == st.ram.peak_used_bytes);
+  CHECK(doc["devices"][0]["metrics"]["copied_in_bytes_total"] == st.devices[0].bytes_copied_in);
+  CHECK(doc["cpu"]["metrics"].contains("pins_active"));
+  CHECK(doc["ram"]["metrics"].size() == metric_values(st.ram).size());
 }
 
 TEST_CASE("a holder named with bytes that are not UTF-8 cannot make /status fail") {

@@ -173,15 +173,18 @@ class Runtime:
         return self._core.scheduler(workers_per_device, cpu_workers, order, prefetch, wait_for_room)
 
     def stats(self):
-        """Every tier's stats and models with their holders, as the HTTP endpoint's /status serves."""
+        """Every tier's levels and models with their holders, as the HTTP endpoint's /status serves; each
+        tier's "metrics" has every counter and level of prometheus_text() by name ("loads_total", ...)."""
         return _json.loads(self._core.status_json())
 
     def prometheus_text(self):
         return self._core.prometheus_text()
 
-    def close(self):
-        """Shuts down now: later acquires and pins fail with ShuttingDown, later releases still end what they held."""
-        self._core.close()
+    def close(self, grace=5.0):
+        """Shuts down: waiting requests fail with ShuttingDown at once, as do later acquires and pins; later
+        releases still end what they held. Loads and copies already running get `grace` seconds to end (a
+        disk load nobody waits for stops at its next chunk) and are abandoned after it: False then."""
+        return self._core.close(grace)
 
     @property
     def closed(self):

@@ -211,8 +211,22 @@ def test_stats_and_prometheus_text_describe_the_tiers(rt):
         stats = rt.stats()
         assert stats["ram"]["leased_bytes"] == 16 * MiB
         assert any(m["model"] == "te" for m in stats["ram"]["models"])
+    metrics = rt.stats()["ram"]["metrics"]  # every counter and level, as /metrics names them
+    assert metrics["loads_total"] >= 1 and metrics["loads_stopped_total"] == 0 and metrics["leases_active"] == 0
     text = rt.prometheus_text()
     assert "mcache_ram_budget_bytes" in text
+    assert "mcache_ram_loads_stopped_total 0" in text
+
+
+def test_close_takes_a_grace_for_running_loads_and_copies_and_refuses_a_bad_one():
+    rt = mcache.Runtime(ram_budget=16 * MiB, devices=[{"kind": "simulated", "vram_budget": 8 * MiB}])
+    for bad in (-1.0, float("nan"), 1e9):
+        with pytest.raises(mcache.InvalidArgument):
+            rt.close(grace=bad)
+    assert not rt.closed  # a refused close changes nothing
+    assert rt.close(grace=0.5) is True  # nothing was running
+    assert rt.close() is True  # a second close has nothing to do
+    assert rt.closed
 
 
 def test_models_from_files_and_folders():

@@ -245,6 +245,8 @@ tier_report device_tier::report() const {
     r.models.push_back(std::move(m));
   }
   r.waiting = queue_.size();
+  r.used_bytes = used_;
+  r.working_bytes = working_reserved_;
   return r;
 }
 

@@ -150,6 +150,7 @@ tier_report ram_tier::report() const {
     r.models.push_back(std::move(m));
   }
   r.waiting = queue_.size();
+  r.used_bytes = used_;
   return r;
 }
 
