@@ -59,7 +59,8 @@ enum class errc : uint8_t {
   model_leased,
   /// The model is not resident in this tier (nothing to offload or trim), or is still arriving.
   not_resident,
-  /// A scheduled job was cancelled by its submitter before it ended; what it held was released.
+  /// Withdrawn by its holder: a scheduled job cancelled by its submitter before it ended (what it held was
+  /// released), or a request a session's wait check (Ctrl-C in Python) withdrew while it waited.
   cancelled,
   /// A scheduled job did not end before its deadline; what it held was released.
   deadline_exceeded,

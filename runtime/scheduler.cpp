@@ -226,9 +226,10 @@ struct scheduler::impl {
       refuse(errc::model_too_large, *first_unfit + (candidates > 1 ? " (and fits no other device)" : ""));
     // Only models pinned on a GPU cost a copy: CPU stages' models count for their disk loads alone.
     q.models.clear();
+    q.loaded_only.clear();
     for (const auto& s : job.stages)
       for (const auto& m : s.models)
-        q.models.push_back({m, s.target.where == stage_target::kind::cpu ? 0 : sizes.at(m)});
+        (s.target.where == stage_target::kind::cpu ? q.loaded_only : q.models).push_back({m, sizes.at(m)});
     return q;
   }
 };

@@ -76,6 +76,24 @@ TEST_CASE("warm_first prefers the job whose models are already on the free devic
   CHECK(job_queue::cost(q.jobs()[0], 1, where, o) == Approx(100));
 }
 
+TEST_CASE("warm_first counts a CPU stage's model for its disk load alone, never for a copy") {
+  job_queue q;
+  auto cold_cpu = job(1, {{"on_gpu", 100}});
+  cold_cpu.loaded_only = {{"encoder", 50}};
+  auto warm_cpu = job(2, {{"on_gpu", 100}});
+  warm_cpu.loaded_only = {{"encoder_in_ram", 50}};
+  q.push(cold_cpu);
+  q.push(warm_cpu);
+  residency_view where;
+  where.in_ram = {"on_gpu", "encoder_in_ram"};
+  where.on_device[0] = {{"on_gpu", 100}};
+  auto o = warm(16, 8);
+  CHECK(job_queue::cost(q.jobs()[0], 0, where, o) == Approx(400));  // its load (8x), no copy
+  CHECK(job_queue::cost(q.jobs()[1], 0, where, o) == Approx(0));
+  CHECK(job_queue::cost(q.jobs()[0], cpu_device, where, o) == Approx(400));  // the CPU worker loads it too
+  CHECK(q.pick(0, where, o)->id == 2);
+}
+
 TEST_CASE("warm_first looks only at the first W eligible jobs") {
   job_queue q;
   q.push(job(1, {{"cold", 100}}));

@@ -52,6 +52,9 @@ double job_queue::cost(const queued_job& job, device_index device, const residen
     if (on_device < bytes && !where.in_ram.count(model))
       cost += options.disk_cost * static_cast<double>(bytes);
   }
+  for (const auto& [model, bytes] : job.loaded_only)
+    if (!where.in_ram.count(model))
+      cost += options.disk_cost * static_cast<double>(bytes);
   return cost;
 }
 

@@ -8,9 +8,10 @@
 //     `submit` lists those devices (`unfit_devices`), and refuses a job that fits on none.
 //   - Higher priority goes first; within a priority, arrival order.
 //   - `fifo` takes the first eligible job.
-//   - `warm_first` looks at the first W eligible jobs and takes the one whose first stage would move the
-//     fewest bytes to this device: bytes already resident there cost nothing, bytes in RAM cost one copy,
-//     bytes on disk cost a load (`disk_cost` times a copy) plus the copy. Ties go to the earlier job.
+//   - `warm_first` looks at the first W eligible jobs and takes the one whose stages would move the fewest
+//     bytes to this device: bytes already resident there cost nothing, bytes in RAM cost one copy, bytes
+//     on disk cost a load (`disk_cost` times a copy) plus the copy. Models of its CPU stages are pinned in
+//     place, never copied: they cost only their load, if on disk. Ties go to the earlier job.
 //   - Bounded unfairness: every eligible job ahead of the one taken, within the window, has been passed
 //     over once more. A job passed over K times is taken next (the earliest such job in the window), so no
 //     job is passed over more than K times: the jobs ahead of the one taken were passed over fewer than K
@@ -52,7 +53,8 @@ struct queued_job {
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
   stage_target target;                               // of the stage it starts with
   std::set<device_index> unfit_devices;              // where its stages could never fit: not run there
-  std::vector<std::pair<model_id, bytes_t>> models;  // of that stage, with their bytes
+  std::vector<std::pair<model_id, bytes_t>> models;  // of its GPU stages, with their bytes
+  std::vector<std::pair<model_id, bytes_t>> loaded_only;  // of its CPU stages: a load, never a copy
   std::uint64_t arrival = 0;                         // set by push
   std::size_t passed_over = 0;
 
