@@ -185,6 +185,12 @@ void place(self_ptr self, const std::string& key, std::optional<std::size_t> los
     send_to(self, key, choice->node);
     return;
   }
+  if (auto why = unplaceable(st.views, e->request.pipeline, /*waited_out=*/false)) {
+    st.unplaced_until.erase(key);  // every node said what it serves: waiting would not help
+    st.book.drop(key);
+    answer(self, key, std::move(*why));
+    return;
+  }
   auto until = std::chrono::steady_clock::now() + st.options.wait_for_node;
   st.unplaced_until.emplace(key, until);
   if (!st.ticking) {
@@ -358,9 +364,14 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
               if (until <= now)
                 expired.push_back(k);
             for (const auto& k : expired) {
+              std::optional<failure> why;
+              if (const auto* e = st.book.find(k))
+                why = unplaceable(st.views, e->request.pipeline, /*waited_out=*/true, st.options.wait_for_node);
+              if (!why)  // a node serves it but could not take it (the one it was lost on)
+                why = failure{errc::node_unavailable, "no node that serves the job's pipeline could take it within "
+                                                        + std::to_string(st.options.wait_for_node.count()) + " ms"};
               st.book.drop(k);
-              answer(self, k, failure{errc::node_unavailable, "no node that serves the job's pipeline was up within "
-                                                                + std::to_string(st.options.wait_for_node.count()) + " ms"});
+              answer(self, k, std::move(*why));
             }
             st.ticking = !st.unplaced_until.empty();
             if (st.ticking)

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages the build needs, only those that are missing. Safe to run every time.
 # Extra arguments are more packages (the tests add chromium, for the status page's browser test).
 set -euo pipefail
-packages=(g++ cmake ninja-build ccache libcaf-dev libtorch-dev libboost-dev libspdlog-dev catch2 nlohmann-json3-dev libcli11-dev python3-dev pybind11-dev python3-torch python3-pytest openssl "$@")
+packages=(g++ cmake ninja-build ccache libcaf-dev libtorch-dev libboost-dev libspdlog-dev catch2 nlohmann-json3-dev libcli11-dev python3-dev pybind11-dev python3-torch python3-pytest openssl libssl-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

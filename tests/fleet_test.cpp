@@ -364,8 +364,13 @@ TEST_CASE("with no node up a job waits wait_for_node, then fails with node_unava
 }
 
 TEST_CASE("a job no node can take fails after wait_for_node even while the nodes keep sending summaries") {
+  std::uint16_t closed = 0;
+  {
+    local_node probe{"probe"};
+    closed = probe.n->port();
+  }  // a node that never comes up might serve the pipeline: the job waits for it
   local_node a{"a"};
-  auto o = to({a.where()});
+  auto o = to({a.where(), {"127.0.0.1", closed}});
   o.wait_for_node = 300ms;
   router r{o};
   REQUIRE(r.wait_for_nodes(1, 10s) == 1);
@@ -381,6 +386,27 @@ TEST_CASE("a job no node can take fails after wait_for_node even while the nodes
   CHECK(code_of(f) == errc::node_unavailable);
   CHECK(std::chrono::steady_clock::now() - start < 3s);
   busy = false;
+}
+
+TEST_CASE("a job for a pipeline no node serves is unknown_pipeline at once once every node has said what it serves") {
+  local_node a{"a"};
+  auto o = to({a.where()});
+  o.wait_for_node = 30s;  // far longer than the test waits: only the answer at once ends it in time
+  router r{o};
+  REQUIRE(r.wait_for_nodes(1, 10s) == 1);
+  REQUIRE(eventually([&] { return r.stats().nodes[0].name == "a"; }));  // its summary came
+  job_request nowhere;
+  nowhere.pipeline = "nope";
+  auto start = std::chrono::steady_clock::now();
+  try {
+    r.run(nowhere);
+    FAIL("a job for an unknown pipeline ran");
+  } catch (const request_error& e) {
+    CHECK(e.code() == errc::unknown_pipeline);
+    CHECK(std::string{e.what()}.find("no node serves pipeline 'nope'; the 1 node(s) serve 'p'") != std::string::npos);
+  }
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  CHECK(r.run(job({"m1"})).node == "a");  // the router goes on
 }
 
 TEST_CASE("a router restart: jobs of the old router finish on the node, and the new router is served") {
@@ -579,6 +605,43 @@ struct certificates {
 };
 
 } // namespace
+
+TEST_CASE("TLS files that exist but cannot be used are refused at start, each named with OpenSSL's reason") {
+  // CAF's TLS layer loads them only when the first connection comes, and ends the process if it cannot.
+  certificates certs;
+  certs.make_ca("fleet-ca");
+  auto good = certs.make("node", "fleet-ca");
+  auto other = certs.make("other", "fleet-ca");
+  std::ofstream{certs.path("garbage.pem")} << "not a PEM file\n";
+  REQUIRE_FALSE(good.check());
+  auto refused = [](tls_options tls, const std::string& says) {
+    auto why = tls.check();
+    REQUIRE(why);
+    CHECK(why->code == errc::invalid_argument);
+    CHECK_THAT(why->detail, Catch::Contains(says));
+    runtime rt{local_node::options()};
+    scheduler sched{rt};
+    node_options o;
+    o.listen = "0.0.0.0";
+    o.tls = tls;
+    CHECK_THROWS_WITH(node(rt, sched, o, {{"p", test_pipeline()}}), Catch::Contains(says));
+    auto r = to({{"127.0.0.1", 7000}});
+    r.tls = tls;
+    CHECK_THROWS_WITH(router{r}, Catch::Contains(says));
+  };
+  auto bad_cert = good;
+  bad_cert.certificate = certs.path("garbage.pem");
+  refused(bad_cert, "is not a usable PEM certificate chain");
+  auto bad_key = good;
+  bad_key.key = certs.path("garbage.pem");
+  refused(bad_key, "is not a usable PEM private key");
+  auto wrong_key = good;
+  wrong_key.key = other.key;
+  refused(wrong_key, "does not belong to certificate");
+  auto bad_ca = good;
+  bad_ca.ca_file = certs.path("garbage.pem");
+  refused(bad_ca, "holds no usable PEM certificate");
+}
 
 TEST_CASE("with TLS a router whose certificate the fleet's CA signed is served, and one signed by another CA or without TLS is refused") {
   certificates certs;

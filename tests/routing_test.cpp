@@ -103,6 +103,25 @@ TEST_CASE("only nodes that are up, have reported and serve the pipeline are chos
   CHECK_FALSE(policy.choose(nodes, "p", {}));
 }
 
+TEST_CASE("a pipeline no node serves is unknown_pipeline at once when every node has said what it serves, else after the wait") {
+  std::vector<node_view> nodes{node({}, 0, {"p"}), node({}, 0, {"q"})};
+  auto now = unplaceable(nodes, "nope", /*waited_out=*/false);
+  REQUIRE(now);
+  CHECK(now->code == errc::unknown_pipeline);
+  CHECK(now->detail == "no node serves pipeline 'nope'; the 2 node(s) serve 'p', 'q'");
+  CHECK_FALSE(unplaceable(nodes, "q", false));  // served: placeable
+  nodes[1].up = false;  // it might serve 'nope' when it comes back: wait
+  CHECK_FALSE(unplaceable(nodes, "nope", false));
+  auto later = unplaceable(nodes, "nope", /*waited_out=*/true, std::chrono::milliseconds(3000));
+  REQUIRE(later);
+  CHECK(later->code == errc::node_unavailable);
+  CHECK(later->detail
+        == "no node that serves pipeline 'nope' was up within 3000 ms; 1 of 2 node(s) did not answer, the others serve 'p'");
+  nodes[1].up = true;
+  nodes[1].has_summary = false;  // connected, not reported yet: still unknown
+  CHECK_FALSE(unplaceable(nodes, "nope", false));
+}
+
 TEST_CASE("a job sent away from a lost node goes elsewhere, or nowhere yet, never back to it") {
   std::vector<node_view> nodes{node({{"m", 0, 5, 5}}), node({})};
   router_policy policy;

@@ -23,8 +23,13 @@ struct tls_options {
   std::string ca_file;      // PEM: the CA(s) that sign the fleet's certificates
   std::string passphrase;   // of the key, if it has one
   bool enabled() const { return !certificate.empty() || !key.empty() || !ca_file.empty(); }
-  /// Nothing, or invalid_argument naming the missing or unreadable file.
+  /// Nothing, or invalid_argument naming the missing, unreadable or unusable file (each is loaded with
+  /// OpenSSL as CAF's TLS layer will load it: certificate chain, key with its passphrase, the key matching
+  /// the certificate, the CA file), with OpenSSL's reason.
   std::optional<failure> check() const;
+
+private:
+  std::optional<failure> check_with_openssl() const;
 };
 
 /// 127.0.0.0/8, ::1 or "localhost".

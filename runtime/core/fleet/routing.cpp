@@ -15,6 +15,34 @@ bool node_view::serves(const std::string& pipeline) const {
   return std::find(summary.pipelines.begin(), summary.pipelines.end(), pipeline) != summary.pipelines.end();
 }
 
+std::optional<failure> unplaceable(const std::vector<node_view>& nodes, const std::string& pipeline,
+                                   bool waited_out, std::chrono::milliseconds waited) {
+  std::set<std::string> served;
+  std::size_t unknown = 0;  // nodes down, or up without a summary yet
+  for (const auto& n : nodes) {
+    if (!n.up || !n.has_summary) {
+      ++unknown;
+      continue;
+    }
+    if (n.serves(pipeline))
+      return std::nullopt;  // placeable once that node may take it (not the question here)
+    served.insert(n.summary.pipelines.begin(), n.summary.pipelines.end());
+  }
+  if (unknown > 0 && !waited_out)
+    return std::nullopt;
+  std::string names;
+  for (const auto& p : served)
+    names += (names.empty() ? "'" : ", '") + p + "'";
+  auto what = "serve" + std::string{names.empty() ? " nothing yet" : " " + names};
+  if (unknown == 0)
+    return failure{errc::unknown_pipeline, "no node serves pipeline '" + pipeline + "'; the " + std::to_string(nodes.size())
+                                             + " node(s) " + what};
+  return failure{errc::node_unavailable, "no node that serves pipeline '" + pipeline + "' was up within "
+                                           + std::to_string(waited.count()) + " ms; " + std::to_string(unknown)
+                                           + " of " + std::to_string(nodes.size()) + " node(s) did not answer, the others "
+                                           + what};
+}
+
 void node_view::summarized() {
   auto ended = summary.jobs_served + summary.jobs_failed;
   for (auto i = just_used.begin(); i != just_used.end();)

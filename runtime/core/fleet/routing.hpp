@@ -12,7 +12,9 @@
 // and the others. Ties go to the shorter queue, then round-robin.
 // A node whose queue is `balance_bound` or more jobs longer than the shortest queue is passed over, so a
 // warm node cannot collect every job while others idle. Only nodes that are up and have the pipeline
-// are eligible. `routing_policy::round_robin` takes eligible nodes in turn (for comparison).
+// are eligible. `routing_policy::round_robin` takes eligible nodes in turn (for comparison). A job no
+// node can take waits for one up to `wait_for_node`, unless every node is up and has said what it
+// serves and none serves its pipeline: then it is `unknown_pipeline` at once (`unplaceable`).
 //
 // Note [Exactly once]: every job the router accepted ends in exactly one answer to its caller: a result,
 // or a typed error. A job whose node is lost (its connection went down, or the request to it failed in
@@ -26,6 +28,7 @@
 #include "messages/errc.hpp"
 #include "runtime/core/fleet/fleet_types.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <map>
 #include <optional>
@@ -59,6 +62,14 @@ struct route_choice {
   std::size_t node = 0;
   bytes_t bytes_to_move = 0;  // the estimate that chose it (0 under round-robin)
 };
+
+/// Note [Routing]: why a job whose pipeline no node up serves cannot be placed. `waited_out` false (the
+/// job just came): unknown_pipeline once every node is up and has said what it serves, and none serves
+/// it; nothing while one of them might (the job waits for it, up to wait_for_node). `waited_out` true
+/// (its wait is over): unknown_pipeline if every node is up, else node_unavailable; both name the
+/// pipeline and what the nodes up serve.
+std::optional<failure> unplaceable(const std::vector<node_view>& nodes, const std::string& pipeline,
+                                   bool waited_out, std::chrono::milliseconds waited = {});
 
 class router_policy {
 public:
