@@ -92,6 +92,7 @@ void take_summary(self_ptr self, std::size_t i, node_summary s) {
   if (sane(s)) {
     st.links[i].report.name = s.node;
     st.links[i].report.last = s;
+    st.links[i].report.reported = true;
     st.views[i].summary = std::move(s);
     st.views[i].has_summary = true;
     st.views[i].summarized();

@@ -71,8 +71,8 @@ def test_bad_jobs_raise_the_error_of_their_code(nodes):
         r.run("sd15", ["clip_l"])  # sd15 takes three models, one per role
     with pytest.raises(mcache.UnknownModel):
         r.run("sd15", ["clip_l", "no_such_unet", "sd15_vae"])
-    with pytest.raises(mcache.NodeUnavailable):
-        r.run("no_such_pipeline")  # no node serves it
+    with pytest.raises(mcache.UnknownPipeline, match="no node serves pipeline 'no_such_pipeline'"):
+        r.run("no_such_pipeline")  # every node said what it serves: at once
     with pytest.raises(mcache.InvalidArgument):
         mcache.Router(["10.0.0.1:7001"])  # beyond loopback without TLS
     with pytest.raises(mcache.InvalidArgument):

@@ -110,7 +110,7 @@ std::size_t router::wait_for_nodes(std::size_t count, std::chrono::milliseconds 
   for (;;) {
     std::size_t up = 0;
     for (const auto& n : stats().nodes)
-      up += n.up ? 1 : 0;
+      up += n.up && n.reported ? 1 : 0;
     if (up >= count || std::chrono::steady_clock::now() >= until)
       return up;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

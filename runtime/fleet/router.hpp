@@ -55,6 +55,7 @@ struct router_options {
 struct node_report {
   endpoint where;
   bool up = false;
+  bool reported = false;        // a summary came (routing weighs it; kept while it is down)
   std::string name;             // from its summaries
   node_summary last;            // its last summary (kept while it is down)
   std::uint64_t connects = 0;   // times it was connected (more than 1: it rejoined)
@@ -95,7 +96,8 @@ public:
   /// flight, sizes beyond the limits), timed_out (job_timeout passed).
   std::future<job_result> submit(job_request request);
   job_result run(job_request request) { return submit(std::move(request)).get(); }
-  /// How many nodes are up, after waiting until at least `count` are or `timeout` passed.
+  /// How many nodes are up and have reported what they serve and hold (so that a job can be routed, or
+  /// refused as unknown_pipeline, at once), after waiting until at least `count` are or `timeout` passed.
   std::size_t wait_for_nodes(std::size_t count, std::chrono::milliseconds timeout);
   router_stats stats();
   const std::string& name() const;
