@@ -316,7 +316,9 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
       auto& st = self->state;
       for (std::size_t i = 0; i < st.links.size(); ++i)
         if (st.links[i].handle && st.links[i].handle.address() == dm.source)
-          node_lost(self, i, "its connection went down: " + self->system().render(dm.reason));
+          node_lost(self, i, dm.reason ? "its connection went down: " + self->system().render(dm.reason)
+                                       : std::string{"it stopped (its jobs still running there were answered "
+                                                     "shutting_down and sent on)"});
     });
     for (std::size_t i = 0; i < st.links.size(); ++i)
       connect(self, i);

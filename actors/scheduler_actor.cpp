@@ -257,6 +257,17 @@ void finish_queued(self_ptr self, job_id id, failure why) {
   check(self);
 }
 
+/// "job 7", or "job 7 ('sdxl-42')" when the job has a name (a fleet node names it by its key).
+std::string job_label(self_ptr self, job_id id) {
+  const job_submission* job = nullptr;
+  if (auto q = self->state.queued.find(id); q != self->state.queued.end())
+    job = q->second.get();
+  else if (auto r = self->state.running.find(id); r != self->state.running.end())
+    job = r->second.job.get();
+  auto label = "job " + std::to_string(id);
+  return job && !job->spec.name.empty() ? label + " ('" + job->spec.name + "')" : label;
+}
+
 /// Stops a job: a queued one at once, a running one when its current step ends.
 void stop_job(self_ptr self, job_id id, failure why) {
   if (self->state.queued.count(id)) {
@@ -758,10 +769,10 @@ scheduler_actor::behavior_type scheduler_impl(self_ptr self, scheduler_actor_con
       dispatch(self);
     },
     [self](cancel_atom, std::uint64_t id) {
-      stop_job(self, id, failure{errc::cancelled, "job " + std::to_string(id) + " was cancelled"});
+      stop_job(self, id, failure{errc::cancelled, job_label(self, id) + " was cancelled"});
     },
     [self](expire_atom, std::uint64_t id) {
-      stop_job(self, id, failure{errc::deadline_exceeded, "job " + std::to_string(id) + " did not end before its deadline"});
+      stop_job(self, id, failure{errc::deadline_exceeded, job_label(self, id) + " did not end before its deadline"});
     },
     [self](stage_done_atom, std::uint64_t id, std::uint64_t stage, std::string& error, bool told_to_stop) {
       auto& run = self->state.running.at(id);

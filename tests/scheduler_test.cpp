@@ -285,6 +285,7 @@ TEST_CASE("a job still queued at its deadline fails with deadline_exceeded, and 
   g.wait_arrived(1);
   auto late = one_stage({"a"}, [](stage_context&) { FAIL("ran after its deadline"); });
   late.deadline = 20ms;
+  late.name = "sdxl-42";
   auto in_time = one_stage({"a"}, [](stage_context&) {});
   in_time.deadline = 60s;
   auto l = sched.submit(std::move(late));
@@ -293,6 +294,7 @@ TEST_CASE("a job still queued at its deadline fails with deadline_exceeded, and 
   CHECK(ls.state == job_state::failed);
   REQUIRE(ls.error);
   CHECK(ls.error->code == errc::deadline_exceeded);
+  CHECK(ls.error->detail == "job " + std::to_string(l.id()) + " ('sdxl-42') did not end before its deadline");
   g.open();
   CHECK(t.wait().state == job_state::done);
   CHECK(blocker.wait().state == job_state::done);

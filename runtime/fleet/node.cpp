@@ -154,7 +154,10 @@ node::node(runtime& rt, scheduler& sched, node_options options, std::map<std::st
     .receive([&](std::uint16_t port) { impl_->port = port; },
              [&](caf::error& e) {
                failed = failure{errc::invalid_argument, "node: cannot listen on " + options.listen + ":"
-                                                          + std::to_string(options.port) + ": " + sys.render(e)};
+                                                          + std::to_string(options.port)
+                                                          + " (is another process listening there, or is the address "
+                                                            "not this machine's?): "
+                                                          + sys.render(e)};
              });
   if (failed) {
     {

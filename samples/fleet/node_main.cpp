@@ -153,6 +153,8 @@ int main(int argc, char** argv) {
         return 3;
       }
     }
+    if (!port_file.empty())
+      std::remove(port_file.c_str());  // a script that polls it must not take a stopped node's port
     // Said before the wait: ending the node, its scheduler and runtime waits for the stages running now.
     std::printf("mcache-node '%s' stopping (signal %d): cancelling its jobs, waiting for the stages running now\n",
                 n.name().c_str(), sig);

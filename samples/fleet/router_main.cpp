@@ -52,7 +52,13 @@ int main(int argc, char** argv) {
     if (wait_nodes > 0) {
       auto up = r.wait_for_nodes(wait_nodes, std::chrono::seconds(30));
       if (up < wait_nodes) {
-        std::fprintf(stderr, "mcache-router: only %zu of %zu nodes came up within 30 s\n", up, wait_nodes);
+        std::string missing;
+        for (const auto& n : r.stats().nodes)
+          if (!n.up || !n.reported)
+            missing += " " + n.where.host + ":" + std::to_string(n.where.port)
+                       + (n.last_error.empty() ? "" : " (" + n.last_error + ")");
+        std::fprintf(stderr, "mcache-router: only %zu of %zu nodes came up within 30 s; not up:%s\n", up, wait_nodes,
+                     missing.c_str());
         return 1;
       }
     }
