@@ -227,8 +227,12 @@ node_actor spawn_node_actor(caf::actor_system& sys, std::shared_ptr<node_shared>
           case node_event::kind::stop:
             // Its jobs stop too (a job whose work is running ends when the work returns): a router sends
             // them to another node, and they must not also finish here.
-            for (auto& [key, job] : self->state.jobs)
+            // Each ends here with the node (its own end, later, tells nobody): journaled as such.
+            for (auto& [key, job] : self->state.jobs) {
               job.cancel();
+              write_journal(self->state.journal, key, shared->name,
+                            failure{errc::shutting_down, "node '" + shared->name + "' is stopping"});
+            }
             self->state.jobs.clear();
             for (auto& rp : self->state.runs.abandon_all())
               rp.deliver(make_error(errc::shutting_down, "node '" + shared->name + "' is stopping"));

@@ -55,7 +55,9 @@ fleet::pipeline test_pipeline() {
 
 /// A node in this process: a runtime with models "m1".."m4" (16 KiB each), one simulated device of 40 KiB.
 struct local_node {
-  explicit local_node(std::string name, tls_options tls = {}, std::string listen = "127.0.0.1") : rt(options()) {
+  explicit local_node(std::string name, tls_options tls = {}, std::string listen = "127.0.0.1",
+                      std::string journal = {})
+    : rt(options()) {
     for (int i = 1; i <= 4; ++i)
       rt.models().add(synthetic_model("m" + std::to_string(i), {static_cast<int64_t>(16 * kib / 4)}));
     sched = std::make_unique<scheduler>(rt);
@@ -64,6 +66,7 @@ struct local_node {
     o.summary_interval = 10ms;
     o.tls = std::move(tls);
     o.listen = std::move(listen);
+    o.journal_path = std::move(journal);
     n = std::make_unique<node>(rt, *sched, o, std::map<std::string, fleet::pipeline>{{"p", test_pipeline()}});
   }
   ~local_node() {
@@ -564,6 +567,26 @@ TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to
   o.listen = "127.0.0.1";
   o.tls = half;
   CHECK_THROWS_AS(node(rt, sched, o, {{"p", test_pipeline()}}), request_error);
+}
+
+TEST_CASE("a node's journal has a line for every job that ended there, those it stopped with included") {
+  test::temp_dir dir;
+  auto journal = dir.file("journal.a");
+  {
+    local_node a{"a", {}, "127.0.0.1", journal};
+    router r{to({a.where()})};
+    REQUIRE(r.wait_for_nodes(1, 10s) == 1);
+    auto done = r.run(job({"m1"}));
+    auto running = job({"m2"}, {{"ms", "20000"}});
+    running.key = "long-1";
+    auto f = r.submit(running);
+    REQUIRE(eventually([&] { return a.n->summary().queued == 1; }));
+    a.n.reset();  // the node stops with the job running
+    std::ifstream in{journal};
+    std::string all{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    CHECK(all.find(done.key + " a done\n") != std::string::npos);
+    CHECK(all.find("long-1 a shutting_down\n") != std::string::npos);
+  }
 }
 
 TEST_CASE("a node whose journal cannot be opened, and a router whose name would break journal lines, are refused at start") {
