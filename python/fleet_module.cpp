@@ -106,7 +106,9 @@ void bind_fleet(py::module_& m) {
         x["sent"] = n.sent;
         x["answered"] = n.answered;
         x["lost"] = n.lost;
+        x["reported"] = n.reported;
         x["jobs_served"] = n.jobs_served();
+        x["jobs_failed"] = n.last.jobs_failed;  // since the node process started (its last summary)
         x["bytes_to_devices"] = n.bytes_to_devices();
         x["queued"] = n.last.queued;
         x["last_error"] = n.last_error;

@@ -62,6 +62,7 @@ def test_a_router_runs_jobs_on_the_nodes_and_sends_repeats_where_the_models_are(
     st = r.stats()
     assert st["done"] == 4 and st["failed"] == 0
     assert sorted(n["name"] for n in st["nodes"]) == ["a", "b"]
+    assert all(n["reported"] and n["jobs_failed"] == 0 for n in st["nodes"])
 
 
 def test_bad_jobs_raise_the_error_of_their_code(nodes):
