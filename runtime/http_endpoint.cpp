@@ -90,7 +90,9 @@ private:
     auto path = path_of(std::string{req.target()});
     try {
       if (path == "/metrics")
-        return respond(http::status::ok, "text/plain; version=0.0.4", prometheus_text(*owner_.rt), version);
+        return respond(http::status::ok, "text/plain; version=0.0.4",
+                       prometheus_text(*owner_.rt) + (owner_.options.extra_metrics ? owner_.options.extra_metrics() : ""),
+                       version);
       if (path == "/status")
         return respond(http::status::ok, "application/json", owner_.rt->status_json(), version);
       if (path == "/" || path == "/index.html")

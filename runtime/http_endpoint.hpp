@@ -14,6 +14,7 @@
 #include "runtime/runtime.hpp"
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,6 +27,9 @@ struct http_options {
   std::size_t max_header_bytes = 8 * 1024;
   std::chrono::milliseconds request_timeout{5000};  // to receive a whole request
   std::size_t max_connections = 64;
+  /// More Prometheus text appended to /metrics, asked for on each poll on the endpoint's thread (a
+  /// fleet node's job counters: fleet::node::metrics_text). It may throw: the poll then gets 500.
+  std::function<std::string()> extra_metrics;
 };
 
 class http_endpoint {

@@ -569,6 +569,21 @@ TEST_CASE("a node refuses to listen beyond loopback without TLS, and a router to
   CHECK_THROWS_AS(node(rt, sched, o, {{"p", test_pipeline()}}), request_error);
 }
 
+TEST_CASE("a node's metrics text counts the jobs it served and failed, labelled with its name") {
+  local_node a{"a\"b"};
+  router r{to({a.where()})};
+  REQUIRE(r.wait_for_nodes(1, 10s) == 1);
+  r.run(job({"m1"}));
+  auto late = job({"m2"}, {{"ms", "2000"}});
+  late.deadline_ms = 50;
+  CHECK_THROWS(r.run(late));
+  auto text = a.n->metrics_text();
+  CHECK(text.find("mcache_node_jobs_served_total{node=\"a\\\"b\"} 1\n") != std::string::npos);
+  CHECK(text.find("mcache_node_jobs_failed_total{node=\"a\\\"b\"} 1\n") != std::string::npos);
+  CHECK(text.find("mcache_node_jobs_queued{node=\"a\\\"b\"} 0\n") != std::string::npos);
+  CHECK(text.find("# TYPE mcache_node_jobs_served_total counter\n") != std::string::npos);
+}
+
 TEST_CASE("a node's journal has a line for every job that ended there, those it stopped with included") {
   test::temp_dir dir;
   auto journal = dir.file("journal.a");

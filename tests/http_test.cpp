@@ -167,6 +167,18 @@ TEST_CASE("the status's levels add up on every poll while pins come and go, and 
   CHECK(doc["ram"]["metrics"].size() == metric_values(st.ram).size());
 }
 
+TEST_CASE("an embedder's extra metrics follow the runtime's on /metrics") {
+  runtime rt{small()};
+  http_options o;
+  int polls = 0;
+  o.extra_metrics = [&polls] { return "my_jobs_total " + std::to_string(++polls) + "\n"; };
+  http_endpoint http{rt, o};
+  auto first = body_of(get(http.port(), "/metrics"));
+  CHECK(first.find("mcache_ram_budget_bytes 8388608\n") != std::string::npos);
+  CHECK(first.find("my_jobs_total 1\n") != std::string::npos);
+  CHECK(body_of(get(http.port(), "/metrics")).find("my_jobs_total 2\n") != std::string::npos);  // asked per poll
+}
+
 TEST_CASE("a holder named with bytes that are not UTF-8 cannot make /status fail") {
   runtime rt{small()};
   rt.models().add(synthetic_model("vae", {1 << 16}));

@@ -202,4 +202,21 @@ std::uint16_t node::port() const { return impl_->port; }
 const std::string& node::name() const { return impl_->shared->name; }
 node_summary node::summary() const { return make_summary(*impl_->shared); }
 
+std::string node::metrics_text() const {
+  const auto& s = *impl_->shared;
+  std::string escaped;  // a Prometheus label value: backslash, quote and newline escaped
+  for (char c : s.name)
+    escaped += c == '\\' ? std::string{"\\\\"} : c == '"' ? std::string{"\\\""} : c == '\n' ? std::string{"\\n"} : std::string(1, c);
+  auto label = "{node=\"" + escaped + "\"} ";
+  std::string out;
+  auto metric = [&](const char* name, const char* type, const char* help, std::uint64_t value) {
+    out += std::string{"# HELP mcache_node_"} + name + " " + help + "\n# TYPE mcache_node_" + name + " " + type
+           + "\nmcache_node_" + name + label + std::to_string(value) + "\n";
+  };
+  metric("jobs_served_total", "counter", "Jobs this node ran to their end.", s.served.load());
+  metric("jobs_failed_total", "counter", "Jobs that failed or were cancelled here.", s.failed.load());
+  metric("jobs_queued", "gauge", "Jobs accepted and not ended (queued or running).", s.queued.load());
+  return out;
+}
+
 } // namespace mcache::fleet

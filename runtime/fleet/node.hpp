@@ -66,6 +66,10 @@ public:
   const std::string& name() const;
   /// The summary a router would get now.
   node_summary summary() const;
+  /// Its job counters in the Prometheus text format, for its status endpoint's /metrics
+  /// (`http_options::extra_metrics`): mcache_node_jobs_served_total, mcache_node_jobs_failed_total,
+  /// mcache_node_jobs_queued, with a `node` label.
+  std::string metrics_text() const;
   /// False once the published actor was stopped from outside (a peer's exit message of reason kill,
   /// which CAF always honours): the node then serves nothing, and its process should exit and be started
   /// again, which its routers see as a lost node.

@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
     if (http_port >= 0) {
       http_options ho;
       ho.port = static_cast<std::uint16_t>(http_port);
+      ho.extra_metrics = [&n] { return n.metrics_text(); };  // its job counters beside the tiers' metrics
       http = std::make_unique<http_endpoint>(rt, ho);
       std::printf("mcache-node '%s' status page at %s\n", n.name().c_str(), http->url().c_str());
     }
