@@ -3,6 +3,7 @@
 #include "messages/errors.hpp"
 #include "runtime/core/fleet/routing.hpp"
 #include "runtime/core/fleet/run_book.hpp"
+#include "runtime/core/format.hpp"
 
 #include <caf/actor_system.hpp>
 #include <caf/mailbox_element.hpp>
@@ -66,7 +67,7 @@ outcome<job_spec> build_job(const std::shared_ptr<node_shared>& shared, const jo
   if (p == shared->pipelines.end()) {
     std::string names;
     for (const auto& [n, fn] : shared->pipelines)
-      names += (names.empty() ? "'" : ", '") + n + "'";
+      append_quoted(names, n);
     return failure{errc::unknown_pipeline, "node '" + shared->name + "' has no pipeline '" + req.pipeline
                                              + "'; it has " + names};
   }

@@ -83,6 +83,10 @@ std::string escape_unprintable(const std::string& text) {
   return out;
 }
 
+void append_quoted(std::string& list, const std::string& item) {
+  list += (list.empty() ? "'" : ", '") + item + "'";
+}
+
 std::string format_seconds(double seconds) {
   char buf[48];
   std::snprintf(buf, sizeof buf, "%.1f s", seconds);

@@ -10,6 +10,8 @@ namespace mcache {
 std::string format_bytes(bytes_t bytes);
 /// "12.0 s": a duration for messages ("held by 'worker-3' for 12.0 s").
 std::string format_seconds(double seconds);
+/// Appends `item` quoted to a list of names for messages: "'a'", then "'a', 'b'".
+void append_quoted(std::string& list, const std::string& item);
 
 /// Whether `text` is valid UTF-8 without control characters or invisible format characters (zero-width,
 /// line separators, bidirectional overrides): what a name must be to appear in JSON (/status),

@@ -1,5 +1,7 @@
 #include "runtime/core/fleet/routing.hpp"
 
+#include "runtime/core/format.hpp"
+
 #include <algorithm>
 #include <cstdio>
 #include <limits>
@@ -32,7 +34,7 @@ std::optional<failure> unplaceable(const std::vector<node_view>& nodes, const st
     return std::nullopt;
   std::string names;
   for (const auto& p : served)
-    names += (names.empty() ? "'" : ", '") + p + "'";
+    append_quoted(names, p);
   auto what = "serve" + std::string{names.empty() ? " nothing yet" : " " + names};
   if (unknown == 0)
     return failure{errc::unknown_pipeline, "no node serves pipeline '" + pipeline + "'; the " + std::to_string(nodes.size())

@@ -277,7 +277,7 @@ void ram_tier::start(request_id request, group g, ram_effects& out) {
   if (total > options_.budget_bytes) {
     std::string names;
     for (const auto& m : groups_.at(request).models)
-      names += (names.empty() ? "'" : ", '") + m->id + "'";
+      append_quoted(names, m->id);
     fail_group(request, failure{errc::model_too_large, std::string{single ? "model " : "models "} + names + " need"
                                                          + (single ? "s " : " ") + format_bytes(total)
                                                          + " but the whole RAM budget is "

@@ -23,7 +23,7 @@ failure ram_tier::no_room(const group& g, size_t queued_ahead) const {
                           : " (" + std::to_string(kv.second.leases) + " lease" + (kv.second.leases == 1 ? ")" : "s)")));
   }
   for (const auto& m : g.models) {
-    r.subject += (r.subject.empty() ? "'" : ", '") + m->id + "'";
+    append_quoted(r.subject, m->id);
     if (residency(m->id) == ram_residency::absent)
       r.wanted += m->bytes;
   }
