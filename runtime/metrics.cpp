@@ -93,6 +93,18 @@ const metric<device_stats> device_metrics[] = {
 
 } // namespace
 
+std::string prometheus_metric(const std::string& name, const char* type, const std::string& help, uint64_t value,
+                              const std::vector<std::pair<std::string, std::string>>& labels) {
+  std::string out = "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name;
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    out += (i == 0 ? "{" : ",") + labels[i].first + "=\"";
+    for (char c : labels[i].second)  // backslash, quote and newline escaped
+      out += c == '\\' ? std::string{"\\\\"} : c == '"' ? std::string{"\\\""} : c == '\n' ? std::string{"\\n"} : std::string(1, c);
+    out += "\"";
+  }
+  return out + (labels.empty() ? " " : "} ") + std::to_string(value) + "\n";
+}
+
 std::string prometheus_text(const runtime_stats& stats, const std::vector<std::string>& torch_devices) {
   std::ostringstream out;
   if (!torch_devices.empty()) {
@@ -101,11 +113,8 @@ std::string prometheus_text(const runtime_stats& stats, const std::vector<std::s
     for (std::size_t i = 0; i < torch_devices.size(); ++i)
       out << "mcache_device_info{device=\"" << i << "\",torch_device=\"" << torch_devices[i] << "\"} 1\n";
   }
-  for (const auto& m : ram_metrics) {
-    out << "# HELP mcache_ram_" << m.name << ' ' << m.help << '\n';
-    out << "# TYPE mcache_ram_" << m.name << ' ' << m.type << '\n';
-    out << "mcache_ram_" << m.name << ' ' << m.value(stats.ram) << '\n';
-  }
+  for (const auto& m : ram_metrics)
+    out << prometheus_metric(std::string{"mcache_ram_"} + m.name, m.type, m.help, m.value(stats.ram));
   for (const auto& m : device_metrics) {
     out << "# HELP mcache_device_" << m.name << ' ' << m.help << '\n';
     out << "# TYPE mcache_device_" << m.name << ' ' << m.type << '\n';

@@ -16,6 +16,12 @@ std::string prometheus_text(const runtime_stats& stats, const std::vector<std::s
 /// The same for `rt`: its stats now, and its devices' LibTorch names.
 std::string prometheus_text(runtime& rt);
 
+/// One metric in the Prometheus text format: its HELP and TYPE lines and one sample, with `labels`
+/// ({name, value} pairs, values escaped as the format asks). For metrics beside the runtime's, such as a
+/// fleet node's job counters.
+std::string prometheus_metric(const std::string& name, const char* type, const std::string& help, uint64_t value,
+                              const std::vector<std::pair<std::string, std::string>>& labels = {});
+
 /// Every metric of one tier's stats by its Prometheus name without the prefix ("loads_total", ...), in the
 /// order `prometheus_text` writes them: what /status lists under "metrics".
 std::vector<std::pair<std::string, uint64_t>> metric_values(const ram_stats& stats);

@@ -2,6 +2,7 @@
 
 #include "actors/node_actor.hpp"
 #include "messages/errors.hpp"
+#include "runtime/metrics.hpp"
 #include "runtime/runtime.hpp"
 
 #include <caf/atom.hpp>
@@ -204,19 +205,13 @@ node_summary node::summary() const { return make_summary(*impl_->shared); }
 
 std::string node::metrics_text() const {
   const auto& s = *impl_->shared;
-  std::string escaped;  // a Prometheus label value: backslash, quote and newline escaped
-  for (char c : s.name)
-    escaped += c == '\\' ? std::string{"\\\\"} : c == '"' ? std::string{"\\\""} : c == '\n' ? std::string{"\\n"} : std::string(1, c);
-  auto label = "{node=\"" + escaped + "\"} ";
-  std::string out;
-  auto metric = [&](const char* name, const char* type, const char* help, std::uint64_t value) {
-    out += std::string{"# HELP mcache_node_"} + name + " " + help + "\n# TYPE mcache_node_" + name + " " + type
-           + "\nmcache_node_" + name + label + std::to_string(value) + "\n";
-  };
-  metric("jobs_served_total", "counter", "Jobs this node ran to their end.", s.served.load());
-  metric("jobs_failed_total", "counter", "Jobs that failed or were cancelled here.", s.failed.load());
-  metric("jobs_queued", "gauge", "Jobs accepted and not ended (queued or running).", s.queued.load());
-  return out;
+  std::vector<std::pair<std::string, std::string>> node{{"node", s.name}};
+  return prometheus_metric("mcache_node_jobs_served_total", "counter", "Jobs this node ran to their end.",
+                           s.served.load(), node)
+         + prometheus_metric("mcache_node_jobs_failed_total", "counter", "Jobs that failed or were cancelled here.",
+                             s.failed.load(), node)
+         + prometheus_metric("mcache_node_jobs_queued", "gauge", "Jobs accepted and not ended (queued or running).",
+                             s.queued.load(), node);
 }
 
 } // namespace mcache::fleet
