@@ -99,14 +99,13 @@ public:
   }
 
   /// Shuts the runtime down now; it is destroyed when the last object made from it goes.
-  bool close(double grace_s) {
-    if (!(grace_s >= 0) || grace_s > 1e6)
-      fail(errc::invalid_argument, "grace must be between 0 and 1e6 seconds, not " + std::to_string(grace_s));
+  bool close(const py::object& grace) {
+    auto wait = wait_of(grace, "grace").value_or(std::chrono::seconds(5));  // checked like every wait
     auto box = std::move(box_);  // under the GIL: a second close finds nothing to do
     if (!box)
       return true;
     without_gil unlocked;
-    return box->rt->shutdown(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(grace_s)));
+    return box->rt->shutdown(wait);
   }
   bool closed() const { return !box_; }
 
@@ -253,7 +252,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<py_runtime>(m, "Runtime")
     .def(py::init<const std::string&>(), py::arg("config_json"))
     .def("session", &py_runtime::session, py::arg("name") = "")
-    .def("close", &py_runtime::close, py::arg("grace") = 5.0)
+    .def("close", &py_runtime::close, py::arg("grace") = py::float_(5.0))
     .def_property_readonly("closed", &py_runtime::closed)
     .def_property_readonly("device_count", [](py_runtime& r) { return r.rt().device_count(); })
     .def("status_json", &py_runtime::status_json)

@@ -220,7 +220,7 @@ def test_stats_and_prometheus_text_describe_the_tiers(rt):
 
 def test_close_takes_a_grace_for_running_loads_and_copies_and_refuses_a_bad_one():
     rt = mcache.Runtime(ram_budget=16 * MiB, devices=[{"kind": "simulated", "vram_budget": 8 * MiB}])
-    for bad in (-1.0, float("nan"), 1e9):
+    for bad in (-1.0, float("nan"), 1e9, True, "5"):
         with pytest.raises(mcache.InvalidArgument):
             rt.close(grace=bad)
     assert not rt.closed  # a refused close changes nothing
