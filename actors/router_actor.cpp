@@ -92,7 +92,6 @@ void take_summary(self_ptr self, std::size_t i, node_summary s) {
   if (sane(s)) {
     st.links[i].report.name = s.node;
     st.links[i].report.last = s;
-    st.links[i].report.reported = true;
     st.views[i].summary = std::move(s);
     st.views[i].has_summary = true;
     st.views[i].summarized();
@@ -396,8 +395,10 @@ caf::actor spawn_router_actor(network_system& net, router_options options) {
         auto& st = self->state;
         auto out = st.counts;
         out.in_flight = st.book.size();
-        for (const auto& l : st.links)
-          out.nodes.push_back(l.report);
+        for (std::size_t i = 0; i < st.links.size(); ++i) {
+          out.nodes.push_back(st.links[i].report);
+          out.nodes.back().reported = st.views[i].has_summary;  // what routing weighs, read from it
+        }
         call->answer.set_value(std::move(out));
       },
     };
